@@ -1,0 +1,208 @@
+"""The Python API of a run: submit, follow, control, and read results.
+
+    client = Client(Settings.load())
+    run = client.submit(spec)          # RunHandle
+    result = run.wait(timeout=600)     # PipelineResult
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from .celeryconfig import client_app
+from .dispatch import Dispatcher, signature_of
+from .errors import ChordflowError, InvalidPipeline, Problem
+from .registry import BUILTIN_TYPES
+from .resolve import RunGraph, resolve
+from .settings import Settings
+from .spec import PipelineSpec
+from .store import RUN_FINAL, RunStore, connect
+
+
+@dataclass
+class PipelineResult:
+    run_id: str
+    status: str
+    success: bool
+    outputs: dict[str, Any]
+    stage_results: dict[str, dict[str, Any]]
+    failed: list[str]
+    skipped: list[str]
+    duration: float
+    metrics: dict[str, float]
+    context: dict[str, Any] = field(default_factory=dict)
+
+
+class Client:
+    """Talks to one Redis: submits runs and reads them. Cheap to build; safe to share in a thread."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.store = RunStore(connect(settings), settings)
+        self.app = client_app(settings)
+        self.dispatcher = Dispatcher(self.app, self.store)
+
+    def submit(self, spec: PipelineSpec, *, selection: str | None = None, only: bool = False,
+               check_types: bool = True, idempotency_key: str | None = None) -> RunHandle:
+        graph = resolve(spec, self.settings, selection, only)
+        if check_types:
+            graph = self.check_types(graph)
+        run_id, created = self.store.create_run(graph, idempotency_key=idempotency_key)
+        if created:
+            self.dispatcher.dispatch(run_id, graph, [n.id for n in graph.nodes if not n.needs])
+        return RunHandle(self, run_id)
+
+    def check_types(self, graph: RunGraph) -> RunGraph:
+        """Refuse types no live worker serves on the stage's queue; name types canonically."""
+        workers = self.store.live_workers()
+        if not workers:
+            raise ChordflowError("no live workers on this Redis: start one with `chordflow worker` "
+                                 "(or pass --no-check to queue the run anyway)")
+        canonical: dict[tuple[str, str], str] = {}
+        for info in workers.values():
+            names = {t["name"]: t["name"] for t in info.get("types", [])}
+            names.update({t["ref"]: t["name"] for t in info.get("types", [])})
+            for queue in info.get("queues", []):
+                for alias, name in names.items():
+                    canonical[(alias, queue)] = name
+        problems, nodes = [], []
+        for node in graph.nodes:
+            name = canonical.get((node.type, node.queue))
+            if name is None:
+                served = sorted({a for a, q in canonical if q == node.queue and "." not in a and ":" not in a}
+                                | ({"shell", "noop", "sleep", "fail"} & {a for a, _ in canonical}))
+                problems.append(Problem(
+                    f"uses '{node.type}', which no live worker serves on queue '{node.queue}' "
+                    f"(served there: {', '.join(served) or 'nothing'}). Register it with @stage in a module "
+                    "the workers import (--import MODULE), or pass --no-check to queue it anyway", node.id))
+            nodes.append(node if name in (None, node.type) else node.model_copy(update={"type": name}))
+        if problems:
+            raise InvalidPipeline(problems)
+        return graph.model_copy(update={"nodes": tuple(nodes)})
+
+    def handle(self, run_id: str) -> RunHandle:
+        self.store.run(run_id)  # raises RunNotFound
+        return RunHandle(self, run_id)
+
+    # -- control ------------------------------------------------------------------------------
+    def cancel(self, run_id: str) -> str:
+        self.store.run(run_id)
+        verdict, revoke = self.store.control(run_id, "cancel")
+        if verdict == "ok":
+            if revoke:
+                self.app.control.revoke(revoke, terminate=True, signal="SIGTERM")
+            self.store.expire_run(run_id, self.store.graph(run_id))
+            return "cancelled"
+        return f"not cancelled: the run is {revoke[0]}"
+
+    def pause(self, run_id: str) -> str:
+        self.store.run(run_id)
+        verdict, detail = self.store.control(run_id, "pause")
+        return "paused" if verdict == "ok" else f"not paused: the run is {detail[0]}"
+
+    def resume(self, run_id: str) -> str:
+        self.store.run(run_id)
+        verdict, parked = self.store.control(run_id, "resume")
+        if verdict != "ok":
+            return f"not resumed: the run is {parked[0]}"
+        self.dispatcher.send(signature_of(p, self.store) for p in parked)
+        return "resumed"
+
+    # -- reading ------------------------------------------------------------------------------
+    def status(self, run_id: str) -> dict[str, Any]:
+        """The run and every stage: state, attempts, host, queue, times (epoch s), error, output."""
+        record = self.store.run(run_id)
+        graph = self.store.graph(run_id)
+        ids = [n.id for n in graph.nodes]
+        states = self.store.states(run_id)
+        details = self.store.stage_details(run_id, ids)
+        outputs = self.store.outputs(run_id)
+        stages = {}
+        for sid in ids:
+            d = details.get(sid, {})
+            stage: dict[str, Any] = {
+                "state": states.get(sid, "pending"), "type": graph.node(sid).type,
+                "attempts": int(d.get("attempt", 0)), "host": d.get("host"), "queue": graph.node(sid).queue,
+                "started_at": _num(d.get("started_at")), "finished_at": _num(d.get("finished_at")),
+                "error": json.loads(d["error"]) if d.get("error") else None, "output": outputs.get(sid),
+            }
+            if "items_total" in d:
+                stage["items_total"] = int(d["items_total"])
+                stage["items_done"] = int(d.get("items_done", 0))
+            stages[sid] = stage
+        return {
+            "run_id": run_id, "pipeline": record.get("pipeline"), "version": record.get("version"),
+            "status": record.get("status"), "created_at": _num(record.get("created_at")),
+            "finished_at": _num(record.get("finished_at")), "failed_stage": record.get("failed_stage"),
+            "stages": stages, "metrics": self.store.metrics(run_id), "context": self.store.context(run_id),
+        }
+
+    def follow(self, run_id: str, timeout_s: float | None = None,
+               on_event: Callable[[dict[str, str]], None] | None = None) -> str:
+        """Block until the run ends (reading its event stream); returns its final status."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        after = "0-0"
+        while True:
+            status = self.store.run(run_id).get("status", "")
+            if status in RUN_FINAL and on_event is None:
+                return status
+            block = 500 if deadline is None else max(1, min(500, int((deadline - time.monotonic()) * 1000)))
+            for eid, event in self.store.events(run_id, after, block_ms=block):
+                after = eid
+                if on_event:
+                    on_event(event)
+                if event.get("kind") == "run" and event.get("state") in RUN_FINAL:
+                    return event["state"]
+            if status in RUN_FINAL:
+                return status
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"run {run_id} did not finish within {timeout_s}s (it is {status})")
+
+    def result(self, run_id: str) -> PipelineResult:
+        s = self.status(run_id)
+        stages = s["stages"]
+        started = s["created_at"] or 0.0
+        ended = s["finished_at"] or time.time()
+        return PipelineResult(
+            run_id=run_id, status=s["status"], success=s["status"] == "succeeded",
+            outputs={sid: st["output"] for sid, st in stages.items() if st["state"] in ("succeeded", "fallback")},
+            stage_results=stages,
+            failed=[sid for sid, st in stages.items() if st["state"] in ("failed", "upstream_failed")],
+            skipped=[sid for sid, st in stages.items() if st["state"] == "skipped"],
+            duration=ended - started, metrics=s["metrics"], context=s["context"],
+        )
+
+    def runs(self, limit: int = 20, pipeline: str | None = None) -> Iterator[dict[str, str]]:
+        for run_id in self.store.recent_runs(limit, pipeline):
+            record = self.store.r.hgetall(self.store.keys.run(run_id))
+            if record:
+                yield record
+
+
+class RunHandle:
+    def __init__(self, client: Client, run_id: str):
+        self.client, self.run_id = client, run_id
+
+    def status(self) -> dict[str, Any]:
+        return self.client.status(self.run_id)
+
+    def wait(self, timeout: float | None = None) -> PipelineResult:
+        self.client.follow(self.run_id, timeout)
+        return self.client.result(self.run_id)
+
+    def cancel(self) -> str:
+        return self.client.cancel(self.run_id)
+
+    def __repr__(self) -> str:
+        return f"RunHandle({self.run_id!r})"
+
+
+def _num(value: str | None) -> float | None:
+    return float(value) if value not in (None, "") else None
+
+
+__all__ = ["BUILTIN_TYPES", "Client", "PipelineResult", "RunHandle"]

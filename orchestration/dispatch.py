@@ -1,0 +1,158 @@
+"""Sending ready stages, starting fan-outs, and acting on what a commit decided.
+
+Used by the submitter (the roots) and by every worker (the children its commit
+made ready): there is no long-lived coordinator. Everything ready at one
+moment goes out through one producer connection.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from celery import Celery, Signature
+
+from . import expressions
+from .compiler import item_signatures, stage_signature
+from .graph import children as children_of
+from .graph import downstream
+from .resolve import Node, RunGraph
+from .store import Commit, RunStore
+
+log = logging.getLogger("chordflow.dispatch")
+
+
+class Dispatcher:
+    def __init__(self, app: Celery, store: RunStore,
+                 on_finalized: Callable[[str, RunGraph, str], None] | None = None):
+        self.app = app
+        self.store = store
+        self.on_finalized = on_finalized
+        self._topology: dict[str, tuple[dict[str, list[str]], dict[str, list[str]]]] = {}
+
+    # -- graph helpers (cached per run) ---------------------------------------------------------
+    def children(self, run_id: str, graph: RunGraph, stage_id: str) -> list[str]:
+        return self._topo(run_id, graph)[0].get(stage_id, [])
+
+    def descendants(self, run_id: str, graph: RunGraph, stage_id: str) -> list[str]:
+        cached = self._topo(run_id, graph)[1]
+        if stage_id not in cached:
+            below = downstream(graph.deps(), [stage_id])
+            cached[stage_id] = [n.id for n in graph.nodes if n.id in below]
+        return cached[stage_id]
+
+    def _topo(self, run_id: str, graph: RunGraph) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+        topo = self._topology.get(run_id)
+        if topo is None:
+            if len(self._topology) > 256:
+                self._topology.clear()
+            topo = self._topology[run_id] = (children_of(graph.deps()), {})
+        return topo
+
+    # -- sending ------------------------------------------------------------------------------
+    def send(self, signatures: Iterable[Signature]) -> None:
+        signatures = list(signatures)
+        if not signatures:
+            return
+        with self.app.producer_or_acquire() as producer:
+            for sig in signatures:
+                sig.apply_async(producer=producer)
+
+    def dispatch(self, run_id: str, graph: RunGraph, stage_ids: Iterable[str]) -> None:
+        """Send every stage in `stage_ids` (all 'queued'), and whatever they make ready in turn."""
+        pending = list(stage_ids)
+        while pending:
+            batch: list[Signature] = []
+            more: list[str] = []
+            for sid in pending:
+                node = graph.node(sid)
+                if node.fans_out:
+                    sigs, ready = self._start_fanout(run_id, graph, node)
+                    batch += sigs
+                    more += ready
+                else:
+                    batch.append(stage_signature(run_id, node))
+            self.send(batch)
+            pending = more
+
+    def advance(self, run_id: str, graph: RunGraph, commit: Commit, stage_id: str) -> None:
+        """Act on a commit: send what it made ready, revoke what fail-fast stopped, close the run."""
+        if commit.revoke:
+            self.app.control.revoke(commit.revoke, terminate=True, signal="SIGTERM")
+        if commit.next_item is not None:
+            self.send([stage_signature(run_id, graph.node(stage_id), 1, commit.next_item)])
+        if commit.ready:
+            self.dispatch(run_id, graph, commit.ready)
+        if commit.finalized:
+            self.store.expire_run(run_id, graph)
+            if self.on_finalized:
+                self.on_finalized(run_id, graph, commit.run_status)
+
+    # -- fan-out --------------------------------------------------------------------------------
+    def _start_fanout(self, run_id: str, graph: RunGraph, node: Node) -> tuple[list[Signature], list[str]]:
+        """Decide the items of a fan-out stage and send the first window of them.
+
+        Returns (item messages, stages made ready when the stage ends at once: skipped,
+        empty, or failing because its for_each input is not a list).
+        """
+        outputs = self.store.outputs(run_id, node.needs)
+        if node.when:
+            try:
+                go = expressions.evaluate(node.when, variables=graph.variables, outputs=outputs,
+                                          context=self.store.context(run_id))
+            except ValueError as exc:
+                return [], self._close(run_id, graph, node, "failed", error=_error("ConditionError", str(exc)))
+            if not go:
+                return [], self._close(run_id, graph, node, "skipped", output="null")
+        if node.matrix is not None:
+            total = len(node.matrix)
+        else:
+            items = outputs.get(node.for_each) if node.for_each in outputs else \
+                self.store.output(run_id, node.for_each or "")
+            if items is None:
+                items = []
+            if not isinstance(items, list):
+                return [], self._close(run_id, graph, node, "failed", error=_error(
+                    "FanOutError", f"for_each '{node.for_each}' must output a list; it output "
+                                   f"{type(items).__name__}"))
+            total = len(items)
+        if total == 0:
+            return [], self._close(run_id, graph, node, "succeeded", output="[]")
+        window = min(total, node.max_concurrency or total)
+        if not self.store.start_fanout(run_id, node.id, total, window, node.queue):
+            return [], []
+        return item_signatures(run_id, node, range(window)), []
+
+    def _close(self, run_id: str, graph: RunGraph, node: Node, outcome: str, output: str = "",
+               error: dict[str, Any] | None = None) -> list[str]:
+        commit = self.store.finish(
+            run_id, graph, node.id, None, "", outcome, output, error,
+            children=self.children(run_id, graph, node.id),
+            descendants=self.descendants(run_id, graph, node.id),
+        )
+        if commit.verdict != "ok":
+            return []
+        if commit.revoke:
+            self.app.control.revoke(commit.revoke, terminate=True, signal="SIGTERM")
+        if commit.finalized:
+            self.store.expire_run(run_id, graph)
+            if self.on_finalized:
+                self.on_finalized(run_id, graph, commit.run_status)
+        return commit.ready
+
+
+def _error(kind: str, message: str) -> dict[str, Any]:
+    return {"type": kind, "message": message, "retryable": False}
+
+
+def payload(run_id: str, stage_id: str, attempt: int, item: int | None) -> str:
+    """A message in the form parked and delayed sets keep: enough to rebuild its signature."""
+    return json.dumps([run_id, stage_id, attempt, item], separators=(",", ":"))
+
+
+def signature_of(payload_text: str, store: RunStore) -> Signature:
+    run_id, stage_id, attempt, item = json.loads(payload_text)
+    node = store.graph(run_id).node(stage_id)
+    return stage_signature(run_id, node, attempt, item)

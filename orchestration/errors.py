@@ -1,0 +1,106 @@
+"""Errors raised by the coordinator side.
+
+    ChordflowError
+    ├── InvalidPipeline        the pipeline file or builder input is wrong (exit 2)
+    │   └── SelectionError     a --select expression is wrong or matches nothing
+    ├── RunNotFound            no run with that id in the store
+    ├── StoreError             Redis refused or lost a write the run depends on
+    ├── OutputTooLarge         a stage returned more than the output cap
+    ├── RetryStage             a stage asks for another attempt
+    ├── FailStage              a stage fails for good, no retry
+    └── StageTimeout           a stage ran past its timeout
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a pipeline, with where it is."""
+
+    message: str
+    stage_id: str | None = None
+    line: int | None = None
+    source: str | None = None
+
+    def __str__(self) -> str:
+        where = ""
+        if self.source:
+            where = f"{self.source}:{self.line}: " if self.line else f"{self.source}: "
+        elif self.line:
+            where = f"line {self.line}: "
+        stage = f"stage '{self.stage_id}': " if self.stage_id else ""
+        return f"{where}{stage}{self.message}"
+
+
+class ChordflowError(Exception):
+    """Base of every error Chordflow raises on purpose."""
+
+    exit_code = 1
+
+
+class InvalidPipeline(ChordflowError):
+    """The pipeline is wrong; carries every problem found, not just the first."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[Problem] | Problem | str, source: str | None = None):
+        if isinstance(problems, str):
+            problems = [Problem(problems, source=source)]
+        elif isinstance(problems, Problem):
+            problems = [problems]
+        self.problems = problems
+        count = len(problems)
+        head = f"{count} problem{'s' if count != 1 else ''} in the pipeline"
+        super().__init__(head + ":\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+class SelectionError(InvalidPipeline):
+    """A --select expression is malformed or selects nothing."""
+
+
+class RunNotFound(ChordflowError):
+    """No run with this id exists (or it has expired)."""
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+        super().__init__(f"no run '{run_id}' in the store (wrong id, or its TTL expired)")
+
+
+class StoreError(ChordflowError):
+    """Redis refused or lost a write the run depends on."""
+
+
+class OutputTooLarge(ChordflowError):
+    """A stage output exceeds the configured cap."""
+
+    def __init__(self, run_id: str, stage_id: str, size: int, cap: int):
+        self.run_id, self.stage_id, self.size, self.cap = run_id, stage_id, size, cap
+        super().__init__(
+            f"stage '{stage_id}' returned {size:,} bytes of JSON, over the output cap of "
+            f"{cap:,} bytes. Write large data to a file or object store and return a "
+            f"reference to it instead (e.g. {{\"path\": \"s3://bucket/key\"}}), or raise "
+            f"CHORDFLOW_OUTPUT_CAP_BYTES."
+        )
+
+
+class RetryStage(ChordflowError):
+    """Raised by a stage to ask for another attempt, whatever its policy's retry_on says."""
+
+    def __init__(self, message: str = "the stage asked to be retried", delay_s: float | None = None):
+        self.delay_s = delay_s
+        super().__init__(message)
+
+
+class FailStage(ChordflowError):
+    """Raised by a stage to fail for good, with no further attempt."""
+
+
+class StageTimeout(ChordflowError):
+    """A stage ran past its timeout (a shell stage reports exit code 124)."""
+
+    def __init__(self, message: str, exit_code: int | None = 124):
+        self.exit_code = exit_code
+        super().__init__(message)

@@ -1,0 +1,322 @@
+"""The pipeline file as frozen pydantic models (DESIGN §2).
+
+Checks on one field live here; checks across stages live in `validation.py`.
+Keys that order-based tools use (`order`, `max_retries`, `continue_on_error`,
+`metadata`, `error_handling`, ...) are accepted and mapped onto the canonical
+fields before validation, so a loaded model always has one shape and
+file → model → file → model is lossless.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from .durations import parse_duration
+
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
+"""Seconds; the file may say `30s`, `5m`, `1h` or a number."""
+
+STAGE_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class Backoff(StrEnum):
+    FIXED = "fixed"
+    LINEAR = "linear"
+    EXPONENTIAL = "exponential"
+
+
+class RetryPolicy(Model):
+    """How often and how soon a failed stage is tried again.
+
+    `max_attempts` counts the first attempt: 3 means up to two retries.
+    `retry_on` empty means every exception is retryable unless `give_up_on` names it.
+    """
+
+    max_attempts: int = Field(1, ge=1, le=1000)
+    backoff: Backoff = Backoff.EXPONENTIAL
+    delay: Duration = 1.0
+    multiplier: float = Field(2.0, gt=0)
+    max_delay: Duration | None = None
+    jitter: bool = False
+    retry_on: tuple[str, ...] = ()
+    give_up_on: tuple[str, ...] = ()
+
+    def merged_over(self, base: RetryPolicy) -> RetryPolicy:
+        """This policy's explicitly set fields over `base`'s."""
+        return base.model_copy(update={k: getattr(self, k) for k in self.model_fields_set})
+
+
+class Resources(Model):
+    """What one instance of a stage needs from its machine."""
+
+    cpu: float | None = Field(None, gt=0)
+    memory_gb: float | None = Field(None, gt=0)
+    gpu: int = Field(0, ge=0)
+
+
+class Cache(Model):
+    """Reuse an earlier output with the same type, version, params and inputs."""
+
+    ttl: Duration = 86400.0
+
+
+class Fallback(Model):
+    """Used when retries are exhausted: another stage type, a constant, or the last success."""
+
+    uses: str | None = None
+    output: Any = None
+    last_success: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        if data == "last_success":
+            return {"last_success": True}
+        if isinstance(data, str):
+            raise ValueError(
+                f"fallback {data!r} is not understood: use 'last_success', "
+                "{uses: TYPE} or {output: VALUE}"
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Fallback:
+        kinds = [self.uses is not None, "output" in self.model_fields_set, self.last_success]
+        if sum(kinds) != 1:
+            raise ValueError("a fallback is exactly one of: last_success, {uses: TYPE}, {output: VALUE}")
+        return self
+
+
+class Webhook(Model):
+    """An HTTP POST of each matching event's JSON."""
+
+    url: str
+    events: tuple[str, ...] = ("run_complete",)
+    timeout: Duration = 5.0
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
+class LoggingConfig(Model):
+    """Accepted from order-based files; the level applies to worker logs of the run."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    console: bool = True
+    file: str | None = None
+    format: str | None = None
+
+
+def _retries_to_policy(retries: Any, delay: Any = None) -> dict[str, Any]:
+    policy: dict[str, Any] = {}
+    if retries is not None:
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"max_retries must be a whole number >= 0, got {retries!r}")
+        policy["max_attempts"] = retries + 1
+    if delay is not None:
+        policy["delay"] = delay
+    return policy
+
+
+def _take_alias(data: dict[str, Any], alias: str, field: str, convert=lambda v: v) -> None:
+    if alias not in data:
+        return
+    if field in data:
+        raise ValueError(f"give either '{field}' or '{alias}', not both")
+    data[field] = convert(data.pop(alias))
+
+
+class Stage(Model):
+    """One stage of a pipeline, as written in the file."""
+
+    id: str
+    uses: str | None = None
+    name: str | None = None
+    description: str | None = None
+    run: tuple[str, ...] | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    needs: tuple[str, ...] = ()
+    order: int | None = None
+    enabled: bool = True
+    tags: tuple[str, ...] = ()
+    for_each: str | None = None
+    max_concurrency: int | None = Field(None, ge=1)
+    matrix: dict[str, tuple[Any, ...]] | None = None
+    resources: Resources | None = None
+    queue: str | None = None
+    retry: str | RetryPolicy | None = None
+    timeout: Duration | None = None
+    when: str | None = None
+    critical: bool = True
+    fallback: Fallback | None = None
+    cache: Cache | None = None
+    estimate: Duration | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _compat(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if "continue_on_error" in data:
+            if "critical" in data:
+                raise ValueError("give either 'critical' or 'continue_on_error', not both")
+            value = data.pop("continue_on_error")
+            if not isinstance(value, bool):
+                raise ValueError(f"continue_on_error must be true or false, got {value!r}")
+            data["critical"] = not value
+        _take_alias(data, "parameters", "params")
+        _take_alias(data, "condition", "when")
+        _take_alias(data, "timeout_seconds", "timeout")
+        if "max_retries" in data or "retry_delay_seconds" in data:
+            if "retry" in data:
+                raise ValueError("give either 'retry' or 'max_retries'/'retry_delay_seconds', not both")
+            data["retry"] = _retries_to_policy(data.pop("max_retries", None), data.pop("retry_delay_seconds", None))
+        if isinstance(data.get("run"), str):
+            data["run"] = shlex.split(data["run"])
+        if isinstance(data.get("needs"), str):
+            data["needs"] = [data["needs"]]
+        return data
+
+    @field_validator("id")
+    @classmethod
+    def _id_shape(cls, value: str) -> str:
+        if not STAGE_ID.match(value):
+            raise ValueError(
+                f"stage id {value!r} must be 1-128 letters, digits, '_', '.' or '-', "
+                "not starting with '.' or '-'"
+            )
+        return value
+
+    @field_validator("run")
+    @classmethod
+    def _run_not_empty(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is not None and not value:
+            raise ValueError("run must name a command")
+        return value
+
+    @field_validator("matrix")
+    @classmethod
+    def _matrix_shape(cls, value: dict[str, tuple[Any, ...]] | None) -> dict[str, tuple[Any, ...]] | None:
+        if value is not None:
+            if not value:
+                raise ValueError("matrix must have at least one axis")
+            for axis, values in value.items():
+                if not values:
+                    raise ValueError(f"matrix axis '{axis}' has no values")
+        return value
+
+    @model_validator(mode="after")
+    def _one_fan_out(self) -> Stage:
+        if self.matrix is not None and self.for_each is not None:
+            raise ValueError("a stage has either matrix or for_each, not both (split it into two stages)")
+        if self.max_concurrency is not None and self.matrix is None and self.for_each is None:
+            raise ValueError("max_concurrency applies only to a stage with for_each or matrix")
+        return self
+
+    @property
+    def type_name(self) -> str:
+        """The registered stage type this stage runs: `uses`, or `shell` for a `run`, else its id."""
+        if self.uses:
+            return self.uses
+        return "shell" if self.run is not None else self.id
+
+
+class Defaults(Model):
+    """Settings applied to every stage that does not say otherwise."""
+
+    retry: str | RetryPolicy | None = None
+    timeout: Duration | None = None
+    queue: str | None = None
+    resources: Resources | None = None
+    estimate: Duration | None = None
+
+
+class PipelineSpec(Model):
+    """A whole pipeline file."""
+
+    name: str = Field(min_length=1, max_length=200)
+    version: str = "0"
+    description: str | None = None
+    author: str | None = None
+    tags: tuple[str, ...] = ()
+    variables: dict[str, Any] = Field(default_factory=dict)
+    defaults: Defaults = Field(default_factory=Defaults)
+    retry_policies: dict[str, RetryPolicy] = Field(default_factory=dict)
+    fail_fast: bool = True
+    schedule: str | None = None
+    max_age: Duration | None = None
+    webhooks: tuple[Webhook, ...] = ()
+    logging: LoggingConfig | None = None
+    stages: tuple[Stage, ...] = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _compat(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        meta = data.pop("metadata", None)
+        if meta is not None:
+            if not isinstance(meta, dict):
+                raise ValueError("metadata must be a mapping (name, version, description, author, tags)")
+            unknown = set(meta) - {"name", "version", "description", "author", "tags"}
+            if unknown:
+                raise ValueError(f"metadata has unknown keys: {', '.join(sorted(unknown))}")
+            for key, value in meta.items():
+                if key in data:
+                    raise ValueError(f"'{key}' is given both at the top level and in metadata")
+                data[key] = value
+        if isinstance(data.get("version"), (int, float)) and not isinstance(data.get("version"), bool):
+            data["version"] = str(data["version"])
+        defaults = dict(data.get("defaults") or {})
+        handling = data.pop("error_handling", None)
+        if handling is not None:
+            if not isinstance(handling, dict):
+                raise ValueError("error_handling must be a mapping (continue_on_error, retry_count, retry_delay)")
+            unknown = set(handling) - {"continue_on_error", "retry_count", "retry_delay"}
+            if unknown:
+                raise ValueError(f"error_handling has unknown keys: {', '.join(sorted(unknown))}")
+            if "continue_on_error" in handling:
+                if "fail_fast" in data:
+                    raise ValueError("give either 'fail_fast' or 'error_handling.continue_on_error', not both")
+                data["fail_fast"] = not handling["continue_on_error"]
+            policy = _retries_to_policy(handling.get("retry_count"), handling.get("retry_delay"))
+            if policy:
+                defaults["retry"] = {**(defaults.get("retry") or {}), **policy}
+        retry = data.pop("retry", None)
+        if retry is not None:
+            if not isinstance(retry, dict):
+                raise ValueError("the top-level retry block must be a mapping (max_retries, delay_seconds, ...)")
+            unknown = set(retry) - {"max_retries", "delay_seconds", "exponential_backoff", "backoff_multiplier", "max_delay_seconds"}
+            if unknown:
+                raise ValueError(f"the top-level retry block has unknown keys: {', '.join(sorted(unknown))}")
+            policy = _retries_to_policy(retry.get("max_retries"), retry.get("delay_seconds"))
+            if "exponential_backoff" in retry:
+                policy["backoff"] = "exponential" if retry["exponential_backoff"] else "fixed"
+            if "backoff_multiplier" in retry:
+                policy["multiplier"] = retry["backoff_multiplier"]
+            if "max_delay_seconds" in retry:
+                policy["max_delay"] = retry["max_delay_seconds"]
+            base = defaults.get("retry")
+            if isinstance(base, str):
+                raise ValueError("defaults.retry names a policy; the top-level retry block can't add to it")
+            defaults["retry"] = {**(base or {}), **policy}
+        if defaults:
+            data["defaults"] = defaults
+        return data
+
+    def stage(self, stage_id: str) -> Stage:
+        for stage in self.stages:
+            if stage.id == stage_id:
+                return stage
+        raise KeyError(stage_id)

@@ -1,0 +1,298 @@
+"""The run store: every read and write of a run's state in Redis.
+
+Writes that belong together commit together: a run is created in one MULTI,
+and every transition of a stage is one Lua script (`lua/*.lua`), fenced by the
+attempt's token, so a duplicate delivery or a late commit changes nothing.
+The Redis connection is passed in, never global.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import redis
+
+from .errors import RunNotFound
+from .keys import Keys
+from .resolve import RunGraph
+from .settings import Settings
+
+TERMINAL = frozenset({"succeeded", "failed", "skipped", "cancelled", "upstream_failed", "fallback"})
+RUN_FINAL = frozenset({"succeeded", "failed", "cancelled"})
+
+
+def _script(name: str) -> str:
+    return resources.files("orchestration").joinpath("lua", name).read_text(encoding="utf-8")
+
+
+def new_run_id() -> str:
+    """Sortable by time, unique enough across machines: 'r' + ms timestamp (base 36) + random."""
+    return f"r{int(time.time() * 1000):x}{secrets.token_hex(4)}"
+
+
+def connect(settings: Settings) -> redis.Redis:
+    """A client for the configured URL (redis:// or rediss://, with AUTH if the URL has it)."""
+    if not settings.redis_url:
+        raise ValueError("no Redis URL configured (set CHORDFLOW_REDIS_URL)")
+    kwargs: dict[str, Any] = {"decode_responses": True, "health_check_interval": 30}
+    if settings.redis_url.startswith("rediss://"):
+        kwargs["ssl_cert_reqs"] = settings.ssl_cert_reqs
+    return redis.Redis.from_url(settings.redis_url, **kwargs)
+
+
+@dataclass
+class Commit:
+    """What finish.lua decided."""
+
+    verdict: str                 # ok | item | stale | late
+    finalized: bool
+    run_status: str
+    ready: list[str] = field(default_factory=list)
+    revoke: list[str] = field(default_factory=list)
+    next_item: int | None = None
+
+
+class RunStore:
+    def __init__(self, client: redis.Redis, settings: Settings):
+        self.r = client
+        self.settings = settings
+        self.keys = Keys(settings.key_prefix)
+        self._begin = client.register_script(_script("begin.lua"))
+        self._renew = client.register_script(_script("renew.lua"))
+        self._retry = client.register_script(_script("retry.lua"))
+        self._finish = client.register_script(_script("finish.lua"))
+        self._fanout = client.register_script(_script("fanout.lua"))
+        self._control = client.register_script(_script("control.lua"))
+        self._graphs: dict[str, RunGraph] = {}
+
+    # -- creating a run ----------------------------------------------------------------------
+    def create_run(self, graph: RunGraph, run_id: str | None = None, idempotency_key: str | None = None,
+                   extra: Mapping[str, Any] | None = None) -> tuple[str, bool]:
+        """Store the run and its graph at once; returns (run id, created). Ready roots are 'queued'."""
+        run_id = run_id or new_run_id()
+        k = self.keys
+        if idempotency_key:
+            if not self.r.set(k.idempotency(idempotency_key), run_id, nx=True, ex=int(self.settings.run_ttl_s)):
+                existing = self.r.get(k.idempotency(idempotency_key))
+                if existing:
+                    return existing, False
+        now = time.time()
+        roots = [n.id for n in graph.nodes if not n.needs]
+        record = {
+            "run_id": run_id, "pipeline": graph.name, "version": graph.version, "status": "running",
+            "created_at": f"{now:.3f}", "started_at": f"{now:.3f}", "remaining": len(graph.nodes),
+            "total": len(graph.nodes), "fail_fast": int(graph.fail_fast), "fence": 0,
+            "variables": json.dumps(graph.variables),
+            **{key: str(value) for key, value in (extra or {}).items()},
+        }
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(k.run(run_id), mapping=record)
+        pipe.set(k.graph(run_id), graph.model_dump_json(exclude_defaults=True))
+        pipe.hset(k.states(run_id), mapping={n.id: "queued" if not n.needs else "pending" for n in graph.nodes})
+        pending = {n.id: len(n.needs) for n in graph.nodes if n.needs}
+        if pending:
+            pipe.hset(k.pending(run_id), mapping=pending)
+        pipe.xadd(k.events(run_id), {"t": f"{now:.3f}", "kind": "run", "state": "running"},
+                  maxlen=200000, approximate=True)
+        pipe.zadd(k.runs(), {run_id: now})
+        pipe.zadd(k.pipeline_runs(graph.name), {run_id: now})
+        pipe.execute()
+        self._graphs[run_id] = graph
+        return run_id, True
+
+    # -- reading ---------------------------------------------------------------------------
+    def graph(self, run_id: str) -> RunGraph:
+        graph = self._graphs.get(run_id)
+        if graph is None:
+            raw = self.r.get(self.keys.graph(run_id))
+            if raw is None:
+                raise RunNotFound(run_id)
+            graph = RunGraph.model_validate_json(raw)
+            if len(self._graphs) > 256:
+                self._graphs.clear()
+            self._graphs[run_id] = graph
+        return graph
+
+    def run(self, run_id: str) -> dict[str, str]:
+        record = self.r.hgetall(self.keys.run(run_id))
+        if not record:
+            raise RunNotFound(run_id)
+        return record
+
+    def states(self, run_id: str) -> dict[str, str]:
+        return self.r.hgetall(self.keys.states(run_id))
+
+    def stage_details(self, run_id: str, stage_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        pipe = self.r.pipeline(transaction=False)
+        for sid in stage_ids:
+            pipe.hgetall(self.keys.stage(run_id, sid))
+        return dict(zip(stage_ids, pipe.execute()))
+
+    def items(self, run_id: str, stage_id: str) -> dict[int, dict[str, str]]:
+        out: dict[int, dict[str, str]] = {}
+        for fieldname, value in self.r.hgetall(self.keys.items(run_id, stage_id)).items():
+            index, _, name = fieldname.partition(":")
+            out.setdefault(int(index), {})[name] = value
+        return out
+
+    def outputs(self, run_id: str, stage_ids: Iterable[str] | None = None) -> dict[str, Any]:
+        key = self.keys.outputs(run_id)
+        if stage_ids is None:
+            return {sid: json.loads(v) for sid, v in self.r.hgetall(key).items()}
+        ids = list(stage_ids)
+        if not ids:
+            return {}
+        return {sid: json.loads(v) if v is not None else None for sid, v in zip(ids, self.r.hmget(key, ids))}
+
+    def output(self, run_id: str, stage_id: str) -> Any:
+        raw = self.r.hget(self.keys.outputs(run_id), stage_id)
+        return json.loads(raw) if raw is not None else None
+
+    def context(self, run_id: str) -> dict[str, Any]:
+        return {k: json.loads(v) for k, v in self.r.hgetall(self.keys.context(run_id)).items()}
+
+    def context_get(self, run_id: str, key: str) -> Any:
+        raw = self.r.hget(self.keys.context(run_id), key)
+        return json.loads(raw) if raw is not None else None
+
+    def metrics(self, run_id: str) -> dict[str, float]:
+        return {k: _number(v) for k, v in self.r.hgetall(self.keys.metrics(run_id)).items()}
+
+    def events(self, run_id: str, after: str = "0-0", block_ms: int | None = None,
+               count: int = 1000) -> list[tuple[str, dict[str, str]]]:
+        """Events after stream id `after`; blocks up to `block_ms` for new ones."""
+        res = self.r.xread({self.keys.events(run_id): after}, count=count, block=block_ms)
+        return [(eid, fields) for _, entries in res for eid, fields in entries] if res else []
+
+    def logs(self, run_id: str, stage_id: str) -> list[str]:
+        return self.r.lrange(self.keys.logs(run_id, stage_id), 0, -1)
+
+    def append_logs(self, run_id: str, stage_id: str, lines: Sequence[str]) -> None:
+        if lines:
+            self.r.rpush(self.keys.logs(run_id, stage_id), *lines)
+
+    def recent_runs(self, limit: int = 20, pipeline: str | None = None) -> list[str]:
+        key = self.keys.pipeline_runs(pipeline) if pipeline else self.keys.runs()
+        return self.r.zrevrange(key, 0, limit - 1)
+
+    # -- transitions (Lua) -------------------------------------------------------------------
+    def _unit_key(self, run_id: str, stage_id: str, item: int | None) -> str:
+        return self.keys.items(run_id, stage_id) if item is not None else self.keys.stage(run_id, stage_id)
+
+    @staticmethod
+    def lease_member(run_id: str, stage_id: str, item: int | None) -> str:
+        return f"{run_id}|{stage_id}|{'' if item is None else item}"
+
+    def begin(self, run_id: str, stage_id: str, item: int | None, attempt: int, host: str, queue: str,
+              task_id: str, payload: str) -> list[Any]:
+        k = self.keys
+        return self._begin(
+            keys=[k.run(run_id), k.states(run_id), self._unit_key(run_id, stage_id, item), k.events(run_id),
+                  k.parked(run_id), k.leases()],
+            args=[stage_id, "" if item is None else item, attempt, host, queue, task_id,
+                  int(self.settings.lease_s * 1000), self.settings.max_deliveries, payload,
+                  self.lease_member(run_id, stage_id, item)],
+        )
+
+    def renew(self, run_id: str, stage_id: str, item: int | None, token: str) -> bool:
+        prefix = "" if item is None else f"{item}:"
+        return bool(self._renew(
+            keys=[self._unit_key(run_id, stage_id, item), self.keys.leases()],
+            args=[prefix, token, int(self.settings.lease_s * 1000), self.lease_member(run_id, stage_id, item)],
+        ))
+
+    def retry(self, run_id: str, stage_id: str, item: int | None, token: str, error: Mapping[str, Any],
+              next_attempt: int, delay_s: float, park: bool, payload: str) -> bool:
+        k = self.keys
+        res = self._retry(
+            keys=[self._unit_key(run_id, stage_id, item), k.states(run_id), k.events(run_id), k.delayed(),
+                  k.leases()],
+            args=[stage_id, "" if item is None else item, token, json.dumps(error), next_attempt,
+                  int(delay_s * 1000), "1" if park else "0", payload, self.lease_member(run_id, stage_id, item)],
+        )
+        return res[0] == "ok"
+
+    def finish(self, run_id: str, graph: RunGraph, stage_id: str, item: int | None, token: str, outcome: str,
+               output_json: str = "", error: Mapping[str, Any] | None = None,
+               context_writes: Sequence[tuple[str, str, str]] = (), metrics: Mapping[str, float] | None = None,
+               children: Sequence[str] = (), descendants: Sequence[str] = ()) -> Commit:
+        k = self.keys
+        node = graph.node(stage_id)
+        res = self._finish(
+            keys=[k.run(run_id), k.states(run_id), self._unit_key(run_id, stage_id, item), k.events(run_id),
+                  k.outputs(run_id), k.context(run_id), k.metrics(run_id), k.pending(run_id),
+                  k.stage(run_id, stage_id), k.leases(), k.run(run_id)],
+            args=[stage_id, "" if item is None else item, token, outcome, output_json,
+                  json.dumps(error) if error else "", json.dumps([list(w) for w in context_writes]),
+                  json.dumps([[name, repr(float(v))] for name, v in (metrics or {}).items()]),
+                  json.dumps(list(children)), json.dumps(list(descendants)),
+                  "1" if node.critical else "0", "1" if graph.fail_fast else "0",
+                  self.lease_member(run_id, stage_id, item),
+                  "1" if node.max_concurrency else "0", f"{k.prefix}:run:{run_id}:"],
+        )
+        verdict, finalized, status, ready, revoke, next_item = res
+        return Commit(verdict, bool(finalized), status, list(ready), list(revoke),
+                      int(next_item) if next_item != "" else None)
+
+    def start_fanout(self, run_id: str, stage_id: str, total: int, window: int, queue: str) -> bool:
+        k = self.keys
+        return bool(self._fanout(
+            keys=[k.states(run_id), k.stage(run_id, stage_id), k.events(run_id), k.run(run_id)],
+            args=[stage_id, total, window, queue],
+        ))
+
+    def control(self, run_id: str, op: str) -> tuple[str, list[str]]:
+        k = self.keys
+        verdict, payload = self._control(
+            keys=[k.run(run_id), k.states(run_id), k.events(run_id), k.parked(run_id)],
+            args=[op, f"{k.prefix}:run:{run_id}:"],
+        )
+        return verdict, list(payload) if isinstance(payload, list) else [payload]
+
+    def expire_run(self, run_id: str, graph: RunGraph) -> None:
+        """Set the TTL on every key of a finished run."""
+        ttl = int(self.settings.run_ttl_s)
+        pipe = self.r.pipeline(transaction=False)
+        for key in self.keys.run_keys(run_id, [n.id for n in graph.nodes]):
+            pipe.expire(key, ttl)
+        pipe.execute()
+
+    # -- workers -----------------------------------------------------------------------------
+    def publish_worker(self, hostname: str, info: Mapping[str, Any]) -> None:
+        self.r.hset(self.keys.workers(), hostname, json.dumps({**info, "seen": self.server_time()}))
+
+    def remove_worker(self, hostname: str) -> None:
+        self.r.hdel(self.keys.workers(), hostname)
+
+    def live_workers(self) -> dict[str, dict[str, Any]]:
+        now = self.server_time()
+        out = {}
+        for host, raw in self.r.hgetall(self.keys.workers()).items():
+            info = json.loads(raw)
+            if now - info.get("seen", 0) <= self.settings.worker_ttl_s:
+                out[host] = info
+        return out
+
+    def server_time(self) -> float:
+        seconds, micros = self.r.time()
+        return seconds + micros / 1e6
+
+    def due_delayed(self, limit: int = 100) -> list[str]:
+        """Claim retry messages whose time has come (each claimed by exactly one caller)."""
+        now_ms = int(self.server_time() * 1000)
+        claimed = []
+        for payload in self.r.zrangebyscore(self.keys.delayed(), 0, now_ms, start=0, num=limit):
+            if self.r.zrem(self.keys.delayed(), payload):
+                claimed.append(payload)
+        return claimed
+
+
+def _number(value: str) -> float | int:
+    number = float(value)
+    return int(number) if number.is_integer() else number

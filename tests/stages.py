@@ -1,0 +1,81 @@
+"""Stage types the integration tests register in their workers (`--import tests.stages`)."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import redis
+
+from orchestration import RetryPolicy, stage
+
+_client: redis.Redis | None = None
+
+
+def _redis() -> redis.Redis:
+    global _client
+    if _client is None:
+        _client = redis.Redis.from_url(os.environ["CHORDFLOW_REDIS_URL"], decode_responses=True)
+    return _client
+
+
+def _count(name: str) -> int:
+    return _redis().incr(f"test:count:{name}")
+
+
+@stage("test.record")
+def record(ctx, seconds: float = 0.0, output: Any = None, name: str | None = None) -> Any:
+    """Count this execution, track the peak of concurrent executions of `name`, sleep, return."""
+    r = _redis()
+    key = name or ctx.stage_id
+    _count(f"{ctx.run_id}:{ctx.stage_id}")
+    running = r.incr(f"test:running:{ctx.run_id}:{key}")
+    r.execute_command("SET", f"test:peak:{ctx.run_id}:{key}", running, "GET")
+    peak_key = f"test:peak:{ctx.run_id}:{key}"
+    r.eval("if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) then "
+           "redis.call('SET', KEYS[1], ARGV[1]) end", 1, peak_key + ":max", running)
+    try:
+        if seconds:
+            time.sleep(seconds)
+    finally:
+        r.decr(f"test:running:{ctx.run_id}:{key}")
+    if output is not None:
+        return output
+    return ctx.item if ctx.item_index is not None else {"stage": ctx.stage_id, "inputs": sorted(ctx.inputs)}
+
+
+@stage("test.square")
+def square(ctx) -> int:
+    return ctx.item * ctx.item
+
+
+@stage("test.context_writer")
+def context_writer(ctx, key: str, value: Any, metric: str = "rows", amount: float = 1) -> str:
+    ctx.context.set(key, value)
+    ctx.context.incr("writers", 1)
+    ctx.metrics.increment(metric, amount)
+    return os.environ.get("CHORDFLOW_TEST_HOST", "")
+
+
+@stage("test.context_reader")
+def context_reader(ctx, keys: list[str]) -> dict[str, Any]:
+    return {k: ctx.context.get(k) for k in keys}
+
+
+@stage("test.gpu_train", queue="gpu")
+def gpu_train(ctx, seconds: float = 0.3) -> str:
+    time.sleep(seconds)
+    return "trained"
+
+
+@stage("test.big_output")
+def big_output(ctx, size: int = 2_000_000) -> str:
+    return "x" * size
+
+
+@stage("test.flaky", retry=RetryPolicy(max_attempts=3, backoff="fixed", delay=0.1))
+def flaky(ctx, fail_times: int = 1) -> int:
+    if ctx.attempt <= fail_times:
+        raise ConnectionError(f"flaky attempt {ctx.attempt}")
+    return ctx.attempt

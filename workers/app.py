@@ -1,0 +1,67 @@
+"""The worker's Celery app: strict configuration plus one task per stage type."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import socket
+from collections.abc import Iterable
+from importlib.metadata import entry_points
+from typing import Any
+
+from celery import Celery
+
+from orchestration.celeryconfig import celery_config
+from orchestration.dispatch import Dispatcher
+from orchestration.registry import ENTRY_POINT_GROUP, REGISTRY, Registry, StageType
+from orchestration.settings import Settings
+from orchestration.store import RunStore, connect
+
+from . import builtins as _builtins  # noqa: F401  (registers shell, noop, sleep, fail)
+from .execution import WorkerEnv, execute
+
+log = logging.getLogger("chordflow.worker")
+
+
+def load_stage_modules(modules: Iterable[str]) -> None:
+    """Import the modules the operator named and the installed entry points: this registers types.
+
+    Only the worker's own configuration decides what is imported; a pipeline never does.
+    """
+    for module in modules:
+        importlib.import_module(module)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        ep.load()
+
+
+def create_app(settings: Settings, registry: Registry = REGISTRY, hostname: str | None = None) -> Celery:
+    app = Celery("chordflow", set_as_current=False)
+    app.conf.update(celery_config(settings))
+    state: dict[str, Any] = {}
+
+    def env() -> WorkerEnv:
+        # Built lazily in each pool process, after the fork.
+        if state.get("pid") != os.getpid():
+            store = RunStore(connect(settings), settings)
+            state.update(pid=os.getpid(), env=WorkerEnv(settings, store, Dispatcher(app, store), registry,
+                                                       hostname or socket.gethostname()))
+        return state["env"]
+
+    for stage_type in registry:
+        _register(app, stage_type, env)
+    app.chordflow_env = env  # type: ignore[attr-defined]
+    return app
+
+
+def _register(app: Celery, stage_type: StageType, env: Any) -> None:
+    @app.task(name=stage_type.task_name, bind=True, acks_late=True, reject_on_worker_lost=True,
+              ignore_result=True, typing=False)
+    def run_stage(self: Any, run_id: Any = None, stage_id: Any = None, attempt: Any = 1, item: Any = None,
+                  *extra: Any, **kwextra: Any) -> str:
+        if (extra or kwextra or not isinstance(run_id, str) or not isinstance(stage_id, str)
+                or not isinstance(attempt, int) or isinstance(attempt, bool)
+                or not (item is None or (isinstance(item, int) and not isinstance(item, bool)))):
+            log.error("refusing malformed message %s for %s", self.request.id, stage_type.task_name)
+            return "refused: malformed message"
+        return execute(env(), stage_type, self.request.id, run_id, stage_id, attempt, item)

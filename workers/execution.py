@@ -1,0 +1,208 @@
+"""Run one attempt of one stage (or one fan-out item): the body of every stage task.
+
+begin (fenced, leased) → condition → the stage function under a heartbeat →
+commit exactly once (output, context, metrics, counter joins) → dispatch what
+became ready. Exceptions become a retry (by the policy in force) or a failure
+(with fallback if the stage has one). Nothing here trusts the message beyond
+its ids: the stage's type, params and inputs come from the run's stored graph.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+
+from orchestration import expressions
+from orchestration.dispatch import Dispatcher, payload
+from orchestration.errors import FailStage, OutputTooLarge, RetryStage, RunNotFound, StageTimeout
+from orchestration.registry import Registry, StageType
+from orchestration.resolve import Node, RunGraph
+from orchestration.retries import countdown, is_retryable, resolve_policy
+from orchestration.compiler import stage_signature
+from orchestration.settings import Settings
+from orchestration.store import RunStore
+
+from .context import StageContext
+
+log = logging.getLogger("chordflow.worker")
+TRACEBACK_TAIL = 2000
+
+
+@dataclass
+class WorkerEnv:
+    """What every stage task of this process shares."""
+
+    settings: Settings
+    store: RunStore
+    dispatcher: Dispatcher
+    registry: Registry
+    hostname: str
+
+
+class Heartbeat:
+    """Renews the attempt's lease every `interval_s`; if renewal fails, cancels the stage."""
+
+    def __init__(self, store: RunStore, run_id: str, stage_id: str, item: int | None, token: str,
+                 interval_s: float, ctx: StageContext):
+        self._args = (run_id, stage_id, item, token)
+        self._store, self._interval, self._ctx = store, interval_s, ctx
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="chordflow-heartbeat")
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                if not self._store.renew(*self._args):
+                    log.warning("lease lost for %s/%s; stopping the stage", *self._args[:2])
+                    self._ctx.cancel()
+                    return
+            except Exception:  # Redis unreachable: the lease will lapse on Redis's clock
+                log.warning("could not renew the lease of %s/%s", *self._args[:2], exc_info=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+
+
+def error_record(exc: BaseException, attempt: int, retryable: bool) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "type": type(exc).__name__, "message": str(exc)[:2000], "retryable": retryable, "attempt": attempt,
+        "traceback": "".join(traceback.format_exception(exc))[-TRACEBACK_TAIL:],
+    }
+    if isinstance(exc, StageTimeout):
+        record.update(timeout=True, exit_code=exc.exit_code)
+    elif getattr(exc, "exit_code", None) is not None:
+        record["exit_code"] = exc.exit_code
+    return record
+
+
+def execute(env: WorkerEnv, stage_type: StageType, task_id: str, run_id: str, stage_id: str, attempt: int,
+            item: int | None) -> str:
+    """Run one delivery of a stage message; returns what happened, for the worker log."""
+    store = env.store
+    try:
+        graph = store.graph(run_id)
+        node = graph.node(stage_id)
+    except (RunNotFound, KeyError):
+        log.error("refusing %s: no stage %s in run %s", task_id, stage_id, run_id)
+        return "refused: unknown run or stage"
+    if env.registry.canonical(node.type) != stage_type.name:
+        log.error("refusing %s: stage %s/%s is of type %r, not %r", task_id, run_id, stage_id, node.type,
+                  stage_type.name)
+        return "refused: type mismatch"
+    verdict, *rest = store.begin(run_id, stage_id, item, attempt, env.hostname, node.queue, task_id,
+                                 payload(run_id, stage_id, attempt, item))
+    if verdict not in ("run", "poison"):
+        return f"{verdict}: {rest[0] if rest else ''}"
+    token = str(rest[0])
+    ctx = _context(store, graph, node, run_id, attempt, item)
+    if verdict == "poison":
+        error = {"type": "PoisonMessage", "retryable": False, "attempt": attempt,
+                 "message": f"the worker running this stage died {rest[1]} times; the message is quarantined"}
+        _commit(env, graph, node, run_id, item, token, "failed", error=error, ctx=ctx)
+        return "poison"
+    if node.when and item is None:
+        try:
+            go = expressions.evaluate(node.when, variables=graph.variables, outputs=ctx.inputs,
+                                      context=store.context(run_id))
+        except ValueError as exc:
+            _commit(env, graph, node, run_id, item, token, "failed", ctx=ctx,
+                    error={"type": "ConditionError", "message": str(exc), "retryable": False, "attempt": attempt})
+            return "condition error"
+        if not go:
+            _commit(env, graph, node, run_id, item, token, "skipped", output_json="null", ctx=ctx)
+            return "skipped"
+    try:
+        with Heartbeat(store, run_id, stage_id, item, token, env.settings.heartbeat_s, ctx):
+            result = stage_type.func(ctx, **node.params)
+        output_json = json.dumps(result, separators=(",", ":"))
+        if len(output_json) > env.settings.output_cap_bytes:
+            raise OutputTooLarge(run_id, stage_id, len(output_json), env.settings.output_cap_bytes)
+    except SoftTimeLimitExceeded:
+        exc = StageTimeout(f"stage '{stage_id}' ran past its timeout of {node.timeout_s:g}s", exit_code=None)
+        return _failed(env, stage_type, graph, node, run_id, item, attempt, token, exc, ctx)
+    except Exception as exc:  # the stage's own failure: retry, fallback or fail, by policy
+        if isinstance(exc, TypeError) and "JSON serializable" in str(exc):
+            exc = FailStage(f"stage '{stage_id}' returned a value that is not JSON: {exc}")
+        return _failed(env, stage_type, graph, node, run_id, item, attempt, token, exc, ctx)
+    finally:
+        store.append_logs(run_id, stage_id, ctx.log_lines)
+    _commit(env, graph, node, run_id, item, token, "succeeded", output_json=output_json, ctx=ctx)
+    return "succeeded"
+
+
+def _context(store: RunStore, graph: RunGraph, node: Node, run_id: str, attempt: int,
+             item: int | None) -> StageContext:
+    inputs = store.outputs(run_id, node.needs)
+    item_value: Any = None
+    matrix = None
+    if item is not None:
+        if node.matrix is not None:
+            matrix = node.matrix[item]
+            item_value = matrix
+        else:
+            items = inputs.get(node.for_each) if node.for_each in inputs else store.output(run_id, node.for_each or "")
+            item_value = items[item]
+    return StageContext(store, run_id, node.id, attempt, inputs, graph.variables, item_value, item, matrix,
+                        node.timeout_s, node.env, node.cwd, node.run)
+
+
+def _failed(env: WorkerEnv, stage_type: StageType, graph: RunGraph, node: Node, run_id: str, item: int | None,
+            attempt: int, token: str, exc: BaseException, ctx: StageContext) -> str:
+    policy = resolve_policy(stage_type.retry, node.retry_policy)
+    if isinstance(exc, RetryStage):
+        retryable = True
+    elif isinstance(exc, (FailStage, OutputTooLarge)):
+        retryable = False
+    else:
+        retryable = is_retryable(policy, type(exc))
+    error = error_record(exc, attempt, retryable)
+    if retryable and attempt < policy.max_attempts:
+        delay = exc.delay_s if isinstance(exc, RetryStage) and exc.delay_s is not None else countdown(policy, attempt)
+        park = delay > env.settings.delay_set_threshold_s
+        message = payload(run_id, node.id, attempt + 1, item)
+        if env.store.retry(run_id, node.id, item, token, error, attempt + 1, delay, park, message) and not park:
+            env.dispatcher.send([stage_signature(run_id, node, attempt + 1, item, countdown=delay)])
+        return f"retrying in {delay:.2f}s"
+    fallback = node.fallback
+    if fallback is not None and (fallback.last_success or "output" in fallback.model_fields_set):
+        output = fallback.output if not fallback.last_success else _last_success(env.store, graph, node.id, run_id)
+        _commit(env, graph, node, run_id, item, token, "fallback", output_json=json.dumps(output), error=error, ctx=ctx)
+        return "fallback"
+    _commit(env, graph, node, run_id, item, token, "failed", error=error, ctx=ctx)
+    return f"failed: {error['type']}"
+
+
+def _last_success(store: RunStore, graph: RunGraph, stage_id: str, run_id: str) -> Any:
+    for other in store.recent_runs(limit=200, pipeline=graph.name):
+        if other != run_id and store.r.hget(store.keys.run(other), "status") == "succeeded":
+            value = store.output(other, stage_id)
+            if value is not None:
+                return value
+    return None
+
+
+def _commit(env: WorkerEnv, graph: RunGraph, node: Node, run_id: str, item: int | None, token: str,
+            outcome: str, output_json: str = "", error: dict[str, Any] | None = None,
+            ctx: StageContext | None = None) -> None:
+    dispatcher = env.dispatcher
+    commit = env.store.finish(
+        run_id, graph, node.id, item, token, outcome, output_json, error,
+        context_writes=ctx.context.writes if ctx else (), metrics=ctx.metrics.values if ctx else None,
+        children=dispatcher.children(run_id, graph, node.id),
+        descendants=dispatcher.descendants(run_id, graph, node.id),
+    )
+    if commit.verdict in ("stale", "late"):
+        log.warning("commit of %s/%s item %s refused (%s): a newer attempt holds it", run_id, node.id, item,
+                    commit.verdict)
+        return
+    dispatcher.advance(run_id, graph, commit, node.id)

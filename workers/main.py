@@ -1,0 +1,152 @@
+"""`chordflow worker`: detect the machine, pick queues, start Celery workers, publish what we serve.
+
+GPU stages get their own Celery worker process whose concurrency is the
+number of GPUs, so a machine never runs more GPU stages at once than it has
+GPUs, whatever the concurrency of its CPU worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from dataclasses import asdict, dataclass
+
+import psutil
+from celery import signals
+
+from orchestration.compiler import stage_signature  # noqa: F401  (re-exported for tools)
+from orchestration.dispatch import signature_of
+from orchestration.registry import REGISTRY
+from orchestration.settings import Settings
+from orchestration.store import RunStore, connect
+
+from .app import create_app, load_stage_modules
+
+log = logging.getLogger("chordflow.worker")
+
+
+@dataclass(frozen=True)
+class Machine:
+    cpus: int
+    memory_gb: float
+    gpus: int
+
+
+def detect_gpus() -> int:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout
+            return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+        except (OSError, subprocess.SubprocessError):
+            return 0
+    return 0
+
+
+def detect_machine(gpus: int | None = None, memory_gb: float | None = None) -> Machine:
+    return Machine(
+        cpus=psutil.cpu_count() or 1,
+        memory_gb=memory_gb if memory_gb is not None else round(psutil.virtual_memory().total / 2**30, 1),
+        gpus=gpus if gpus is not None else detect_gpus(),
+    )
+
+
+def queues_for(machine: Machine, settings: Settings) -> list[str]:
+    queues = [settings.cpu_queue]
+    if machine.memory_gb >= settings.highmem_threshold_gb:
+        queues.append(settings.highmem_queue)
+    if machine.gpus > 0:
+        queues.append(settings.gpu_queue)
+    return [q for q in queues if q in settings.queues]
+
+
+class Services(threading.Thread):
+    """In the worker's main process: publish what we serve, and send retries whose delay is over."""
+
+    def __init__(self, settings: Settings, info: dict, hostname: str, drain: bool = True):
+        super().__init__(daemon=True, name="chordflow-services")
+        self.settings, self.info, self.hostname, self.drain = settings, info, hostname, drain
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        store = RunStore(connect(self.settings), self.settings)
+        app = create_app(self.settings)
+        ticks = 0
+        while not self.stop.is_set():
+            try:
+                if ticks % max(1, int(self.settings.heartbeat_s / 0.5)) == 0:
+                    store.publish_worker(self.hostname, self.info)
+                if self.drain:
+                    due = store.due_delayed()
+                    if due:
+                        with app.producer_or_acquire() as producer:
+                            for message in due:
+                                signature_of(message, store).apply_async(producer=producer)
+            except Exception:
+                log.warning("worker services: Redis unavailable, retrying", exc_info=True)
+            ticks += 1
+            self.stop.wait(0.5)
+        try:
+            store.remove_worker(self.hostname)
+        except Exception:
+            pass
+
+
+def run_worker(settings: Settings, queues: list[str] | None = None, concurrency: int | None = None,
+               hostname: str | None = None, gpus: int | None = None, memory_gb: float | None = None,
+               imports: list[str] | None = None, loglevel: str = "INFO", gpu_only: bool = False) -> int:
+    """Start serving; blocks until the worker is stopped. Returns an exit code."""
+    load_stage_modules([*settings.imports, *(imports or [])])
+    machine = detect_machine(gpus, memory_gb)
+    host = hostname or socket.gethostname()
+    chosen = queues or queues_for(machine, settings)
+    unknown = [q for q in chosen if q not in settings.queues]
+    if unknown:
+        print(f"error: unknown queue(s) {', '.join(unknown)}; configured: {', '.join(settings.queues)}",
+              file=sys.stderr)
+        return 2
+    gpu_child = None
+    if not gpu_only and settings.gpu_queue in chosen and machine.gpus > 0 and len(chosen) > 1:
+        # GPU stages in their own process, concurrency = GPUs.
+        chosen = [q for q in chosen if q != settings.gpu_queue]
+        argv = [sys.executable, "-m", "workers", "--queues", settings.gpu_queue, "--gpus", str(machine.gpus),
+                "--hostname", host, "--gpu-only", "--loglevel", loglevel, "--memory-gb", str(machine.memory_gb)]
+        for module in imports or []:
+            argv += ["--import", module]
+        gpu_child = subprocess.Popen(argv)
+    if gpu_only or chosen == [settings.gpu_queue]:
+        concurrency = max(1, machine.gpus)
+    info = {"queues": chosen, "machine": asdict(machine), "pid": os.getpid(),
+            "types": [t.describe() for t in REGISTRY], "aliases": REGISTRY.names()}
+    services = Services(settings, info, f"{host}/{'gpu' if gpu_only else 'main'}", drain=not gpu_only)
+
+    @signals.worker_ready.connect(weak=False)
+    def _ready(**_: object) -> None:
+        services.start()
+
+    @signals.worker_shutdown.connect(weak=False)
+    def _shutdown(**_: object) -> None:
+        services.stop.set()
+
+    app = create_app(settings, hostname=host)
+    nodename = f"{'gpu' if gpu_only else 'celery'}@{host}"
+    argv = ["worker", "-Q", ",".join(chosen), "-c", str(concurrency or machine.cpus), "-n", nodename,
+            "--loglevel", loglevel, "-E", "--without-mingle", "--without-gossip"]
+    try:
+        app.worker_main(argv=argv)
+    finally:
+        if gpu_child is not None and gpu_child.poll() is None:
+            gpu_child.send_signal(signal.SIGTERM)
+            try:
+                gpu_child.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                gpu_child.kill()
+    return 0
