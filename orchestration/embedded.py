@@ -98,9 +98,9 @@ class WorkerProcess:
     def __init__(self, redis_url: str, queues: Sequence[str] = ("cpu", "gpu", "highmem"), concurrency: int = 2,
                  hostname: str | None = None, imports: Sequence[str] = (), gpus: int | None = None,
                  env: dict[str, str] | None = None, loglevel: str = "WARNING", log_path: str | None = None,
-                 prefix: Sequence[str] = ()):
+                 prefix: Sequence[str] = (), pool: str = "prefork"):
         self.argv = [*prefix, sys.executable, "-m", "workers", "--queues", ",".join(queues),
-                     "--concurrency", str(concurrency), "--loglevel", loglevel]
+                     "--concurrency", str(concurrency), "--loglevel", loglevel, "--pool", pool]
         if hostname:
             self.argv += ["--hostname", hostname]
         if gpus is not None:

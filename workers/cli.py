@@ -16,14 +16,16 @@ from .main import run_worker
 @click.option("--gpus", type=int, help="GPUs to use (default: CUDA_VISIBLE_DEVICES or nvidia-smi).")
 @click.option("--memory-gb", type=float, help="Memory to advertise (default: the machine's).")
 @click.option("--import", "imports", multiple=True, help="Module that registers stage types (repeatable).")
+@click.option("--pool", type=click.Choice(["prefork", "threads", "solo"]), default="prefork", show_default=True,
+              help="prefork enforces hard time limits; threads suits many I/O-bound stages.")
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
 @click.option("--gpu-only", is_flag=True, hidden=True)
 def worker(queues: str | None, concurrency: int | None, hostname: str | None, gpus: int | None,
-           memory_gb: float | None, imports: tuple[str, ...], loglevel: str, gpu_only: bool) -> None:
+           memory_gb: float | None, imports: tuple[str, ...], pool: str, loglevel: str, gpu_only: bool) -> None:
     """Serve stages from this machine's queues."""
     settings = Settings.load()
     if not settings.redis_url:
         raise click.UsageError("set CHORDFLOW_REDIS_URL to the Redis the pipeline runs on")
     code = run_worker(settings, [q.strip() for q in queues.split(",") if q.strip()] if queues else None,
-                      concurrency, hostname, gpus, memory_gb, list(imports), loglevel.upper(), gpu_only)
+                      concurrency, hostname, gpus, memory_gb, list(imports), loglevel.upper(), gpu_only, pool)
     raise SystemExit(code)

@@ -102,7 +102,8 @@ class Services(threading.Thread):
 
 def run_worker(settings: Settings, queues: list[str] | None = None, concurrency: int | None = None,
                hostname: str | None = None, gpus: int | None = None, memory_gb: float | None = None,
-               imports: list[str] | None = None, loglevel: str = "INFO", gpu_only: bool = False) -> int:
+               imports: list[str] | None = None, loglevel: str = "INFO", gpu_only: bool = False,
+               pool: str = "prefork") -> int:
     """Start serving; blocks until the worker is stopped. Returns an exit code."""
     load_stage_modules([*settings.imports, *(imports or [])])
     machine = detect_machine(gpus, memory_gb)
@@ -139,7 +140,7 @@ def run_worker(settings: Settings, queues: list[str] | None = None, concurrency:
     app = create_app(settings, hostname=host)
     nodename = f"{'gpu' if gpu_only else 'celery'}@{host}"
     argv = ["worker", "-Q", ",".join(chosen), "-c", str(concurrency or machine.cpus), "-n", nodename,
-            "--loglevel", loglevel, "-E", "--without-mingle", "--without-gossip"]
+            "--loglevel", loglevel, "-E", "--without-mingle", "--without-gossip", "--pool", pool]
     try:
         app.worker_main(argv=argv)
     finally:

@@ -29,13 +29,14 @@ class Cluster:
         self.workers: list[WorkerProcess] = []
 
     def start_worker(self, queues=("cpu", "gpu", "highmem"), concurrency: int = 2, hostname: str | None = None,
-                     gpus: int | None = None, env: dict[str, str] | None = None, wait: bool = True) -> WorkerProcess:
+                     gpus: int | None = None, env: dict[str, str] | None = None, wait: bool = True,
+                     pool: str = "prefork") -> WorkerProcess:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         name = hostname or f"w{len(self.workers)}"
         worker = WorkerProcess(
             self.server.url, queues, concurrency, hostname=name, imports=["tests.stages"], gpus=gpus,
             env={"PYTHONPATH": str(ROOT), "CHORDFLOW_TEST_HOST": name, **(env or {})},
-            log_path=str(ARTIFACTS / f"worker-{os.getpid()}-{name}.log"), loglevel="INFO",
+            log_path=str(ARTIFACTS / f"worker-{os.getpid()}-{name}.log"), loglevel="INFO", pool=pool,
         ).start()
         self.workers.append(worker)
         if wait:
@@ -59,14 +60,21 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory) -> Iterator[Cluster]:
+def bare_cluster(tmp_path_factory) -> Iterator[Cluster]:
+    """Redis and no workers: the test starts the workers it needs."""
     with RedisServer() as server:
         c = Cluster(server, tmp_path_factory.mktemp("cluster"))
-        c.start_worker()
         try:
             yield c
         finally:
             c.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(bare_cluster) -> Cluster:
+    """Redis and one worker serving every queue with 3 processes."""
+    bare_cluster.start_worker(concurrency=3)
+    return bare_cluster
 
 
 def pipeline(name: str, *stages: dict, **fields) -> dict:
