@@ -22,7 +22,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         raise ValueError("no Redis URL configured (set CHORDFLOW_REDIS_URL)")
     config: dict[str, Any] = {
         "broker_url": settings.redis_url,
-        "result_backend": None,
+        "result_backend": settings.result_backend,
         "task_ignore_result": True,
         "task_serializer": "json",
         "result_serializer": "json",

@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     worker_ttl_s: float = 30.0
     flower_basic_auth: str | None = None
     imports: tuple[str, ...] = ()
+    result_backend: str | None = Field(None, description="only for plain Celery tasks beside ours (benchmarks)")
     ssl_cert_reqs: str = "required"
 
     @classmethod
