@@ -63,6 +63,7 @@ class Dispatcher:
     def dispatch(self, run_id: str, graph: RunGraph, stage_ids: Iterable[str]) -> None:
         """Send every stage in `stage_ids` (all 'queued'), and whatever they make ready in turn."""
         pending = list(stage_ids)
+        sent: list[str] = []
         while pending:
             batch: list[Signature] = []
             more: list[str] = []
@@ -75,7 +76,11 @@ class Dispatcher:
                 else:
                     batch.append(stage_signature(run_id, node))
             self.send(batch)
+            sent += pending
             pending = more
+        # Only now, with every message handed to the broker, is the outbox entry done;
+        # a dispatcher that dies before this line is covered by the reaper.
+        self.store.sent(run_id, sent)
 
     def advance(self, run_id: str, graph: RunGraph, commit: Commit, stage_id: str) -> None:
         """Act on a commit: send what it made ready, revoke what fail-fast stopped, close the run."""

@@ -95,6 +95,14 @@ class Keys:
         """Sorted set: '<run>|<stage>|<item>' by lease expiry (Redis clock), read by the reaper."""
         return f"{self.prefix}:leases"
 
+    def outbox(self) -> str:
+        """Sorted set: '<run>|<stage>' made ready but not yet confirmed sent, by time (Redis clock)."""
+        return f"{self.prefix}:outbox"
+
+    def reaper_lock(self) -> str:
+        """String: the lock held by the one worker that reaps at a time."""
+        return f"{self.prefix}:reaper"
+
     def counter(self, name: str) -> str:
         """String: a test or benchmark counter."""
         return f"{self.prefix}:counter:{name}"

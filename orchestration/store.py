@@ -100,6 +100,8 @@ class RunStore:
             pipe.hset(k.pending(run_id), mapping=pending)
         pipe.xadd(k.events(run_id), {"t": f"{now:.3f}", "kind": "run", "state": "running"},
                   maxlen=200000, approximate=True)
+        if roots:
+            pipe.zadd(k.outbox(), {f"{run_id}|{sid}": now for sid in roots})
         pipe.zadd(k.runs(), {run_id: now})
         pipe.zadd(k.pipeline_runs(graph.name), {run_id: now})
         pipe.execute()
@@ -227,14 +229,14 @@ class RunStore:
         res = self._finish(
             keys=[k.run(run_id), k.states(run_id), self._unit_key(run_id, stage_id, item), k.events(run_id),
                   k.outputs(run_id), k.context(run_id), k.metrics(run_id), k.pending(run_id),
-                  k.stage(run_id, stage_id), k.leases(), k.run(run_id)],
+                  k.stage(run_id, stage_id), k.leases(), k.outbox()],
             args=[stage_id, "" if item is None else item, token, outcome, output_json,
                   json.dumps(error) if error else "", json.dumps([list(w) for w in context_writes]),
                   json.dumps([[name, repr(float(v))] for name, v in (metrics or {}).items()]),
                   json.dumps(list(children)), json.dumps(list(descendants)),
                   "1" if node.critical else "0", "1" if graph.fail_fast else "0",
                   self.lease_member(run_id, stage_id, item),
-                  "1" if node.max_concurrency else "0", f"{k.prefix}:run:{run_id}:"],
+                  "1" if node.max_concurrency else "0", f"{k.prefix}:run:{run_id}:", run_id],
         )
         verdict, finalized, status, ready, revoke, next_item = res
         return Commit(verdict, bool(finalized), status, list(ready), list(revoke),
@@ -254,6 +256,11 @@ class RunStore:
             args=[op, f"{k.prefix}:run:{run_id}:"],
         )
         return verdict, list(payload) if isinstance(payload, list) else [payload]
+
+    def sent(self, run_id: str, stage_ids: Sequence[str]) -> None:
+        """The messages of these ready stages are with the broker: take them out of the outbox."""
+        if stage_ids:
+            self.r.zrem(self.keys.outbox(), *(f"{run_id}|{sid}" for sid in stage_ids))
 
     def expire_run(self, run_id: str, graph: RunGraph) -> None:
         """Set the TTL on every key of a finished run."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 import traceback
 from dataclasses import dataclass
 from typing import Any
@@ -56,14 +57,20 @@ class Heartbeat:
         self._thread = threading.Thread(target=self._loop, daemon=True, name="chordflow-heartbeat")
 
     def _loop(self) -> None:
+        last_renewed = time.monotonic()
         while not self._stop.wait(self._interval):
             try:
                 if not self._store.renew(*self._args):
                     log.warning("lease lost for %s/%s; stopping the stage", *self._args[:2])
                     self._ctx.cancel()
                     return
-            except Exception:  # Redis unreachable: the lease will lapse on Redis's clock
+                last_renewed = time.monotonic()
+            except Exception:  # Redis unreachable: the lease lapses on Redis's clock
                 log.warning("could not renew the lease of %s/%s", *self._args[:2], exc_info=True)
+                if time.monotonic() - last_renewed > self._store.settings.lease_s:
+                    # Another worker may hold the stage by now: stop, our commit would be refused.
+                    self._ctx.cancel()
+                    return
 
     def __enter__(self) -> Heartbeat:
         self._thread.start()

@@ -21,7 +21,8 @@ import psutil
 from celery import signals
 
 from orchestration.compiler import stage_signature  # noqa: F401  (re-exported for tools)
-from orchestration.dispatch import signature_of
+from orchestration.dispatch import Dispatcher, signature_of
+from orchestration.reaper import Reaper
 from orchestration.registry import REGISTRY
 from orchestration.settings import Settings
 from orchestration.store import RunStore, connect
@@ -69,7 +70,8 @@ def queues_for(machine: Machine, settings: Settings) -> list[str]:
 
 
 class Services(threading.Thread):
-    """In the worker's main process: publish what we serve, and send retries whose delay is over."""
+    """In the worker's main process: publish what we serve, send retries whose delay is over,
+    and reap (when this worker holds the reaper lock)."""
 
     def __init__(self, settings: Settings, info: dict, hostname: str, drain: bool = True):
         super().__init__(daemon=True, name="chordflow-services")
@@ -79,6 +81,7 @@ class Services(threading.Thread):
     def run(self) -> None:
         store = RunStore(connect(self.settings), self.settings)
         app = create_app(self.settings)
+        reaper = Reaper(store, Dispatcher(app, store), self.hostname)
         ticks = 0
         while not self.stop.is_set():
             try:
@@ -90,6 +93,8 @@ class Services(threading.Thread):
                         with app.producer_or_acquire() as producer:
                             for message in due:
                                 signature_of(message, store).apply_async(producer=producer)
+                    if ticks % 2 == 0:
+                        reaper.tick()
             except Exception:
                 log.warning("worker services: Redis unavailable, retrying", exc_info=True)
             ticks += 1

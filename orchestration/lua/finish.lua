@@ -6,14 +6,14 @@
 -- or the unit no longer running) changes nothing.
 --
 -- KEYS: 1 run, 2 states, 3 unit hash, 4 events, 5 outputs, 6 context, 7 metrics,
---       8 pending, 9 stage hash, 10 leases, 11 run index by status (unused placeholder)
+--       8 pending, 9 stage hash, 10 leases, 11 outbox (ready stages until their message is sent)
 -- ARGV: 1 stage id, 2 item index or '', 3 token ('' = coordinator commit of a queued stage),
 --       4 outcome: succeeded | skipped | failed | fallback, 5 output JSON or '',
 --       6 error JSON or '', 7 context writes: JSON array of [op, key, value] (op 's' set, 'i' incr),
 --       8 metric increments: JSON array of [name, delta], 9 children: JSON array of stage ids,
 --       10 descendants: JSON array (marked upstream_failed on a critical failure without fail_fast),
 --       11 critical '1'|'0', 12 fail_fast '1'|'0', 13 lease member, 14 windowed fan-out '1'|'0',
---       15 key prefix for other stages' hashes ('<prefix>:run:<id>:')
+--       15 key prefix for other stages' hashes ('<prefix>:run:<id>:'), 16 run id
 -- Returns {verdict, finalized, run status, ready children, task ids to revoke, next item or ''}
 local stage, item, token, outcome = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local p = ''
@@ -97,6 +97,7 @@ if stage_outcome ~= 'failed' or ARGV[11] == '0' then
     local left = redis.call('HINCRBY', KEYS[8], child, -1)
     if left <= 0 and redis.call('HGET', KEYS[2], child) == 'pending' and run_status == 'running' then
       redis.call('HSET', KEYS[2], child, 'queued')
+      redis.call('ZADD', KEYS[11], tonumber(t[1]), ARGV[16] .. '|' .. child)
       ready[#ready + 1] = child
     end
   end
