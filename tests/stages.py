@@ -79,3 +79,58 @@ def flaky(ctx, fail_times: int = 1) -> int:
     if ctx.attempt <= fail_times:
         raise ConnectionError(f"flaky attempt {ctx.attempt}")
     return ctx.attempt
+
+
+_ERRORS = {"ConnectionError": ConnectionError, "ValueError": ValueError, "TimeoutError": TimeoutError}
+
+
+@stage("test.timed_flaky")
+def timed_flaky(ctx, fail_times: int = 2, error: str = "ConnectionError") -> int:
+    """Record when each attempt started; fail the first `fail_times` attempts with `error`."""
+    _redis().rpush(f"test:times:{ctx.run_id}:{ctx.stage_id}", time.time())
+    if ctx.attempt <= fail_times:
+        raise _ERRORS[error](f"attempt {ctx.attempt} fails")
+    return ctx.attempt
+
+
+@stage("test.policy_a", retry=RetryPolicy(max_attempts=2, backoff="fixed", delay=0.05))
+def policy_a(ctx) -> None:
+    _count(f"{ctx.run_id}:{ctx.stage_id}")
+    raise ConnectionError("always")
+
+
+@stage("test.policy_b", retry=RetryPolicy(max_attempts=4, backoff="fixed", delay=0.05))
+def policy_b(ctx) -> None:
+    _count(f"{ctx.run_id}:{ctx.stage_id}")
+    raise ConnectionError("always")
+
+
+@stage("test.slow_counted")
+def slow_counted(ctx, seconds: float = 3.0, metric: str = "done") -> str:
+    """Count starts and record the host; sleep (stopping if the lease is lost); add a metric."""
+    r = _redis()
+    _count(f"{ctx.run_id}:{ctx.stage_id}")
+    r.rpush(f"test:hosts:{ctx.run_id}:{ctx.stage_id}", os.environ.get("CHORDFLOW_TEST_HOST", ""))
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not ctx.cancelled():
+        time.sleep(0.05)
+    ctx.metrics.increment(metric, 1)
+    return os.environ.get("CHORDFLOW_TEST_HOST", "")
+
+
+@stage("test.suicide")
+def suicide(ctx) -> None:
+    """Kill the process running this stage, every time."""
+    import signal
+
+    _count(f"{ctx.run_id}:{ctx.stage_id}")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@stage("test.env_gate")
+def env_gate(ctx, var: str) -> str:
+    """Fail unless the file `var` names exists (a test flips it between runs)."""
+    _count(f"{ctx.run_id}:{ctx.stage_id}")
+    if not os.path.exists(ctx.variables.get(var, "") or os.environ.get(var, "/nonexistent")):
+        raise RuntimeError(f"{var} is not ready")
+    return "ready"

@@ -95,7 +95,8 @@ local run_status = redis.call('HGET', KEYS[1], 'status')
 if stage_outcome ~= 'failed' or ARGV[11] == '0' then
   for _, child in ipairs(cjson.decode(ARGV[9])) do
     local left = redis.call('HINCRBY', KEYS[8], child, -1)
-    if left <= 0 and redis.call('HGET', KEYS[2], child) == 'pending' and run_status == 'running' then
+    if left <= 0 and redis.call('HGET', KEYS[2], child) == 'pending'
+        and (run_status == 'running' or run_status == 'paused') then
       redis.call('HSET', KEYS[2], child, 'queued')
       redis.call('ZADD', KEYS[11], tonumber(t[1]), ARGV[16] .. '|' .. child)
       ready[#ready + 1] = child
