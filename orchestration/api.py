@@ -112,6 +112,16 @@ class Client:
         self.dispatcher.send(signature_of(p, self.store) for p in parked)
         return "resumed"
 
+    def retry(self, run_id: str) -> str:
+        """Run a failed run again from the point of failure, under the same id."""
+        self.store.run(run_id)
+        graph = self.store.graph(run_id)
+        verdict, detail = self.store.reopen(run_id, graph)
+        if verdict != "ok":
+            return f"not retried: the run is {detail[0]}"
+        self.dispatcher.dispatch(run_id, graph, detail)
+        return "retrying"
+
     # -- reading ------------------------------------------------------------------------------
     def status(self, run_id: str) -> dict[str, Any]:
         """The run and every stage: state, attempts, host, queue, times (epoch s), error, output."""
@@ -130,6 +140,8 @@ class Client:
                 "started_at": _num(d.get("started_at")), "finished_at": _num(d.get("finished_at")),
                 "error": json.loads(d["error"]) if d.get("error") else None, "output": outputs.get(sid),
             }
+            if d.get("history"):
+                stage["history"] = json.loads(d["history"])
             if "items_total" in d:
                 stage["items_total"] = int(d["items_total"])
                 stage["items_done"] = int(d.get("items_done", 0))
@@ -156,7 +168,9 @@ class Client:
                 if on_event:
                     on_event(event)
                 if event.get("kind") == "run" and event.get("state") in RUN_FINAL:
-                    return event["state"]
+                    # An older end of a run retried since: keep reading.
+                    if self.store.run(run_id).get("status") in RUN_FINAL:
+                        return event["state"]
             if status in RUN_FINAL:
                 return status
             if deadline is not None and time.monotonic() >= deadline:

@@ -196,7 +196,7 @@ def _control(op: str, run_id: str) -> int:
     client = client_from_env()
     outcome = getattr(client, op)(run_id)
     say(f"run {run_id}: {outcome}")
-    return EXIT_OK if outcome in ("cancelled", "paused", "resumed") else EXIT_FAILED
+    return EXIT_OK if outcome in ("cancelled", "paused", "resumed", "retrying") else EXIT_FAILED
 
 
 @cli.command()
@@ -221,6 +221,21 @@ def pause(run_id: str) -> int:
 def resume(run_id: str) -> int:
     """Resume a paused run."""
     return _control("resume", run_id)
+
+
+@cli.command("retry")
+@click.argument("run_id")
+@click.option("--follow", "-f", is_flag=True, help="Follow the run until it ends.")
+@command
+def retry_command(run_id: str, follow: bool) -> int:
+    """Run a failed run again from the point of failure, reusing every output that succeeded."""
+    code = _control("retry", run_id)
+    if code or not follow:
+        return code
+    client = client_from_env()
+    final = progress.follow(client, run_id, console)
+    _print_summary(client.status(run_id), outputs=False)
+    return EXIT_OK if final == "succeeded" else EXIT_FAILED
 
 
 @cli.command()

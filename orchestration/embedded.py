@@ -136,11 +136,14 @@ class WorkerProcess:
             self.proc.wait()
 
 
-def wait_for_workers(client: redis.Redis, prefix: str, count: int, timeout_s: float = 30.0) -> None:
-    """Block until `count` workers have published themselves."""
+def wait_for_workers(client: redis.Redis, prefix: str, count: int = 1, timeout_s: float = 30.0,
+                     hostnames: Sequence[str] = ()) -> None:
+    """Block until `count` workers (or the workers of these hostnames) have published themselves."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if client.hlen(f"{prefix}:workers") >= count:
+        published = [k.decode() if isinstance(k, bytes) else k for k in client.hkeys(f"{prefix}:workers")]
+        hosts = {name.split("/")[0] for name in published}
+        if len(published) >= count and all(h in hosts for h in hostnames):
             return
         time.sleep(0.1)
-    raise TimeoutError(f"fewer than {count} workers registered within {timeout_s}s")
+    raise TimeoutError(f"workers {list(hostnames) or count} did not register within {timeout_s}s")

@@ -69,6 +69,7 @@ class RunStore:
         self._finish = client.register_script(_script("finish.lua"))
         self._fanout = client.register_script(_script("fanout.lua"))
         self._control = client.register_script(_script("control.lua"))
+        self._reopen = client.register_script(_script("reopen.lua"))
         self._graphs: dict[str, RunGraph] = {}
 
     # -- creating a run ----------------------------------------------------------------------
@@ -256,6 +257,19 @@ class RunStore:
             args=[op, f"{k.prefix}:run:{run_id}:"],
         )
         return verdict, list(payload) if isinstance(payload, list) else [payload]
+
+    def reopen(self, run_id: str, graph: RunGraph) -> tuple[str, list[str]]:
+        """Put a failed or cancelled run back to running from its point of failure."""
+        k = self.keys
+        pipe = self.r.pipeline(transaction=False)
+        for key in k.run_keys(run_id, [n.id for n in graph.nodes]):
+            pipe.persist(key)
+        pipe.execute()
+        verdict, detail = self._reopen(
+            keys=[k.run(run_id), k.states(run_id), k.pending(run_id), k.events(run_id), k.outbox()],
+            args=[f"{k.prefix}:run:{run_id}:", run_id, json.dumps({n.id: list(n.needs) for n in graph.nodes})],
+        )
+        return verdict, list(detail) if isinstance(detail, list) else [detail]
 
     def sent(self, run_id: str, stage_ids: Sequence[str]) -> None:
         """The messages of these ready stages are with the broker: take them out of the outbox."""

@@ -127,10 +127,10 @@ def suicide(ctx) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-@stage("test.env_gate")
-def env_gate(ctx, var: str) -> str:
-    """Fail unless the file `var` names exists (a test flips it between runs)."""
+@stage("test.env_gated")
+def env_gated(ctx, var: str = "GATE") -> str:
+    """Fail unless the worker's environment says `var=open`."""
     _count(f"{ctx.run_id}:{ctx.stage_id}")
-    if not os.path.exists(ctx.variables.get(var, "") or os.environ.get(var, "/nonexistent")):
-        raise RuntimeError(f"{var} is not ready")
-    return "ready"
+    if os.environ.get(var) != "open":
+        raise RuntimeError(f"{var} is {os.environ.get(var)!r}, not 'open'")
+    return "passed"

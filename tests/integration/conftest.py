@@ -40,11 +40,11 @@ class Cluster:
         ).start()
         self.workers.append(worker)
         if wait:
-            self.wait_workers(len(self.workers))
+            self.wait_workers(hostnames=[name])
         return worker
 
-    def wait_workers(self, count: int) -> None:
-        wait_for_workers(self.redis, self.settings.key_prefix, count, timeout_s=60)
+    def wait_workers(self, count: int = 1, hostnames: tuple[str, ...] | list[str] = ()) -> None:
+        wait_for_workers(self.redis, self.settings.key_prefix, count, timeout_s=60, hostnames=hostnames)
 
     def run(self, data: dict, timeout: float = 60, **submit):
         spec = validate_data(data)
