@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import hooks
 from .celeryconfig import client_app
 from .dispatch import Dispatcher, signature_of
 from .errors import ChordflowError, InvalidPipeline, Problem
@@ -47,8 +48,10 @@ class Client:
         self.dispatcher = Dispatcher(self.app, self.store)
 
     def submit(self, spec: PipelineSpec, *, selection: str | None = None, only: bool = False,
-               check_types: bool = True, idempotency_key: str | None = None) -> RunHandle:
+               check_types: bool = True, idempotency_key: str | None = None, no_cache: bool = False) -> RunHandle:
         graph = resolve(spec, self.settings, selection, only)
+        if no_cache:
+            graph = graph.model_copy(update={"no_cache": True})
         if check_types:
             graph = self.check_types(graph)
         run_id, created = self.store.create_run(graph, idempotency_key=idempotency_key)
@@ -95,7 +98,10 @@ class Client:
         if verdict == "ok":
             if revoke:
                 self.app.control.revoke(revoke, terminate=True, signal="SIGTERM")
-            self.store.expire_run(run_id, self.store.graph(run_id))
+            graph = self.store.graph(run_id)
+            self.store.expire_run(run_id, graph)
+            hooks.emit("run_complete", {"run_id": run_id, "pipeline": graph.name, "status": "cancelled"},
+                       graph.webhooks)
             return "cancelled"
         return f"not cancelled: the run is {revoke[0]}"
 

@@ -57,11 +57,12 @@ def client_from_env() -> Client:
 @click.option("--idempotency-key", metavar="KEY", help="A repeated submit with the same key returns the same run.")
 @click.option("--timeout", type=float, help="With --follow/--wait: give up waiting after this many seconds.")
 @click.option("--items", is_flag=True, help="With --follow: show fan-out items too.")
+@click.option("--no-cache", is_flag=True, help="Run every stage even if a cached output exists.")
 @json_option
 @command
 def submit(file: Path, sets: tuple[str, ...], select: str | None, only: bool, follow: bool, wait: bool,
            dry_run: bool, no_check: bool, idempotency_key: str | None, timeout: float | None, items: bool,
-           as_json: bool) -> int:
+           no_cache: bool, as_json: bool) -> int:
     """Run a pipeline. Without CHORDFLOW_REDIS_URL, runs it on a private Redis and local workers."""
     settings = settings_from_env()
     spec = load_spec(file, sets, settings)
@@ -77,15 +78,16 @@ def submit(file: Path, sets: tuple[str, ...], select: str | None, only: bool, fo
             if not as_json:
                 say(f"no CHORDFLOW_REDIS_URL: running on a private Redis and local workers ({local.redis_url})")
             return _submit_and_show(Client(local), spec, select, only, True, no_check, idempotency_key,
-                                    timeout, items, as_json, show_outputs=True)
+                                    timeout, items, as_json, no_cache, show_outputs=True)
     return _submit_and_show(Client(settings), spec, select, only, follow or wait, no_check, idempotency_key,
-                            timeout, items, as_json, quiet=wait and not follow)
+                            timeout, items, as_json, no_cache, quiet=wait and not follow)
 
 
 def _submit_and_show(client: Client, spec: Any, select: str | None, only: bool, follow: bool, no_check: bool,
-                     key: str | None, timeout: float | None, items: bool, as_json: bool,
+                     key: str | None, timeout: float | None, items: bool, as_json: bool, no_cache: bool,
                      quiet: bool = False, show_outputs: bool = False) -> int:
-    handle = client.submit(spec, selection=select, only=only, check_types=not no_check, idempotency_key=key)
+    handle = client.submit(spec, selection=select, only=only, check_types=not no_check, idempotency_key=key,
+                           no_cache=no_cache)
     if not follow:
         print_json({"run_id": handle.run_id}) if as_json else say(handle.run_id)
         return EXIT_OK

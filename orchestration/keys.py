@@ -99,6 +99,10 @@ class Keys:
         """Sorted set: '<run>|<stage>' made ready but not yet confirmed sent, by time (Redis clock)."""
         return f"{self.prefix}:outbox"
 
+    def cache(self, key: str) -> str:
+        """String: a cached stage output (JSON), with the stage's cache TTL."""
+        return f"{self.prefix}:cache:{key}"
+
     def reaper_lock(self) -> str:
         """String: the lock held by the one worker that reaps at a time."""
         return f"{self.prefix}:reaper"

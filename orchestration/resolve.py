@@ -76,6 +76,7 @@ class RunGraph(Model):
     nodes: tuple[Node, ...]
     critical_path: tuple[str, ...] = ()
     makespan_s: float = 0.0
+    no_cache: bool = False
 
     @cached_property
     def index(self) -> dict[str, Node]:

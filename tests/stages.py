@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Any
 
 import redis
 
-from orchestration import RetryPolicy, stage
+from orchestration import RetryPolicy, hooks, stage
 
 _client: redis.Redis | None = None
 
@@ -134,3 +135,26 @@ def env_gated(ctx, var: str = "GATE") -> str:
     if os.environ.get(var) != "open":
         raise RuntimeError(f"{var} is {os.environ.get(var)!r}, not 'open'")
     return "passed"
+
+
+@stage("test.versioned", version=os.environ.get("TEST_TYPE_VERSION", "1"))
+def versioned(ctx, value: int = 0) -> dict:
+    _count(f"{ctx.run_id}:{ctx.stage_id}")
+    return {"value": value, "version": os.environ.get("TEST_TYPE_VERSION", "1")}
+
+
+# -- hooks: every event lands in a per-run list, in the order the hooks ran -------------------
+
+
+def _hook(event: dict) -> None:
+    _redis().rpush(f"test:hooks:{event['run_id']}", json.dumps(
+        {k: event.get(k) for k in ("kind", "stage_id", "attempt", "will_retry", "status", "state")}))
+
+
+def _raising_hook(event: dict) -> None:
+    raise RuntimeError("this hook is broken on purpose")
+
+
+for _kind in ("stage_start", "stage_complete", "stage_error", "run_complete"):
+    hooks.register(_kind, _hook)
+hooks.register("stage_complete", _raising_hook)

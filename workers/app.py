@@ -12,6 +12,7 @@ from typing import Any
 
 from celery import Celery
 
+from orchestration import hooks
 from orchestration.celeryconfig import celery_config
 from orchestration.dispatch import Dispatcher
 from orchestration.registry import ENTRY_POINT_GROUP, REGISTRY, Registry, StageType
@@ -44,7 +45,8 @@ def create_app(settings: Settings, registry: Registry = REGISTRY, hostname: str 
         # Built lazily in each pool process, after the fork.
         if state.get("pid") != os.getpid():
             store = RunStore(connect(settings), settings)
-            state.update(pid=os.getpid(), env=WorkerEnv(settings, store, Dispatcher(app, store), registry,
+            dispatcher = Dispatcher(app, store, on_finalized=run_completed)
+            state.update(pid=os.getpid(), env=WorkerEnv(settings, store, dispatcher, registry,
                                                        hostname or socket.gethostname()))
         return state["env"]
 
@@ -52,6 +54,10 @@ def create_app(settings: Settings, registry: Registry = REGISTRY, hostname: str 
         _register(app, stage_type, env)
     app.chordflow_env = env  # type: ignore[attr-defined]
     return app
+
+
+def run_completed(run_id: str, graph: Any, status: str) -> None:
+    hooks.emit("run_complete", {"run_id": run_id, "pipeline": graph.name, "status": status}, graph.webhooks)
 
 
 def _register(app: Celery, stage_type: StageType, env: Any) -> None:

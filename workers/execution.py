@@ -19,7 +19,8 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from orchestration import expressions
+from orchestration import expressions, hooks
+from orchestration.cache import cache_key
 from orchestration.dispatch import Dispatcher, payload
 from orchestration.errors import FailStage, OutputTooLarge, RetryStage, RunNotFound, StageTimeout
 from orchestration.registry import Registry, StageType
@@ -112,10 +113,15 @@ def execute(env: WorkerEnv, stage_type: StageType, task_id: str, run_id: str, st
         return f"{verdict}: {rest[0] if rest else ''}"
     token = str(rest[0])
     ctx = _context(store, graph, node, run_id, attempt, item)
+    event = {"run_id": run_id, "pipeline": graph.name, "stage_id": stage_id, "item": item, "attempt": attempt,
+             "host": env.hostname, "queue": node.queue, "type": stage_type.name}
+    if verdict == "run":
+        hooks.emit("stage_start", event, graph.webhooks)
     if verdict == "poison":
         error = {"type": "PoisonMessage", "retryable": False, "attempt": attempt,
                  "message": f"the worker running this stage died {rest[1]} times; the message is quarantined"}
-        _commit(env, graph, node, run_id, item, token, "failed", error=error, ctx=ctx)
+        _commit(env, graph, node, run_id, item, token, "failed", error=error, ctx=ctx,
+                announce=("stage_error", {**event, "error": error, "will_retry": False}))
         return "poison"
     if node.when and item is None:
         try:
@@ -126,8 +132,19 @@ def execute(env: WorkerEnv, stage_type: StageType, task_id: str, run_id: str, st
                     error={"type": "ConditionError", "message": str(exc), "retryable": False, "attempt": attempt})
             return "condition error"
         if not go:
-            _commit(env, graph, node, run_id, item, token, "skipped", output_json="null", ctx=ctx)
+            _commit(env, graph, node, run_id, item, token, "skipped", output_json="null", ctx=ctx,
+                    announce=("stage_complete", {**event, "state": "skipped"}))
             return "skipped"
+    cached_at = None
+    if node.cache is not None and not graph.no_cache:
+        cached_at = store.keys.cache(cache_key(stage_type.name, stage_type.version, node.params, ctx.inputs,
+                                               ctx.item, node.run))
+        hit = store.r.get(cached_at)
+        if hit is not None:
+            store.r.hset(store.keys.stage(run_id, stage_id), "cache", "hit")
+            _commit(env, graph, node, run_id, item, token, "succeeded", output_json=hit, ctx=ctx,
+                    announce=("stage_complete", {**event, "state": "succeeded", "cached": True}))
+            return "cache hit"
     try:
         with Heartbeat(store, run_id, stage_id, item, token, env.settings.heartbeat_s, ctx):
             result = stage_type.func(ctx, **node.params)
@@ -136,14 +153,17 @@ def execute(env: WorkerEnv, stage_type: StageType, task_id: str, run_id: str, st
             raise OutputTooLarge(run_id, stage_id, len(output_json), env.settings.output_cap_bytes)
     except SoftTimeLimitExceeded:
         exc = StageTimeout(f"stage '{stage_id}' ran past its timeout of {node.timeout_s:g}s", exit_code=None)
-        return _failed(env, stage_type, graph, node, run_id, item, attempt, token, exc, ctx)
+        return _failed(env, stage_type, graph, node, run_id, item, attempt, token, exc, ctx, event)
     except Exception as exc:  # the stage's own failure: retry, fallback or fail, by policy
         if isinstance(exc, TypeError) and "JSON serializable" in str(exc):
             exc = FailStage(f"stage '{stage_id}' returned a value that is not JSON: {exc}")
-        return _failed(env, stage_type, graph, node, run_id, item, attempt, token, exc, ctx)
+        return _failed(env, stage_type, graph, node, run_id, item, attempt, token, exc, ctx, event)
     finally:
         store.append_logs(run_id, stage_id, ctx.log_lines)
-    _commit(env, graph, node, run_id, item, token, "succeeded", output_json=output_json, ctx=ctx)
+    if cached_at is not None and node.cache is not None:
+        store.r.set(cached_at, output_json, ex=max(1, int(node.cache.ttl)))
+    _commit(env, graph, node, run_id, item, token, "succeeded", output_json=output_json, ctx=ctx,
+            announce=("stage_complete", {**event, "state": "succeeded"}))
     return "succeeded"
 
 
@@ -164,7 +184,7 @@ def _context(store: RunStore, graph: RunGraph, node: Node, run_id: str, attempt:
 
 
 def _failed(env: WorkerEnv, stage_type: StageType, graph: RunGraph, node: Node, run_id: str, item: int | None,
-            attempt: int, token: str, exc: BaseException, ctx: StageContext) -> str:
+            attempt: int, token: str, exc: BaseException, ctx: StageContext, event: dict[str, Any]) -> str:
     policy = resolve_policy(stage_type.retry, node.retry_policy)
     if isinstance(exc, RetryStage):
         retryable = True
@@ -177,16 +197,37 @@ def _failed(env: WorkerEnv, stage_type: StageType, graph: RunGraph, node: Node, 
         delay = exc.delay_s if isinstance(exc, RetryStage) and exc.delay_s is not None else countdown(policy, attempt)
         park = delay > env.settings.delay_set_threshold_s
         message = payload(run_id, node.id, attempt + 1, item)
-        if env.store.retry(run_id, node.id, item, token, error, attempt + 1, delay, park, message) and not park:
-            env.dispatcher.send([stage_signature(run_id, node, attempt + 1, item, countdown=delay)])
+        if env.store.retry(run_id, node.id, item, token, error, attempt + 1, delay, park, message):
+            if not park:
+                env.dispatcher.send([stage_signature(run_id, node, attempt + 1, item, countdown=delay)])
+            hooks.emit("stage_error", {**event, "error": error, "will_retry": True, "delay_s": delay},
+                       graph.webhooks)
         return f"retrying in {delay:.2f}s"
-    fallback = node.fallback
-    if fallback is not None and (fallback.last_success or "output" in fallback.model_fields_set):
-        output = fallback.output if not fallback.last_success else _last_success(env.store, graph, node.id, run_id)
-        _commit(env, graph, node, run_id, item, token, "fallback", output_json=json.dumps(output), error=error, ctx=ctx)
-        return "fallback"
-    _commit(env, graph, node, run_id, item, token, "failed", error=error, ctx=ctx)
+    announce = ("stage_error", {**event, "error": error, "will_retry": False})
+    if node.fallback is not None:
+        try:
+            output_json = json.dumps(_fallback_output(env, graph, node, run_id, ctx))
+        except Exception as fallback_exc:
+            error["fallback_error"] = f"{type(fallback_exc).__name__}: {fallback_exc}"
+        else:
+            _commit(env, graph, node, run_id, item, token, "fallback", output_json, error, ctx, announce)
+            return "fallback"
+    _commit(env, graph, node, run_id, item, token, "failed", error=error, ctx=ctx, announce=announce)
     return f"failed: {error['type']}"
+
+
+def _fallback_output(env: WorkerEnv, graph: RunGraph, node: Node, run_id: str, ctx: StageContext) -> Any:
+    """The output a fallback supplies: a constant, the last success's, or another stage type's."""
+    fallback = node.fallback
+    assert fallback is not None
+    if fallback.last_success:
+        return _last_success(env.store, graph, node.id, run_id)
+    if fallback.uses is not None:
+        other = env.registry.get(fallback.uses)
+        if other is None:
+            raise LookupError(f"fallback type '{fallback.uses}' is not registered in this worker")
+        return other.func(ctx, **node.params)
+    return fallback.output
 
 
 def _last_success(store: RunStore, graph: RunGraph, stage_id: str, run_id: str) -> Any:
@@ -200,7 +241,11 @@ def _last_success(store: RunStore, graph: RunGraph, stage_id: str, run_id: str) 
 
 def _commit(env: WorkerEnv, graph: RunGraph, node: Node, run_id: str, item: int | None, token: str,
             outcome: str, output_json: str = "", error: dict[str, Any] | None = None,
-            ctx: StageContext | None = None) -> None:
+            ctx: StageContext | None = None, announce: tuple[str, dict[str, Any]] | None = None) -> bool:
+    """Commit the attempt, announce it to the hooks, then advance the run.
+
+    False if a newer attempt holds the stage (this one's result is dropped, nothing announced).
+    """
     dispatcher = env.dispatcher
     commit = env.store.finish(
         run_id, graph, node.id, item, token, outcome, output_json, error,
@@ -211,5 +256,8 @@ def _commit(env: WorkerEnv, graph: RunGraph, node: Node, run_id: str, item: int 
     if commit.verdict in ("stale", "late"):
         log.warning("commit of %s/%s item %s refused (%s): a newer attempt holds it", run_id, node.id, item,
                     commit.verdict)
-        return
+        return False
+    if announce is not None:
+        hooks.emit(announce[0], announce[1], graph.webhooks)
     dispatcher.advance(run_id, graph, commit, node.id)
+    return True
