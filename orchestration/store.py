@@ -17,6 +17,8 @@ from importlib import resources
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from .errors import RunNotFound
 from .keys import Keys
@@ -40,7 +42,14 @@ def connect(settings: Settings) -> redis.Redis:
     """A client for the configured URL (redis:// or rediss://, with AUTH if the URL has it)."""
     if not settings.redis_url:
         raise ValueError("no Redis URL configured (set CHORDFLOW_REDIS_URL)")
-    kwargs: dict[str, Any] = {"decode_responses": True, "health_check_interval": 30}
+    # Ride out a Redis restart or a short network cut (connection retries, kept apart from
+    # stage retries). A retried script whose first reply was lost is refused by its fencing
+    # token; what it would have sent is in the outbox, which the reaper re-sends.
+    kwargs: dict[str, Any] = {
+        "decode_responses": True, "health_check_interval": 30, "socket_timeout": 10,
+        "socket_connect_timeout": 5, "retry": Retry(ExponentialBackoff(cap=2.0, base=0.1), 20),
+        "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
+    }
     if settings.redis_url.startswith("rediss://"):
         kwargs["ssl_cert_reqs"] = settings.ssl_cert_reqs
     return redis.Redis.from_url(settings.redis_url, **kwargs)
