@@ -75,8 +75,12 @@ def _field_problems(exc: ValidationError, data: Mapping[str, Any], line_of: Line
     problems: list[Problem] = []
     errors = exc.errors(include_url=False)
     fields_with_deeper_errors = {e["loc"][:3] for e in errors if len(e["loc"]) > 3}
+    stage_errors = any(len(e["loc"]) > 1 and e["loc"][0] == "stages" for e in errors)
     for err in errors:
         loc = tuple(err["loc"])
+        # An invalid stage is dropped before the length check; "at least 1 item" would be noise.
+        if loc == ("stages",) and err["type"] == "too_short" and stage_errors:
+            continue
         # A union field (retry: NAME | {policy}) reports one error per branch; when the
         # input was a mapping, the "should be a string" branch is noise.
         if err["type"] == "string_type" and loc[:3] in fields_with_deeper_errors:
@@ -221,7 +225,9 @@ def _cross_stage_problems(views: list[_StageView], data: Mapping[str, Any], spec
         if v.id is None:
             continue
         if v.id in first_seen:
-            add(f"duplicate stage id (first defined on line {line_of('stages', first_seen[v.id].index)})", v, "id")
+            first_line = line_of("stages", first_seen[v.id].index)
+            where = f"line {first_line}" if first_line else f"stage #{first_seen[v.id].index + 1}"
+            add(f"duplicate stage id (first defined at {where})", v, "id")
         else:
             first_seen[v.id] = v
     ids = list(first_seen)
