@@ -1,0 +1,46 @@
+"""Plain Celery tasks for `bench_execution.py`: the baseline Chordflow is compared with.
+
+The worker imports this module (`python -m workers --import benchmarks.plain_tasks`,
+with the repository root on PYTHONPATH). `shared_task` attaches each task to every
+Celery app, so these run in the same worker processes, from the same queue and the
+same Redis, with the same configuration (acks late, prefetch 1, JSON, task events)
+as Chordflow's own `stage.<type>` tasks.
+
+The benchmark process sends them by name (`app.signature("bench.noop")`), so it never
+needs to import this module.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import redis
+from celery import shared_task
+
+_clients: dict[int, redis.Redis] = {}
+
+
+def _redis() -> redis.Redis:
+    """One connection per pool process (built after the fork), to the worker's Redis."""
+    client = _clients.get(os.getpid())
+    if client is None:
+        client = _clients[os.getpid()] = redis.Redis.from_url(os.environ["CHORDFLOW_REDIS_URL"])
+    return client
+
+
+@shared_task(name="bench.noop", ignore_result=True)
+def noop(*_: Any) -> None:
+    """Do nothing and store nothing (chain links, lattice nodes' work)."""
+
+
+@shared_task(name="bench.noop_result", ignore_result=False)
+def noop_result(value: Any = None) -> Any:
+    """Do nothing, but store a result: a chord's header tasks must, for the join to count them."""
+    return value
+
+
+@shared_task(name="bench.push", ignore_result=True)
+def push(key: str, value: str = "done") -> None:
+    """RPUSH `value` to `key`: the end-of-run signal the benchmark BLPOPs, and a lattice node's 'I am done'."""
+    _redis().rpush(key, value)
