@@ -54,7 +54,8 @@ class Client:
             graph = graph.model_copy(update={"no_cache": True})
         if check_types:
             graph = self.check_types(graph)
-        run_id, created = self.store.create_run(graph, idempotency_key=idempotency_key)
+        run_id, created = self.store.create_run(graph, idempotency_key=idempotency_key,
+                                                extra={"max_age_s": spec.max_age} if spec.max_age else None)
         if created:
             self.dispatcher.dispatch(run_id, graph, [n.id for n in graph.nodes if not n.needs])
         return RunHandle(self, run_id)
@@ -164,12 +165,13 @@ class Client:
         """Block until the run ends (reading its event stream); returns its final status."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         after = "0-0"
+        status = self.store.run(run_id).get("status", "")
+        if status in RUN_FINAL and on_event is None:
+            return status
         while True:
-            status = self.store.run(run_id).get("status", "")
-            if status in RUN_FINAL and on_event is None:
-                return status
-            block = 500 if deadline is None else max(1, min(500, int((deadline - time.monotonic()) * 1000)))
-            for eid, event in self.store.events(run_id, after, block_ms=block):
+            block = 1000 if deadline is None else max(1, min(1000, int((deadline - time.monotonic()) * 1000)))
+            events = self.store.events(run_id, after, block_ms=block)
+            for eid, event in events:
                 after = eid
                 if on_event:
                     on_event(event)
@@ -177,8 +179,11 @@ class Client:
                     # An older end of a run retried since: keep reading.
                     if self.store.run(run_id).get("status") in RUN_FINAL:
                         return event["state"]
-            if status in RUN_FINAL:
-                return status
+            if not events:
+                # Quiet for a second: the stream may have expired with the run, look at the record.
+                status = self.store.run(run_id).get("status", "")
+                if status in RUN_FINAL:
+                    return status
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"run {run_id} did not finish within {timeout_s}s (it is {status})")
 

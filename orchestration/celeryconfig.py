@@ -36,7 +36,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_on_failure_or_timeout": True,
         "worker_prefetch_multiplier": 1,
         "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        # Workers send task events (-E) for Flower; "sent" events would cost every dispatch a
+        # round trip, and our own event stream already records each state change.
+        "task_send_sent_event": False,
         "worker_hijack_root_logger": False,
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": {"visibility_timeout": settings.visibility_timeout_s},

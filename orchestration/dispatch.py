@@ -17,7 +17,6 @@ from celery import Celery, Signature
 from . import expressions
 from .compiler import item_signatures, stage_signature
 from .graph import children as children_of
-from .graph import downstream
 from .resolve import Node, RunGraph
 from .store import Commit, RunStore
 
@@ -30,25 +29,37 @@ class Dispatcher:
         self.app = app
         self.store = store
         self.on_finalized = on_finalized
-        self._topology: dict[str, tuple[dict[str, list[str]], dict[str, list[str]]]] = {}
+        self._topology: dict[str, dict[str, list[str]]] = {}
 
     # -- graph helpers (cached per run) ---------------------------------------------------------
     def children(self, run_id: str, graph: RunGraph, stage_id: str) -> list[str]:
-        return self._topo(run_id, graph)[0].get(stage_id, [])
+        return self._topo(run_id, graph).get(stage_id, [])
 
     def descendants(self, run_id: str, graph: RunGraph, stage_id: str) -> list[str]:
-        cached = self._topo(run_id, graph)[1]
-        if stage_id not in cached:
-            below = downstream(graph.deps(), [stage_id])
-            cached[stage_id] = [n.id for n in graph.nodes if n.id in below]
-        return cached[stage_id]
+        children = self._topo(run_id, graph)
+        seen: set[str] = set()
+        stack = list(children.get(stage_id, []))
+        while stack:
+            sid = stack.pop()
+            if sid not in seen:
+                seen.add(sid)
+                stack.extend(children.get(sid, []))
+        return [n.id for n in graph.nodes if n.id in seen]
 
-    def _topo(self, run_id: str, graph: RunGraph) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    def blocked_by(self, run_id: str, graph: RunGraph, stage_id: str, outcome: str) -> list[str]:
+        """The stages a failure marks upstream_failed (only a critical failure without fail_fast
+        needs the list; everything else is decided in the commit script)."""
+        node = graph.node(stage_id)
+        if outcome != "failed" or not node.critical or graph.fail_fast:
+            return []
+        return self.descendants(run_id, graph, stage_id)
+
+    def _topo(self, run_id: str, graph: RunGraph) -> dict[str, list[str]]:
         topo = self._topology.get(run_id)
         if topo is None:
             if len(self._topology) > 256:
                 self._topology.clear()
-            topo = self._topology[run_id] = (children_of(graph.deps()), {})
+            topo = self._topology[run_id] = children_of(graph.deps())
         return topo
 
     # -- sending ------------------------------------------------------------------------------
@@ -135,7 +146,7 @@ class Dispatcher:
         commit = self.store.finish(
             run_id, graph, node.id, None, "", outcome, output, error,
             children=self.children(run_id, graph, node.id),
-            descendants=self.descendants(run_id, graph, node.id),
+            descendants=self.blocked_by(run_id, graph, node.id, outcome),
         )
         if commit.verdict != "ok":
             return []

@@ -202,14 +202,15 @@ class RunStore:
         return f"{run_id}|{stage_id}|{'' if item is None else item}"
 
     def begin(self, run_id: str, stage_id: str, item: int | None, attempt: int, host: str, queue: str,
-              task_id: str, payload: str) -> list[Any]:
+              task_id: str, payload: str, read: Sequence[str] = ()) -> list[Any]:
+        """Start an attempt; with 'run' comes its token and the JSON outputs of the `read` stages."""
         k = self.keys
         return self._begin(
             keys=[k.run(run_id), k.states(run_id), self._unit_key(run_id, stage_id, item), k.events(run_id),
-                  k.parked(run_id), k.leases()],
+                  k.parked(run_id), k.leases(), k.outputs(run_id)],
             args=[stage_id, "" if item is None else item, attempt, host, queue, task_id,
                   int(self.settings.lease_s * 1000), self.settings.max_deliveries, payload,
-                  self.lease_member(run_id, stage_id, item)],
+                  self.lease_member(run_id, stage_id, item), *read],
         )
 
     def renew(self, run_id: str, stage_id: str, item: int | None, token: str) -> bool:

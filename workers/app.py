@@ -16,11 +16,12 @@ from orchestration import hooks
 from orchestration.celeryconfig import celery_config
 from orchestration.dispatch import Dispatcher
 from orchestration.registry import ENTRY_POINT_GROUP, REGISTRY, Registry, StageType
+from orchestration.schedules import register_scheduled_task
 from orchestration.settings import Settings
 from orchestration.store import RunStore, connect
 
 from . import builtins as _builtins  # noqa: F401  (registers shell, noop, sleep, fail)
-from .execution import WorkerEnv, execute
+from .execution import LeaseKeeper, WorkerEnv, execute
 
 log = logging.getLogger("chordflow.worker")
 
@@ -47,11 +48,13 @@ def create_app(settings: Settings, registry: Registry = REGISTRY, hostname: str 
             store = RunStore(connect(settings), settings)
             dispatcher = Dispatcher(app, store, on_finalized=run_completed)
             state.update(pid=os.getpid(), env=WorkerEnv(settings, store, dispatcher, registry,
-                                                       hostname or socket.gethostname()))
+                                                       hostname or socket.gethostname(),
+                                                       LeaseKeeper(store, settings.heartbeat_s), {}))
         return state["env"]
 
     for stage_type in registry:
         _register(app, stage_type, env)
+    register_scheduled_task(app, settings)
     app.chordflow_env = env  # type: ignore[attr-defined]
     return app
 

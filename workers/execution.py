@@ -45,40 +45,56 @@ class WorkerEnv:
     dispatcher: Dispatcher
     registry: Registry
     hostname: str
+    leases: LeaseKeeper
+    fanout_inputs: dict[tuple[str, str], dict[str, Any]]
 
 
-class Heartbeat:
-    """Renews the attempt's lease every `interval_s`; if renewal fails, cancels the stage."""
+class LeaseKeeper:
+    """One thread per process renews the lease of every attempt running in it.
 
-    def __init__(self, store: RunStore, run_id: str, stage_id: str, item: int | None, token: str,
-                 interval_s: float, ctx: StageContext):
-        self._args = (run_id, stage_id, item, token)
-        self._store, self._interval, self._ctx = store, interval_s, ctx
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True, name="chordflow-heartbeat")
+    A stage whose lease is lost, or cannot be renewed for a whole lease period (Redis
+    unreachable), is told to stop: another worker may hold it by now, and its commit
+    would be refused anyway.
+    """
 
-    def _loop(self) -> None:
-        last_renewed = time.monotonic()
-        while not self._stop.wait(self._interval):
-            try:
-                if not self._store.renew(*self._args):
-                    log.warning("lease lost for %s/%s; stopping the stage", *self._args[:2])
-                    self._ctx.cancel()
-                    return
-                last_renewed = time.monotonic()
-            except Exception:  # Redis unreachable: the lease lapses on Redis's clock
-                log.warning("could not renew the lease of %s/%s", *self._args[:2], exc_info=True)
-                if time.monotonic() - last_renewed > self._store.settings.lease_s:
-                    # Another worker may hold the stage by now: stop, our commit would be refused.
-                    self._ctx.cancel()
-                    return
+    def __init__(self, store: RunStore, interval_s: float):
+        self._store, self._interval = store, interval_s
+        self._held: dict[tuple[str, str, int | None, str], tuple[StageContext, float]] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
+    def hold(self, run_id: str, stage_id: str, item: int | None, token: str, ctx: StageContext) -> LeaseKeeper:
+        with self._lock:
+            self._held[(run_id, stage_id, item, token)] = (ctx, time.monotonic())
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, daemon=True, name="chordflow-leases")
+                self._thread.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
+    def release(self, run_id: str, stage_id: str, item: int | None, token: str) -> None:
+        with self._lock:
+            self._held.pop((run_id, stage_id, item, token), None)
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(self._interval)
+            with self._lock:
+                held = list(self._held.items())
+            for key, (ctx, last_renewed) in held:
+                try:
+                    if not self._store.renew(*key):
+                        log.warning("lease lost for %s/%s; stopping the stage", key[0], key[1])
+                        ctx.cancel()
+                        self.release(*key)
+                        continue
+                    with self._lock:
+                        if key in self._held:
+                            self._held[key] = (ctx, time.monotonic())
+                except Exception:  # Redis unreachable: the lease lapses on Redis's clock
+                    log.warning("could not renew the lease of %s/%s", key[0], key[1], exc_info=True)
+                    if time.monotonic() - last_renewed > self._store.settings.lease_s:
+                        ctx.cancel()
+                        self.release(*key)
 
 
 def error_record(exc: BaseException, attempt: int, retryable: bool) -> dict[str, Any]:
@@ -107,12 +123,21 @@ def execute(env: WorkerEnv, stage_type: StageType, task_id: str, run_id: str, st
         log.error("refusing %s: stage %s/%s is of type %r, not %r", task_id, run_id, stage_id, node.type,
                   stage_type.name)
         return "refused: type mismatch"
+    # The inputs come back with the token; a fan-out item reuses what its process parsed already.
+    cached_inputs = env.fanout_inputs.get((run_id, stage_id)) if item is not None else None
+    read = [] if cached_inputs is not None else _reads(node)
     verdict, *rest = store.begin(run_id, stage_id, item, attempt, env.hostname, node.queue, task_id,
-                                 payload(run_id, stage_id, attempt, item))
+                                 payload(run_id, stage_id, attempt, item), read)
     if verdict not in ("run", "poison"):
         return f"{verdict}: {rest[0] if rest else ''}"
     token = str(rest[0])
-    ctx = _context(store, graph, node, run_id, attempt, item)
+    if cached_inputs is None:
+        cached_inputs = {sid: json.loads(raw) for sid, raw in zip(read, rest[-1])}
+        if item is not None:
+            if len(env.fanout_inputs) > 64:
+                env.fanout_inputs.clear()
+            env.fanout_inputs[(run_id, stage_id)] = cached_inputs
+    ctx = _context(env, graph, node, run_id, attempt, item, cached_inputs)
     event = {"run_id": run_id, "pipeline": graph.name, "stage_id": stage_id, "item": item, "attempt": attempt,
              "host": env.hostname, "queue": node.queue, "type": stage_type.name}
     if verdict == "run":
@@ -146,8 +171,11 @@ def execute(env: WorkerEnv, stage_type: StageType, task_id: str, run_id: str, st
                     announce=("stage_complete", {**event, "state": "succeeded", "cached": True}))
             return "cache hit"
     try:
-        with Heartbeat(store, run_id, stage_id, item, token, env.settings.heartbeat_s, ctx):
+        env.leases.hold(run_id, stage_id, item, token, ctx)
+        try:
             result = stage_type.func(ctx, **node.params)
+        finally:
+            env.leases.release(run_id, stage_id, item, token)
         output_json = json.dumps(result, separators=(",", ":"))
         if len(output_json) > env.settings.output_cap_bytes:
             raise OutputTooLarge(run_id, stage_id, len(output_json), env.settings.output_cap_bytes)
@@ -167,9 +195,16 @@ def execute(env: WorkerEnv, stage_type: StageType, task_id: str, run_id: str, st
     return "succeeded"
 
 
-def _context(store: RunStore, graph: RunGraph, node: Node, run_id: str, attempt: int,
-             item: int | None) -> StageContext:
-    inputs = store.outputs(run_id, node.needs)
+def _reads(node: Node) -> list[str]:
+    """The stages whose outputs an attempt reads: its needs, and the for_each source."""
+    if node.for_each and node.for_each not in node.needs:
+        return [*node.needs, node.for_each]
+    return list(node.needs)
+
+
+def _context(env: WorkerEnv, graph: RunGraph, node: Node, run_id: str, attempt: int, item: int | None,
+             outputs: dict[str, Any]) -> StageContext:
+    inputs = {sid: outputs.get(sid) for sid in node.needs}
     item_value: Any = None
     matrix = None
     if item is not None:
@@ -177,9 +212,8 @@ def _context(store: RunStore, graph: RunGraph, node: Node, run_id: str, attempt:
             matrix = node.matrix[item]
             item_value = matrix
         else:
-            items = inputs.get(node.for_each) if node.for_each in inputs else store.output(run_id, node.for_each or "")
-            item_value = items[item]
-    return StageContext(store, run_id, node.id, attempt, inputs, graph.variables, item_value, item, matrix,
+            item_value = outputs[node.for_each][item]
+    return StageContext(env.store, run_id, node.id, attempt, inputs, graph.variables, item_value, item, matrix,
                         node.timeout_s, node.env, node.cwd, node.run)
 
 
@@ -251,7 +285,7 @@ def _commit(env: WorkerEnv, graph: RunGraph, node: Node, run_id: str, item: int 
         run_id, graph, node.id, item, token, outcome, output_json, error,
         context_writes=ctx.context.writes if ctx else (), metrics=ctx.metrics.values if ctx else None,
         children=dispatcher.children(run_id, graph, node.id),
-        descendants=dispatcher.descendants(run_id, graph, node.id),
+        descendants=dispatcher.blocked_by(run_id, graph, node.id, outcome),
     )
     if commit.verdict in ("stale", "late"):
         log.warning("commit of %s/%s item %s refused (%s): a newer attempt holds it", run_id, node.id, item,

@@ -18,10 +18,12 @@ import threading
 from dataclasses import asdict, dataclass
 
 import psutil
+import redis
 from celery import signals
 
 from orchestration.compiler import stage_signature  # noqa: F401  (re-exported for tools)
 from orchestration.dispatch import Dispatcher, signature_of
+from orchestration.health import redis_warnings
 from orchestration.reaper import Reaper
 from orchestration.registry import REGISTRY
 from orchestration.settings import Settings
@@ -142,6 +144,12 @@ def run_worker(settings: Settings, queues: list[str] | None = None, concurrency:
     def _shutdown(**_: object) -> None:
         services.stop.set()
 
+    try:
+        for warning in redis_warnings(connect(settings)):
+            log.warning("WARNING: %s", warning)
+            print(f"WARNING: {warning}", file=sys.stderr)
+    except redis.RedisError:
+        log.warning("could not check Redis's persistence settings", exc_info=True)
     app = create_app(settings, hostname=host)
     nodename = f"{'gpu' if gpu_only else 'celery'}@{host}"
     argv = ["worker", "-Q", ",".join(chosen), "-c", str(concurrency or machine.cpus), "-n", nodename,

@@ -1,9 +1,11 @@
 -- Start one attempt of a stage (or of one fan-out item), fenced by a fresh token.
 -- KEYS: 1 run, 2 states, 3 unit hash (stage hash, or the stage's items hash), 4 events,
---       5 parked, 6 leases
+--       5 parked, 6 leases, 7 outputs
 -- ARGV: 1 stage id, 2 item index or '', 3 attempt, 4 host, 5 queue, 6 task id, 7 lease ms,
---       8 max crashes, 9 message payload (parked while paused), 10 lease member
--- Returns {'run', token} | {'parked'} | {'drop', why} | {'dup', why} | {'poison', token, crashes}
+--       8 max crashes, 9 message payload (parked while paused), 10 lease member,
+--       11... ids whose outputs the stage reads (returned with the token: one round trip)
+-- Returns {'run', token, outputs} | {'parked'} | {'drop', why} | {'dup', why}
+--       | {'poison', token, crashes, outputs}
 local run_status = redis.call('HGET', KEYS[1], 'status')
 if not run_status then return {'drop', 'no such run'} end
 if run_status == 'paused' then
@@ -48,5 +50,12 @@ if ARGV[2] == '' then redis.call('HSET', KEYS[2], ARGV[1], 'running') end
 redis.call('ZADD', KEYS[6], now_ms + tonumber(ARGV[7]), ARGV[10])
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', '200000', '*', 'kind', 'stage', 'stage', ARGV[1], 'item', ARGV[2],
   'state', 'running', 'attempt', ARGV[3], 'host', ARGV[4], 't', now)
-if crashes >= tonumber(ARGV[8]) then return {'poison', token, crashes} end
-return {'run', token}
+local inputs = {}
+if #ARGV > 10 then
+  local needs = {}
+  for i = 11, #ARGV do needs[#needs + 1] = ARGV[i] end
+  inputs = redis.call('HMGET', KEYS[7], unpack(needs))
+  for i = 1, #inputs do if not inputs[i] then inputs[i] = 'null' end end
+end
+if crashes >= tonumber(ARGV[8]) then return {'poison', token, crashes, inputs} end
+return {'run', token, inputs}
