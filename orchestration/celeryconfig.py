@@ -42,7 +42,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_hijack_root_logger": False,
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": {"visibility_timeout": settings.visibility_timeout_s},
-        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # A broker blip must not kill running stages: the lease decides who holds a stage.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         "enable_utc": True,
     }
     if settings.redis_url.startswith("rediss://"):

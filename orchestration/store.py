@@ -38,10 +38,20 @@ def new_run_id() -> str:
     return f"r{int(time.time() * 1000):x}{secrets.token_hex(4)}"
 
 
-def connect(settings: Settings) -> redis.Redis:
-    """A client for the configured URL (redis:// or rediss://, with AUTH if the URL has it)."""
+def connect(settings: Settings, timeout_s: float | None = None) -> redis.Redis:
+    """A client for the configured URL (redis:// or rediss://, with AUTH if the URL has it).
+
+    With `timeout_s`, a client that fails fast instead: no connection retries, every call
+    bounded by `timeout_s` (lease renewal must notice a cut link within a heartbeat).
+    """
     if not settings.redis_url:
         raise ValueError("no Redis URL configured (set CHORDFLOW_REDIS_URL)")
+    if timeout_s is not None:
+        quick: dict[str, Any] = {"decode_responses": True, "socket_timeout": timeout_s,
+                                 "socket_connect_timeout": timeout_s, "retry": Retry(ExponentialBackoff(), 0)}
+        if settings.redis_url.startswith("rediss://"):
+            quick["ssl_cert_reqs"] = settings.ssl_cert_reqs
+        return redis.Redis.from_url(settings.redis_url, **quick)
     # Ride out a Redis restart or a short network cut (connection retries, kept apart from
     # stage retries). A retried script whose first reply was lost is refused by its fencing
     # token; what it would have sent is in the outbox, which the reaper re-sends.

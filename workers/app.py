@@ -49,7 +49,7 @@ def create_app(settings: Settings, registry: Registry = REGISTRY, hostname: str 
             dispatcher = Dispatcher(app, store, on_finalized=run_completed)
             state.update(pid=os.getpid(), env=WorkerEnv(settings, store, dispatcher, registry,
                                                        hostname or socket.gethostname(),
-                                                       LeaseKeeper(store, settings.heartbeat_s), {}))
+                                                       _lease_keeper(settings), {}))
         return state["env"]
 
     for stage_type in registry:
@@ -57,6 +57,12 @@ def create_app(settings: Settings, registry: Registry = REGISTRY, hostname: str 
     register_scheduled_task(app, settings)
     app.chordflow_env = env  # type: ignore[attr-defined]
     return app
+
+
+def _lease_keeper(settings: Settings) -> LeaseKeeper:
+    # Its own fail-fast client: a cut link must show within a heartbeat, not after retries.
+    quick = RunStore(connect(settings, timeout_s=max(0.5, settings.heartbeat_s)), settings)
+    return LeaseKeeper(quick, settings.heartbeat_s)
 
 
 def run_completed(run_id: str, graph: Any, status: str) -> None:

@@ -82,19 +82,27 @@ class LeaseKeeper:
                 held = list(self._held.items())
             for key, (ctx, last_renewed) in held:
                 try:
-                    if not self._store.renew(*key):
-                        log.warning("lease lost for %s/%s; stopping the stage", key[0], key[1])
-                        ctx.cancel()
-                        self.release(*key)
-                        continue
-                    with self._lock:
-                        if key in self._held:
-                            self._held[key] = (ctx, time.monotonic())
+                    renewed = self._store.renew(*key)
                 except Exception:  # Redis unreachable: the lease lapses on Redis's clock
-                    log.warning("could not renew the lease of %s/%s", key[0], key[1], exc_info=True)
-                    if time.monotonic() - last_renewed > self._store.settings.lease_s:
+                    log.warning("could not renew the lease of %s/%s", key[0], key[1])
+                    if time.monotonic() - last_renewed > self._store.settings.lease_s and self._holds(key):
+                        log.warning("no renewal for a whole lease: stopping %s/%s", key[0], key[1])
                         ctx.cancel()
                         self.release(*key)
+                    continue
+                with self._lock:
+                    if key not in self._held:  # the attempt ended while we renewed
+                        continue
+                    if renewed:
+                        self._held[key] = (ctx, time.monotonic())
+                        continue
+                log.warning("lease lost for %s/%s; stopping the stage", key[0], key[1])
+                ctx.cancel()
+                self.release(*key)
+
+    def _holds(self, key: tuple[str, str, int | None, str]) -> bool:
+        with self._lock:
+            return key in self._held
 
 
 def error_record(exc: BaseException, attempt: int, retryable: bool) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -7,7 +8,9 @@ import pytest
 from orchestration.embedded import RedisServer
 from tests.integration.conftest import Cluster
 
-FAST_LEASES = {"CHORDFLOW_LEASE_S": "3", "CHORDFLOW_HEARTBEAT_S": "0.5", "CHORDFLOW_MAX_DELIVERIES": "3"}
+from .netns import FAST_LEASES, HostNetwork, hosts_fixture
+
+__all__ = ["FAST_LEASES"]
 
 
 @pytest.fixture
@@ -19,3 +22,12 @@ def chaos_cluster(tmp_path) -> Iterator[Cluster]:
             yield c
         finally:
             c.stop()
+
+
+@pytest.fixture
+def hosts(tmp_path, request) -> Iterator[HostNetwork]:
+    """Three hosts, each a network namespace on a veth link to a bridge where Redis (AOF on) listens.
+
+    No workers yet: `hosts.start_workers()`. Everything is removed afterwards, pass or fail.
+    """
+    yield from hosts_fixture(tmp_path, tag=re.sub(r"[^\w.-]", "_", request.node.name)[:60])
