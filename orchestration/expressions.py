@@ -81,7 +81,8 @@ def check(expression: str, variables: Iterable[str], stage_ids: Iterable[str]) -
         tree = ast.parse(expression.strip(), mode="eval")
     except SyntaxError as exc:
         return [f"condition {expression!r} is not a valid expression: {exc.msg} (column {exc.offset})"]
-    known_vars, known_stages = set(variables), set(stage_ids)
+    known_vars = variables if isinstance(variables, (set, frozenset)) else set(variables)
+    known_stages = stage_ids if isinstance(stage_ids, (set, frozenset)) else set(stage_ids)
     problems: list[str] = []
     for node in ast.walk(tree):
         if not isinstance(node, _ALLOWED_NODES):

@@ -95,12 +95,17 @@ def _policy(value: str | RetryPolicy | None, spec: PipelineSpec) -> RetryPolicy 
     return value
 
 
-def file_policy(stage: Stage, spec: PipelineSpec) -> dict[str, Any]:
+def file_policy(stage: Stage, spec: PipelineSpec, _dumps: dict[int, dict[str, Any]] | None = None) -> dict[str, Any]:
     """defaults.retry, then the stage's retry over it; only explicitly set fields are kept."""
     merged: dict[str, Any] = {}
     for layer in (_policy(spec.defaults.retry, spec), _policy(stage.retry, spec)):
         if layer is not None:
-            merged.update(layer.model_dump(mode="json", include=layer.model_fields_set))
+            dumped = _dumps.get(id(layer)) if _dumps is not None else None
+            if dumped is None:
+                dumped = layer.model_dump(mode="json", include=layer.model_fields_set)
+                if _dumps is not None:
+                    _dumps[id(layer)] = dumped
+            merged.update(dumped)
     return merged
 
 
@@ -127,15 +132,17 @@ def resolve(spec: PipelineSpec, settings: Settings | None = None, selection: str
     path, makespan = graph.critical_path(deps, est)
     on_path = set(path)
     by_id = {s.id: s for s in enabled}
+    dumps: dict[int, dict[str, Any]] = {}  # a shared policy is dumped once, not once per stage
     nodes = []
     for sid in order:
         s = by_id[sid]
         resources = s.resources or spec.defaults.resources
-        nodes.append(Node(
+        # Every value here comes from validated models: construct without validating again.
+        nodes.append(Node.model_construct(
             id=s.id, type=s.type_name, params=s.params, run=s.run, env=s.env, cwd=s.cwd,
             needs=tuple(deps[sid]),
             queue=queue_for(resources, s.queue, spec.defaults.queue, settings),
-            resources=resources, retry=file_policy(s, spec),
+            resources=resources, retry=file_policy(s, spec, dumps),
             timeout_s=s.timeout if s.timeout is not None else spec.defaults.timeout,
             when=s.when, critical=s.critical, for_each=s.for_each, max_concurrency=s.max_concurrency,
             matrix=matrix_instances(s.matrix) if s.matrix else None,

@@ -14,12 +14,39 @@ import shlex
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator,
+                      model_validator)
 
 from .durations import parse_duration
 
-Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
+DURATION_SCHEMA: dict[str, Any] = {
+    "anyOf": [{"type": "number", "minimum": 0},
+              {"type": "string", "pattern": r"^\s*(\d+(\.\d+)?\s*(ms|s|m|h|d|w)?\s*)+$"}],
+    "description": "seconds, or a number with a unit: 250ms, 30s, 5m, 1h, 1d, 1h30m",
+}
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0), WithJsonSchema(DURATION_SCHEMA)]
 """Seconds; the file may say `30s`, `5m`, `1h` or a number."""
+
+
+def _extend_schema(extra: dict[str, Any], shorthands: dict[str, Any] | None = None,
+                   required_in: dict[str, str] | None = None):
+    """Describe in the JSON Schema what the before-validators accept: compatibility keys and shorthands.
+
+    `required_in` names required fields that may come from a block instead (name from metadata).
+    """
+
+    def patch(schema: dict[str, Any]) -> None:
+        for name, block in (required_in or {}).items():
+            if name in schema.get("required", []):
+                schema["required"].remove(name)
+                schema["anyOf"] = [{"required": [name]}, {"required": [block]}]
+        properties = schema.setdefault("properties", {})
+        properties.update(extra)
+        for name, alternative in (shorthands or {}).items():
+            if name in properties:
+                properties[name] = {"anyOf": [properties[name], alternative]}
+
+    return patch
 
 STAGE_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
 
@@ -136,6 +163,16 @@ def _take_alias(data: dict[str, Any], alias: str, field: str, convert=lambda v: 
 class Stage(Model):
     """One stage of a pipeline, as written in the file."""
 
+    model_config = ConfigDict(frozen=True, extra="forbid", json_schema_extra=_extend_schema(
+        {"continue_on_error": {"type": "boolean", "description": "order-based files: critical = not this"},
+         "parameters": {"type": "object", "description": "order-based files: params"},
+         "condition": {"type": "string", "description": "order-based files: when"},
+         "timeout_seconds": DURATION_SCHEMA,
+         "max_retries": {"type": "integer", "minimum": 0, "description": "retries after the first attempt"},
+         "retry_delay_seconds": DURATION_SCHEMA},
+        {"run": {"type": "string"}, "needs": {"type": "string"}, "fallback": {"const": "last_success"}},
+    ))
+
     id: str
     uses: str | None = None
     name: str | None = None
@@ -243,6 +280,22 @@ class Defaults(Model):
 
 class PipelineSpec(Model):
     """A whole pipeline file."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", json_schema_extra=_extend_schema(
+        {"metadata": {"type": "object", "additionalProperties": False, "properties": {
+            "name": {"type": "string"}, "version": {"type": ["string", "number"]},
+            "description": {"type": "string"}, "author": {"type": "string"},
+            "tags": {"type": "array", "items": {"type": "string"}}}},
+         "error_handling": {"type": "object", "additionalProperties": False, "properties": {
+             "continue_on_error": {"type": "boolean"}, "retry_count": {"type": "integer", "minimum": 0},
+             "retry_delay": DURATION_SCHEMA}},
+         "retry": {"type": "object", "additionalProperties": False, "properties": {
+             "max_retries": {"type": "integer", "minimum": 0}, "delay_seconds": DURATION_SCHEMA,
+             "exponential_backoff": {"type": "boolean"}, "backoff_multiplier": {"type": "number"},
+             "max_delay_seconds": DURATION_SCHEMA}}},
+        {"version": {"type": "number"}},
+        {"name": "metadata"},
+    ))
 
     name: str = Field(min_length=1, max_length=200)
     version: str = "0"

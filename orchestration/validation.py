@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from . import expressions, graph
 from .errors import InvalidPipeline, Problem
-from .loader import Document, load_document, load_text
+from .loader import Document, gc_paused, load_document, load_text
 from .settings import Settings
 from .spec import PipelineSpec, Stage
 
@@ -35,7 +35,9 @@ def load_pipeline(
     settings: Settings | None = None,
 ) -> PipelineSpec:
     """Read, interpolate and validate a pipeline file; raise InvalidPipeline with every problem."""
-    return validate_document(load_document(path, overrides=overrides, env=env), settings)
+    document = load_document(path, overrides=overrides, env=env)
+    with gc_paused():
+        return validate_document(document, settings)
 
 
 def load_pipeline_text(text: str, source: str = "<string>", overrides: Mapping[str, Any] | None = None,
@@ -212,6 +214,21 @@ def effective_needs(views: Iterable[Any]) -> dict[str, list[str]]:
     }
 
 
+def _reaches(deps: Mapping[str, list[str]], start: str, target: str) -> bool:
+    """Whether `target` is upstream of `start`: a direct need, else a search that stops when found."""
+    if target in deps.get(start, ()):
+        return True
+    seen, stack = {start}, list(deps.get(start, ()))
+    while stack:
+        sid = stack.pop()
+        if sid == target:
+            return True
+        if sid not in seen:
+            seen.add(sid)
+            stack.extend(deps.get(sid, ()))
+    return False
+
+
 def _cross_stage_problems(views: list[_StageView], data: Mapping[str, Any], spec: PipelineSpec | None,
                           line_of: LineOf, source: str | None, settings: Settings) -> list[Problem]:
     problems: list[Problem] = []
@@ -245,18 +262,16 @@ def _cross_stage_problems(views: list[_StageView], data: Mapping[str, Any], spec
     for cycle in graph.find_cycles(deps):
         add(f"dependency cycle: {graph.format_cycle(cycle)}", first_seen[cycle[0]], "needs")
 
-    upstream_of: dict[str, set[str]] = {}
     for v in views:
-        if v.for_each is not None and v.id in deps:
-            ups = upstream_of.setdefault(v.id, graph.upstream(deps, [v.id]))
-            if v.for_each not in ups:
-                add(f"for_each '{v.for_each}' names no upstream stage; it must be one of the stages "
-                    f"this stage needs (directly or through them)", v, "for_each")
+        if v.for_each is not None and v.id in deps and not _reaches(deps, v.id, v.for_each):
+            add(f"for_each '{v.for_each}' names no upstream stage; it must be one of the stages "
+                f"this stage needs (directly or through them)", v, "for_each")
 
-    variables = data.get("variables") if isinstance(data.get("variables"), Mapping) else {}
+    variables = set(data["variables"]) if isinstance(data.get("variables"), Mapping) else set()
+    id_set = set(ids)
     for v in views:
         if v.when is not None:
-            for message in expressions.check(v.when, variables, ids):
+            for message in expressions.check(v.when, variables, id_set):
                 add(message, v, "when" if "when" in (_raw_stages(data)[v.index] or {}) else "condition")
 
     policies = data.get("retry_policies") if isinstance(data.get("retry_policies"), Mapping) else {}

