@@ -23,14 +23,18 @@ import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import BaseModel
 
+from .errors import ChordflowError
 from .settings import Settings
 from .spec import PipelineSpec
 from .validation import load_pipeline, load_pipeline_text, validate_data
+
+if TYPE_CHECKING:
+    from .api import RunHandle
 
 _CONDITION_KEYS = ("when", "condition")
 _NOT_YAML_TEXT = re.compile("[\x7f-\x9f\u2028\u2029\ufeff\ufffe\uffff]")
@@ -112,6 +116,19 @@ class Pipeline:
         text = self.to_json() if path.suffix.lower() == ".json" else self.to_yaml()
         path.write_text(text, encoding="utf-8")
         return path
+
+    def submit(self, settings: Settings | None = None, **options: Any) -> RunHandle:
+        """Validate and submit to the configured Redis (CHORDFLOW_REDIS_URL); returns a RunHandle.
+
+        `options` are those of `Client.submit`: selection, only, check_types, idempotency_key, no_cache.
+        """
+        from .api import Client  # Celery and redis only when submitting
+
+        settings = settings or Settings.load()
+        if not settings.redis_url:
+            raise ChordflowError("set CHORDFLOW_REDIS_URL to submit, or run the file with "
+                                 "`chordflow submit FILE`, which starts a private Redis and workers")
+        return Client(settings).submit(self.build(settings), **options)
 
     def __repr__(self) -> str:
         return f"Pipeline({self.name!r}, stages={[s.get('id') for s in self._stages]!r})"

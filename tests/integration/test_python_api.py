@@ -1,0 +1,27 @@
+"""The Python API: build a pipeline in code, submit it, wait for its result."""
+
+from __future__ import annotations
+
+from orchestration import Pipeline
+
+
+def test_builder_submit_and_wait(cluster):
+    p = (Pipeline("docs")
+         .add("ingest", "noop", params={"output": ["a.pdf", "b.pdf", "c.pdf"]})
+         .add("nums", "noop", params={"output": [1, 2, 3]})
+         .add("parse", "test.square", needs=["ingest", "nums"], for_each="nums")
+         .add("count", "test.context_writer", needs=["ingest"], params={"key": "docs", "value": 3})
+         .add("embed", "noop", needs=["parse", "count"], resources={"gpu": 1})
+         .add("skip", "noop", when="false"))
+    assert Pipeline.from_text(p.to_yaml()).spec == p.spec
+    run = p.submit(settings=cluster.settings)
+    result = run.wait(timeout=60)
+    assert result.success and result.status == "succeeded"
+    assert result.outputs["parse"] == [1, 4, 9]
+    assert result.outputs["ingest"] == ["a.pdf", "b.pdf", "c.pdf"]
+    assert result.skipped == ["skip"] and result.failed == []
+    assert result.metrics == {"rows": 1}
+    assert result.context == {"docs": 3, "writers": 1}
+    assert result.stage_results["embed"]["queue"] == "gpu"
+    assert result.duration > 0
+    assert run.status()["status"] == "succeeded"
