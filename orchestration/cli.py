@@ -30,6 +30,7 @@ from rich.text import Text
 from . import history, render
 from .durations import format_duration
 from .errors import ChordflowError
+from .fleetview import FleetView, fleet_view
 from .loader import parse_override
 from .registry import BUILTIN_TYPES, ENTRY_POINT_GROUP
 from .resolve import Node, RunGraph, resolve
@@ -205,12 +206,13 @@ def _path_text(path: Sequence[str], shown: int = 12) -> str:
     return " → ".join([*path[:half], f"… {len(path) - shown} more …", *path[-half:]])
 
 
-def plan_data(graph: RunGraph) -> dict[str, Any]:
+def plan_data(graph: RunGraph, fleet: FleetView | None = None) -> dict[str, Any]:
     """The `plan --json` document."""
     stages = []
     for position, node in enumerate(graph.nodes, start=1):
-        policy = resolve_policy(node.retry_policy)
+        policy = fleet.policy(node) if fleet else resolve_policy(node.retry_policy)
         stages.append({
+            "cache": fleet.cache(node) if fleet else ("configured" if node.cache else None),
             "position": position, "id": node.id, "type": node.type, "needs": list(node.needs),
             "queue": node.queue, "level": node.level, "on_critical_path": node.on_critical_path,
             "matrix_instances": len(node.matrix) if node.matrix is not None else None,
@@ -222,10 +224,14 @@ def plan_data(graph: RunGraph) -> dict[str, Any]:
             "critical_path": list(graph.critical_path), "makespan_s": graph.makespan_s}
 
 
-def plan_table(graph: RunGraph) -> Table:
+def plan_table(graph: RunGraph, fleet: FleetView | None = None) -> Table:
     # Text cells: rich would read `[...]` in a type or name as markup
     table = Table(title=Text(f"{graph.name} {graph.version}: {len(graph.nodes)} stages"), title_justify="left")
-    for heading in ("#", "stage", "type", "needs", "queue", "retry", "timeout", "fan-out", "level", "critical path"):
+    headings = ["#", "stage", "type", "needs", "queue", "retry", "timeout", "fan-out", "level", "critical path"]
+    show_cache = any(node.cache for node in graph.nodes)
+    if show_cache:
+        headings.append("cache")
+    for heading in headings:
         table.add_column(heading, justify="right" if heading in ("#", "level") else "left", overflow="fold")
 
     def needs(node: Node) -> str:
@@ -235,10 +241,10 @@ def plan_table(graph: RunGraph) -> Table:
     for position, node in enumerate(graph.nodes, start=1):
         cells = (
             str(position), node.id, node.type, needs(node), node.queue,
-            describe_retry(resolve_policy(node.retry_policy)),
+            describe_retry(fleet.policy(node) if fleet else resolve_policy(node.retry_policy)),
             format_duration(node.timeout_s) if node.timeout_s is not None else "-",
             render.fan_out_label(node) or "", str(node.level), "●" if node.on_critical_path else "",
-        )
+        ) + (((fleet.cache(node) if fleet else "on" if node.cache else "") or "",) if show_cache else ())
         table.add_row(*map(Text, cells), style="bold" if node.on_critical_path else None)
     return table
 
@@ -254,9 +260,10 @@ def plan(file: Path, sets: tuple[str, ...], select: str | None, only: bool, as_j
     settings = settings_from_env()
     spec = load_spec(file, sets, settings)
     graph = resolve(spec, settings, select, only, estimates=history.estimates(settings, spec.name))
+    fleet = fleet_view(settings, graph)
     if as_json:
-        return print_json(plan_data(graph))
-    console.print(plan_table(graph))
+        return print_json(plan_data(graph, fleet))
+    console.print(plan_table(graph, fleet))
     say(f"estimated makespan: {format_duration(graph.makespan_s)} "
         f"(critical path: {_path_text(graph.critical_path)})")
     return EXIT_OK
@@ -356,8 +363,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return result if isinstance(result, int) else EXIT_OK
 
 
-from . import cli_fleet  # noqa: E402, F401  (flower, beat, schedule, health)
-from . import cli_run  # noqa: E402, F401  (submit, status, watch, runs, logs, control, stages, worker)
+from . import (
+    cli_fleet,  # noqa: E402, F401  (flower, beat, schedule, health)
+    cli_run,  # noqa: E402, F401  (submit, status, watch, runs, logs, control, stages, worker)
+)
 from .dashboard import dashboard_command  # noqa: E402
 
 cli.add_command(dashboard_command)
