@@ -78,7 +78,7 @@ class Client:
             name = canonical.get((node.type, node.queue))
             if name is None:
                 served = sorted({a for a, q in canonical if q == node.queue and "." not in a and ":" not in a}
-                                | ({"shell", "noop", "sleep", "fail"} & {a for a, _ in canonical}))
+                                | (set(BUILTIN_TYPES) & {a for a, _ in canonical}))
                 problems.append(Problem(
                     f"uses '{node.type}', which no live worker serves on queue '{node.queue}' "
                     f"(served there: {', '.join(served) or 'nothing'}). Register it with @stage in a module "
@@ -230,4 +230,4 @@ def _num(value: str | None) -> float | None:
     return float(value) if value not in (None, "") else None
 
 
-__all__ = ["BUILTIN_TYPES", "Client", "PipelineResult", "RunHandle"]
+__all__ = ["Client", "PipelineResult", "RunHandle"]

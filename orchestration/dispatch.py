@@ -93,13 +93,14 @@ class Dispatcher:
         # a dispatcher that dies before this line is covered by the reaper.
         self.store.sent(run_id, sent)
 
-    def advance(self, run_id: str, graph: RunGraph, commit: Commit, stage_id: str) -> None:
+    def advance(self, run_id: str, graph: RunGraph, commit: Commit, stage_id: str,
+                send_ready: bool = True) -> None:
         """Act on a commit: send what it made ready, revoke what fail-fast stopped, close the run."""
         if commit.revoke:
             self.app.control.revoke(commit.revoke, terminate=True, signal="SIGTERM")
         if commit.next_item is not None:
             self.send([stage_signature(run_id, graph.node(stage_id), 1, commit.next_item)])
-        if commit.ready:
+        if commit.ready and send_ready:
             self.dispatch(run_id, graph, commit.ready)
         if commit.finalized:
             self.store.expire_run(run_id, graph)
@@ -113,7 +114,7 @@ class Dispatcher:
         Returns (item messages, stages made ready when the stage ends at once: skipped,
         empty, or failing because its for_each input is not a list).
         """
-        outputs = self.store.outputs(run_id, node.needs)
+        outputs = self.store.outputs(run_id, node.reads)
         if node.when:
             try:
                 go = expressions.evaluate(node.when, variables=graph.variables, outputs=outputs,
@@ -125,10 +126,7 @@ class Dispatcher:
         if node.matrix is not None:
             total = len(node.matrix)
         else:
-            items = outputs.get(node.for_each) if node.for_each in outputs else \
-                self.store.output(run_id, node.for_each or "")
-            if items is None:
-                items = []
+            items = outputs.get(node.for_each or "") or []
             if not isinstance(items, list):
                 return [], self._close(run_id, graph, node, "failed", error=_error(
                     "FanOutError", f"for_each '{node.for_each}' must output a list; it output "
@@ -150,12 +148,7 @@ class Dispatcher:
         )
         if commit.verdict != "ok":
             return []
-        if commit.revoke:
-            self.app.control.revoke(commit.revoke, terminate=True, signal="SIGTERM")
-        if commit.finalized:
-            self.store.expire_run(run_id, graph)
-            if self.on_finalized:
-                self.on_finalized(run_id, graph, commit.run_status)
+        self.advance(run_id, graph, commit, node.id, send_ready=False)  # the caller sends them
         return commit.ready
 
 

@@ -101,6 +101,6 @@ class FailStage(ChordflowError):
 class StageTimeout(ChordflowError):
     """A stage ran past its timeout (a shell stage reports exit code 124)."""
 
-    def __init__(self, message: str, exit_code: int | None = 124):
-        self.exit_code = exit_code
+    def __init__(self, message: str, returncode: int | None = 124):
+        self.returncode = returncode  # the killed command's, as `timeout(1)` reports it
         super().__init__(message)

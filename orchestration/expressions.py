@@ -115,7 +115,7 @@ def evaluate(
     item: Any = None,
 ) -> bool:
     """The truth of `expression` against a run's values. Raises ValueError on evaluation errors."""
-    names = dict(LITERALS)
+    names: dict[str, Any] = dict(LITERALS)
     names.update(
         variables=Namespace(variables or {}), outputs=Namespace(outputs or {}),
         context=Namespace(context or {}), matrix=Namespace(matrix or {}), item=_wrap(item),

@@ -50,7 +50,7 @@ class Reaper:
         for member in store.r.zrangebyscore(store.keys.leases(), 0, now_ms, start=0, num=limit):
             run_id, stage_id, item_text = member.split("|")
             item = int(item_text) if item_text else None
-            unit = store.r.hmget(store._unit_key(run_id, stage_id, item),
+            unit = store.r.hmget(store.unit_key(run_id, stage_id, item),
                                  *(f"{'' if item is None else f'{item}:'}{f}" for f in ("state", "lease_exp",
                                                                                          "attempt")))
             state, lease_exp, attempt = unit

@@ -61,6 +61,13 @@ class Node(Model):
         return RetryPolicy.model_validate(self.retry)
 
     @property
+    def reads(self) -> list[str]:
+        """The stages whose outputs an attempt reads: its needs, and its for_each source."""
+        if self.for_each and self.for_each not in self.needs:
+            return [*self.needs, self.for_each]
+        return list(self.needs)
+
+    @property
     def fans_out(self) -> bool:
         return self.for_each is not None or self.matrix is not None
 

@@ -79,7 +79,9 @@ class Commit:
 
 class RunStore:
     def __init__(self, client: redis.Redis, settings: Settings):
-        self.r = client
+        # redis-py types every reply as bytes | str | ...; our clients decode to str, so the
+        # replies are used as what they are (str, list[str], dict[str, str]).
+        self.r: Any = client
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
         self._begin = client.register_script(_script("begin.lua"))
@@ -204,7 +206,7 @@ class RunStore:
         return self.r.zrevrange(key, 0, limit - 1)
 
     # -- transitions (Lua) -------------------------------------------------------------------
-    def _unit_key(self, run_id: str, stage_id: str, item: int | None) -> str:
+    def unit_key(self, run_id: str, stage_id: str, item: int | None) -> str:
         return self.keys.items(run_id, stage_id) if item is not None else self.keys.stage(run_id, stage_id)
 
     @staticmethod
@@ -216,7 +218,7 @@ class RunStore:
         """Start an attempt; with 'run' comes its token and the JSON outputs of the `read` stages."""
         k = self.keys
         return self._begin(
-            keys=[k.run(run_id), k.states(run_id), self._unit_key(run_id, stage_id, item), k.events(run_id),
+            keys=[k.run(run_id), k.states(run_id), self.unit_key(run_id, stage_id, item), k.events(run_id),
                   k.parked(run_id), k.leases(), k.outputs(run_id)],
             args=[stage_id, "" if item is None else item, attempt, host, queue, task_id,
                   int(self.settings.lease_s * 1000), self.settings.max_deliveries, payload,
@@ -226,7 +228,7 @@ class RunStore:
     def renew(self, run_id: str, stage_id: str, item: int | None, token: str) -> bool:
         prefix = "" if item is None else f"{item}:"
         return bool(self._renew(
-            keys=[self._unit_key(run_id, stage_id, item), self.keys.leases()],
+            keys=[self.unit_key(run_id, stage_id, item), self.keys.leases()],
             args=[prefix, token, int(self.settings.lease_s * 1000), self.lease_member(run_id, stage_id, item)],
         ))
 
@@ -234,7 +236,7 @@ class RunStore:
               next_attempt: int, delay_s: float, park: bool, payload: str) -> bool:
         k = self.keys
         res = self._retry(
-            keys=[self._unit_key(run_id, stage_id, item), k.states(run_id), k.events(run_id), k.delayed(),
+            keys=[self.unit_key(run_id, stage_id, item), k.states(run_id), k.events(run_id), k.delayed(),
                   k.leases()],
             args=[stage_id, "" if item is None else item, token, json.dumps(error), next_attempt,
                   int(delay_s * 1000), "1" if park else "0", payload, self.lease_member(run_id, stage_id, item)],
@@ -248,7 +250,7 @@ class RunStore:
         k = self.keys
         node = graph.node(stage_id)
         res = self._finish(
-            keys=[k.run(run_id), k.states(run_id), self._unit_key(run_id, stage_id, item), k.events(run_id),
+            keys=[k.run(run_id), k.states(run_id), self.unit_key(run_id, stage_id, item), k.events(run_id),
                   k.outputs(run_id), k.context(run_id), k.metrics(run_id), k.pending(run_id),
                   k.stage(run_id, stage_id), k.leases(), k.outbox()],
             args=[stage_id, "" if item is None else item, token, outcome, output_json,

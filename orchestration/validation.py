@@ -274,8 +274,8 @@ def _cross_stage_problems(views: list[_StageView], data: Mapping[str, Any], spec
             for message in expressions.check(v.when, variables, id_set):
                 add(message, v, "when" if "when" in (_raw_stages(data)[v.index] or {}) else "condition")
 
-    policies = data.get("retry_policies") if isinstance(data.get("retry_policies"), Mapping) else {}
-    defaults = data.get("defaults") if isinstance(data.get("defaults"), Mapping) else {}
+    policies: Mapping[str, Any] = data["retry_policies"] if isinstance(data.get("retry_policies"), Mapping) else {}
+    defaults: Mapping[str, Any] = data["defaults"] if isinstance(data.get("defaults"), Mapping) else {}
     if isinstance(defaults.get("retry"), str) and defaults["retry"] not in policies:
         add(f"defaults.retry names policy '{defaults['retry']}', which retry_policies does not define",
             None, "defaults", "retry")

@@ -30,7 +30,7 @@ class ShellError(RuntimeError):
     """A shell stage's command exited non-zero."""
 
     def __init__(self, argv: list[str], exit_code: int, stderr_tail: str):
-        self.exit_code = exit_code
+        self.returncode = exit_code
         super().__init__(f"{argv[0]} exited with code {exit_code}" + (f": {stderr_tail}" if stderr_tail else ""))
 
 

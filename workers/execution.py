@@ -111,9 +111,9 @@ def error_record(exc: BaseException, attempt: int, retryable: bool) -> dict[str,
         "traceback": "".join(traceback.format_exception(exc))[-TRACEBACK_TAIL:],
     }
     if isinstance(exc, StageTimeout):
-        record.update(timeout=True, exit_code=exc.exit_code)
-    elif getattr(exc, "exit_code", None) is not None:
-        record["exit_code"] = exc.exit_code
+        record.update(timeout=True, exit_code=exc.returncode)
+    elif getattr(exc, "returncode", None) is not None:
+        record["exit_code"] = exc.returncode
     return record
 
 
@@ -133,7 +133,7 @@ def execute(env: WorkerEnv, stage_type: StageType, task_id: str, run_id: str, st
         return "refused: type mismatch"
     # The inputs come back with the token; a fan-out item reuses what its process parsed already.
     cached_inputs = env.fanout_inputs.get((run_id, stage_id)) if item is not None else None
-    read = [] if cached_inputs is not None else _reads(node)
+    read = [] if cached_inputs is not None else node.reads
     verdict, *rest = store.begin(run_id, stage_id, item, attempt, env.hostname, node.queue, task_id,
                                  payload(run_id, stage_id, attempt, item), read)
     if verdict not in ("run", "poison"):
@@ -188,7 +188,7 @@ def execute(env: WorkerEnv, stage_type: StageType, task_id: str, run_id: str, st
         if len(output_json) > env.settings.output_cap_bytes:
             raise OutputTooLarge(run_id, stage_id, len(output_json), env.settings.output_cap_bytes)
     except SoftTimeLimitExceeded:
-        exc = StageTimeout(f"stage '{stage_id}' ran past its timeout of {node.timeout_s:g}s", exit_code=None)
+        exc = StageTimeout(f"stage '{stage_id}' ran past its timeout of {node.timeout_s:g}s", returncode=None)
         return _failed(env, stage_type, graph, node, run_id, item, attempt, token, exc, ctx, event)
     except Exception as exc:  # the stage's own failure: retry, fallback or fail, by policy
         if isinstance(exc, TypeError) and "JSON serializable" in str(exc):
@@ -201,13 +201,6 @@ def execute(env: WorkerEnv, stage_type: StageType, task_id: str, run_id: str, st
     _commit(env, graph, node, run_id, item, token, "succeeded", output_json=output_json, ctx=ctx,
             announce=("stage_complete", {**event, "state": "succeeded"}))
     return "succeeded"
-
-
-def _reads(node: Node) -> list[str]:
-    """The stages whose outputs an attempt reads: its needs, and the for_each source."""
-    if node.for_each and node.for_each not in node.needs:
-        return [*node.needs, node.for_each]
-    return list(node.needs)
 
 
 def _context(env: WorkerEnv, graph: RunGraph, node: Node, run_id: str, attempt: int, item: int | None,

@@ -21,7 +21,6 @@ import psutil
 import redis
 from celery import signals
 
-from orchestration.compiler import stage_signature  # noqa: F401  (re-exported for tools)
 from orchestration.dispatch import Dispatcher, signature_of
 from orchestration.health import redis_warnings
 from orchestration.reaper import Reaper
