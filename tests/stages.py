@@ -158,3 +158,16 @@ def _raising_hook(event: dict) -> None:
 for _kind in ("stage_start", "stage_complete", "stage_error", "run_complete"):
     hooks.register(_kind, _hook)
 hooks.register("stage_complete", _raising_hook)
+
+
+@stage("test.asks")
+def asks(ctx, outcome: str = "retry") -> int:
+    """Raise our own error types: RetryStage on the first attempt, or FailStage at once."""
+    from orchestration import FailStage, RetryStage
+
+    _count(f"{ctx.run_id}:{ctx.stage_id}")
+    if outcome == "fail":
+        raise FailStage("the input is corrupt; retrying will not help")
+    if ctx.attempt == 1:
+        raise RetryStage("the upstream service said 'later'", delay_s=0.2)
+    return ctx.attempt

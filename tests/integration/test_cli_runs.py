@@ -97,3 +97,28 @@ def test_status_of_an_unknown_run_is_a_clear_error(cluster):
     assert done.returncode == 1
     assert "no run 'nope'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_watch_logs_runs_and_stages_commands(cluster):
+    result = cluster.run(pipeline("cli-reads", {"id": "say", "run": ["echo", "from the shell"]},
+                                  {"id": "after", "uses": "noop", "needs": ["say"]}))
+    env = _env(CHORDFLOW_REDIS_URL=cluster.server.url, COLUMNS="200")
+
+    def chordflow(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*CHORDFLOW, *args], env=env, capture_output=True, text=True, timeout=60)
+
+    watched = chordflow("watch", result.run_id)
+    assert watched.returncode == 0, watched.stderr
+    assert "2/2 stages (100%)" in watched.stdout
+    assert "run " + result.run_id + " succeeded" in watched.stdout
+
+    logs = chordflow("logs", result.run_id, "say")
+    assert logs.returncode == 0 and "from the shell" in logs.stdout
+
+    listed = json.loads(chordflow("runs", "--pipeline", "cli-reads", "--json").stdout)
+    assert [r["run_id"] for r in listed] == [result.run_id] and listed[0]["status"] == "succeeded"
+    assert json.loads(chordflow("runs", "--status", "failed", "--pipeline", "cli-reads", "--json").stdout) == []
+
+    types = {t["name"]: t for t in json.loads(chordflow("stages", "--json").stdout)}
+    assert {"shell", "noop", "test.flaky"} <= set(types)
+    assert types["test.flaky"]["retry"]["max_attempts"] == 3 and "cpu" in types["test.flaky"]["queues"]

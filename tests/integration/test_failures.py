@@ -143,3 +143,19 @@ def test_idempotency_key_returns_the_same_run(cluster):
     assert first.run_id == second.run_id
     first.wait(timeout=30)
     assert cluster.count(first.run_id, "a") == 1
+
+
+def test_a_stage_can_force_a_retry_or_a_failure(cluster):
+    result = cluster.run(pipeline(
+        "forced",
+        # no retry_on would retry RuntimeError-like errors; RetryStage retries even with retry_on set
+        {"id": "again", "uses": "test.asks", "retry": {"max_attempts": 3, "retry_on": ["ConnectionError"]},
+         "critical": False},
+        {"id": "never", "uses": "test.asks", "params": {"outcome": "fail"}, "retry": {"max_attempts": 5},
+         "critical": False},
+    ))
+    assert result.outputs["again"] == 2
+    assert cluster.count(result.run_id, "again") == 2
+    never = result.stage_results["never"]
+    assert never["state"] == "failed" and cluster.count(result.run_id, "never") == 1
+    assert never["error"]["type"] == "FailStage" and never["error"]["retryable"] is False
