@@ -4,7 +4,8 @@
   is sent again as the next attempt; its old holder can no longer commit
   (fencing), and `begin.lua` counts the crash, quarantining a poison message.
 - A stage made ready whose message was never confirmed sent (the submitter or
-  a worker died between the commit and the send) is sent again. Duplicates
+  a worker died between the commit and the send) is sent again, and so are the
+  first items of a fan-out whose dispatcher died after starting it. Duplicates
   are harmless: a second delivery of a started stage is dropped by `begin.lua`.
 
 All times are Redis's clock, so machines with skewed clocks agree.
@@ -16,13 +17,13 @@ import logging
 
 from redis.lock import Lock
 
-from .compiler import stage_signature
+from .compiler import item_signatures, stage_signature
 from .dispatch import Dispatcher
 from .errors import RunNotFound
+from .resolve import Node, RunGraph
 from .store import RunStore
 
 log = logging.getLogger("chordflow.reaper")
-OUTBOX_GRACE_S = 10.0
 
 
 class Reaper:
@@ -73,23 +74,41 @@ class Reaper:
 
     def unsent(self, limit: int = 200) -> int:
         store = self.store
-        horizon = store.server_time() - OUTBOX_GRACE_S
+        horizon = store.server_time() - store.settings.outbox_grace_s
         sent = 0
         for member in store.r.zrangebyscore(store.keys.outbox(), 0, horizon, start=0, num=limit):
             run_id, stage_id = member.split("|")
             state = store.r.hget(store.keys.states(run_id), stage_id)
-            if state == "queued" and store.r.hget(store.keys.run(run_id), "status") in ("running", "paused"):
-                log.warning("stage %s/%s was ready but never sent; sending it", run_id, stage_id)
+            if state in ("queued", "running") and \
+                    store.r.hget(store.keys.run(run_id), "status") in ("running", "paused"):
                 try:
                     graph = store.graph(run_id)
                 except RunNotFound:
                     store.r.zrem(store.keys.outbox(), member)
                     continue
-                node = graph.node(stage_id)
-                if node.fans_out:
-                    self.dispatcher.dispatch(run_id, graph, [stage_id])
-                else:
-                    self.dispatcher.send([stage_signature(run_id, node)])
-                sent += 1
+                sent += self._resend(run_id, graph, graph.node(stage_id), state)
             store.r.zrem(store.keys.outbox(), member)
         return sent
+
+    def _resend(self, run_id: str, graph: RunGraph, node: Node, state: str) -> int:
+        """Send what a dead dispatcher did not: a ready stage, or a started fan-out's first window."""
+        if state == "queued":
+            log.warning("stage %s/%s was ready but never sent; sending it", run_id, node.id)
+            if node.fans_out:
+                self.dispatcher.dispatch(run_id, graph, [node.id])
+            else:
+                self.dispatcher.send([stage_signature(run_id, node)])
+            return 1
+        if not node.fans_out:
+            return 0  # running: it was sent
+        store = self.store
+        total = int(store.r.hget(store.keys.stage(run_id, node.id), "items_total") or 0)
+        window = min(total, node.max_concurrency or total)
+        states = store.r.hmget(store.keys.items(run_id, node.id), *(f"{i}:state" for i in range(window))) \
+            if window else []
+        unstarted = [i for i, item_state in enumerate(states) if item_state is None]
+        if unstarted:
+            log.warning("fan-out %s/%s started but %d of its first items were never sent; sending them",
+                        run_id, node.id, len(unstarted))
+            self.dispatcher.send(item_signatures(run_id, node, unstarted))
+        return len(unstarted)

@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     delay_set_threshold_s: float = 3.0
     chain_segment: int = 50
     worker_ttl_s: float = 30.0
+    outbox_grace_s: float = Field(10.0, description="a ready stage unsent this long is sent by the reaper")
     flower_basic_auth: str | None = None
     imports: tuple[str, ...] = ()
     result_backend: str | None = Field(None, description="only for plain Celery tasks beside ours (benchmarks)")
