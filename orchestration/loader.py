@@ -1,4 +1,4 @@
-"""Reading a pipeline file: safe YAML/JSON parsing that keeps line numbers, then `${...}` variables.
+"""Reading a pipeline file: safe YAML/JSON parsing that keeps line numbers.
 
 A pipeline file comes from users and sometimes from places nobody checked, so reading it must
 fail fast and clearly on hostile input instead of hanging, eating memory or crashing:
@@ -11,20 +11,16 @@ fail fast and clearly on hostile input instead of hanging, eating memory or cras
    (PyYAML keeps the last) and is faster than composing nodes first.
 
 JSON is YAML, so `.json` files take the same path. Unquoted values are typed by YAML 1.2's
-core schema (see _IMPLICIT), which matches JSON, rather than PyYAML's YAML 1.1.
+core schema (see _IMPLICIT), which matches JSON, rather than PyYAML's YAML 1.1; `--set` values
+(parse_override) are typed the same way.
 
-Interpolation (`_interpolate`): `variables` may read the environment only, never each other,
-so their order never matters; `--set` overrides then replace or add variables as given; every
-other string may then read variables and the environment, except a stage's `when`/`condition`,
-which are expressions evaluated later.
+The parsed data then has its `${...}` variables resolved by `interpolation.interpolate`.
 """
 
 from __future__ import annotations
 
-import copy
 import functools
 import gc
-import json
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -46,6 +42,7 @@ from yaml.events import (
 )
 
 from .errors import InvalidPipeline, Problem
+from .interpolation import interpolate
 
 MAX_FILE_BYTES = 10 * 1024 * 1024
 MAX_DEPTH = 64
@@ -76,6 +73,8 @@ _IMPLICIT = [
     ),
 ]
 _MAYBE_TYPED = re.compile(r"[-+.0-9~nNtTfF]|\Z")  # the first characters that any of these allow
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # a variable's name, for --set
 
 _MERGE = object()  # a plain `<<` key: merge the mappings that follow (see _Reader._end)
 _SKIP = object()  # a key already reported as wrong; its value is dropped
@@ -161,7 +160,11 @@ def load_text(
         reader = _Reader(source)
         document = reader.read(_decode(text, source))
         env = os.environ if env is None else env
-        return _interpolate(document, overrides or {}, env, walk=reader.references or reader.aliased)
+        walk = reader.references or reader.aliased
+        data, problems = interpolate(document, overrides or {}, env, walk=walk, limit=MAX_FILE_BYTES)
+        if problems:
+            raise InvalidPipeline([_problem(document.data, source, *p) for p in problems])
+        return Document(data, document.lines, source)
     except (RecursionError, MemoryError):  # a last line of defence; the limits should prevent both
         raise InvalidPipeline(
             [Problem("the file is too large or too deeply nested to read", source=source)]
@@ -455,135 +458,6 @@ def _syntax_problem(exc: yaml.YAMLError, text: str, source: str) -> Problem:
             problem += f" ({context} that starts on line {context_mark.line + 1})"
     message = f"{kind} syntax error at line {line}, column {column}: {problem}"
     return Problem(message, line=line, source=source)
-
-
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_REF = re.compile(r"\$\$\{|\$\{([^}]*)(\}?)")
-_NAME_DEFAULT = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.DOTALL)
-
-
-def _interpolate(doc: Document, overrides: Mapping[str, Any], env: Mapping[str, str], walk: bool) -> Document:
-    """`doc` with `${...}` resolved and `overrides` in its variables; every problem is reported at once.
-
-    `walk` False (no string holds `${` and no alias shares a value) skips copying the data.
-    """
-    data = doc.data
-    interpolator = _Interpolator(doc, env)
-    written = data.get("variables", {})
-    if not isinstance(written, dict):
-        interpolator.report(("variables",), "variables must be a mapping of name: value")
-        written = {}
-    interpolator.written = set(written)
-    variables = interpolator.copy(written, ("variables",)) if walk else dict(written)
-    variables.update(overrides)  # final as given: an override is never interpolated
-    interpolator.variables = variables
-    result: dict[str, Any] = {}
-    for key, value in data.items():
-        if key == "variables":
-            result[key] = variables
-        else:
-            result[key] = interpolator.copy(value, (key,)) if walk else value
-    if variables and "variables" not in result:
-        result["variables"] = variables
-    if interpolator.problems:
-        raise InvalidPipeline([_problem(data, doc.source, *p) for p in interpolator.problems])
-    return Document(result, doc.lines, doc.source)
-
-
-class _Unresolved(Exception):
-    """A reference that nothing resolves; args[0] says why."""
-
-
-class _Interpolator:
-    """Resolves the `${...}` of a document's strings, noting a problem for each it cannot."""
-
-    def __init__(self, doc: Document, env: Mapping[str, str]):
-        self.doc, self.env = doc, env
-        self.written: set[str] = set()  # names the file's variables block defines, for a hint
-        self.variables: dict[str, Any] | None = None  # None while the variables themselves are resolved
-        self.problems: list[tuple[PathT, int | None, str]] = []
-        self.spent = 0  # characters substituted so far, against MAX_FILE_BYTES
-        self.sizes: dict[str, int] = {}
-
-    def report(self, path: PathT, message: str) -> None:
-        self.problems.append((path, self.doc.line_of(*path), message))
-
-    def copy(self, value: Any, path: PathT) -> Any:
-        """A copy of `value` with its strings interpolated (recursion depth is at most MAX_DEPTH)."""
-        if isinstance(value, str):
-            return self.substitute(value, path) if "${" in value else value
-        if isinstance(value, list):
-            return [self.copy(item, path + (i,)) for i, item in enumerate(value)]
-        if isinstance(value, dict):
-            return {
-                k: v if _is_expression(path + (k,)) else self.copy(v, path + (k,)) for k, v in value.items()
-            }
-        return value
-
-    def substitute(self, text: str, path: PathT) -> Any:
-        """`text` with `${name}`/`${name:-default}` replaced and `$${` made a literal `${`.
-
-        A string that is exactly one reference takes the value's own type (a list stays a list);
-        inside longer text a value is written as text (JSON for true/false/null, lists and mappings).
-        """
-        parts: list[str] = []
-        end = 0
-        for match in _REF.finditer(text):
-            parts.append(text[end : match.start()])
-            end = match.end()
-            if match.group(0) == "$${":
-                parts.append("${")
-                continue
-            ref = _NAME_DEFAULT.fullmatch(match.group(1))
-            if not match.group(2) or ref is None or "${" in (ref.group(2) or ""):
-                self.report(
-                    path, f"{match.group(0)!r} is not a reference: write ${{NAME}} or ${{NAME:-default}}"
-                )
-                continue
-            try:
-                value = self.lookup(ref.group(1), ref.group(2))
-            except _Unresolved as exc:
-                self.report(path, exc.args[0])
-                continue
-            if match.span() == (0, len(text)):
-                return copy.deepcopy(value)
-            parts.append(value if isinstance(value, str) else _as_text(value))
-        parts.append(text[end:])
-        return "".join(parts)
-
-    def lookup(self, name: str, default: str | None) -> Any:
-        """The value of `${name}`: a variable (outside `variables`), the environment, or the default."""
-        if self.variables is not None and name in self.variables:
-            return self.charge(name, self.variables[name])
-        if name in self.env:
-            return self.charge("$" + name, self.env[name])
-        if default is not None:
-            return default  # written out at each use, so it can't multiply the file
-        if self.variables is not None:
-            raise _Unresolved(f"${{{name}}} is not a variable, not set in the environment and has no default")
-        hint = " (variables can read only the environment, not each other)" if name in self.written else ""
-        raise _Unresolved(f"${{{name}}} is not set in the environment and has no default{hint}")
-
-    def charge(self, key: str, value: Any) -> Any:
-        """`value`, once its size is counted: a big variable used in many places must not blow up."""
-        if key not in self.sizes:
-            self.sizes[key] = len(value) if isinstance(value, str) else len(json.dumps(value, default=str))
-        self.spent += self.sizes[key]
-        if self.spent > MAX_FILE_BYTES:
-            message = "substituted values add up to over 10 MiB; is a large variable used in many places?"
-            raise InvalidPipeline([Problem(message, source=self.doc.source)])
-        return value
-
-
-def _is_expression(path: PathT) -> bool:
-    """Whether `path` is a stage's `when`/`condition`, evaluated later and so not interpolated."""
-    return len(path) == 3 and path[0] == "stages" and path[2] in ("when", "condition")
-
-
-def _as_text(value: Any) -> str:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
-    return json.dumps(value, default=str)
 
 
 def _problem(data: dict[str, Any], source: str, path: PathT, line: int | None, message: str) -> Problem:
