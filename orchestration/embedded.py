@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from urllib.parse import quote
 from pathlib import Path
 
 import redis
@@ -45,26 +46,33 @@ class RedisServer:
     """A redis-server process on a free port, in its own temporary directory."""
 
     def __init__(self, port: int | None = None, password: str | None = None, appendonly: bool = False,
-                 bind: str = "127.0.0.1", extra: Sequence[str] = ()):
+                 bind: str = "127.0.0.1", extra: Sequence[str] = (), tls: tuple[str, str, str] | None = None):
+        """`tls`: (cert file, key file, CA file) to serve rediss:// only, on `port`."""
         self.port = port or free_port()
         self.password = password
         self.bind = bind
+        self.tls = tls
         self.dir = tempfile.mkdtemp(prefix="chordflow-redis-")
         self.args = [redis_server_binary(), "--port", str(self.port), "--bind", bind, "--dir", self.dir,
                      "--save", "", "--appendonly", "yes" if appendonly else "no", "--protected-mode", "no",
                      "--maxmemory-policy", "noeviction", *extra]
         if password:
             self.args += ["--requirepass", password]
+        if tls:
+            cert, key, ca = tls
+            self.args[self.args.index("--port") + 1] = "0"
+            self.args += ["--tls-port", str(self.port), "--tls-cert-file", cert, "--tls-key-file", key,
+                          "--tls-ca-cert-file", ca, "--tls-auth-clients", "no"]
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}{self.bind}:{self.port}/0"
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""  # URLs carry it encoded
+        return f"{'rediss' if self.tls else 'redis'}://{auth}{self.bind}:{self.port}/0"
 
     def start(self, timeout_s: float = 10.0) -> RedisServer:
         self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis.from_url(self.url)
+        client = redis.Redis.from_url(self.url, **({"ssl_ca_certs": self.tls[2]} if self.tls else {}))
         deadline = time.monotonic() + timeout_s
         while True:
             try:

@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     imports: tuple[str, ...] = ()
     result_backend: str | None = Field(None, description="only for plain Celery tasks beside ours (benchmarks)")
     ssl_cert_reqs: str = "required"
+    ssl_ca_certs: str | None = Field(None, description="CA bundle that signed the rediss:// server's certificate")
 
     @classmethod
     def load(cls, **overrides: Any) -> Settings:

@@ -49,8 +49,7 @@ def connect(settings: Settings, timeout_s: float | None = None) -> redis.Redis:
     if timeout_s is not None:
         quick: dict[str, Any] = {"decode_responses": True, "socket_timeout": timeout_s,
                                  "socket_connect_timeout": timeout_s, "retry": Retry(ExponentialBackoff(), 0)}
-        if settings.redis_url.startswith("rediss://"):
-            quick["ssl_cert_reqs"] = settings.ssl_cert_reqs
+        quick.update(_tls(settings))
         return redis.Redis.from_url(settings.redis_url, **quick)
     # Ride out a Redis restart or a short network cut (connection retries, kept apart from
     # stage retries). A retried script whose first reply was lost is refused by its fencing
@@ -60,9 +59,18 @@ def connect(settings: Settings, timeout_s: float | None = None) -> redis.Redis:
         "socket_connect_timeout": 5, "retry": Retry(ExponentialBackoff(cap=2.0, base=0.1), 20),
         "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
     }
-    if settings.redis_url.startswith("rediss://"):
-        kwargs["ssl_cert_reqs"] = settings.ssl_cert_reqs
+    kwargs.update(_tls(settings))
     return redis.Redis.from_url(settings.redis_url, **kwargs)
+
+
+def _tls(settings: Settings) -> dict[str, Any]:
+    """redis-py's TLS options for a rediss:// URL (none for redis://)."""
+    if not (settings.redis_url or "").startswith("rediss://"):
+        return {}
+    options: dict[str, Any] = {"ssl_cert_reqs": settings.ssl_cert_reqs}
+    if settings.ssl_ca_certs:
+        options["ssl_ca_certs"] = settings.ssl_ca_certs
+    return options
 
 
 @dataclass

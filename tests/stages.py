@@ -17,7 +17,8 @@ _client: redis.Redis | None = None
 def _redis() -> redis.Redis:
     global _client
     if _client is None:
-        _client = redis.Redis.from_url(os.environ["CHORDFLOW_REDIS_URL"], decode_responses=True)
+        tls = {"ssl_ca_certs": os.environ["CHORDFLOW_SSL_CA_CERTS"]} if "CHORDFLOW_SSL_CA_CERTS" in os.environ else {}
+        _client = redis.Redis.from_url(os.environ["CHORDFLOW_REDIS_URL"], decode_responses=True, **tls)
     return _client
 
 
