@@ -17,6 +17,8 @@ from jsonschema import Draft202012Validator
 from orchestration.cli import available_templates, cli, describe_retry, main
 from orchestration.spec import RetryPolicy
 
+from .samples import THREE_MISTAKES
+
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
 DESIGN_EXAMPLE = EXAMPLES / "market-weekly.yaml"
@@ -158,20 +160,6 @@ def test_order_not_file_position_decides(tmp_path):
 # --- reporting problems ------------------------------------------------------------------------
 
 
-THREE_MISTAKES = """\
-name: broken
-stages:
-  - id: a
-    uses: noop
-    needs: [c]
-  - id: b
-    uses: noop
-    needs: [a, ghost]
-  - id: c
-    uses: noop
-    needs: [b]
-    timeout: 5 parsecs
-"""
 
 
 def test_three_mistakes_are_all_reported_with_stage_and_line(tmp_path):

@@ -12,6 +12,8 @@ from orchestration.resolve import resolve
 from orchestration.settings import Settings
 from orchestration.validation import load_pipeline_text, validate_data
 
+from .samples import THREE_MISTAKES
+
 
 def load(text: str, **kwargs):
     return load_pipeline_text(textwrap.dedent(text), "p.yaml", env=kwargs.pop("env", {}), **kwargs)
@@ -24,20 +26,7 @@ def problems(text: str, **kwargs) -> list[str]:
 
 
 def test_a_cycle_a_missing_dependency_and_a_bad_duration_are_reported_together():
-    found = problems("""\
-        name: broken
-        stages:
-          - id: a
-            uses: noop
-            needs: [c]
-          - id: b
-            uses: noop
-            needs: [a, ghost]
-          - id: c
-            uses: noop
-            needs: [b]
-            timeout: 5 parsecs
-        """)
+    found = problems(THREE_MISTAKES)
     assert len(found) == 3
     assert found[0].startswith("p.yaml:5: stage 'a': dependency cycle: a → b → c → a")
     assert found[1].startswith("p.yaml:8: stage 'b': needs 'ghost', which is not a stage")
