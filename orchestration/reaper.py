@@ -55,9 +55,11 @@ class Reaper:
                                  *(f"{'' if item is None else f'{item}:'}{f}" for f in ("state", "lease_exp",
                                                                                          "attempt")))
             state, lease_exp, attempt = unit
-            if state != "running" or int(lease_exp or 0) > now_ms:
-                if state != "running":
-                    store.r.zrem(store.keys.leases(), member)
+            if state == "running" and int(lease_exp or 0) > now_ms:
+                continue
+            run_status = store.r.hget(store.keys.run(run_id), "status")
+            if state != "running" or run_status not in ("running", "paused"):
+                store.r.zrem(store.keys.leases(), member)  # ended, or its run did (a revoked item)
                 continue
             try:
                 node = store.graph(run_id).node(stage_id)

@@ -32,6 +32,14 @@ end
 
 local t = redis.call('TIME')
 local now = string.format('%.3f', tonumber(t[1]) + tonumber(t[2]) / 1e6)
+
+-- An item of a stage that already ended (failed, or cancelled): its result, context
+-- writes and metrics are dropped with it.
+if item ~= '' and redis.call('HGET', KEYS[2], stage) ~= 'running' then
+  redis.call('HSET', KEYS[3], p .. 'state', 'cancelled', p .. 'finished_at', now)
+  redis.call('ZREM', KEYS[10], ARGV[13])
+  return {'late', 0, '', {}, {}, ''}
+end
 local function event(...)
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', '200000', '*', 't', now, ...)
 end
@@ -55,9 +63,6 @@ local next_item = ''
 if item ~= '' then
   if ARGV[5] ~= '' then redis.call('HSET', KEYS[3], p .. 'output', ARGV[5]) end
   event('kind', 'item', 'stage', stage, 'item', item, 'state', outcome)
-  if redis.call('HGET', KEYS[2], stage) ~= 'running' then
-    return {'late', 0, '', {}, {}, ''}      -- the stage already ended (failed or cancelled)
-  end
   if outcome ~= 'failed' then
     local done = redis.call('HINCRBY', KEYS[9], 'items_done', 1)
     local total = tonumber(redis.call('HGET', KEYS[9], 'items_total'))

@@ -98,7 +98,7 @@ def test_cancel_during_a_fan_out(cluster):
         "cancel",
         {"id": "items", "uses": "noop", "params": {"output": list(range(40))}},
         {"id": "each", "uses": "test.slow_counted", "needs": ["items"], "for_each": "items",
-         "max_concurrency": 3, "params": {"seconds": 1.0}},
+         "max_concurrency": 3, "params": {"seconds": 4.0}},
         {"id": "after", "uses": "noop", "needs": ["each"]},
     ))
     handle = cluster.client.submit(spec)
@@ -109,10 +109,14 @@ def test_cancel_during_a_fan_out(cluster):
     result = handle.wait(timeout=5)
     assert time.monotonic() - started < 5
     assert result.status == "cancelled"
-    time.sleep(1.5)
+    time.sleep(5)  # past the 4 s the running items would have taken
     assert cluster.count(handle.run_id, "each") == started_at_cancel  # nothing new started
     states = {sid: st["state"] for sid, st in result.stage_results.items()}
     assert states == {"items": "succeeded", "each": "cancelled", "after": "cancelled"}
+    # the running items were revoked (terminated), not left to finish: none succeeded, none counted
+    items = cluster.client.store.items(handle.run_id, "each")
+    assert sorted({item.get("state") for item in items.values()}) == ["running"], items  # killed mid-stage
+    assert cluster.client.store.metrics(handle.run_id) == {}
 
 
 def test_pause_then_resume(cluster):
