@@ -15,8 +15,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from urllib.parse import quote
 from pathlib import Path
+from urllib.parse import quote
 
 import redis
 
@@ -80,6 +80,7 @@ class RedisServer:
                 return self
             except redis.ConnectionError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()  # leave no server behind when it answers nobody
                     raise RuntimeError(f"redis-server did not start on port {self.port}") from None
                 time.sleep(0.05)
 

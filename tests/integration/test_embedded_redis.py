@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import redis
 
 from orchestration import embedded
@@ -17,3 +18,19 @@ def test_falls_back_to_redislites_redis_server(monkeypatch):
         assert client.ping()
         assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
     assert server.proc.poll() is not None
+
+
+class _AskingElsewhere(embedded.RedisServer):
+    """A server whose readiness check asks a port nobody listens on."""
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.elsewhere}/0"
+
+
+def test_a_server_that_does_not_answer_is_stopped():
+    server = _AskingElsewhere()
+    server.elsewhere = embedded.free_port()
+    with pytest.raises(RuntimeError, match="did not start"):
+        server.start(timeout_s=1.0)
+    assert server.proc.poll() is not None  # the redis-server it started is gone
