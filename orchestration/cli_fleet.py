@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import socket
-
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any

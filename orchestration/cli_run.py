@@ -17,8 +17,19 @@ from rich.table import Table
 
 from . import progress
 from .api import Client
-from .cli import (EXIT_FAILED, EXIT_OK, cli, command, console, json_option, load_spec,
-                  pipeline_options, print_json, say, settings_from_env)
+from .cli import (
+    EXIT_FAILED,
+    EXIT_OK,
+    cli,
+    command,
+    console,
+    json_option,
+    load_spec,
+    pipeline_options,
+    print_json,
+    say,
+    settings_from_env,
+)
 from .embedded import RedisServer, WorkerProcess, wait_for_workers
 from .resolve import resolve
 from .settings import Settings

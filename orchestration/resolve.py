@@ -16,10 +16,10 @@ from typing import Any
 from pydantic import Field
 
 from . import graph
+from .routing import queue_for
 from .selection import Selectable, select
 from .settings import Settings
 from .spec import Cache, Fallback, Model, PipelineSpec, Resources, RetryPolicy, Stage, Webhook
-from .routing import queue_for
 from .validation import effective_needs
 
 DEFAULT_ESTIMATE_S = 1.0

@@ -21,12 +21,12 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from orchestration import expressions, hooks
 from orchestration.cache import cache_key
+from orchestration.compiler import stage_signature
 from orchestration.dispatch import Dispatcher, payload
 from orchestration.errors import FailStage, OutputTooLarge, RetryStage, RunNotFound, StageTimeout
 from orchestration.registry import Registry, StageType
 from orchestration.resolve import Node, RunGraph
 from orchestration.retries import countdown, is_retryable, resolve_policy
-from orchestration.compiler import stage_signature
 from orchestration.settings import Settings
 from orchestration.store import RunStore
 
