@@ -35,10 +35,8 @@ LAST_SUCCESS_SCAN = 200  # newest runs of a pipeline searched for its last succe
 
 def quick_client(settings: Settings, timeout_s: float = 5.0) -> redis.Redis:
     """`connect(settings)` without its patient reconnect loop: a check answers in seconds."""
-    client = connect(settings)
-    client.set_retry(Retry(NoBackoff(), 1))
-    client.connection_pool.connection_kwargs.update(socket_connect_timeout=timeout_s,
-                                                    socket_timeout=timeout_s)
+    client = connect(settings, timeout_s=timeout_s)
+    client.set_retry(Retry(NoBackoff(), 1))  # one quick second try, then the check reports
     return client
 
 

@@ -16,11 +16,17 @@ def _host_of_first_start(cluster, run_id: str, stage_id: str) -> str:
     return wait_until(lambda: cluster.redis.lindex(f"test:hosts:{run_id}:{stage_id}", 0), timeout=30)
 
 
-def test_sigkilled_worker_mid_stage_is_rerun_elsewhere_within_the_lease(chaos_cluster):
-    cluster = chaos_cluster
+def _two_workers(cluster) -> dict:
+    """host-a and host-b, one process each, with 3 s leases; returned by name once both serve."""
     workers = {name: cluster.start_worker(hostname=name, concurrency=1, env=FAST_LEASES, wait=False)
                for name in ("host-a", "host-b")}
-    cluster.wait_workers(2)
+    cluster.wait_workers(hostnames=list(workers))
+    return workers
+
+
+def test_sigkilled_worker_mid_stage_is_rerun_elsewhere_within_the_lease(chaos_cluster):
+    cluster = chaos_cluster
+    workers = _two_workers(cluster)
     handle = cluster.client.submit(validate_data(pipeline(
         "kill", {"id": "work", "uses": "test.slow_counted", "params": {"seconds": 3}},
         {"id": "after", "uses": "test.record", "needs": ["work"]})))
@@ -52,9 +58,7 @@ def test_a_stage_that_kills_its_worker_every_time_is_quarantined(chaos_cluster):
 
 def test_frozen_worker_late_commit_is_refused(chaos_cluster):
     cluster = chaos_cluster
-    workers = {name: cluster.start_worker(hostname=name, concurrency=1, env=FAST_LEASES, wait=False)
-               for name in ("host-a", "host-b")}
-    cluster.wait_workers(2)
+    workers = _two_workers(cluster)
     handle = cluster.client.submit(validate_data(pipeline(
         "freeze", {"id": "work", "uses": "test.slow_counted", "params": {"seconds": 4}})))
     frozen = _host_of_first_start(cluster, handle.run_id, "work")
