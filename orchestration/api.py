@@ -13,10 +13,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import hooks
 from .celeryconfig import client_app
 from .dispatch import Dispatcher, signature_of
 from .errors import ChordflowError, InvalidPipeline, Problem
+from .ids import check_idempotency_key, check_run_id
 from .registry import BUILTIN_TYPES
 from .resolve import RunGraph, resolve
 from .settings import Settings
@@ -49,6 +49,8 @@ class Client:
 
     def submit(self, spec: PipelineSpec, *, selection: str | None = None, only: bool = False,
                check_types: bool = True, idempotency_key: str | None = None, no_cache: bool = False) -> RunHandle:
+        if idempotency_key is not None:
+            check_idempotency_key(idempotency_key)
         graph = resolve(spec, self.settings, selection, only)
         if no_cache:
             graph = graph.model_copy(update={"no_cache": True})
@@ -89,29 +91,32 @@ class Client:
         return graph.model_copy(update={"nodes": tuple(nodes)})
 
     def handle(self, run_id: str) -> RunHandle:
+        check_run_id(run_id)
         self.store.run(run_id)  # raises RunNotFound
         return RunHandle(self, run_id)
 
     # -- control ------------------------------------------------------------------------------
     def cancel(self, run_id: str) -> str:
+        check_run_id(run_id)
         self.store.run(run_id)
         verdict, revoke = self.store.control(run_id, "cancel")
         if verdict == "ok":
             if revoke:
                 self.app.control.revoke(revoke, terminate=True, signal="SIGTERM")
-            graph = self.store.graph(run_id)
-            self.store.expire_run(run_id, graph)
-            hooks.emit("run_complete", {"run_id": run_id, "pipeline": graph.name, "status": "cancelled"},
-                       graph.webhooks)
+            # run_complete (status cancelled) went to the hooks outbox with the cancel itself:
+            # the workers' hook senders deliver it, to their Python hooks too.
+            self.store.expire_run(run_id, self.store.graph(run_id))
             return "cancelled"
         return f"not cancelled: the run is {revoke[0]}"
 
     def pause(self, run_id: str) -> str:
+        check_run_id(run_id)
         self.store.run(run_id)
         verdict, detail = self.store.control(run_id, "pause")
         return "paused" if verdict == "ok" else f"not paused: the run is {detail[0]}"
 
     def resume(self, run_id: str) -> str:
+        check_run_id(run_id)
         self.store.run(run_id)
         verdict, parked = self.store.control(run_id, "resume")
         if verdict != "ok":
@@ -121,6 +126,7 @@ class Client:
 
     def retry(self, run_id: str) -> str:
         """Run a failed run again from the point of failure, under the same id."""
+        check_run_id(run_id)
         self.store.run(run_id)
         graph = self.store.graph(run_id)
         verdict, detail = self.store.reopen(run_id, graph)
@@ -132,6 +138,7 @@ class Client:
     # -- reading ------------------------------------------------------------------------------
     def status(self, run_id: str) -> dict[str, Any]:
         """The run and every stage: state, attempts, host, queue, times (epoch s), error, output."""
+        check_run_id(run_id)
         record = self.store.run(run_id)
         graph = self.store.graph(run_id)
         ids = [n.id for n in graph.nodes]
@@ -163,6 +170,7 @@ class Client:
     def follow(self, run_id: str, timeout_s: float | None = None,
                on_event: Callable[[dict[str, str]], None] | None = None) -> str:
         """Block until the run ends (reading its event stream); returns its final status."""
+        check_run_id(run_id)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         after = "0-0"
         status = self.store.run(run_id).get("status", "")
@@ -188,6 +196,7 @@ class Client:
                 raise TimeoutError(f"run {run_id} did not finish within {timeout_s}s (it is {status})")
 
     def result(self, run_id: str) -> PipelineResult:
+        check_run_id(run_id)
         s = self.status(run_id)
         stages = s["stages"]
         started = s["created_at"] or 0.0

@@ -12,6 +12,7 @@ from typing import Any
 from celery import Celery
 from kombu import Queue
 
+from .broker import TRANSPORT
 from .settings import Settings
 
 _CERT_REQS = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}
@@ -22,6 +23,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         raise ValueError("no Redis URL configured (set CHORDFLOW_REDIS_URL)")
     config: dict[str, Any] = {
         "broker_url": settings.redis_url,
+        # kombu's Redis transport, with Redis refusing writes (OOM, read-only) as a connection fault
+        # that the consumer rides out, instead of an error that ends the worker (see broker.py).
+        "broker_transport": TRANSPORT,
         "result_backend": settings.result_backend,
         "task_ignore_result": True,
         "task_serializer": "json",

@@ -1,9 +1,9 @@
 """The `chordflow` command line (DESIGN §5): parse, call one function, print, return an exit code.
 
-Exit codes: 0 ok, 2 invalid input (a pipeline problem, a bad option), 1 anything else
-(a run failed, Redis refused, an unexpected error). An `InvalidPipeline` prints every
-problem, one per line as `file:line: stage 'x': message`; no error prints a traceback
-unless CHORDFLOW_DEBUG=1.
+Exit codes: 0 ok, 2 invalid input (a pipeline problem, a bad option, a malformed run id,
+stage id or idempotency key: `ids.py`), 1 anything else (a run failed, Redis refused, an
+unexpected error). An `InvalidPipeline` prints every problem, one per line as
+`file:line: stage 'x': message`; no error prints a traceback unless CHORDFLOW_DEBUG=1.
 
 More commands live in their own modules (`cli_run.py`), register on `cli` with the
 helpers here (`command`, `pipeline_options`, `load_spec`, `settings_from_env`, `say`,

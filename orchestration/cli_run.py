@@ -31,6 +31,7 @@ from .cli import (
     settings_from_env,
 )
 from .embedded import RedisServer, WorkerProcess, wait_for_workers
+from .ids import check_idempotency_key, check_run_id, check_stage_id
 from .resolve import resolve
 from .settings import Settings
 
@@ -75,6 +76,8 @@ def submit(file: Path, sets: tuple[str, ...], select: str | None, only: bool, fo
            dry_run: bool, no_check: bool, idempotency_key: str | None, timeout: float | None, items: bool,
            no_cache: bool, as_json: bool) -> int:
     """Run a pipeline. Without CHORDFLOW_REDIS_URL, runs it on a private Redis and local workers."""
+    if idempotency_key is not None:
+        check_idempotency_key(idempotency_key)
     settings = settings_from_env()
     spec = load_spec(file, sets, settings)
     if dry_run:
@@ -133,6 +136,7 @@ def _print_summary(status: dict[str, Any], outputs: bool) -> None:
 @command
 def status(run_id: str, as_json: bool) -> int:
     """A run's state and, per stage, state, attempts, host, queue, times, error and output."""
+    check_run_id(run_id)
     data = client_from_env().status(run_id)
     if as_json:
         print_json(data)
@@ -148,6 +152,7 @@ def status(run_id: str, as_json: bool) -> int:
 @command
 def watch(run_id: str, timeout: float | None, items: bool) -> int:
     """Follow a run live until it ends; exit 1 if it fails."""
+    check_run_id(run_id)
     client = client_from_env()
     client.handle(run_id)
     final = progress.follow(client, run_id, console, timeout, items)
@@ -192,6 +197,9 @@ def runs(pipeline: str | None, state: str | None, since: float | None, limit: in
 @command
 def logs(run_id: str, stage_id: str | None) -> int:
     """Captured output of a run's stages (shell output, ctx.log lines)."""
+    check_run_id(run_id)
+    if stage_id is not None:
+        check_stage_id(stage_id)
     client = client_from_env()
     graph = client.store.graph(run_id)
     for node in graph.nodes:
@@ -206,6 +214,7 @@ def logs(run_id: str, stage_id: str | None) -> int:
 
 
 def _control(op: str, run_id: str) -> int:
+    check_run_id(run_id)
     client = client_from_env()
     outcome = getattr(client, op)(run_id)
     say(f"run {run_id}: {outcome}")

@@ -34,7 +34,7 @@ import click
 import redis
 
 from .api import Client
-from .errors import RunNotFound
+from .errors import InvalidId, RunNotFound
 from .settings import Settings
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8765
@@ -167,7 +167,7 @@ class DashboardHandler(BaseHTTPRequestHandler):
                 self._json({"error": f"no such page: {url.path}"}, HTTPStatus.NOT_FOUND)
         except RunNotFound as exc:
             self._json({"error": f"no run {exc} in this Redis (it may have expired)"}, HTTPStatus.NOT_FOUND)
-        except BadRequest as exc:
+        except (BadRequest, InvalidId) as exc:
             self._json({"error": str(exc)}, HTTPStatus.BAD_REQUEST)
         except redis.RedisError as exc:
             self._json({"error": f"cannot read Redis: {exc}"}, HTTPStatus.SERVICE_UNAVAILABLE)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from celery import Celery, Signature
@@ -24,11 +24,9 @@ log = logging.getLogger("chordflow.dispatch")
 
 
 class Dispatcher:
-    def __init__(self, app: Celery, store: RunStore,
-                 on_finalized: Callable[[str, RunGraph, str], None] | None = None):
+    def __init__(self, app: Celery, store: RunStore):
         self.app = app
         self.store = store
-        self.on_finalized = on_finalized
         self._topology: dict[str, dict[str, list[str]]] = {}
 
     # -- graph helpers (cached per run) ---------------------------------------------------------
@@ -104,8 +102,6 @@ class Dispatcher:
             self.dispatch(run_id, graph, commit.ready)
         if commit.finalized:
             self.store.expire_run(run_id, graph)
-            if self.on_finalized:
-                self.on_finalized(run_id, graph, commit.run_status)
 
     # -- fan-out --------------------------------------------------------------------------------
     def _start_fanout(self, run_id: str, graph: RunGraph, node: Node) -> tuple[list[Signature], list[str]]:
@@ -115,7 +111,7 @@ class Dispatcher:
         empty, or failing because its for_each input is not a list).
         """
         outputs = self.store.outputs(run_id, node.reads)
-        if node.when:
+        if node.when and not expressions.reads_item(node.when):
             try:
                 go = expressions.evaluate(node.when, variables=graph.variables, outputs=outputs,
                                           context=self.store.context(run_id))
@@ -123,10 +119,13 @@ class Dispatcher:
                 return [], self._close(run_id, graph, node, "failed", error=_error("ConditionError", str(exc)))
             if not go:
                 return [], self._close(run_id, graph, node, "skipped", output="null")
+        # A condition that reads `item` or `matrix` is decided per item, by each item's attempt.
         if node.matrix is not None:
             total = len(node.matrix)
         else:
-            items = outputs.get(node.for_each or "") or []
+            items = outputs.get(node.for_each or "")
+            if items is None:
+                items = []
             if not isinstance(items, list):
                 return [], self._close(run_id, graph, node, "failed", error=_error(
                     "FanOutError", f"for_each '{node.for_each}' must output a list; it output "
@@ -135,9 +134,23 @@ class Dispatcher:
         if total == 0:
             return [], self._close(run_id, graph, node, "succeeded", output="[]")
         window = min(total, node.max_concurrency or total)
-        if not self.store.start_fanout(run_id, node.id, total, window, node.queue):
+        first = self.store.start_fanout(run_id, node.id, total, window, node.queue)
+        if first is None:
             return [], []
-        return item_signatures(run_id, node, range(window)), []
+        if not first:  # a retried run kept every item: the stage ends from their outputs
+            kept = self.store.items(run_id, node.id)
+            output = "[" + ",".join(kept.get(i, {}).get("output") or "null" for i in range(total)) + "]"
+            return [], self._close(run_id, graph, node, "succeeded", output=output)
+        return item_signatures(run_id, node, first), []
+
+    def fail_stage(self, run_id: str, stage_id: str, error: dict[str, Any]) -> bool:
+        """Fail a stage that no attempt holds (decided outside a worker's attempt), keep its error,
+        and advance the run. False if the stage had already ended or an attempt holds it."""
+        graph = self.store.graph(run_id)
+        ready = self._close(run_id, graph, graph.node(stage_id), "failed", error=error)
+        if ready:
+            self.dispatch(run_id, graph, ready)
+        return self.store.states(run_id).get(stage_id) == "failed"
 
     def _close(self, run_id: str, graph: RunGraph, node: Node, outcome: str, output: str = "",
                error: dict[str, Any] | None = None) -> list[str]:
@@ -145,6 +158,7 @@ class Dispatcher:
             run_id, graph, node.id, None, "", outcome, output, error,
             children=self.children(run_id, graph, node.id),
             descendants=self.blocked_by(run_id, graph, node.id, outcome),
+            run_hook=True,  # decided outside a worker, which alone knows its Python hooks: always announce
         )
         if commit.verdict != "ok":
             return []

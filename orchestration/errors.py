@@ -3,11 +3,14 @@
     ChordflowError
     ├── InvalidPipeline        the pipeline file or builder input is wrong (exit 2)
     │   └── SelectionError     a --select expression is wrong or matches nothing
+    ├── InvalidId              a run id, stage id or idempotency key of the wrong shape (exit 2)
     ├── RunNotFound            no run with that id in the store
     ├── StoreError             Redis refused or lost a write the run depends on
+    │   └── RedisRefusedWrite  Redis is out of memory or read-only: an attempt's commit was refused
     ├── OutputTooLarge         a stage returned more than the output cap
     ├── RetryStage             a stage asks for another attempt
     ├── FailStage              a stage fails for good, no retry
+    │   └── CommitRefused      the commit's checks refused what the attempt wrote (nothing was written)
     └── StageTimeout           a stage ran past its timeout
 """
 
@@ -61,6 +64,12 @@ class SelectionError(InvalidPipeline):
     """A --select expression is malformed or selects nothing."""
 
 
+class InvalidId(ChordflowError, ValueError):
+    """A run id, stage id or idempotency key that is not of the allowed shape (exit code 2)."""
+
+    exit_code = 2
+
+
 class RunNotFound(ChordflowError):
     """No run with this id exists (or it has expired)."""
 
@@ -71,6 +80,19 @@ class RunNotFound(ChordflowError):
 
 class StoreError(ChordflowError):
     """Redis refused or lost a write the run depends on."""
+
+
+class RedisRefusedWrite(StoreError):
+    """Redis refused an attempt's writes: it is at `maxmemory` (OOM) or a read-only replica."""
+
+    def __init__(self, reason: str):
+        lowered = reason.lower()
+        if "maxmemory" in lowered or "oom" in lowered or "memory" in lowered:
+            what = ("Redis is out of memory (used memory is over its maxmemory) and refused the "
+                    "stage's commit; free memory or raise maxmemory, then `chordflow retry RUN`")
+        else:
+            what = "Redis refused the stage's commit (it is read-only: a replica, or a failover under way)"
+        super().__init__(f"{what}: {reason}")
 
 
 class OutputTooLarge(ChordflowError):
@@ -96,6 +118,11 @@ class RetryStage(ChordflowError):
 
 class FailStage(ChordflowError):
     """Raised by a stage to fail for good, with no further attempt."""
+
+
+class CommitRefused(FailStage):
+    """The commit script's checks refused the attempt's writes (a context value that is not a
+    number, a metric that is not finite); nothing of the attempt was written."""
 
 
 class StageTimeout(ChordflowError):

@@ -105,6 +105,15 @@ def check(expression: str, variables: Iterable[str], stage_ids: Iterable[str]) -
     return problems
 
 
+def reads_item(expression: str) -> bool:
+    """Whether the condition reads `item` or `matrix`: then it is decided per fan-out item."""
+    try:
+        tree = ast.parse(expression.strip(), mode="eval")
+    except SyntaxError:
+        return False
+    return any(isinstance(n, ast.Name) and n.id in ("item", "matrix") for n in ast.walk(tree))
+
+
 def evaluate(
     expression: str,
     *,

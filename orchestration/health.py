@@ -1,8 +1,10 @@
 """Is the fleet healthy? Redis, its durability settings, workers per queue, queue depths, stale pipelines.
 
-Unhealthy (a non-zero `chordflow health`) when Redis is unreachable, when a
-queue holds work (waiting, delayed or delivered messages) that no live worker
-serves, or when a pipeline's last success is older than its `max_age`.
+Unhealthy (a non-zero `chordflow health`) when Redis is unreachable, when it
+refuses writes (out of memory at `maxmemory`, or read-only) or its used memory
+is near `maxmemory`, when a queue holds work (waiting, delayed or delivered
+messages) that no live worker serves, or when a pipeline's last success is older
+than its `max_age`.
 Redis without AOF or with an eviction policy is a loud warning, not a failure.
 
 The Celery Redis transport keeps each queue as lists (one per priority step)
@@ -26,11 +28,14 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .errors import RunNotFound
+from .keys import Keys
 from .schedules import list_schedules
 from .settings import Settings
 from .store import RunStore, connect
 
 LAST_SUCCESS_SCAN = 200  # newest runs of a pipeline searched for its last success
+MEMORY_NEAR_FULL = 0.9   # used_memory / maxmemory at which health reports Redis memory
+PROBE_TTL_MS = 10_000    # the write probe's key expires by itself
 
 
 def quick_client(settings: Settings, timeout_s: float = 5.0) -> redis.Redis:
@@ -67,6 +72,52 @@ def redis_warnings(client: redis.Redis) -> list[str]:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+# -- can Redis take writes? -----------------------------------------------------------------------------
+
+
+def redis_write_problems(client: redis.Redis, settings: Settings) -> list[str]:
+    """Why Redis refuses, or is about to refuse, the writes every run needs: a write probe
+    refused (OOM: at `maxmemory` with noeviction; READONLY: a replica, or a failover), or used
+    memory at MEMORY_NEAR_FULL of `maxmemory` or more. Empty when Redis takes writes."""
+    used = limit = None
+    try:
+        memory = client.info("memory")
+        used, limit = int(memory.get("used_memory", 0)), int(memory.get("maxmemory", 0))
+    except (redis.ResponseError, ValueError, TypeError):
+        pass  # INFO disabled or renamed: the write probe still tells
+    usage = f"used_memory {_size(used)} of maxmemory {_size(limit)}" if used is not None and limit else ""
+    try:
+        client.set(Keys(settings.key_prefix).health_probe(), "1", px=PROBE_TTL_MS)
+    except redis.ResponseError as exc:
+        text = _first_line(exc)
+        if isinstance(exc, redis.OutOfMemoryError) or text.upper().startswith("OOM") or "maxmemory" in text:
+            return [(f"Redis memory is full and Redis refuses writes{f' ({usage})' if usage else ''}: {text} "
+                     "No stage can start or finish until you raise maxmemory (CONFIG SET maxmemory) or free "
+                     "memory")]
+        if isinstance(exc, redis.ReadOnlyError) or text.upper().startswith("READONLY"):
+            return [(f"Redis is read-only and refuses writes ({text}): it is a replica, or a failover is "
+                     "under way; point CHORDFLOW_REDIS_URL at the primary")]
+        return [f"Redis refused a write: {text}"]
+    if used is not None and limit and used >= MEMORY_NEAR_FULL * limit:
+        return [(f"Redis memory is {used / limit:.0%} full ({usage}): at maxmemory, with noeviction, Redis "
+                 "refuses the writes runs need and stages fail. Raise maxmemory (CONFIG SET maxmemory) or "
+                 "free memory (finished runs expire after CHORDFLOW_RUN_TTL_S)")]
+    return []
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit, scale in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
 
 
 # -- queues ------------------------------------------------------------------------------------------
@@ -116,7 +167,7 @@ def queue_reports(store: RunStore, workers: Mapping[str, Mapping[str, Any]]) -> 
 def _measure_list(r: redis.Redis, settings: Settings, name: str, report: QueueReport, now: float) -> None:
     length = r.llen(name)
     if not length:
-        r.hdel(oldest_key(settings), name)
+        _note(r.hdel, oldest_key(settings), name)
         return
     report.waiting += length
     head = r.lindex(name, -1)  # LPUSHed, BRPOPed: the oldest is at the tail
@@ -128,11 +179,20 @@ def _measure_list(r: redis.Redis, settings: Settings, name: str, report: QueueRe
     if known.get("tag") == tag:
         seen = float(known.get("seen", now))
     else:
-        r.hset(oldest_key(settings), name, json.dumps({"tag": tag, "seen": now}))
+        _note(r.hset, oldest_key(settings), name, json.dumps({"tag": tag, "seen": now}))
     age = max(0.0, now - seen)
     if report.oldest_waiting_s is None or age > report.oldest_waiting_s:
         report.oldest_waiting_s = age
         report.oldest_task = f"{headers.get('task', '?')}{headers.get('argsrepr', '')}"
+
+
+def _note(write: Any, *args: Any) -> None:
+    """A write of health's own bookkeeping: when Redis refuses writes (reported apart, by
+    `redis_write_problems`), the oldest-message ages just start over."""
+    try:
+        write(*args)
+    except redis.ResponseError:
+        pass
 
 
 def _delayed_queues(store: RunStore, limit: int = 1000) -> Iterable[str]:
@@ -266,6 +326,7 @@ def check(settings: Settings, timeout_s: float = 5.0) -> HealthReport:
     report.reachable = True
     store = RunStore(client, settings)
     report.warnings = redis_warnings(client)
+    report.problems.extend(redis_write_problems(client, settings))
     report.workers = store.live_workers()
     report.queues = queue_reports(store, report.workers)
     for q in report.queues:

@@ -1,30 +1,41 @@
 """Lifecycle hooks: Python callables registered in code, and webhooks configured in the file.
 
-Events are emitted by the process that committed the transition, and every
-transition commits exactly once, so each event reaches each hook once however
-many workers there are. A hook that raises or a webhook that fails is logged
-and never fails a stage.
+An event never runs a hook on the path of a stage's attempt. The script that commits a
+transition (begin, finish, retry, control) also adds the event to an outbox, the Redis
+stream `Keys.hooks()`, in the same atomic step; the hook sender in every worker's main
+process (`orchestration.hook_sender`) reads it from there and runs the Python hooks
+registered for its kind, each under a time limit, then POSTs it to the run's webhooks that
+want it, with retries under a total time cap. Delivery is at least once: an event whose
+sender died before it was done is delivered again by another worker's sender. A hook that
+raises, runs too long, or a webhook that keeps failing is logged and never fails a stage.
 
     from orchestration import hooks
 
     @hooks.on_stage_error
     def page_someone(event): ...   # event: kind, run_id, stage_id, attempt, error, will_retry, ...
+
+Hooks run in the worker's main process, so register them in a module the worker imports
+(`--import`, `CHORDFLOW_IMPORTS` or an entry point).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
+import re
+import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from tenacity import retry, stop_after_attempt, wait_exponential
+from tenacity import retry, retry_if_exception, stop_before_delay, wait_exponential
 
 from .spec import Webhook
 
 log = logging.getLogger("chordflow.hooks")
-KINDS = ("stage_start", "stage_complete", "stage_error", "run_complete")
+KINDS = ("stage_start", "stage_complete", "stage_error", "run_complete", "run_paused", "run_resumed")
 Hook = Callable[[dict[str, Any]], Any]
 _HOOKS: dict[str, list[Hook]] = {kind: [] for kind in KINDS}
 
@@ -52,20 +63,26 @@ def on_run_complete(fn: Hook) -> Hook:
     return register("run_complete", fn)
 
 
-def emit(kind: str, event: Mapping[str, Any], webhooks: Iterable[Webhook] = ()) -> None:
-    """Call every hook of `kind`, then POST to every webhook that asked for it."""
+def on_run_paused(fn: Hook) -> Hook:
+    return register("run_paused", fn)
+
+
+def on_run_resumed(fn: Hook) -> Hook:
+    return register("run_resumed", fn)
+
+
+def registered(kind: str) -> list[Hook]:
+    """The Python hooks of `kind` registered in this process (none for an unknown kind)."""
+    return list(_HOOKS.get(kind, ()))
+
+
+def entry(kind: str, event: Mapping[str, Any], webhooks: Iterable[Webhook]) -> str | None:
+    """The outbox entry of an event (the JSON of `{"kind": kind, **event}`), or None when
+    nobody listens: no Python hook of `kind` in this process and no webhook that wants it."""
     payload = {"kind": kind, **event}
-    for fn in _HOOKS[kind]:
-        try:
-            fn(dict(payload))
-        except Exception:
-            log.exception("hook %s for %s raised; ignored", getattr(fn, "__name__", fn), kind)
-    for hook in webhooks:
-        if wants(hook, payload):
-            try:
-                post(hook, payload)
-            except Exception as exc:
-                log.error("webhook %s for %s failed after retries: %s", hook.url, kind, exc)
+    if not _HOOKS.get(kind) and not any(wants(hook, payload) for hook in webhooks):
+        return None
+    return json.dumps(payload, default=str, separators=(",", ":"))
 
 
 def wants(hook: Webhook, payload: Mapping[str, Any]) -> bool:
@@ -76,13 +93,50 @@ def wants(hook: Webhook, payload: Mapping[str, Any]) -> bool:
     return bool(names & set(hook.events)) or "*" in hook.events
 
 
-def post(hook: Webhook, payload: Mapping[str, Any], attempts: int = 3) -> None:
-    body = json.dumps(payload, default=str).encode()
-    headers = {"Content-Type": "application/json", "User-Agent": "chordflow", **hook.headers}
+_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/?#@\s]+@")
 
-    @retry(stop=stop_after_attempt(attempts), wait=wait_exponential(multiplier=0.2, max=2), reraise=True)
+
+def mask(text: str) -> str:
+    """`text` with the user:password of every URL in it replaced by `***`."""
+    return _CREDENTIALS.sub(r"\1***@", text)
+
+
+def _split_credentials(url: str) -> tuple[str, dict[str, str]]:
+    """The URL without its user:password, and the Basic Authorization header they make."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, {}
+    host = parts.hostname or ""
+    netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port is not None else "")
+    userinfo = f"{urllib.parse.unquote(parts.username or '')}:{urllib.parse.unquote(parts.password or '')}"
+    token = base64.b64encode(userinfo.encode()).decode()
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc)), {"Authorization": f"Basic {token}"}
+
+
+def _retryable(exc: BaseException) -> bool:
+    """Worth another POST: network errors, timeouts, 5xx, 408 and 429; not other 4xx."""
+    if isinstance(exc, urllib.error.HTTPError):
+        return exc.code >= 500 or exc.code in (408, 429)
+    return isinstance(exc, OSError)
+
+
+def post(hook: Webhook, payload: Mapping[str, Any], total_s: float) -> None:
+    """POST `payload` to `hook` (a user:password in its URL is sent as Basic authorization, not
+    as part of the URL), each try bounded by the webhook's timeout, retried with
+    backoff until it succeeds or another try would start after `total_s` seconds (so the whole
+    delivery takes at most `total_s` plus one timeout); raises the last error."""
+    body = json.dumps(payload, default=str).encode()
+    url, auth = _split_credentials(hook.url)
+    headers = {"Content-Type": "application/json", "User-Agent": "chordflow", **auth, **hook.headers}
+
+    @retry(
+        stop=stop_before_delay(total_s),
+        wait=wait_exponential(multiplier=0.5, max=10),
+        retry=retry_if_exception(_retryable),
+        reraise=True,
+    )
     def send() -> None:
-        request = urllib.request.Request(hook.url, data=body, headers=headers, method="POST")
+        request = urllib.request.Request(url, data=body, headers=headers, method="POST")
         with urllib.request.urlopen(request, timeout=hook.timeout) as response:
             response.read()
 

@@ -99,6 +99,15 @@ class Keys:
         """Sorted set: '<run>|<stage>' made ready but not yet confirmed sent, by time (Redis clock)."""
         return f"{self.prefix}:outbox"
 
+    def hooks(self) -> str:
+        """Stream: hook events waiting for delivery (field 'e': the event as JSON), read by every
+        worker's hook sender through the consumer group 'senders' (at least once)."""
+        return f"{self.prefix}:hooks"
+
+    def health_probe(self) -> str:
+        """String: the write probe of `chordflow health` (a short TTL)."""
+        return f"{self.prefix}:health:probe"
+
     def cache(self, key: str) -> str:
         """String: a cached stage output (JSON), with the stage's cache TTL."""
         return f"{self.prefix}:cache:{key}"

@@ -1,13 +1,18 @@
-"""Retry policy arithmetic: pure functions, no I/O.
+"""Retry policy arithmetic and the failure decision: pure functions, no I/O.
 
-`countdown(policy, attempt)` is the one place a retry delay is computed.
+`countdown(policy, attempt)` is the one place a retry delay is computed, and
+`decide(policy, exc, attempt, ...)` the one place that decides what a failed
+attempt leads to: another attempt, the fallback, or the stage's failure.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
 
+from .errors import FailStage, OutputTooLarge, RetryStage
 from .spec import Backoff, RetryPolicy
 
 DEFAULT_POLICY = RetryPolicy(max_attempts=1)
@@ -55,3 +60,44 @@ def resolve_policy(*layers: RetryPolicy | None) -> RetryPolicy:
         if layer is not None:
             policy = layer.merged_over(policy)
     return policy
+
+
+class Verdict(StrEnum):
+    RETRY = "retry"                        # another attempt after `delay_s`
+    FALLBACK = "fallback"                  # retries are over: the stage's fallback supplies its output
+    FAIL = "fail"                          # the stage fails; the run goes on (critical: false)
+    FAIL_AND_CASCADE = "fail_and_cascade"  # the stage fails and so does the run: its dependents
+    #                                        become upstream_failed, or fail_fast cancels the rest
+
+
+@dataclass(frozen=True)
+class Decision:
+    verdict: Verdict
+    retryable: bool          # whether the policy retries this exception at all
+    delay_s: float = 0.0     # with RETRY: seconds before the next attempt
+
+
+def decide(policy: RetryPolicy, exc: BaseException, attempt: int, *, has_fallback: bool, critical: bool,
+           rng: random.Random | None = None) -> Decision:
+    """What follows a failed attempt `attempt` (1-based) that raised `exc`.
+
+    A stage's RetryStage always retries (with its own delay if it names one) while attempts
+    are left; FailStage, CommitRefused and OutputTooLarge never retry; anything else retries
+    when the policy's retry_on/give_up_on say so. When no retry follows, a fallback wins over
+    failing, and a critical stage's failure cascades.
+    """
+    if isinstance(exc, RetryStage):
+        retryable = True
+    elif isinstance(exc, (FailStage, OutputTooLarge)):
+        retryable = False
+    else:
+        retryable = is_retryable(policy, type(exc))
+    if retryable and attempt < policy.max_attempts:
+        if isinstance(exc, RetryStage) and exc.delay_s is not None:
+            delay = exc.delay_s
+        else:
+            delay = countdown(policy, attempt, rng)
+        return Decision(Verdict.RETRY, True, delay)
+    if has_fallback:
+        return Decision(Verdict.FALLBACK, retryable)
+    return Decision(Verdict.FAIL_AND_CASCADE if critical else Verdict.FAIL, retryable)

@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     result_backend: str | None = Field(None, description="only for plain Celery tasks beside ours (benchmarks)")
     ssl_cert_reqs: str = "required"
     ssl_ca_certs: str | None = Field(None, description="CA bundle that signed the rediss:// server's certificate")
+    hook_timeout_s: float = Field(10.0, description="a Python hook is waited for this long, then left running")
+    webhook_total_s: float = Field(60.0, description="one webhook delivery is retried for at most this long")
+    hook_claim_idle_s: float = Field(
+        120.0, description="an event a hook sender took and has not touched this long is taken over by another")
 
     @classmethod
     def load(cls, **overrides: Any) -> Settings:

@@ -24,13 +24,22 @@ from .errors import RunNotFound
 from .keys import Keys
 from .resolve import RunGraph
 from .settings import Settings
+from .states import RUN_FINAL, TERMINAL, lua_prelude
 
-TERMINAL = frozenset({"succeeded", "failed", "skipped", "cancelled", "upstream_failed", "fallback"})
-RUN_FINAL = frozenset({"succeeded", "failed", "cancelled"})
+__all__ = ["RUN_FINAL", "TERMINAL", "Commit", "RunStore", "connect", "new_run_id"]
 
 
-def _script(name: str) -> str:
-    return resources.files("orchestration").joinpath("lua", name).read_text(encoding="utf-8")
+def _script(name: str, allow_oom: bool = False) -> str:
+    """A script's source: the state names (from states.py), the shared helpers, then the script.
+
+    `allow_oom` marks it runnable when Redis is at `maxmemory` (Redis 7's script flags): only
+    for the small bookkeeping writes that let an attempt end and a run finish under memory
+    pressure (begin, retry, a failure's commit), never for outputs or context values.
+    """
+    lua = resources.files("orchestration").joinpath("lua")
+    body = lua_prelude() + lua.joinpath("_common.lua").read_text(encoding="utf-8") + \
+        lua.joinpath(name).read_text(encoding="utf-8")
+    return ("#!lua flags=allow-oom\n" + body) if allow_oom else body
 
 
 def new_run_id() -> str:
@@ -83,6 +92,26 @@ class Commit:
     ready: list[str] = field(default_factory=list)
     revoke: list[str] = field(default_factory=list)
     next_item: int | None = None
+    reason: str = ""             # why, when the verdict is 'invalid' (nothing was written)
+
+
+class _Script:
+    """A script registered to run under Redis's memory limit (`allow-oom`), falling back to the
+    plain script on a Redis older than 7, which has no script flags."""
+
+    def __init__(self, client: redis.Redis, name: str, allow_oom: bool):
+        self._plain = client.register_script(_script(name))
+        self._oom = client.register_script(_script(name, allow_oom=True)) if allow_oom else None
+
+    def __call__(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        if self._oom is not None:
+            try:
+                return self._oom(keys=keys, args=args)
+            except redis.ResponseError as exc:
+                if "near '#'" not in str(exc) and "shebang" not in str(exc).lower():
+                    raise
+                self._oom = None  # Redis < 7: no script flags
+        return self._plain(keys=keys, args=args)
 
 
 class RunStore:
@@ -92,10 +121,11 @@ class RunStore:
         self.r: Any = client
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
-        self._begin = client.register_script(_script("begin.lua"))
+        self._begin = _Script(client, "begin.lua", allow_oom=True)
         self._renew = client.register_script(_script("renew.lua"))
-        self._retry = client.register_script(_script("retry.lua"))
+        self._retry = _Script(client, "retry.lua", allow_oom=True)
         self._finish = client.register_script(_script("finish.lua"))
+        self._finish_failed = _Script(client, "finish.lua", allow_oom=True)
         self._fanout = client.register_script(_script("fanout.lua"))
         self._control = client.register_script(_script("control.lua"))
         self._reopen = client.register_script(_script("reopen.lua"))
@@ -186,6 +216,13 @@ class RunStore:
         raw = self.r.hget(self.keys.outputs(run_id), stage_id)
         return json.loads(raw) if raw is not None else None
 
+    def run_status(self, run_id: str) -> str | None:
+        return self.r.hget(self.keys.run(run_id), "status")
+
+    def cached_output(self, key: str) -> str | None:
+        """A cached stage output (JSON text) under a cache key, or None."""
+        return self.r.get(self.keys.cache(key))
+
     def context(self, run_id: str) -> dict[str, Any]:
         return {k: json.loads(v) for k, v in self.r.hgetall(self.keys.context(run_id)).items()}
 
@@ -222,15 +259,19 @@ class RunStore:
         return f"{run_id}|{stage_id}|{'' if item is None else item}"
 
     def begin(self, run_id: str, stage_id: str, item: int | None, attempt: int, host: str, queue: str,
-              task_id: str, payload: str, read: Sequence[str] = ()) -> list[Any]:
-        """Start an attempt; with 'run' comes its token and the JSON outputs of the `read` stages."""
+              task_id: str, payload: str, read: Sequence[str] = (), notify: Sequence[str] = ()) -> list[Any]:
+        """Start an attempt; with 'run' comes its token and the JSON outputs of the `read` stages.
+
+        `notify`: hook entries (JSON) enqueued with the start, for the hook senders."""
         k = self.keys
+        args = {"stage": stage_id, "item": item, "attempt": attempt, "host": host, "queue": queue,
+                "task_id": task_id, "lease_ms": int(self.settings.lease_s * 1000),
+                "max_crashes": self.settings.max_deliveries, "payload": payload,
+                "lease": self.lease_member(run_id, stage_id, item), "reads": list(read), "notify": list(notify)}
         return self._begin(
             keys=[k.run(run_id), k.states(run_id), self.unit_key(run_id, stage_id, item), k.events(run_id),
-                  k.parked(run_id), k.leases(), k.outputs(run_id)],
-            args=[stage_id, "" if item is None else item, attempt, host, queue, task_id,
-                  int(self.settings.lease_s * 1000), self.settings.max_deliveries, payload,
-                  self.lease_member(run_id, stage_id, item), *read],
+                  k.parked(run_id), k.leases(), k.outputs(run_id), k.hooks()],
+            args=[json.dumps(args, separators=(",", ":"))],
         )
 
     def renew(self, run_id: str, stage_id: str, item: int | None, token: str) -> bool:
@@ -241,51 +282,84 @@ class RunStore:
         ))
 
     def retry(self, run_id: str, stage_id: str, item: int | None, token: str, error: Mapping[str, Any],
-              next_attempt: int, delay_s: float, park: bool, payload: str) -> bool:
+              next_attempt: int, delay_s: float, park: bool, payload: str, notify: Sequence[str] = ()) -> bool:
         k = self.keys
         res = self._retry(
             keys=[self.unit_key(run_id, stage_id, item), k.states(run_id), k.events(run_id), k.delayed(),
-                  k.leases()],
+                  k.leases(), k.hooks()],
             args=[stage_id, "" if item is None else item, token, json.dumps(error), next_attempt,
-                  int(delay_s * 1000), "1" if park else "0", payload, self.lease_member(run_id, stage_id, item)],
+                  int(delay_s * 1000), "1" if park else "0", payload, self.lease_member(run_id, stage_id, item),
+                  *notify],
         )
-        return res[0] == "ok"
+        return bool(res[0] == "ok")
 
     def finish(self, run_id: str, graph: RunGraph, stage_id: str, item: int | None, token: str, outcome: str,
                output_json: str = "", error: Mapping[str, Any] | None = None,
                context_writes: Sequence[tuple[str, str, str]] = (), metrics: Mapping[str, float] | None = None,
-               children: Sequence[str] = (), descendants: Sequence[str] = ()) -> Commit:
+               children: Sequence[str] = (), descendants: Sequence[str] = (), cache_key: str | None = None,
+               cache_ttl_s: float = 0, cached: bool = False, notify: Sequence[str] = (),
+               run_hook: bool = False) -> Commit:
+        """Commit an attempt's end (or, with token '', a stage's end decided outside any attempt).
+
+        The script checks everything before it writes: a verdict 'invalid' wrote nothing, and
+        `Commit.reason` says why. A failure's commit may run when Redis is at maxmemory."""
         k = self.keys
         node = graph.node(stage_id)
-        res = self._finish(
-            keys=[k.run(run_id), k.states(run_id), self.unit_key(run_id, stage_id, item), k.events(run_id),
-                  k.outputs(run_id), k.context(run_id), k.metrics(run_id), k.pending(run_id),
-                  k.stage(run_id, stage_id), k.leases(), k.outbox()],
-            args=[stage_id, "" if item is None else item, token, outcome, output_json,
-                  json.dumps(error) if error else "", json.dumps([list(w) for w in context_writes]),
-                  json.dumps([[name, repr(float(v))] for name, v in (metrics or {}).items()]),
-                  json.dumps(list(children)), json.dumps(list(descendants)),
-                  "1" if node.critical else "0", "1" if graph.fail_fast else "0",
-                  self.lease_member(run_id, stage_id, item),
-                  "1" if node.max_concurrency else "0", f"{k.prefix}:run:{run_id}:", run_id],
-        )
-        verdict, finalized, status, ready, revoke, next_item = res
+        failing = outcome == "failed"
+        others: list[str] = []
+        if failing and node.critical:
+            others = [n.id for n in graph.nodes if n.id != stage_id] if graph.fail_fast else \
+                [sid for sid in descendants if sid != stage_id]
+        args = {
+            "stage": stage_id, "item": item, "token": token, "outcome": outcome, "output": output_json,
+            "error": json.dumps(error) if error else "", "context": [list(w) for w in context_writes],
+            "metrics": [[name, repr(float(v))] for name, v in (metrics or {}).items()],
+            "children": list(children), "descendants": list(descendants), "others": others,
+            "critical": node.critical, "fail_fast": graph.fail_fast,
+            "lease": self.lease_member(run_id, stage_id, item), "windowed": bool(node.max_concurrency),
+            "run_id": run_id, "cache_ttl": cache_ttl_s if cache_key else 0, "cached": cached,
+            "notify": list(notify), "run_hook": run_hook, "pipeline": graph.name,
+        }
+        keys = [k.run(run_id), k.states(run_id), self.unit_key(run_id, stage_id, item), k.events(run_id),
+                k.outputs(run_id), k.context(run_id), k.metrics(run_id), k.pending(run_id),
+                k.stage(run_id, stage_id), k.leases(), k.outbox(), k.hooks(),
+                k.cache(cache_key) if cache_key else k.run(run_id)]
+        for sid in others:
+            keys += [k.stage(run_id, sid), k.items(run_id, sid)]
+        script = self._finish_failed if failing and not context_writes and not metrics else self._finish
+        verdict, finalized, status, ready, revoke, next_item = script(
+            keys=keys, args=[json.dumps(args, separators=(",", ":"))])
+        if verdict == "invalid":
+            return Commit(verdict, False, "", reason=status)
         return Commit(verdict, bool(finalized), status, list(ready), list(revoke),
                       int(next_item) if next_item != "" else None)
 
-    def start_fanout(self, run_id: str, stage_id: str, total: int, window: int, queue: str) -> bool:
+    def start_fanout(self, run_id: str, stage_id: str, total: int, window: int, queue: str) -> list[int] | None:
+        """Start a fan-out stage once. Returns the items to send first ([] when every item was kept
+        by a retried run), or None when this call did not start it."""
         k = self.keys
-        return bool(self._fanout(
-            keys=[k.states(run_id), k.stage(run_id, stage_id), k.events(run_id), k.run(run_id)],
+        res = self._fanout(
+            keys=[k.states(run_id), k.stage(run_id, stage_id), k.events(run_id), k.run(run_id),
+                  k.items(run_id, stage_id)],
             args=[stage_id, total, window, queue],
-        ))
-
-    def control(self, run_id: str, op: str) -> tuple[str, list[str]]:
-        k = self.keys
-        verdict, payload = self._control(
-            keys=[k.run(run_id), k.states(run_id), k.events(run_id), k.parked(run_id)],
-            args=[op, f"{k.prefix}:run:{run_id}:"],
         )
+        if res[0] == 0:
+            return None
+        if res[0] == 2:
+            return []
+        return [int(i) for i in res[1:]] if len(res) > 1 else list(range(window))
+
+    def control(self, run_id: str, op: str, pipeline: str = "") -> tuple[str, list[str]]:
+        """cancel, pause or resume the run; its hook event (run_complete 'cancelled', run_paused,
+        run_resumed) goes to the hooks outbox in the same step. `pipeline` defaults to the run's."""
+        k = self.keys
+        keys = [k.run(run_id), k.states(run_id), k.events(run_id), k.parked(run_id), k.hooks()]
+        stage_ids: list[str] = []
+        if op == "cancel":
+            stage_ids = [n.id for n in self.graph(run_id).nodes]
+            for sid in stage_ids:
+                keys += [k.stage(run_id, sid), k.items(run_id, sid)]
+        verdict, payload = self._control(keys=keys, args=[op, "", run_id, pipeline, json.dumps(stage_ids)])
         return verdict, list(payload) if isinstance(payload, list) else [payload]
 
     def reopen(self, run_id: str, graph: RunGraph) -> tuple[str, list[str]]:
@@ -295,9 +369,11 @@ class RunStore:
         for key in k.run_keys(run_id, [n.id for n in graph.nodes]):
             pipe.persist(key)
         pipe.execute()
+        keys = [k.run(run_id), k.states(run_id), k.pending(run_id), k.events(run_id), k.outbox()]
+        for n in graph.nodes:
+            keys += [k.stage(run_id, n.id), k.items(run_id, n.id)]
         verdict, detail = self._reopen(
-            keys=[k.run(run_id), k.states(run_id), k.pending(run_id), k.events(run_id), k.outbox()],
-            args=[f"{k.prefix}:run:{run_id}:", run_id, json.dumps({n.id: list(n.needs) for n in graph.nodes})],
+            keys=keys, args=["", run_id, json.dumps([[n.id, list(n.needs)] for n in graph.nodes])],
         )
         return verdict, list(detail) if isinstance(detail, list) else [detail]
 
@@ -333,6 +409,11 @@ class RunStore:
     def server_time(self) -> float:
         seconds, micros = self.r.time()
         return seconds + micros / 1e6
+
+    def delay(self, payload: str, delay_s: float) -> None:
+        """Send a message again after `delay_s` (Redis's clock), through the delay set."""
+        due_ms = int((self.server_time() + delay_s) * 1000)
+        self.r.zadd(self.keys.delayed(), {payload: due_ms})
 
     def due_delayed(self, limit: int = 100) -> list[str]:
         """Claim retry messages whose time has come (each claimed by exactly one caller)."""

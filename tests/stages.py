@@ -172,3 +172,52 @@ def asks(ctx, outcome: str = "retry") -> int:
     if ctx.attempt == 1:
         raise RetryStage("the upstream service said 'later'", delay_s=0.2)
     return ctx.attempt
+
+
+# -- hooks off the attempt's path (tests/integration/test_hook_outbox.py) ----------------------
+
+# Pause and resume land in the same per-run list as the other events.
+hooks.on_run_paused(_hook)
+hooks.on_run_resumed(_hook)
+
+
+@hooks.on_stage_start
+def slow_start_hook(event: dict) -> None:
+    """Sleep longer than any test lease when the stage is 'slowhook': a hook must not hold an attempt."""
+    if event.get("stage_id") == "slowhook":
+        _redis().incr(f"test:slowhook:{event['run_id']}")
+        time.sleep(float(os.environ.get("TEST_SLOW_HOOK_S", "8")))
+
+
+# -- the commit path (tests/integration/test_commit_path.py) ---------------------------------------
+@stage("test.incr_context")
+def incr_context(ctx, key: str = "rows", amount: float = 1) -> str:
+    """Count this execution, then add to a shared context value."""
+    _count(f"{ctx.run_id}:{ctx.stage_id}")
+    ctx.context.incr(key, amount)
+    return "incremented"
+
+
+@stage("test.bad_metric")
+def bad_metric(ctx, value: str = "nan") -> str:
+    """Count this execution, then add a metric that is not a finite number."""
+    _count(f"{ctx.run_id}:{ctx.stage_id}")
+    ctx.metrics.increment("m", float(value))
+    return "measured"
+
+
+@stage("test.item_gate")
+def item_gate(ctx, fail_item: int = -1, gate: str = "") -> Any:
+    """Count each item's executions; item `fail_item` fails while the key test:gate:<gate> exists."""
+    _count(f"{ctx.run_id}:{ctx.stage_id}:{ctx.item_index}")
+    if ctx.item_index == fail_item and _redis().exists(f"test:gate:{gate}"):
+        raise RuntimeError(f"item {fail_item} is gated")
+    return {"item": ctx.item, "attempt": ctx.attempt}
+
+
+@stage("test.stubborn")
+def stubborn(ctx, seconds: float = 2.0, size: int = 0) -> Any:
+    """Count this execution, sleep `seconds` ignoring cancellation, return the attempt (and padding)."""
+    _count(f"{ctx.run_id}:{ctx.stage_id}")
+    time.sleep(seconds)
+    return {"attempt": ctx.attempt, "pad": "x" * size}

@@ -12,7 +12,6 @@ from typing import Any
 
 from celery import Celery
 
-from orchestration import hooks
 from orchestration.celeryconfig import celery_config
 from orchestration.dispatch import Dispatcher
 from orchestration.registry import ENTRY_POINT_GROUP, REGISTRY, Registry, StageType
@@ -22,6 +21,7 @@ from orchestration.store import RunStore, connect
 
 from . import builtins as _builtins  # noqa: F401  (registers shell, noop, sleep, fail)
 from .execution import LeaseKeeper, WorkerEnv, execute
+from .unknown import install_unknown_task_handler
 
 log = logging.getLogger("chordflow.worker")
 
@@ -46,7 +46,7 @@ def create_app(settings: Settings, registry: Registry = REGISTRY, hostname: str 
         # Built lazily in each pool process, after the fork.
         if state.get("pid") != os.getpid():
             store = RunStore(connect(settings), settings)
-            dispatcher = Dispatcher(app, store, on_finalized=run_completed)
+            dispatcher = Dispatcher(app, store)
             state.update(pid=os.getpid(), env=WorkerEnv(settings, store, dispatcher, registry,
                                                        hostname or socket.gethostname(),
                                                        _lease_keeper(settings), {}))
@@ -56,6 +56,7 @@ def create_app(settings: Settings, registry: Registry = REGISTRY, hostname: str 
         _register(app, stage_type, env)
     register_scheduled_task(app, settings)
     app.chordflow_env = env  # type: ignore[attr-defined]
+    install_unknown_task_handler(app, settings)
     return app
 
 
@@ -63,10 +64,6 @@ def _lease_keeper(settings: Settings) -> LeaseKeeper:
     # Its own fail-fast client: a cut link must show within a heartbeat, not after retries.
     quick = RunStore(connect(settings, timeout_s=max(0.5, settings.heartbeat_s)), settings)
     return LeaseKeeper(quick, settings.heartbeat_s)
-
-
-def run_completed(run_id: str, graph: Any, status: str) -> None:
-    hooks.emit("run_complete", {"run_id": run_id, "pipeline": graph.name, "status": status}, graph.webhooks)
 
 
 def _register(app: Celery, stage_type: StageType, env: Any) -> None:

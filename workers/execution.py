@@ -1,10 +1,16 @@
 """Run one attempt of one stage (or one fan-out item): the body of every stage task.
 
-begin (fenced, leased) → condition → the stage function under a heartbeat →
-commit exactly once (output, context, metrics, counter joins) → dispatch what
-became ready. Exceptions become a retry (by the policy in force) or a failure
-(with fallback if the stage has one). Nothing here trusts the message beyond
-its ids: the stage's type, params and inputs come from the run's stored graph.
+begin (fenced; the lease is held from here to the commit) → condition → cache →
+the stage function → exactly one commit through an `Attempt`: `succeed`, `skip`
+or `fail` (which asks `retries.decide` for a retry, the fallback or the
+failure). Hooks are never called here: their events are enqueued by the commit
+scripts and delivered by each worker's hook sender, off the attempt's path.
+
+Redis refusing a write (out of memory, read-only) is a fault of the attempt,
+never a crash: the attempt is committed as failed (or retried) with an error
+that names it, and when even that is refused the lease runs out and the reaper
+sends the stage again. Nothing here trusts the message beyond its ids: the
+stage's type, params and inputs come from the run's stored graph.
 """
 
 from __future__ import annotations
@@ -17,18 +23,27 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 from celery.exceptions import SoftTimeLimitExceeded
 
 from orchestration import expressions, hooks
 from orchestration.cache import cache_key
 from orchestration.compiler import stage_signature
 from orchestration.dispatch import Dispatcher, payload
-from orchestration.errors import FailStage, OutputTooLarge, RetryStage, RunNotFound, StageTimeout
+from orchestration.errors import (
+    CommitRefused,
+    FailStage,
+    OutputTooLarge,
+    RedisRefusedWrite,
+    RunNotFound,
+    StageTimeout,
+)
 from orchestration.registry import Registry, StageType
 from orchestration.resolve import Node, RunGraph
-from orchestration.retries import countdown, is_retryable, resolve_policy
+from orchestration.retries import Verdict, decide, resolve_policy
 from orchestration.settings import Settings
-from orchestration.store import RunStore
+from orchestration.states import State
+from orchestration.store import Commit, RunStore
 
 from .context import StageContext
 
@@ -117,9 +132,29 @@ def error_record(exc: BaseException, attempt: int, retryable: bool) -> dict[str,
     return record
 
 
+def refused_write(exc: redis.RedisError) -> bool:
+    """Redis answered but will not write: out of memory, or a read-only replica."""
+    return isinstance(exc, (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError)) or (
+        isinstance(exc, redis.ResponseError) and any(
+            word in str(exc) for word in ("OOM", "maxmemory", "READONLY", "read only replica")))
+
+
 def execute(env: WorkerEnv, stage_type: StageType, task_id: str, run_id: str, stage_id: str, attempt: int,
             item: int | None) -> str:
-    """Run one delivery of a stage message; returns what happened, for the worker log."""
+    """Run one delivery of a stage message; returns what happened, for the worker log.
+
+    Never raises a Redis error into Celery: if Redis cannot be reached or refuses even a
+    failure's commit, the attempt's lease expires and the reaper sends the stage again."""
+    try:
+        return _execute(env, stage_type, task_id, run_id, stage_id, attempt, item)
+    except redis.RedisError as exc:
+        log.error("stage %s/%s item %s: Redis failed outside the stage (%s: %s); the lease will run out "
+                  "and the reaper will send it again", run_id, stage_id, item, type(exc).__name__, exc)
+        return f"redis error: {type(exc).__name__}"
+
+
+def _execute(env: WorkerEnv, stage_type: StageType, task_id: str, run_id: str, stage_id: str, attempt: int,
+             item: int | None) -> str:
     store = env.store
     try:
         graph = store.graph(run_id)
@@ -131,11 +166,14 @@ def execute(env: WorkerEnv, stage_type: StageType, task_id: str, run_id: str, st
         log.error("refusing %s: stage %s/%s is of type %r, not %r", task_id, run_id, stage_id, node.type,
                   stage_type.name)
         return "refused: type mismatch"
+    event = {"run_id": run_id, "pipeline": graph.name, "stage_id": stage_id, "item": item, "attempt": attempt,
+             "host": env.hostname, "queue": node.queue, "type": stage_type.name}
+    started = hooks.entry("stage_start", event, graph.webhooks)
     # The inputs come back with the token; a fan-out item reuses what its process parsed already.
     cached_inputs = env.fanout_inputs.get((run_id, stage_id)) if item is not None else None
     read = [] if cached_inputs is not None else node.reads
     verdict, *rest = store.begin(run_id, stage_id, item, attempt, env.hostname, node.queue, task_id,
-                                 payload(run_id, stage_id, attempt, item), read)
+                                 payload(run_id, stage_id, attempt, item), read, [started] if started else [])
     if verdict not in ("run", "poison"):
         return f"{verdict}: {rest[0] if rest else ''}"
     token = str(rest[0])
@@ -146,61 +184,203 @@ def execute(env: WorkerEnv, stage_type: StageType, task_id: str, run_id: str, st
                 env.fanout_inputs.clear()
             env.fanout_inputs[(run_id, stage_id)] = cached_inputs
     ctx = _context(env, graph, node, run_id, attempt, item, cached_inputs)
-    event = {"run_id": run_id, "pipeline": graph.name, "stage_id": stage_id, "item": item, "attempt": attempt,
-             "host": env.hostname, "queue": node.queue, "type": stage_type.name}
-    if verdict == "run":
-        hooks.emit("stage_start", event, graph.webhooks)
-    if verdict == "poison":
-        error = {"type": "PoisonMessage", "retryable": False, "attempt": attempt,
-                 "message": f"the worker running this stage died {rest[1]} times; the message is quarantined"}
-        _commit(env, graph, node, run_id, item, token, "failed", error=error, ctx=ctx,
-                announce=("stage_error", {**event, "error": error, "will_retry": False}))
-        return "poison"
-    if node.when and item is None:
-        try:
-            go = expressions.evaluate(node.when, variables=graph.variables, outputs=ctx.inputs,
-                                      context=store.context(run_id))
-        except ValueError as exc:
-            _commit(env, graph, node, run_id, item, token, "failed", ctx=ctx,
-                    error={"type": "ConditionError", "message": str(exc), "retryable": False, "attempt": attempt})
-            return "condition error"
-        if not go:
-            _commit(env, graph, node, run_id, item, token, "skipped", output_json="null", ctx=ctx,
-                    announce=("stage_complete", {**event, "state": "skipped"}))
-            return "skipped"
-    cached_at = None
-    if node.cache is not None and not graph.no_cache:
-        cached_at = store.keys.cache(cache_key(stage_type.name, stage_type.version, node.params, ctx.inputs,
-                                               ctx.item, node.run))
-        hit = store.r.get(cached_at)
-        if hit is not None:
-            store.r.hset(store.keys.stage(run_id, stage_id), "cache", "hit")
-            _commit(env, graph, node, run_id, item, token, "succeeded", output_json=hit, ctx=ctx,
-                    announce=("stage_complete", {**event, "state": "succeeded", "cached": True}))
-            return "cache hit"
+    run = Attempt(env, stage_type, graph, node, run_id, item, attempt, token, ctx, event)
+    # The lease is held from the token to the commit: nothing before the body (a condition,
+    # a cache read) and nothing after it (the commit) can outlast it unnoticed.
+    env.leases.hold(run_id, stage_id, item, token, ctx)
     try:
-        env.leases.hold(run_id, stage_id, item, token, ctx)
-        try:
-            result = stage_type.func(ctx, **node.params)
-        finally:
-            env.leases.release(run_id, stage_id, item, token)
-        output_json = json.dumps(result, separators=(",", ":"))
-        if len(output_json) > env.settings.output_cap_bytes:
-            raise OutputTooLarge(run_id, stage_id, len(output_json), env.settings.output_cap_bytes)
-    except SoftTimeLimitExceeded:
-        exc = StageTimeout(f"stage '{stage_id}' ran past its timeout of {node.timeout_s:g}s", returncode=None)
-        return _failed(env, stage_type, graph, node, run_id, item, attempt, token, exc, ctx, event)
-    except Exception as exc:  # the stage's own failure: retry, fallback or fail, by policy
-        if isinstance(exc, TypeError) and "JSON serializable" in str(exc):
-            exc = FailStage(f"stage '{stage_id}' returned a value that is not JSON: {exc}")
-        return _failed(env, stage_type, graph, node, run_id, item, attempt, token, exc, ctx, event)
+        return run.perform(verdict, rest)
     finally:
-        store.append_logs(run_id, stage_id, ctx.log_lines)
-    if cached_at is not None and node.cache is not None:
-        store.r.set(cached_at, output_json, ex=max(1, int(node.cache.ttl)))
-    _commit(env, graph, node, run_id, item, token, "succeeded", output_json=output_json, ctx=ctx,
-            announce=("stage_complete", {**event, "state": "succeeded"}))
-    return "succeeded"
+        env.leases.release(run_id, stage_id, item, token)
+        try:
+            store.append_logs(run_id, stage_id, ctx.log_lines)
+        except redis.RedisError as exc:
+            log.warning("could not store the log lines of %s/%s: %s", run_id, stage_id, exc)
+
+
+class Attempt:
+    """One attempt of one stage (or item), from its token to its one commit.
+
+    `succeed`, `skip` and `fail` are the only ways out, and each commits once through
+    `_commit`; `fail` asks `retries.decide` what the failure leads to."""
+
+    def __init__(self, env: WorkerEnv, stage_type: StageType, graph: RunGraph, node: Node, run_id: str,
+                 item: int | None, attempt: int, token: str, ctx: StageContext, event: dict[str, Any]):
+        self.env, self.stage_type, self.graph, self.node = env, stage_type, graph, node
+        self.run_id, self.item, self.attempt, self.token = run_id, item, attempt, token
+        self.ctx, self.event = ctx, event
+        self.cache_key: str | None = None
+
+    # -- the attempt ---------------------------------------------------------------------------
+    def perform(self, verdict: str, rest: list[Any]) -> str:
+        node, ctx, store = self.node, self.ctx, self.env.store
+        if verdict == "poison":
+            error = {"type": "PoisonMessage", "retryable": False, "attempt": self.attempt,
+                     "message": f"the worker running this stage died {rest[1]} times; the message is quarantined"}
+            return self._end_failed(error, Verdict.FAIL_AND_CASCADE if node.critical else Verdict.FAIL)
+        if node.when and (self.item is None or expressions.reads_item(node.when)):
+            try:
+                go = expressions.evaluate(node.when, variables=self.graph.variables, outputs=ctx.inputs,
+                                          context=store.context(self.run_id), matrix=ctx.matrix or None,
+                                          item=ctx.item)
+            except ValueError as exc:
+                return self.fail(FailStage(str(exc)), kind="ConditionError")
+            if not go:
+                return self.skip()
+        if node.cache is not None and not self.graph.no_cache:
+            self.cache_key = cache_key(self.stage_type.name, self.stage_type.version, node.params, ctx.inputs,
+                                       ctx.item, node.run)
+            hit = store.cached_output(self.cache_key)
+            if hit is not None:
+                return self.succeed(hit, cached=True)
+        try:
+            result = self.stage_type.func(ctx, **node.params)
+            output_json = json.dumps(result, separators=(",", ":"))
+        except SoftTimeLimitExceeded:
+            return self.fail(StageTimeout(f"stage '{node.id}' ran past its timeout of {node.timeout_s:g}s",
+                                          returncode=None))
+        except Exception as exc:  # the stage's own failure: retry, fallback or fail, by policy
+            if isinstance(exc, TypeError) and "JSON serializable" in str(exc):
+                exc = FailStage(f"stage '{node.id}' returned a value that is not JSON: {exc}")
+            return self.fail(exc)
+        if len(output_json) > self.env.settings.output_cap_bytes:
+            return self.fail(OutputTooLarge(self.run_id, node.id, len(output_json),
+                                            self.env.settings.output_cap_bytes))
+        return self.succeed(output_json)
+
+    # -- the ways out --------------------------------------------------------------------------
+    def succeed(self, output_json: str, cached: bool = False) -> str:
+        commit = self._commit(State.SUCCEEDED, output_json, cached=cached,
+                              announce=("stage_complete", {"state": "succeeded", "cached": cached}))
+        if isinstance(commit, str):
+            return commit
+        return "cache hit" if cached else "succeeded"
+
+    def skip(self) -> str:
+        commit = self._commit(State.SKIPPED, "null", announce=("stage_complete", {"state": "skipped"}))
+        return commit if isinstance(commit, str) else "skipped"
+
+    def fail(self, exc: BaseException, kind: str | None = None) -> str:
+        node = self.node
+        policy = resolve_policy(self.stage_type.retry, node.retry_policy)
+        decision = decide(policy, exc, self.attempt, has_fallback=node.fallback is not None,
+                          critical=node.critical)
+        error = error_record(exc, self.attempt, decision.retryable)
+        if kind:
+            error["type"] = kind
+        if decision.verdict is Verdict.RETRY:
+            return self.retry(decision.delay_s, error)
+        if decision.verdict is Verdict.FALLBACK:
+            try:
+                output_json = json.dumps(self._fallback_output(), separators=(",", ":"))
+            except Exception as fallback_exc:
+                error["fallback_error"] = f"{type(fallback_exc).__name__}: {fallback_exc}"
+            else:
+                commit = self._commit(State.FALLBACK, output_json, error, announce=self._error_event(error))
+                return commit if isinstance(commit, str) else "fallback"
+            decision_verdict = Verdict.FAIL_AND_CASCADE if node.critical else Verdict.FAIL
+        else:
+            decision_verdict = decision.verdict
+        return self._end_failed(error, decision_verdict)
+
+    def retry(self, delay_s: float, error: dict[str, Any]) -> str:
+        env, node = self.env, self.node
+        park = delay_s > env.settings.delay_set_threshold_s
+        message = payload(self.run_id, node.id, self.attempt + 1, self.item)
+        announce = hooks.entry("stage_error", {**self.event, "error": error, "will_retry": True,
+                                               "delay_s": delay_s}, self.graph.webhooks)
+        try:
+            held = env.store.retry(self.run_id, node.id, self.item, self.token, error, self.attempt + 1, delay_s,
+                                   park, message, [announce] if announce else [])
+        except redis.RedisError as exc:
+            return self._lost(exc)
+        if held and not park:
+            env.dispatcher.send([stage_signature(self.run_id, node, self.attempt + 1, self.item,
+                                                 countdown=delay_s)])
+        return f"retrying in {delay_s:.2f}s"
+
+    def _end_failed(self, error: dict[str, Any], verdict: Verdict) -> str:
+        del verdict  # the commit script cascades by the node's `critical` and the run's fail_fast
+        commit = self._commit(State.FAILED, "", error, announce=self._error_event(error))
+        return commit if isinstance(commit, str) else f"failed: {error['type']}"
+
+    def _error_event(self, error: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        return "stage_error", {"error": error, "will_retry": False}
+
+    # -- the one commit ------------------------------------------------------------------------
+    def _commit(self, outcome: State, output_json: str = "", error: dict[str, Any] | None = None,
+                cached: bool = False, announce: tuple[str, dict[str, Any]] | None = None) -> Commit | str:
+        """Commit this attempt; a str says why nothing was committed (for the worker log).
+
+        A commit whose checks refuse what the attempt wrote, or that Redis refuses (out of
+        memory, read-only), becomes this attempt's failure, decided by the policy like any other."""
+        env, graph, node, ctx = self.env, self.graph, self.node, self.ctx
+        notify = []
+        if announce is not None:
+            entry = hooks.entry(announce[0], {**self.event, **announce[1]}, graph.webhooks)
+            if entry:
+                notify.append(entry)
+        writes = outcome is not State.FAILED or error is None or not error.get("commit_refused")
+        try:
+            commit = env.store.finish(
+                self.run_id, graph, node.id, self.item, self.token, outcome, output_json, error,
+                context_writes=ctx.context.writes if writes else (), metrics=ctx.metrics.values if writes else None,
+                children=env.dispatcher.children(self.run_id, graph, node.id),
+                descendants=env.dispatcher.blocked_by(self.run_id, graph, node.id, outcome),
+                cache_key=self.cache_key if outcome is State.SUCCEEDED and not cached else None,
+                cache_ttl_s=node.cache.ttl if node.cache is not None else 0, cached=cached, notify=notify,
+                run_hook=hooks.entry("run_complete", {"run_id": self.run_id}, graph.webhooks) is not None,
+            )
+        except redis.RedisError as exc:
+            if not refused_write(exc) or (outcome is State.FAILED and error and error.get("commit_refused")):
+                return self._lost(exc)
+            return self._refused(RedisRefusedWrite(str(exc)))
+        if commit.verdict == "invalid":
+            return self._refused(CommitRefused(commit.reason))
+        if commit.verdict in ("stale", "late"):
+            log.warning("commit of %s/%s item %s refused (%s): a newer attempt holds it", self.run_id, node.id,
+                        self.item, commit.verdict)
+            return f"{commit.verdict}: not committed"
+        try:
+            env.dispatcher.advance(self.run_id, graph, commit, node.id)
+        except redis.RedisError as exc:  # committed; what it made ready is in the outbox for the reaper
+            log.warning("run %s: could not send what %s made ready (%s); the reaper will", self.run_id, node.id,
+                        exc)
+        return commit
+
+    def _refused(self, exc: BaseException) -> str:
+        """The commit wrote nothing: fail the attempt (by policy), without its writes."""
+        log.error("commit of %s/%s item %s refused: %s", self.run_id, self.node.id, self.item, exc)
+        self.ctx.context.writes.clear()
+        self.ctx.metrics.values.clear()
+        self.cache_key = None
+        node = self.node
+        policy = resolve_policy(self.stage_type.retry, node.retry_policy)
+        decision = decide(policy, exc, self.attempt, has_fallback=False, critical=node.critical)
+        error = error_record(exc, self.attempt, decision.retryable)
+        error["commit_refused"] = True
+        if decision.verdict is Verdict.RETRY:
+            return self.retry(decision.delay_s, error)
+        return self._end_failed(error, decision.verdict)
+
+    def _lost(self, exc: BaseException) -> str:
+        log.error("stage %s/%s item %s: Redis refused even the failure's commit (%s); the lease will run out "
+                  "and the reaper will send the stage again", self.run_id, self.node.id, self.item, exc)
+        return f"not committed: {type(exc).__name__}"
+
+    # -- fallback ------------------------------------------------------------------------------
+    def _fallback_output(self) -> Any:
+        """The output a fallback supplies: a constant, the last success's, or another stage type's."""
+        fallback = self.node.fallback
+        assert fallback is not None
+        if fallback.last_success:
+            return _last_success(self.env.store, self.graph, self.node.id, self.run_id)
+        if fallback.uses is not None:
+            other = self.env.registry.get(fallback.uses)
+            if other is None:
+                raise LookupError(f"fallback type '{fallback.uses}' is not registered in this worker")
+            return other.func(self.ctx, **self.node.params)
+        return fallback.output
 
 
 def _context(env: WorkerEnv, graph: RunGraph, node: Node, run_id: str, attempt: int, item: int | None,
@@ -218,81 +398,10 @@ def _context(env: WorkerEnv, graph: RunGraph, node: Node, run_id: str, attempt: 
                         node.timeout_s, node.env, node.cwd, node.run)
 
 
-def _failed(env: WorkerEnv, stage_type: StageType, graph: RunGraph, node: Node, run_id: str, item: int | None,
-            attempt: int, token: str, exc: BaseException, ctx: StageContext, event: dict[str, Any]) -> str:
-    policy = resolve_policy(stage_type.retry, node.retry_policy)
-    if isinstance(exc, RetryStage):
-        retryable = True
-    elif isinstance(exc, (FailStage, OutputTooLarge)):
-        retryable = False
-    else:
-        retryable = is_retryable(policy, type(exc))
-    error = error_record(exc, attempt, retryable)
-    if retryable and attempt < policy.max_attempts:
-        delay = exc.delay_s if isinstance(exc, RetryStage) and exc.delay_s is not None else countdown(policy, attempt)
-        park = delay > env.settings.delay_set_threshold_s
-        message = payload(run_id, node.id, attempt + 1, item)
-        if env.store.retry(run_id, node.id, item, token, error, attempt + 1, delay, park, message):
-            if not park:
-                env.dispatcher.send([stage_signature(run_id, node, attempt + 1, item, countdown=delay)])
-            hooks.emit("stage_error", {**event, "error": error, "will_retry": True, "delay_s": delay},
-                       graph.webhooks)
-        return f"retrying in {delay:.2f}s"
-    announce = ("stage_error", {**event, "error": error, "will_retry": False})
-    if node.fallback is not None:
-        try:
-            output_json = json.dumps(_fallback_output(env, graph, node, run_id, ctx))
-        except Exception as fallback_exc:
-            error["fallback_error"] = f"{type(fallback_exc).__name__}: {fallback_exc}"
-        else:
-            _commit(env, graph, node, run_id, item, token, "fallback", output_json, error, ctx, announce)
-            return "fallback"
-    _commit(env, graph, node, run_id, item, token, "failed", error=error, ctx=ctx, announce=announce)
-    return f"failed: {error['type']}"
-
-
-def _fallback_output(env: WorkerEnv, graph: RunGraph, node: Node, run_id: str, ctx: StageContext) -> Any:
-    """The output a fallback supplies: a constant, the last success's, or another stage type's."""
-    fallback = node.fallback
-    assert fallback is not None
-    if fallback.last_success:
-        return _last_success(env.store, graph, node.id, run_id)
-    if fallback.uses is not None:
-        other = env.registry.get(fallback.uses)
-        if other is None:
-            raise LookupError(f"fallback type '{fallback.uses}' is not registered in this worker")
-        return other.func(ctx, **node.params)
-    return fallback.output
-
-
 def _last_success(store: RunStore, graph: RunGraph, stage_id: str, run_id: str) -> Any:
     for other in store.recent_runs(limit=200, pipeline=graph.name):
-        if other != run_id and store.r.hget(store.keys.run(other), "status") == "succeeded":
+        if other != run_id and store.run_status(other) == "succeeded":
             value = store.output(other, stage_id)
             if value is not None:
                 return value
     return None
-
-
-def _commit(env: WorkerEnv, graph: RunGraph, node: Node, run_id: str, item: int | None, token: str,
-            outcome: str, output_json: str = "", error: dict[str, Any] | None = None,
-            ctx: StageContext | None = None, announce: tuple[str, dict[str, Any]] | None = None) -> bool:
-    """Commit the attempt, announce it to the hooks, then advance the run.
-
-    False if a newer attempt holds the stage (this one's result is dropped, nothing announced).
-    """
-    dispatcher = env.dispatcher
-    commit = env.store.finish(
-        run_id, graph, node.id, item, token, outcome, output_json, error,
-        context_writes=ctx.context.writes if ctx else (), metrics=ctx.metrics.values if ctx else None,
-        children=dispatcher.children(run_id, graph, node.id),
-        descendants=dispatcher.blocked_by(run_id, graph, node.id, outcome),
-    )
-    if commit.verdict in ("stale", "late"):
-        log.warning("commit of %s/%s item %s refused (%s): a newer attempt holds it", run_id, node.id, item,
-                    commit.verdict)
-        return False
-    if announce is not None:
-        hooks.emit(announce[0], announce[1], graph.webhooks)
-    dispatcher.advance(run_id, graph, commit, node.id)
-    return True

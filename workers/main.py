@@ -23,6 +23,7 @@ from celery import signals
 
 from orchestration.dispatch import Dispatcher, signature_of
 from orchestration.health import redis_warnings
+from orchestration.hook_sender import HookSender
 from orchestration.reaper import Reaper
 from orchestration.registry import REGISTRY
 from orchestration.settings import Settings
@@ -134,14 +135,18 @@ def run_worker(settings: Settings, queues: list[str] | None = None, concurrency:
     info = {"queues": chosen, "machine": asdict(machine), "pid": os.getpid(),
             "types": [t.describe() for t in REGISTRY], "aliases": REGISTRY.names()}
     services = Services(settings, info, f"{host}/{'gpu' if gpu_only else 'main'}", drain=not gpu_only)
+    # Hooks and webhooks are delivered from here, off every stage's path (not in the pool's children).
+    sender = HookSender(settings, f"{host}/{'gpu' if gpu_only else 'main'}/{os.getpid()}")
 
     @signals.worker_ready.connect(weak=False)
     def _ready(**_: object) -> None:
         services.start()
+        sender.start()
 
     @signals.worker_shutdown.connect(weak=False)
     def _shutdown(**_: object) -> None:
         services.stop.set()
+        sender.stop.set()
 
     try:
         for warning in redis_warnings(connect(settings)):

@@ -1,38 +1,37 @@
 -- Start one attempt of a stage (or of one fan-out item), fenced by a fresh token.
 -- KEYS: 1 run, 2 states, 3 unit hash (stage hash, or the stage's items hash), 4 events,
---       5 parked, 6 leases, 7 outputs
--- ARGV: 1 stage id, 2 item index or '', 3 attempt, 4 host, 5 queue, 6 task id, 7 lease ms,
---       8 max crashes, 9 message payload (parked while paused), 10 lease member,
---       11... ids whose outputs the stage reads (returned with the token: one round trip)
+--       5 parked, 6 leases, 7 outputs, 8 hooks stream
+-- ARGV: 1 JSON object A: stage, item (number or null), attempt, host, queue, task_id, lease_ms,
+--       max_crashes, payload (parked while paused), lease (member of the leases set),
+--       reads (ids whose outputs the stage reads: returned with the token, one round trip),
+--       notify (hook entries to enqueue when the attempt starts)
 -- Returns {'run', token, outputs} | {'parked'} | {'drop', why} | {'dup', why}
 --       | {'poison', token, crashes, outputs}
+local A = cjson.decode(ARGV[1])
 local run_status = redis.call('HGET', KEYS[1], 'status')
 if not run_status then return {'drop', 'no such run'} end
-if run_status == 'paused' then
-  redis.call('SADD', KEYS[5], ARGV[9])
+if run_status == R.PAUSED then
+  redis.call('SADD', KEYS[5], A.payload)
   return {'parked'}
 end
-if run_status ~= 'running' then return {'drop', 'run is ' .. run_status} end
+if run_status ~= R.RUNNING then return {'drop', 'run is ' .. run_status} end
 
-local p = ''
-if ARGV[2] ~= '' then p = ARGV[2] .. ':' end
+local item = ''
+if A.item ~= nil and A.item ~= cjson.null then item = tostring(A.item) end
+local p = field_prefix(item)
 local state = redis.call('HGET', KEYS[3], p .. 'state')
-if state == 'succeeded' or state == 'failed' or state == 'skipped' or state == 'cancelled'
-    or state == 'upstream_failed' or state == 'fallback' then
-  return {'dup', 'already ' .. state}
-end
-if ARGV[2] ~= '' and redis.call('HGET', KEYS[2], ARGV[1]) ~= 'running' then
-  return {'drop', 'stage is ' .. tostring(redis.call('HGET', KEYS[2], ARGV[1]))}
+if TERMINAL[state] then return {'dup', 'already ' .. state} end
+if item ~= '' and redis.call('HGET', KEYS[2], A.stage) ~= S.RUNNING then
+  return {'drop', 'stage is ' .. tostring(redis.call('HGET', KEYS[2], A.stage))}
 end
 
-local attempt = tonumber(ARGV[3])
+local attempt = tonumber(A.attempt)
 local current = tonumber(redis.call('HGET', KEYS[3], p .. 'attempt') or '0')
 if attempt < current then return {'dup', 'attempt ' .. attempt .. ' is superseded by ' .. current} end
 
-local t = redis.call('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now_ms, now = clock()
 local crashes = 0
-if state == 'running' then
+if state == S.RUNNING then
   -- Someone holds or held this attempt. A live lease means a duplicate delivery;
   -- an expired one means its worker died: count it, and quarantine a poison message.
   local lease_exp = tonumber(redis.call('HGET', KEYS[3], p .. 'lease_exp') or '0')
@@ -41,21 +40,21 @@ if state == 'running' then
 end
 
 local token = redis.call('HINCRBY', KEYS[1], 'fence', 1)
-local now = string.format('%.3f', now_ms / 1000)
-redis.call('HSET', KEYS[3], p .. 'state', 'running', p .. 'token', token, p .. 'attempt', attempt,
-  p .. 'host', ARGV[4], p .. 'queue', ARGV[5], p .. 'task_id', ARGV[6], p .. 'started_at', now,
-  p .. 'lease_exp', now_ms + tonumber(ARGV[7]))
+redis.call('HSET', KEYS[3], p .. 'state', S.RUNNING, p .. 'token', token, p .. 'attempt', attempt,
+  p .. 'host', A.host, p .. 'queue', A.queue, p .. 'task_id', A.task_id, p .. 'started_at', now,
+  p .. 'lease_exp', now_ms + A.lease_ms)
 redis.call('HDEL', KEYS[3], p .. 'finished_at')
-if ARGV[2] == '' then redis.call('HSET', KEYS[2], ARGV[1], 'running') end
-redis.call('ZADD', KEYS[6], now_ms + tonumber(ARGV[7]), ARGV[10])
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', '200000', '*', 'kind', 'stage', 'stage', ARGV[1], 'item', ARGV[2],
-  'state', 'running', 'attempt', ARGV[3], 'host', ARGV[4], 't', now)
+if item == '' then redis.call('HSET', KEYS[2], A.stage, S.RUNNING) end
+redis.call('ZADD', KEYS[6], now_ms + A.lease_ms, A.lease)
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'kind', 'stage', 'stage', A.stage, 'item', item,
+  'state', S.RUNNING, 'attempt', tostring(attempt), 'host', A.host, 't', now)
+for _, entry in ipairs(A.notify or {}) do
+  redis.call('XADD', KEYS[8], 'MAXLEN', '~', HOOKS_MAXLEN, '*', 'e', entry)
+end
 local inputs = {}
-if #ARGV > 10 then
-  local needs = {}
-  for i = 11, #ARGV do needs[#needs + 1] = ARGV[i] end
-  inputs = redis.call('HMGET', KEYS[7], unpack(needs))
+if #A.reads > 0 then
+  inputs = redis.call('HMGET', KEYS[7], unpack(A.reads))
   for i = 1, #inputs do if not inputs[i] then inputs[i] = 'null' end end
 end
-if crashes >= tonumber(ARGV[8]) then return {'poison', token, crashes, inputs} end
+if crashes >= A.max_crashes then return {'poison', token, crashes, inputs} end
 return {'run', token, inputs}

@@ -1,13 +1,33 @@
 -- Start a fan-out stage: record its item count and window, once.
--- KEYS: 1 states, 2 stage hash, 3 events, 4 run   ARGV: 1 stage id, 2 items total, 3 window, 4 queue
--- Returns 1 if this call started it, 0 if it was not queued (already started, or the run ended).
-if redis.call('HGET', KEYS[4], 'status') ~= 'running' then return 0 end
-if redis.call('HGET', KEYS[1], ARGV[1]) ~= 'queued' then return 0 end
-local t = redis.call('TIME')
-local now = string.format('%.3f', tonumber(t[1]) + tonumber(t[2]) / 1e6)
-redis.call('HSET', KEYS[1], ARGV[1], 'running')
-redis.call('HSET', KEYS[2], 'state', 'running', 'items_total', ARGV[2], 'items_done', 0,
-  'next_item', ARGV[3], 'started_at', now, 'queue', ARGV[4], 'attempt', 1)
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', '200000', '*', 't', now, 'kind', 'stage', 'stage', ARGV[1],
-  'state', 'running', 'items', ARGV[2])
-return 1
+-- KEYS: 1 states, 2 stage hash, 3 events, 4 run, 5 items hash
+-- ARGV: 1 stage id, 2 items total, 3 window, 4 queue
+-- Returns {0} if this call did not start it (not queued, or the run is not running);
+-- {1} when it started and items 0 .. window-1 are to be sent; {1, i, j, ...} when items kept
+-- by a retried run are skipped and these are the first to send; {2} when every item was kept
+-- (the caller commits the stage from the kept outputs).
+if redis.call('HGET', KEYS[4], 'status') ~= R.RUNNING then return {0} end
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= S.QUEUED then return {0} end
+local total, window = tonumber(ARGV[2]), tonumber(ARGV[3])
+local done, first, next_item = 0, {}, window
+if redis.call('EXISTS', KEYS[5]) == 1 then
+  -- a retried run: items that succeeded before are kept, not run again
+  next_item = total
+  for i = 0, total - 1 do
+    if KEPT_ON_RETRY[redis.call('HGET', KEYS[5], i .. ':state')] then
+      done = done + 1
+    elseif #first < window then
+      first[#first + 1] = i
+    elseif next_item == total then
+      next_item = i
+    end
+  end
+  if done == total then return {2} end
+end
+local _, now = clock()
+redis.call('HSET', KEYS[1], ARGV[1], S.RUNNING)
+redis.call('HSET', KEYS[2], 'state', S.RUNNING, 'items_total', total, 'items_done', done,
+  'next_item', next_item, 'started_at', now, 'queue', ARGV[4], 'attempt', 1)
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', EVENTS_MAXLEN, '*', 't', now, 'kind', 'stage', 'stage', ARGV[1],
+  'state', S.RUNNING, 'items', ARGV[2])
+if #first > 0 then return {1, unpack(first)} end
+return {1}

@@ -1,81 +1,151 @@
 -- Commit the end of an attempt, exactly once, and advance the graph.
 --
--- One script so that the fencing check, the output, the buffered context and
--- metrics writes, the children's counter joins and the run's completion either
--- all happen or none do. A late commit from a superseded attempt (wrong token,
--- or the unit no longer running) changes nothing.
+-- Checks first, writes after: every input is checked (the fencing token, context types,
+-- finite numbers, declared keys) before the first write, so a bad input never leaves a
+-- half-written commit. A failed check writes nothing and returns {'invalid', why}; the
+-- worker then commits the attempt as failed with that reason.
 --
--- KEYS: 1 run, 2 states, 3 unit hash, 4 events, 5 outputs, 6 context, 7 metrics,
---       8 pending, 9 stage hash, 10 leases, 11 outbox (ready stages until their message is sent)
--- ARGV: 1 stage id, 2 item index or '', 3 token ('' = coordinator commit of a queued stage),
---       4 outcome: succeeded | skipped | failed | fallback, 5 output JSON or '',
---       6 error JSON or '', 7 context writes: JSON array of [op, key, value] (op 's' set, 'i' incr),
---       8 metric increments: JSON array of [name, delta], 9 children: JSON array of stage ids,
---       10 descendants: JSON array (marked upstream_failed on a critical failure without fail_fast),
---       11 critical '1'|'0', 12 fail_fast '1'|'0', 13 lease member, 14 windowed fan-out '1'|'0',
---       15 key prefix for other stages' hashes ('<prefix>:run:<id>:'), 16 run id
+-- KEYS: 1 run, 2 states, 3 unit hash (stage hash, or the stage's items hash), 4 events,
+--       5 outputs, 6 context, 7 metrics, 8 pending, 9 stage hash, 10 leases, 11 outbox,
+--       12 hooks stream, 13 cache entry (any key when A.cache_ttl is 0),
+--       14... the stage hash then the items hash of each stage in A.others, in order
+--       (the stages this commit may close besides its own: upstream_failed, fail-fast)
+-- ARGV: 1 JSON object A:
+--   stage, item (number or null), token ('' = a commit decided outside any attempt),
+--   outcome (succeeded | skipped | failed | fallback), output (JSON text or ''),
+--   error (JSON text or ''), context ([[op, key, value]]: 's' set JSON, 'i' add a number),
+--   metrics ([[name, delta]]), children, descendants, others (stage ids), critical, fail_fast,
+--   lease (member of the leases set), windowed, run_id, cache_ttl (s, 0 = no cache),
+--   cached (a cache hit), notify (hook entries to enqueue), run_hook (enqueue run_complete),
+--   pipeline
 -- Returns {verdict, finalized, run status, ready children, task ids to revoke, next item or ''}
-local stage, item, token, outcome = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local p = ''
-if item ~= '' then p = item .. ':' end
-local TERMINAL = {succeeded = true, failed = true, skipped = true, cancelled = true,
-                  upstream_failed = true, fallback = true}
+--   verdict: ok | item | stale | late | invalid (then 3rd element is the reason)
+local A = cjson.decode(ARGV[1])
+local stage, token, outcome = A.stage, A.token, A.outcome
+local item = ''
+if A.item ~= nil and A.item ~= cjson.null then item = tostring(A.item) end
+local p = field_prefix(item)
+local function refuse(verdict, why) return {verdict, 0, why or '', {}, {}, ''} end
 
+-- 1. checks (no writes) -------------------------------------------------------------------
 if token == '' then
-  if redis.call('HGET', KEYS[2], stage) ~= 'queued' then return {'stale', 0, '', {}, {}, ''} end
+  local st = redis.call('HGET', KEYS[2], stage)
+  if st ~= S.QUEUED and st ~= S.RETRYING and st ~= S.RUNNING then return refuse('stale') end
+  if st == S.RUNNING and item == '' and redis.call('HGET', KEYS[9], 'items_total') == false then
+    return refuse('stale')  -- an attempt holds it: only that attempt commits it
+  end
 else
   if redis.call('HGET', KEYS[3], p .. 'token') ~= token
-      or redis.call('HGET', KEYS[3], p .. 'state') ~= 'running' then
-    return {'stale', 0, '', {}, {}, ''}
+      or redis.call('HGET', KEYS[3], p .. 'state') ~= S.RUNNING then
+    return refuse('stale')
   end
 end
 
-local t = redis.call('TIME')
-local now = string.format('%.3f', tonumber(t[1]) + tonumber(t[2]) / 1e6)
+local hash_of, items_of = {}, {}
+for i, sid in ipairs(A.others or {}) do
+  hash_of[sid] = KEYS[12 + 2 * i]
+  items_of[sid] = KEYS[13 + 2 * i]
+end
+hash_of[stage] = KEYS[9]
+items_of[stage] = KEYS[3]
+
+local context = {}  -- key -> value after this commit's own writes, as text
+for i, w in ipairs(A.context or {}) do
+  local op, key, value = w[1], w[2], w[3]
+  if type(key) ~= 'string' or type(value) ~= 'string' then
+    return refuse('invalid', 'context write #' .. i .. ' is malformed')
+  end
+  if op == 's' then
+    context[key] = value
+  elseif op == 'i' then
+    local current = context[key]
+    if current == nil then current = redis.call('HGET', KEYS[6], key) or '0' end
+    local base, delta = tonumber(current), tonumber(value)
+    if not finite(base) then
+      return refuse('invalid', "ctx.context.incr('" .. key .. "'): the context value is " .. current
+        .. ', not a number')
+    end
+    if not finite(delta) or not finite(base + delta) then
+      return refuse('invalid', "ctx.context.incr('" .. key .. "', " .. value .. '): not a finite number')
+    end
+    context[key] = string.format('%.17g', base + delta)
+  else
+    return refuse('invalid', 'context write #' .. i .. ' has unknown op ' .. tostring(op))
+  end
+end
+local metric_values = {}
+for _, m in ipairs(A.metrics or {}) do
+  local delta = tonumber(m[2])
+  local base = tonumber(redis.call('HGET', KEYS[7], m[1]) or '0')
+  if type(m[1]) ~= 'string' or not finite(delta) or not finite(base) or not finite(base + delta) then
+    return refuse('invalid', "metric '" .. tostring(m[1]) .. "' += " .. tostring(m[2])
+      .. ' is not a finite number')
+  end
+  metric_values[#metric_values + 1] = {m[1], delta}
+end
+if outcome == S.FAILED and A.critical and not A.fail_fast then
+  for _, sid in ipairs(A.descendants or {}) do
+    if not hash_of[sid] then return refuse('invalid', 'internal: stage ' .. sid .. ' not declared') end
+  end
+end
+
+local now_ms, now, now_s = clock()
 
 -- An item of a stage that already ended (failed, or cancelled): its result, context
 -- writes and metrics are dropped with it.
-if item ~= '' and redis.call('HGET', KEYS[2], stage) ~= 'running' then
-  redis.call('HSET', KEYS[3], p .. 'state', 'cancelled', p .. 'finished_at', now)
-  redis.call('ZREM', KEYS[10], ARGV[13])
-  return {'late', 0, '', {}, {}, ''}
-end
-local function event(...)
-  redis.call('XADD', KEYS[4], 'MAXLEN', '~', '200000', '*', 't', now, ...)
+if item ~= '' and redis.call('HGET', KEYS[2], stage) ~= S.RUNNING then
+  if token ~= '' then
+    redis.call('HSET', KEYS[3], p .. 'state', S.CANCELLED, p .. 'finished_at', now)
+    redis.call('ZREM', KEYS[10], A.lease)
+  end
+  return refuse('late')
 end
 
--- the unit itself
+-- 2. writes -----------------------------------------------------------------------------
+local function event(...)
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', EVENTS_MAXLEN, '*', 't', now, ...)
+end
+local function notify(entry)
+  redis.call('XADD', KEYS[12], 'MAXLEN', '~', HOOKS_MAXLEN, '*', 'e', entry)
+end
+
 if token ~= '' then
   redis.call('HSET', KEYS[3], p .. 'state', outcome, p .. 'finished_at', now)
-  redis.call('ZREM', KEYS[10], ARGV[13])
-  if ARGV[6] ~= '' then redis.call('HSET', KEYS[3], p .. 'error', ARGV[6]) end
+  redis.call('ZREM', KEYS[10], A.lease)
+  if A.error ~= '' then redis.call('HSET', KEYS[3], p .. 'error', A.error) end
+elseif A.error ~= '' then
+  redis.call('HSET', KEYS[9], 'error', A.error)  -- decided outside an attempt: keep why
 end
-for _, w in ipairs(cjson.decode(ARGV[7])) do
-  if w[1] == 's' then redis.call('HSET', KEYS[6], w[2], w[3])
-  else redis.call('HINCRBYFLOAT', KEYS[6], w[2], w[3]) end
+for key, value in pairs(context) do redis.call('HSET', KEYS[6], key, value) end
+for _, m in ipairs(metric_values) do redis.call('HINCRBYFLOAT', KEYS[7], m[1], m[2]) end
+if A.cached then redis.call('HSET', KEYS[9], 'cache', 'hit') end
+if A.cache_ttl > 0 and outcome == S.SUCCEEDED and A.output ~= '' then
+  redis.call('SET', KEYS[13], A.output, 'EX', math.max(1, math.floor(A.cache_ttl)))
 end
-for _, m in ipairs(cjson.decode(ARGV[8])) do
-  redis.call('HINCRBYFLOAT', KEYS[7], m[1], m[2])
-end
+for _, entry in ipairs(A.notify or {}) do notify(entry) end
 
-local stage_outcome, stage_output = outcome, ARGV[5]
+local stage_outcome, stage_output = outcome, A.output
 local next_item = ''
 if item ~= '' then
-  if ARGV[5] ~= '' then redis.call('HSET', KEYS[3], p .. 'output', ARGV[5]) end
+  if A.output ~= '' then redis.call('HSET', KEYS[3], p .. 'output', A.output) end
   event('kind', 'item', 'stage', stage, 'item', item, 'state', outcome)
-  if outcome ~= 'failed' then
+  if outcome ~= S.FAILED then
     local done = redis.call('HINCRBY', KEYS[9], 'items_done', 1)
     local total = tonumber(redis.call('HGET', KEYS[9], 'items_total'))
-    if ARGV[14] == '1' then
+    if A.windowed then
+      -- the next item not yet done (a retried run keeps the items that succeeded)
       local n = redis.call('HINCRBY', KEYS[9], 'next_item', 1) - 1
+      while n < total and KEPT_ON_RETRY[redis.call('HGET', KEYS[3], n .. ':state')] do
+        n = redis.call('HINCRBY', KEYS[9], 'next_item', 1) - 1
+      end
       if n < total then next_item = tostring(n) end
     end
-    if done < total then return {'item', 0, 'running', {}, {}, next_item} end
+    if done < total then return {'item', 0, R.RUNNING, {}, {}, next_item} end
     local parts = {}
     for i = 0, total - 1 do
       parts[#parts + 1] = redis.call('HGET', KEYS[3], i .. ':output') or 'null'
     end
-    stage_outcome, stage_output = 'succeeded', '[' .. table.concat(parts, ',') .. ']'
+    stage_outcome, stage_output = S.SUCCEEDED, '[' .. table.concat(parts, ',') .. ']'
   end
 end
 
@@ -85,25 +155,32 @@ local function close(sid, state)
   local prev = redis.call('HGET', KEYS[2], sid)
   if TERMINAL[prev] then return false end
   redis.call('HSET', KEYS[2], sid, state)
-  redis.call('HSET', ARGV[15] .. 'stage:' .. sid, 'state', state, 'finished_at', now)
+  redis.call('HSET', hash_of[sid], 'state', state, 'finished_at', now)
   remaining = redis.call('HINCRBY', KEYS[1], 'remaining', -1)
   event('kind', 'stage', 'stage', sid, 'state', state)
   return true
 end
 
-if not close(stage, stage_outcome) then return {'stale', 0, '', {}, {}, ''} end
-if item ~= '' and ARGV[6] ~= '' then redis.call('HSET', KEYS[9], 'error', ARGV[6]) end
+if not close(stage, stage_outcome) then return refuse('stale') end
+if item ~= '' and A.error ~= '' then redis.call('HSET', KEYS[9], 'error', A.error) end
 if stage_output ~= '' then redis.call('HSET', KEYS[5], stage, stage_output) end
+
+local function finalize(final, ...)
+  redis.call('HSET', KEYS[1], 'status', final, 'finished_at', now)
+  event('kind', 'run', 'state', final, ...)
+  if A.run_hook then
+    notify(cjson.encode({kind = 'run_complete', run_id = A.run_id, pipeline = A.pipeline, status = final}))
+  end
+end
 
 local ready, revoke = {}, {}
 local run_status = redis.call('HGET', KEYS[1], 'status')
-if stage_outcome ~= 'failed' or ARGV[11] == '0' then
-  for _, child in ipairs(cjson.decode(ARGV[9])) do
+if stage_outcome ~= S.FAILED or not A.critical then
+  for _, child in ipairs(A.children or {}) do
     local left = redis.call('HINCRBY', KEYS[8], child, -1)
-    if left <= 0 and redis.call('HGET', KEYS[2], child) == 'pending'
-        and (run_status == 'running' or run_status == 'paused') then
-      redis.call('HSET', KEYS[2], child, 'queued')
-      redis.call('ZADD', KEYS[11], tonumber(t[1]), ARGV[16] .. '|' .. child)
+    if left <= 0 and redis.call('HGET', KEYS[2], child) == S.PENDING and RUN_ACTIVE[run_status] then
+      redis.call('HSET', KEYS[2], child, S.QUEUED)
+      redis.call('ZADD', KEYS[11], now_s, A.run_id .. '|' .. child)
       ready[#ready + 1] = child
     end
   end
@@ -111,36 +188,33 @@ else
   if not redis.call('HGET', KEYS[1], 'failed_stage') then
     redis.call('HSET', KEYS[1], 'failed_stage', stage)
   end
-  if ARGV[12] == '1' then
+  if A.fail_fast then
     -- fail fast: cancel everything not finished, and revoke what runs
     local states = redis.call('HGETALL', KEYS[2])
     for i = 1, #states, 2 do
       local sid, st = states[i], states[i + 1]
-      if not TERMINAL[st] then
-        local h = ARGV[15] .. 'stage:' .. sid
-        if st == 'running' then
-          local tid = redis.call('HGET', h, 'task_id')
+      if not TERMINAL[st] and hash_of[sid] then
+        if st == S.RUNNING then
+          local tid = redis.call('HGET', hash_of[sid], 'task_id')
           if tid then revoke[#revoke + 1] = tid end
-          local items = redis.call('HGETALL', ARGV[15] .. 'items:' .. sid)
+          local items = redis.call('HGETALL', items_of[sid])
           for j = 1, #items, 2 do
             if string.sub(items[j], -8) == ':task_id' then revoke[#revoke + 1] = items[j + 1] end
           end
         end
-        close(sid, 'cancelled')
+        close(sid, S.CANCELLED)
       end
     end
-    redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', now)
-    event('kind', 'run', 'state', 'failed', 'stage', stage)
-    return {'ok', 1, 'failed', ready, revoke, ''}
+    finalize(R.FAILED, 'stage', stage)
+    return {'ok', 1, R.FAILED, ready, revoke, ''}
   end
-  for _, sid in ipairs(cjson.decode(ARGV[10])) do close(sid, 'upstream_failed') end
+  for _, sid in ipairs(A.descendants or {}) do close(sid, S.UPSTREAM_FAILED) end
 end
 
-if remaining <= 0 and (run_status == 'running' or run_status == 'paused') then
-  local final = 'succeeded'
-  if redis.call('HGET', KEYS[1], 'failed_stage') then final = 'failed' end
-  redis.call('HSET', KEYS[1], 'status', final, 'finished_at', now)
-  event('kind', 'run', 'state', final)
+if remaining <= 0 and RUN_ACTIVE[run_status] then
+  local final = R.SUCCEEDED
+  if redis.call('HGET', KEYS[1], 'failed_stage') then final = R.FAILED end
+  finalize(final)
   return {'ok', 1, final, ready, revoke, next_item}
 end
 return {'ok', 0, run_status, ready, revoke, next_item}

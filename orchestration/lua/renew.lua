@@ -3,11 +3,11 @@
 -- Returns 1 if renewed, 0 if the lease was lost (the stage must stop).
 local p = ARGV[1]
 if redis.call('HGET', KEYS[1], p .. 'token') ~= ARGV[2]
-    or redis.call('HGET', KEYS[1], p .. 'state') ~= 'running' then
+    or redis.call('HGET', KEYS[1], p .. 'state') ~= S.RUNNING then
   return 0
 end
-local t = redis.call('TIME')
-local exp = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[3])
+local now_ms = clock()
+local exp = now_ms + tonumber(ARGV[3])
 redis.call('HSET', KEYS[1], p .. 'lease_exp', exp)
 redis.call('ZADD', KEYS[2], exp, ARGV[4])
 return 1

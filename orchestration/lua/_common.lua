@@ -1,0 +1,16 @@
+-- Helpers every script shares; loaded after the state names (S, R, TERMINAL, ...) that
+-- orchestration/states.py generates, and before the script itself.
+local function clock()
+  -- Redis's clock: (milliseconds, seconds as text with 3 decimals, whole seconds)
+  local t = redis.call('TIME')
+  local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  return ms, string.format('%.3f', ms / 1000), tonumber(t[1])
+end
+local function finite(v)
+  return v ~= nil and v == v and v ~= math.huge and v ~= -math.huge
+end
+local function field_prefix(item)
+  if item == nil or item == '' then return '' end
+  return tostring(item) .. ':'
+end
+local EVENTS_MAXLEN, HOOKS_MAXLEN = '200000', '100000'

@@ -1,0 +1,172 @@
+"""Stage messages of a type this worker does not serve.
+
+Celery rejects (drops) a message whose task name it has not registered and sends
+`task_unknown`; left there, a stage of a type no worker serves (a run submitted with
+`--no-check` / `Client.submit(..., check_types=False)`) stays `queued` and its run
+`running` forever. This handler, in the worker's consumer (its main process), looks at
+the live workers:
+
+- if none serves the stage's type on the stage's queue, it fails the stage with an
+  `UnservedStageType` error (the run then goes on, or ends, like after any failure);
+- if the pipeline named the type by its `module:function` reference (no type check made
+  it canonical), it sends the message again at once under the name its workers registered;
+- if another live worker serves it there (this one only lacks it), it puts the message
+  back after REDELIVERY_DELAY_S, through the delay set the workers drain (Redis's clock),
+  so that worker can take it, and a message that worker is too busy to take does not
+  circle between the workers that lack its type. It waits there like any queued stage:
+  until that worker takes it, or stops announcing the type (its heartbeat lapses after
+  CHORDFLOW_WORKER_TTL_S), and then it fails as unserved.
+
+Nothing here raises into Celery's consumer: every error is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from celery import Celery, signals
+from kombu.exceptions import KombuError
+
+from orchestration.compiler import stage_signature
+from orchestration.dispatch import Dispatcher, payload
+from orchestration.errors import RunNotFound
+from orchestration.ids import InvalidId, check_run_id, check_stage_id
+from orchestration.registry import task_name
+from orchestration.settings import Settings
+from orchestration.states import State
+from orchestration.store import RunStore, connect
+
+log = logging.getLogger("chordflow.worker")
+
+TASK_PREFIX = task_name("")
+REDELIVERY_DELAY_S = 1.0
+WAITING = (State.QUEUED, State.RETRYING, State.RUNNING)  # in any other state it has ended: nothing to do
+
+
+def install_unknown_task_handler(app: Celery, settings: Settings) -> UnknownTaskHandler:
+    """Connect `task_unknown` for `app`'s worker (the handler lives as long as the app)."""
+    handler = UnknownTaskHandler(app, settings)
+    # the signal holds the handler weakly: the app keeps it alive
+    app.chordflow_unknown_task_handler = handler  # type: ignore[attr-defined]
+    signals.task_unknown.connect(handler, weak=True)
+    return handler
+
+
+class UnknownTaskHandler:
+    def __init__(self, app: Celery, settings: Settings):
+        self.app, self.settings = app, settings
+        self._own: tuple[RunStore, Dispatcher] | None = None
+
+    def __call__(self, sender: Any = None, name: Any = None, id: Any = None, message: Any = None,
+                 exc: Any = None, **_: Any) -> None:
+        try:
+            if sender is not None and getattr(sender, "app", None) is not self.app:
+                return  # another app's consumer (the signal is process-wide)
+            if isinstance(name, str) and name.startswith(TASK_PREFIX):
+                self.handle(name, id, message)
+        except Exception:
+            log.exception("could not act on the unknown stage message %s (%s)", id, name)
+
+    # -- the decision ------------------------------------------------------------------------------
+    def handle(self, name: str, task_id: Any, message: Any) -> str:
+        """What was done with one message of an unregistered stage task; for the log and tests.
+
+        Only the run's stored graph decides (the stage's type and queue), as for any stage message;
+        the task name only said that this worker has no task for it."""
+        ids = _stage_args(message)
+        if ids is None:
+            log.error("dropping malformed stage message %s for %s", task_id, name)
+            return "dropped: malformed"
+        run_id, stage_id, attempt, item = ids
+        store, dispatcher = self._parts()
+        try:
+            node = store.graph(run_id).node(stage_id)
+        except (RunNotFound, KeyError):
+            log.error("dropping %s: no stage %s in run %s", task_id, stage_id, run_id)
+            return "dropped: unknown run or stage"
+        if store.states(run_id).get(stage_id) not in WAITING:
+            return "dropped: the stage has ended"
+        served_as, hosts = served_by(store.live_workers(), node.type, node.queue)
+        if served_as is None:
+            why = (f"no live worker serves stage type '{node.type}' on queue '{node.queue}'; "
+                   "start one with `chordflow worker --import MODULE`")
+            failed = dispatcher.fail_stage(run_id, stage_id, {"type": "UnservedStageType", "message": why,
+                                                              "retryable": False})
+            log.error("stage %s/%s: %s%s", run_id, stage_id, why, "" if failed else " (it had already ended)")
+            return "failed" if failed else "dropped: the stage has ended"
+        if name != task_name(served_as):
+            # Named by its module:function reference: send it under the name its workers registered.
+            sig = stage_signature(run_id, node.model_copy(update={"type": served_as}), attempt, item)
+            with self.app.producer_or_acquire() as producer:
+                sig.apply_async(producer=producer)
+            log.warning("stage %s/%s: type %r sent again as %r, for %s", run_id, stage_id, node.type, served_as,
+                        ", ".join(hosts))
+            return "sent again"
+        # Served by another live worker on this queue, not by this one: back to the queue after a
+        # pause (through the delay set the workers drain), so while that worker is busy the message
+        # does not circle between the workers that lack its type. It waits like any queued stage,
+        # until that worker takes it or stops announcing the type (then it fails as unserved).
+        store.delay(payload(run_id, stage_id, attempt, item), REDELIVERY_DELAY_S)
+        log.warning("stage %s/%s: type %r is not served here but by %s; queued again in %gs", run_id, stage_id,
+                    served_as, ", ".join(hosts), REDELIVERY_DELAY_S)
+        return "queued again"
+
+    def _parts(self) -> tuple[RunStore, Dispatcher]:
+        """The store and dispatcher of this process: the app's own (so a failure here finishes the run
+        as a stage task's would), else a pair made once."""
+        env = getattr(self.app, "chordflow_env", None)
+        if env is not None:
+            worker_env = env()
+            return worker_env.store, worker_env.dispatcher
+        if self._own is None:
+            store = RunStore(connect(self.settings), self.settings)
+            self._own = (store, Dispatcher(self.app, store))
+        return self._own
+
+
+def served_by(workers: Mapping[str, Mapping[str, Any]], type_name: str, queue: str) -> tuple[str | None, list[str]]:
+    """(the registered name of `type_name` among the live workers on `queue`, the hosts serving it);
+    (None, []) when no live worker serves it there. `type_name` may be a name or a module:function."""
+    found: str | None = None
+    hosts = []
+    for host, info in sorted(workers.items()):
+        if queue not in (info.get("queues") or []):
+            continue
+        for described in info.get("types") or []:
+            if type_name in (described.get("name"), described.get("ref")):
+                found = found or described.get("name") or type_name
+                hosts.append(host)
+                break
+    return found, hosts
+
+
+def _stage_args(message: Any) -> tuple[str, str, int, int | None] | None:
+    """(run_id, stage_id, attempt, item) of a stage message (protocol 2 body: args, kwargs, embed),
+    or None when they are not all there and well formed."""
+    try:
+        body = message.decode()
+    except (KombuError, AttributeError, ValueError, TypeError):
+        return None
+    if not (isinstance(body, (list, tuple)) and len(body) >= 2):
+        return None
+    args, kwargs = body[0], body[1]
+    if not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict):
+        return None
+    names = ("run_id", "stage_id", "attempt", "item")
+    values: dict[str, Any] = {"attempt": 1, "item": None, **dict(zip(names, args)), **kwargs}
+    run_id, stage_id, attempt, item = (values.get(n) for n in names)
+    if len(args) > len(names) or set(kwargs) - set(names):
+        return None
+    if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 1:
+        return None
+    if not (item is None or (isinstance(item, int) and not isinstance(item, bool))):
+        return None
+    try:
+        return check_run_id(run_id), check_stage_id(stage_id), attempt, item
+    except InvalidId:
+        return None
+
+
+__all__ = ["UnknownTaskHandler", "install_unknown_task_handler", "served_by"]
