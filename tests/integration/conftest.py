@@ -54,6 +54,15 @@ class Cluster:
     def count(self, run_id: str, stage_id: str) -> int:
         return int(self.redis.get(f"test:count:{run_id}:{stage_id}") or 0)
 
+    def terminal_commits(self, run_id: str) -> dict[str, int]:
+        """How many times each stage reached a terminal state, by the run's event stream
+        (exactly once each, when every stage was committed once)."""
+        counts: dict[str, int] = {}
+        for _, fields in self.redis.xrange(f"{self.settings.key_prefix}:run:{run_id}:events"):
+            if fields.get("kind") == "stage" and fields.get("state") not in ("running", "retrying", "queued"):
+                counts[fields["stage"]] = counts.get(fields["stage"], 0) + 1
+        return counts
+
     def stop(self) -> None:
         for worker in self.workers:
             worker.stop()

@@ -28,15 +28,6 @@ def fleet(bare_cluster):
     return bare_cluster
 
 
-def terminal_commits(cluster, run_id: str) -> dict[str, int]:
-    """How many times each stage reached a terminal state, by the run's event stream."""
-    counts: dict[str, int] = {}
-    for _, fields in cluster.redis.xrange(f"chordflow:run:{run_id}:events"):
-        if fields.get("kind") == "stage" and fields.get("state") not in ("running", "retrying", "queued"):
-            counts[fields["stage"]] = counts.get(fields["stage"], 0) + 1
-    return counts
-
-
 def run(cluster, data: dict, timeout: float = 60):
     handle = cluster.client.submit(validate_data(data))
     result = handle.wait(timeout=timeout)
@@ -61,7 +52,7 @@ def test_incr_on_a_text_context_value_fails_the_stage_cleanly(fleet):
     assert error["type"] == "CommitRefused"
     assert "rows" in error["message"] and "not a number" in error["message"]
     assert fleet.count(result.run_id, "b") == 1
-    assert terminal_commits(fleet, result.run_id) == {"a": 1, "b": 1}
+    assert fleet.terminal_commits(result.run_id) == {"a": 1, "b": 1}
     # nothing of b's attempt was written: the context value is still a's
     assert fleet.client.store.context(result.run_id)["rows"] == "many"
 
@@ -77,7 +68,7 @@ def test_a_metric_that_is_not_finite_fails_the_stage_cleanly(fleet):
     assert "finite" in error_of(status, "m")["message"]
     assert status["stages"]["after"]["state"] == "cancelled"  # fail_fast, the default
     assert fleet.count(result.run_id, "m") == 1
-    assert terminal_commits(fleet, result.run_id) == {"m": 1, "after": 1}
+    assert fleet.terminal_commits(result.run_id) == {"m": 1, "after": 1}
     assert "m" not in fleet.client.store.metrics(result.run_id)
 
 
@@ -101,7 +92,7 @@ def test_a_condition_on_item_is_decided_per_item(fleet):
     ))
     assert result.status == "succeeded", status
     assert result.outputs["even"] == [None, 2, None, 4]
-    assert terminal_commits(fleet, result.run_id) == {"list": 1, "even": 1}
+    assert fleet.terminal_commits(result.run_id) == {"list": 1, "even": 1}
 
 
 def test_a_fan_out_over_a_value_that_is_not_a_list_keeps_its_error(fleet):
@@ -114,7 +105,7 @@ def test_a_fan_out_over_a_value_that_is_not_a_list_keeps_its_error(fleet):
     assert status["stages"]["each"]["state"] == "failed"
     error = error_of(status, "each")
     assert error["type"] == "FanOutError" and "must output a list" in error["message"]
-    assert terminal_commits(fleet, result.run_id) == {"src": 1, "each": 1}
+    assert fleet.terminal_commits(result.run_id) == {"src": 1, "each": 1}
 
 
 def test_a_condition_error_on_a_fan_out_keeps_its_error(fleet):
@@ -168,7 +159,7 @@ def test_an_attempt_that_lost_its_lease_writes_no_cache(fleet):
     # attempt 1's late result reached neither the stage nor the cache: attempt 2 ran for real
     assert result.outputs["slow"]["attempt"] == 2
     assert fleet.count(handle.run_id, "slow") == 2
-    assert terminal_commits(fleet, handle.run_id) == {"slow": 1}
+    assert fleet.terminal_commits(handle.run_id) == {"slow": 1}
 
 
 def test_redis_out_of_memory_fails_the_stage_and_the_worker_stays_up(bare_cluster):
@@ -201,7 +192,7 @@ def test_redis_out_of_memory_fails_the_stage_and_the_worker_stays_up(bare_cluste
     assert error["type"] == "RedisRefusedWrite" and "out of memory" in error["message"]
     assert status["stages"]["after"]["state"] == "cancelled"  # fail_fast, the default
     assert cluster.count(handle.run_id, "big") == 1
-    assert terminal_commits(cluster, handle.run_id) == {"big": 1, "after": 1}
+    assert cluster.terminal_commits(handle.run_id) == {"big": 1, "after": 1}
     # the same worker process is still up and serving
     assert worker.proc.poll() is None and worker.proc.pid == pid
     again, _ = run(cluster, pipeline("after-oom", {"id": "ok", "uses": "noop"}), timeout=90)

@@ -132,6 +132,7 @@ def test_a_constant_fallback_of_null_ends_the_stage_with_output_null(cluster):
     a = status["stages"]["a"]
     assert a["state"] == "fallback" and a["output"] is None and a["error"]["type"] == "RuntimeError"
     assert status["stages"]["b"]["state"] == "succeeded"
+    assert cluster.terminal_commits(result.run_id) == {"a": 1, "b": 1}
     shown = chordflow(cluster.server.url, "status", result.run_id)
     assert shown.exit_code == 0 and "fallback" in shown.stdout
 
@@ -163,6 +164,7 @@ def test_a_type_no_live_worker_serves_fails_the_stage_instead_of_hanging(cluster
     assert result.status == "failed" and time.monotonic() - started < 12
     status = status_json(cluster.server.url, handle.run_id)
     assert status["failed_stage"] == "a"
+    assert cluster.terminal_commits(handle.run_id) == {"a": 1, "b": 1}
     error = status["stages"]["a"]["error"]
     assert status["stages"]["a"]["state"] == "failed"
     assert error["type"] == "UnservedStageType" and error["retryable"] is False
@@ -229,6 +231,7 @@ def test_a_failed_non_critical_stage_lets_its_dependents_run_and_the_run_succeed
     assert result.failed == ["a"]
     status = status_json(cluster.server.url, result.run_id)
     assert status["status"] == "succeeded" and status["failed_stage"] is None
+    assert cluster.terminal_commits(result.run_id) == {"a": 1, "b": 1}
     a, b = status["stages"]["a"], status["stages"]["b"]
     assert a["state"] == "failed" and a["output"] is None
     assert a["error"]["type"] == "RuntimeError" and "failing on purpose" in a["error"]["message"]
