@@ -46,6 +46,33 @@ class Settings(BaseSettings):
     hook_claim_idle_s: float = Field(
         120.0, description="an event a hook sender took and has not touched this long is taken over by another")
 
+    # -- what a pipeline file can make a worker do (docs/security.md) ------------------------------
+    shell_enabled: bool = Field(True, description="false: the `shell` built-in fails every stage that uses it")
+    shell_allow: tuple[str, ...] = Field(
+        (), description="programs `shell` may run (argv[0], by name or absolute path); empty means any")
+    stage_env_pass: tuple[str, ...] = Field(
+        (), description="worker environment variables passed to stage processes although they are "
+                        "withheld by default (every CHORDFLOW_* variable is withheld)")
+    shell_timeout_s: float = Field(3600.0, description="a shell stage's timeout when the file sets none")
+    shell_output_tail_lines: int = Field(200, description="lines of a shell stage's stdout/stderr kept")
+    shell_output_tail_bytes: int = Field(64 * 1024, description="bytes of a shell stage's stdout/stderr kept")
+    log_lines_cap: int = Field(10_000, description="log lines kept per attempt; the rest are counted")
+
+    # -- limits checked when a file is validated ----------------------------------------------------
+    max_stages: int = Field(20_000, description="stages in one pipeline, after matrix expansion")
+    max_matrix_instances: int = Field(1_000, description="instances of one matrix stage")
+    max_fanout_items: int = Field(100_000, description="items of one for_each stage (checked when it starts)")
+    max_duration_s: float = Field(30 * 86400.0, description="the longest duration a file may give")
+    max_integer: int = Field(2**53, description="the largest integer magnitude a file may give")
+    condition_max_steps: int = Field(10_000, description="evaluation steps one `when:` may take")
+
+    # -- limits at run time ------------------------------------------------------------------------------
+    context_value_cap_bytes: int = Field(1024 * 1024, description="JSON size of one shared context value")
+    fanout_output_cap_bytes: int = Field(
+        16 * 1024 * 1024, description="JSON size of a fan-out stage's assembled output")
+    webhook_timeout_cap_s: float = Field(60.0, description="the longest `timeout` a webhook may have")
+    redis_timeout_s: float = Field(5.0, description="CLI commands give up on an unreachable Redis after this")
+
     @classmethod
     def load(cls, **overrides: Any) -> Settings:
         """Settings from CHORDFLOW_CONFIG's file (if any), the environment, then `overrides`."""

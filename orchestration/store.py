@@ -319,6 +319,7 @@ class RunStore:
             "lease": self.lease_member(run_id, stage_id, item), "windowed": bool(node.max_concurrency),
             "run_id": run_id, "cache_ttl": cache_ttl_s if cache_key else 0, "cached": cached,
             "notify": list(notify), "run_hook": run_hook, "pipeline": graph.name,
+            "fanout_cap": self.settings.fanout_output_cap_bytes if item is not None else 0,
         }
         keys = [k.run(run_id), k.states(run_id), self.unit_key(run_id, stage_id, item), k.events(run_id),
                 k.outputs(run_id), k.context(run_id), k.metrics(run_id), k.pending(run_id),

@@ -221,3 +221,9 @@ def stubborn(ctx, seconds: float = 2.0, size: int = 0) -> Any:
     _count(f"{ctx.run_id}:{ctx.stage_id}")
     time.sleep(seconds)
     return {"attempt": ctx.attempt, "pad": "x" * size}
+
+
+@stage("test.blob")
+def blob(ctx, size: int = 1000) -> str:
+    """Return `size` bytes of text (a fan-out item whose outputs add up)."""
+    return "x" * size

@@ -8,13 +8,14 @@
 if redis.call('HGET', KEYS[4], 'status') ~= R.RUNNING then return {0} end
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= S.QUEUED then return {0} end
 local total, window = tonumber(ARGV[2]), tonumber(ARGV[3])
-local done, first, next_item = 0, {}, window
+local done, first, next_item, kept_bytes = 0, {}, window, 0
 if redis.call('EXISTS', KEYS[5]) == 1 then
   -- a retried run: items that succeeded before are kept, not run again
   next_item = total
   for i = 0, total - 1 do
     if KEPT_ON_RETRY[redis.call('HGET', KEYS[5], i .. ':state')] then
       done = done + 1
+      kept_bytes = kept_bytes + redis.call('HSTRLEN', KEYS[5], i .. ':output') + 1
     elseif #first < window then
       first[#first + 1] = i
     elseif next_item == total then
@@ -26,7 +27,7 @@ end
 local _, now = clock()
 redis.call('HSET', KEYS[1], ARGV[1], S.RUNNING)
 redis.call('HSET', KEYS[2], 'state', S.RUNNING, 'items_total', total, 'items_done', done,
-  'next_item', next_item, 'started_at', now, 'queue', ARGV[4], 'attempt', 1)
+  'next_item', next_item, 'started_at', now, 'queue', ARGV[4], 'attempt', 1, 'items_bytes', kept_bytes)
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', EVENTS_MAXLEN, '*', 't', now, 'kind', 'stage', 'stage', ARGV[1],
   'state', S.RUNNING, 'items', ARGV[2])
 if #first > 0 then return {1, unpack(first)} end

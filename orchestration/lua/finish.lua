@@ -17,7 +17,7 @@
 --   metrics ([[name, delta]]), children, descendants, others (stage ids), critical, fail_fast,
 --   lease (member of the leases set), windowed, run_id, cache_ttl (s, 0 = no cache),
 --   cached (a cache hit), notify (hook entries to enqueue), run_hook (enqueue run_complete),
---   pipeline
+--   pipeline, fanout_cap (bytes a fan-out's assembled output may reach; 0 = no cap)
 -- Returns {verdict, finalized, run status, ready children, task ids to revoke, next item or ''}
 --   verdict: ok | item | stale | late | invalid (then 3rd element is the reason)
 local A = cjson.decode(ARGV[1])
@@ -83,6 +83,16 @@ for _, m in ipairs(A.metrics or {}) do
   end
   metric_values[#metric_values + 1] = {m[1], delta}
 end
+local item_bytes = 0
+if item ~= '' and A.output ~= '' and (A.fanout_cap or 0) > 0 then
+  item_bytes = #A.output + 1
+  local so_far = tonumber(redis.call('HGET', KEYS[9], 'items_bytes') or '0')
+  if so_far + item_bytes > A.fanout_cap then
+    return refuse('invalid', 'the fan-out\'s assembled output would be over ' .. A.fanout_cap
+      .. ' bytes (CHORDFLOW_FANOUT_OUTPUT_CAP_BYTES): its items have returned ' .. so_far
+      .. ' bytes and this one ' .. #A.output .. '; return references to stored data instead')
+  end
+end
 if outcome == S.FAILED and A.critical and not A.fail_fast then
   for _, sid in ipairs(A.descendants or {}) do
     if not hash_of[sid] then return refuse('invalid', 'internal: stage ' .. sid .. ' not declared') end
@@ -128,6 +138,7 @@ local stage_outcome, stage_output = outcome, A.output
 local next_item = ''
 if item ~= '' then
   if A.output ~= '' then redis.call('HSET', KEYS[3], p .. 'output', A.output) end
+  if item_bytes > 0 then redis.call('HINCRBY', KEYS[9], 'items_bytes', item_bytes) end
   event('kind', 'item', 'stage', stage, 'item', item, 'state', outcome)
   if outcome ~= S.FAILED then
     local done = redis.call('HINCRBY', KEYS[9], 'items_done', 1)

@@ -202,3 +202,22 @@ def test_redis_out_of_memory_fails_the_stage_and_the_worker_stays_up(bare_cluste
 def _env(cluster) -> dict[str, str]:
     import os
     return {**os.environ, "CHORDFLOW_REDIS_URL": cluster.server.url, "PYTHONPATH": str(ROOT)}
+
+
+def test_a_fan_out_cannot_assemble_an_output_over_its_cap(bare_cluster):
+    """30 items of 100 KB against a 1 MB cap: the stage fails with a clear error, not a 3 MB output."""
+    cluster = bare_cluster
+    for other in cluster.workers:  # only workers with the 1 MB cap commit these items
+        other.stop()
+    cluster.start_worker(hostname="capped", concurrency=2, env={"CHORDFLOW_FANOUT_OUTPUT_CAP_BYTES": "1000000"})
+    result, status = run(cluster, pipeline(
+        "fanout-cap",
+        {"id": "src", "uses": "noop", "params": {"output": list(range(30))}},
+        {"id": "each", "uses": "test.blob", "params": {"size": 100_000}, "needs": ["src"], "for_each": "src",
+         "max_concurrency": 2},
+    ))
+    assert result.status == "failed"
+    error = error_of(status, "each")
+    assert error["type"] == "CommitRefused" and "CHORDFLOW_FANOUT_OUTPUT_CAP_BYTES" in error["message"]
+    assert "each" not in cluster.client.store.outputs(result.run_id)
+    assert cluster.terminal_commits(result.run_id) == {"src": 1, "each": 1}
