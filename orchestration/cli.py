@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import click
+import redis
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from . import history, render
+from . import history, redis_url, render
 from .durations import format_duration
 from .errors import ChordflowError
 from .fleetview import FleetView, fleet_view
@@ -49,13 +50,20 @@ errors = Console(stderr=True, soft_wrap=True)
 
 
 def say(text: str, err: bool = False) -> None:
-    """Print plain text (no rich markup: problems and ids may hold `[...]`)."""
-    (errors if err else console).print(text, markup=False, highlight=False)
+    """Print plain text: no rich markup (names, problems and ids may hold `[...]`) and no control
+    character but newline and tab (a name or a log line may hold an escape sequence: it is
+    printed as the visible text `\\x1b[2J`)."""
+    (errors if err else console).print(render.terminal_safe(text), markup=False, highlight=False,
+                                       emoji=False)
+
+
+_C1 = {code: f"\\u{code:04x}" for code in range(0x7F, 0xA0)}
 
 
 def print_json(data: Any) -> int:
-    """Print `data` as JSON on stdout; return EXIT_OK, so a command may `return print_json(...)`."""
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+    """Print `data` as JSON on stdout; return EXIT_OK, so a command may `return print_json(...)`.
+    (JSON escapes C0 controls itself; DEL and C1 controls are escaped here too.)"""
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False).translate(_C1))
     return EXIT_OK
 
 
@@ -76,20 +84,51 @@ def report_error(exc: ChordflowError, as_json: bool = False) -> int:
     return exc.exit_code
 
 
+# what a Redis that does not answer, or something else than a Redis at its address, raises
+UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.InvalidResponse)
+
+
+def unreachable(exc: BaseException, urls: Sequence[str] = ()) -> redis_url.RedisUnreachable:
+    """`cannot reach Redis at redis://host:port/db (reason)` for a connection error, naming the
+    Redis the command connected to (else the configured one), its password masked."""
+    url = urls[0] if urls else os.environ.get("CHORDFLOW_REDIS_URL")
+    reason = str(exc).strip().rstrip(".") or type(exc).__name__
+    if isinstance(exc, redis.AuthenticationError):
+        reason = f"it refused the credentials: {reason}"
+    return redis_url.RedisUnreachable(url, reason)
+
+
 def command(fn: Callable[..., int | None]) -> Callable[..., None]:
     """Turn a command's return value and ChordflowErrors into its exit code (under click's
-    standalone mode too, so CliRunner tests see the same codes as the console script)."""
+    standalone mode too, so CliRunner tests see the same codes as the console script).
+
+    The command runs in `redis_url.fail_fast()`: its Redis clients give up after
+    `redis_timeout_s`, and a Redis it cannot reach is `error: cannot reach Redis at ...`, exit 1."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> None:
-        try:
-            code = fn(*args, **kwargs)
-        except ChordflowError as exc:
-            code = report_error(exc, as_json=bool(kwargs.get("as_json")))
+        as_json = bool(kwargs.get("as_json"))
+        with redis_url.fail_fast() as mode:
+            try:
+                code = fn(*args, **kwargs)
+            except ChordflowError as exc:
+                code = report_error(exc, as_json=as_json)
+            except UNREACHABLE as exc:
+                code = report_error(unreachable(exc, mode.urls), as_json=as_json)
         if code:
             raise click.exceptions.Exit(code)
 
     return wrapper
+
+
+def redis_settings() -> Settings:
+    """The settings of a command that needs a Redis: CHORDFLOW_REDIS_URL set (else a usage error)
+    and well-formed (else InvalidRedisUrl, exit 2)."""
+    settings = settings_from_env()
+    if not settings.redis_url:
+        raise click.UsageError("set CHORDFLOW_REDIS_URL to the Redis your runs live in")
+    redis_url.check(settings.redis_url)
+    return settings
 
 
 def settings_from_env() -> Settings:
@@ -355,20 +394,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except ChordflowError as exc:  # raised outside a command body (e.g. while parsing options)
         return report_error(exc)
+    except UNREACHABLE as exc:  # a command without `command`
+        return report_error(unreachable(exc))
     except Exception as exc:
         if os.environ.get("CHORDFLOW_DEBUG"):
             raise
-        say(f"error: unexpected {type(exc).__name__}: {exc} (set CHORDFLOW_DEBUG=1 for the traceback)", err=True)
+        say(f"error: unexpected {type(exc).__name__}: {redis_url.mask(str(exc))} "
+            "(set CHORDFLOW_DEBUG=1 for the traceback)", err=True)
         return EXIT_FAILED
     return result if isinstance(result, int) else EXIT_OK
 
 
 from . import (
-    cli_fleet,  # noqa: E402, F401  (flower, beat, schedule, health)
-    cli_run,  # noqa: E402, F401  (submit, status, watch, runs, logs, control, stages, worker)
+    cli_fleet,  # noqa: F401  (flower, beat, schedule, health)
+    cli_run,  # noqa: F401  (submit, status, watch, runs, logs, control, stages, worker)
 )
-from .dashboard import dashboard_command  # noqa: E402
+from .dashboard import dashboard_command
 
+
+def _dashboard_checks_redis(serve: Callable[..., None]) -> Callable[..., None]:
+    """`dashboard` answers for its Redis before it serves: a malformed URL exits 2 and a Redis it
+    cannot reach exits 1 within `redis_timeout_s`, as every other command does."""
+
+    @functools.wraps(serve)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        from .store import connect  # here: the store is not needed by commands without Redis
+
+        settings = settings_from_env()
+        if settings.redis_url:
+            try:
+                with redis_url.fail_fast():
+                    connect(settings).ping()
+            except ChordflowError as exc:
+                raise click.exceptions.Exit(report_error(exc)) from None
+            except UNREACHABLE as exc:
+                raise click.exceptions.Exit(report_error(unreachable(exc, [settings.redis_url]))) from None
+        serve(*args, **kwargs)
+
+    return wrapper
+
+
+dashboard_command.callback = _dashboard_checks_redis(dashboard_command.callback)  # type: ignore[arg-type]
 cli.add_command(dashboard_command)
 
 if __name__ == "__main__":

@@ -10,9 +10,9 @@ from typing import Any
 
 import click
 from rich.table import Table
-from rich.text import Text
 
 from . import health as health_checks
+from . import redis_url
 from .celeryconfig import client_app
 from .cli import (
     EXIT_FAILED,
@@ -24,13 +24,14 @@ from .cli import (
     json_option,
     load_spec,
     print_json,
+    redis_settings,
     say,
     set_option,
-    settings_from_env,
 )
 from .durations import format_duration
 from .errors import InvalidPipeline, Problem
 from .loader import parse_override
+from .render import term
 from .schedules import (
     ScheduleError,
     add_schedule,
@@ -44,10 +45,17 @@ from .settings import Settings
 from .store import connect
 
 
-def _settings_with_redis() -> Settings:
-    settings = settings_from_env()
-    if not settings.redis_url:
-        raise click.UsageError("set CHORDFLOW_REDIS_URL to the Redis your runs live in")
+def _settings_with_redis(ping: bool = False) -> Settings:
+    """CHORDFLOW_REDIS_URL's settings (usage error if unset, exit 2 if malformed). `ping`: check now,
+    with a client that fails fast, that the Redis answers (for what reaches Redis through a client
+    of its own, like RedBeat's, which would otherwise retry for a long time)."""
+    settings = redis_settings()
+    if ping:
+        client = connect(settings)
+        try:
+            client.ping()
+        finally:
+            client.close()
     return settings
 
 
@@ -112,7 +120,7 @@ def schedule_add(file: Path, sets: tuple[str, ...], cron: str | None, every: str
     """Store a schedule for FILE (validated now; `--set` values are kept with it)."""
     if cron and every:
         raise click.UsageError("give --cron or --every, not both")
-    settings = _settings_with_redis()
+    settings = _settings_with_redis(ping=True)
     spec = load_spec(file, sets, settings)
     expr = cron or spec.schedule
     if not (expr or every):
@@ -140,7 +148,7 @@ def schedule_add(file: Path, sets: tuple[str, ...], cron: str | None, every: str
 @command
 def schedule_list(as_json: bool) -> int:
     """The stored schedules, their next firing and the outcome of the last."""
-    found = list_schedules(_settings_with_redis())
+    found = list_schedules(_settings_with_redis(ping=True))
     if as_json:
         print_json([s.as_dict() for s in found])
         return EXIT_OK
@@ -149,7 +157,7 @@ def schedule_list(as_json: bool) -> int:
         return EXIT_OK
     table = Table("schedule", "pipeline", "when", "next", "last")
     for s in found:
-        table.add_row(Text(s.name), Text(s.pipeline), Text(s.when), _clock(s.next_at), Text(_outcome(s.last)))
+        table.add_row(term(s.name), term(s.pipeline), term(s.when), _clock(s.next_at), term(_outcome(s.last)))
     console.print(table)
     return EXIT_OK
 
@@ -170,7 +178,7 @@ def _outcome(last: dict[str, Any] | None) -> str:
 @command
 def schedule_remove(name: str) -> int:
     """Remove a schedule; runs it already submitted go on."""
-    if not remove_schedule(_settings_with_redis(), name):
+    if not remove_schedule(_settings_with_redis(ping=True), name):
         say(f"error: no schedule named '{name}' (see `chordflow schedule list`)", err=True)
         return EXIT_FAILED
     say(f"schedule '{name}' removed")
@@ -188,11 +196,15 @@ def schedule_remove(name: str) -> int:
 @command
 def health(worker_probe: bool, as_json: bool) -> int:
     """Redis, workers per queue, queue depths, stale pipelines; exit 1 when unhealthy, saying why."""
+    settings = _settings_with_redis()
+    # two tries of half the limit each: an answer within redis_timeout_s, reachable or not
+    half = max(0.5, settings.redis_timeout_s / 2)
     if worker_probe:
-        ok, why = health_checks.worker_alive(_settings_with_redis(), socket.gethostname())
+        with redis_url.fail_fast(half):
+            ok, why = health_checks.worker_alive(settings, socket.gethostname())
         print_json({"healthy": ok, "reason": why}) if as_json else say(why, err=not ok)
         return EXIT_OK if ok else EXIT_FAILED
-    report = health_checks.check(_settings_with_redis())
+    report = health_checks.check(settings, timeout_s=half)
     if as_json:
         print_json(report.as_dict())
         return EXIT_OK if report.healthy else EXIT_FAILED
@@ -217,7 +229,7 @@ def _queue_table(report: health_checks.HealthReport) -> Table:
         workers = ", ".join(f"{host} ({_resources(report.workers[host])})" for host in q.workers) or "NONE"
         waited = q.oldest_waiting_s
         oldest = f"≥{format_duration(round(waited, 1))}" if waited is not None else "-"
-        table.add_row(Text(q.name), str(q.waiting), str(q.delayed), str(q.delivered), oldest, Text(workers),
+        table.add_row(term(q.name), str(q.waiting), str(q.delayed), str(q.delivered), oldest, term(workers),
                       style="bold red" if q.work and not q.workers else None)
     return table
 

@@ -15,7 +15,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from . import progress
+from . import progress, redis_url
 from .api import Client
 from .cli import (
     EXIT_FAILED,
@@ -27,11 +27,13 @@ from .cli import (
     load_spec,
     pipeline_options,
     print_json,
+    redis_settings,
     say,
     settings_from_env,
 )
 from .embedded import RedisServer, WorkerProcess, wait_for_workers
 from .ids import check_idempotency_key, check_run_id, check_stage_id
+from .render import term
 from .resolve import resolve
 from .settings import Settings
 
@@ -54,10 +56,9 @@ def embedded_fleet(settings: Settings, concurrency: int | None = None) -> Iterat
 
 
 def client_from_env() -> Client:
-    settings = settings_from_env()
-    if not settings.redis_url:
-        raise click.UsageError("set CHORDFLOW_REDIS_URL to the Redis your runs live in")
-    return Client(settings)
+    """A client of CHORDFLOW_REDIS_URL (checked: exit 2 if malformed). Built inside a command,
+    its Redis client fails fast (`redis_url.fail_fast`)."""
+    return Client(redis_settings())
 
 
 @cli.command()
@@ -87,12 +88,13 @@ def submit(file: Path, sets: tuple[str, ...], select: str | None, only: bool, fo
         else:
             say(f"dry run: {len(graph.nodes)} stages would run: {', '.join(n.id for n in graph.nodes)}")
         return EXIT_OK
-    if not settings.redis_url:
+    if not settings.redis_url:  # (an embedded Redis: its own URL, nothing to check)
         with embedded_fleet(settings) as local:
             if not as_json:
                 say(f"no CHORDFLOW_REDIS_URL: running on a private Redis and local workers ({local.redis_url})")
             return _submit_and_show(Client(local), spec, select, only, True, no_check, idempotency_key,
                                     timeout, items, as_json, no_cache, show_outputs=True)
+    redis_url.check(settings.redis_url)  # exit 2 for a malformed URL, before any connection
     return _submit_and_show(Client(settings), spec, select, only, follow or wait, no_check, idempotency_key,
                             timeout, items, as_json, no_cache, quiet=wait and not follow)
 
@@ -185,7 +187,7 @@ def runs(pipeline: str | None, state: str | None, since: float | None, limit: in
     for r in records:
         created = float(r.get("created_at", 0))
         took = f"{float(r['finished_at']) - created:.1f}s" if r.get("finished_at") else ""
-        table.add_row(r["run_id"], r.get("pipeline", ""), r.get("status", ""),
+        table.add_row(term(r["run_id"]), term(r.get("pipeline", "")), term(r.get("status", "")),
                       time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created)), took)
     console.print(table)
     return EXIT_OK
@@ -282,7 +284,8 @@ def stages(as_json: bool) -> int:
     table = Table("type", "version", "ref", "retry", "queues", "workers")
     for t in rows:
         retry = ", ".join(f"{k}={v}" for k, v in (t["retry"] or {}).items()) or "none"
-        table.add_row(t["name"], t["version"], t["ref"], retry, ",".join(t["queues"]), ",".join(t["workers"]))
+        table.add_row(*(term(cell) for cell in (t["name"], t["version"], t["ref"], retry, ",".join(t["queues"]),
+                                                 ",".join(t["workers"]))))
     console.print(table)
     return EXIT_OK
 

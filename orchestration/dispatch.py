@@ -114,7 +114,8 @@ class Dispatcher:
         if node.when and not expressions.reads_item(node.when):
             try:
                 go = expressions.evaluate(node.when, variables=graph.variables, outputs=outputs,
-                                          context=self.store.context(run_id))
+                                          context=self.store.context(run_id),
+                                          max_steps=self.store.settings.condition_max_steps)
             except ValueError as exc:
                 return [], self._close(run_id, graph, node, "failed", error=_error("ConditionError", str(exc)))
             if not go:
@@ -131,6 +132,11 @@ class Dispatcher:
                     "FanOutError", f"for_each '{node.for_each}' must output a list; it output "
                                    f"{type(items).__name__}"))
             total = len(items)
+            cap = self.store.settings.max_fanout_items
+            if total > cap:
+                return [], self._close(run_id, graph, node, "failed", error=_error(
+                    "FanOutError", f"for_each '{node.for_each}' output {total:,} items; the limit is {cap:,} "
+                                   f"(CHORDFLOW_MAX_FANOUT_ITEMS)"))
         if total == 0:
             return [], self._close(run_id, graph, node, "succeeded", output="[]")
         window = min(total, node.max_concurrency or total)

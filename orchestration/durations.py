@@ -14,9 +14,14 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a duration")
     if isinstance(value, (int, float)):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an integer of hundreds of digits
+            raise ValueError(f"{_shown(value)} is not a duration: it is far too large") from None
     elif isinstance(value, str):
         text = value.strip().replace(" ", "")
+        if len(text) > 100:  # no real duration is this long; float() of it could be slow or overflow
+            raise ValueError(f"{_shown(value)} is not a duration: it is {len(text):,} characters long")
         try:
             seconds = float(text)
         except ValueError:
@@ -27,10 +32,25 @@ def parse_duration(value: object) -> float:
                 ) from None
             seconds = sum(float(n) * _UNITS[u] for n, u in _PART.findall(text))
     else:
-        raise ValueError(f"{value!r} is not a duration")
+        raise ValueError(f"{_shown(value)} is not a duration")
     if seconds < 0 or seconds != seconds or seconds == float("inf"):
-        raise ValueError(f"{value!r} is not a duration: it must be a finite number >= 0")
+        raise ValueError(f"{_shown(value)} is not a duration: it must be a finite number >= 0")
     return seconds
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"an integer of about {int(value.bit_length() * 0.30103) + 1:,} digits"
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:40]}... ({len(text):,} characters)"
+
+
+def describe_seconds(seconds: float) -> str:
+    """A limit for a person: `30 days`, `1h`, `60s`."""
+    if seconds >= 86400 and seconds % 86400 == 0:
+        days = seconds / 86400
+        return f"{days:g} day{'s' if days != 1 else ''}"
+    return format_duration(seconds)
 
 
 def format_duration(seconds: float) -> str:

@@ -38,6 +38,7 @@ import json
 import logging
 import threading
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -83,14 +84,14 @@ class HookSender(threading.Thread):
             try:
                 self.tick()
                 failures = 0
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - logged (masked, with its traceback), retried
                 # Redis unreachable, the stream deleted under us, a bug: never let the thread die.
                 failures += 1
                 self._group_ready = False
                 log.warning(
-                    "hook sender: %s; retrying",
+                    "hook sender: %s; retrying%s",
                     hooks.mask(f"{type(exc).__name__}: {exc}"),
-                    exc_info=failures == 1,
+                    _traceback(exc) if failures == 1 else "",
                 )
                 self.stop.wait(min(5.0, 0.25 * 2 ** min(failures, 5)))
 
@@ -197,7 +198,14 @@ class HookSender(threading.Thread):
                     self.settings.hook_timeout_s,
                 )
             elif error is not None:
-                log.error("hook %s for %s of run %s raised; ignored", name, kind, run_id, exc_info=error)
+                log.error(
+                    "hook %s for %s of run %s raised; ignored: %s%s",
+                    name,
+                    kind,
+                    run_id,
+                    hooks.mask(f"{type(error).__name__}: {error}"),
+                    _traceback(error),
+                )
         try:
             webhooks = self.store.graph(run_id).webhooks
         except RunNotFound:
@@ -205,6 +213,16 @@ class HookSender(threading.Thread):
         total = self.settings.webhook_total_s
         for webhook in webhooks:
             if not hooks.wants(webhook, event):
+                continue
+            refused = hooks.refusal(webhook.url)
+            if refused is not None:  # validation refuses it; a run stored before that did not
+                log.error(
+                    "webhook %s for %s of run %s refused: %s",
+                    hooks.mask(webhook.url),
+                    kind,
+                    run_id,
+                    refused,
+                )
                 continue
 
             def send(webhook: Any = webhook) -> None:
@@ -272,8 +290,14 @@ def _event(entry_id: str, fields: dict[str, str] | None) -> dict[str, Any] | Non
             return event
     except (KeyError, TypeError, ValueError):
         pass
-    log.error("hook sender: entry %s is not an event (%.200r); dropped", entry_id, fields)
+    log.error("hook sender: entry %s is not an event (%s); dropped", entry_id, hooks.mask(repr(fields)[:200]))
     return None
+
+
+def _traceback(exc: BaseException) -> str:
+    """`exc`'s traceback to end a log line, any user:password of a URL in it masked (a log
+    handler's own `exc_info` formatting would print them)."""
+    return "\n" + hooks.mask("".join(traceback.format_exception(exc)).rstrip())
 
 
 def _streams(reply: Any) -> list[tuple[str, list[tuple[str | None, dict[str, str] | None]]]]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import re
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -32,6 +31,7 @@ from typing import Any
 
 from tenacity import retry, retry_if_exception, stop_before_delay, wait_exponential
 
+from .redis_url import mask
 from .spec import Webhook
 
 log = logging.getLogger("chordflow.hooks")
@@ -93,12 +93,56 @@ def wants(hook: Webhook, payload: Mapping[str, Any]) -> bool:
     return bool(names & set(hook.events)) or "*" in hook.events
 
 
-_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/?#@\s]+@")
+# mask(text): `text` with the user:password of every URL in it replaced by `***` (a password
+# holding an unencoded `@` included); every log line that may show a URL goes through it.
+SCHEMES = ("http", "https")
+OPTIONAL = ("traceback",)  # what a payload carries only when the webhook's `include` names it
 
 
-def mask(text: str) -> str:
-    """`text` with the user:password of every URL in it replaced by `***`."""
-    return _CREDENTIALS.sub(r"\1***@", text)
+class WebhookRefused(ValueError):
+    """A webhook URL that is not http:// or https://: never opened (and never retried)."""
+
+
+def refusal(url: str) -> str | None:
+    """Why `url` is not delivered to (not http:// or https://, or no host), or None."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError as exc:
+        return f"it is not a URL ({exc})"
+    if parts.scheme.lower() not in SCHEMES:
+        return f"its scheme is {parts.scheme or 'missing'!s}, and only http:// and https:// are delivered"
+    if not parts.hostname:
+        return "it names no host"
+    return None
+
+
+def payload_for(hook: Webhook, payload: Mapping[str, Any]) -> dict[str, Any]:
+    """What `hook` is sent of `payload`: without tracebacks (at any depth: an event's `error`
+    carries one) unless the webhook's `include` names `traceback`."""
+    include = set(getattr(hook, "include", ()) or ())
+    dropped = {name for name in OPTIONAL if name not in include}
+
+    def strip(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {k: strip(v) for k, v in value.items() if k not in dropped}
+        if isinstance(value, list | tuple):
+            return [strip(v) for v in value]
+        return value
+
+    return strip(dict(payload)) if dropped else dict(payload)
+
+
+class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow a redirect only to another http:// or https:// URL (urllib would follow ftp://)."""
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> Any:
+        why = refusal(newurl)
+        if why is not None:
+            raise WebhookRefused(f"redirect to {mask(newurl)} refused: {why}")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_HttpOnlyRedirects)
 
 
 def _split_credentials(url: str) -> tuple[str, dict[str, str]]:
@@ -124,8 +168,16 @@ def post(hook: Webhook, payload: Mapping[str, Any], total_s: float) -> None:
     """POST `payload` to `hook` (a user:password in its URL is sent as Basic authorization, not
     as part of the URL), each try bounded by the webhook's timeout, retried with
     backoff until it succeeds or another try would start after `total_s` seconds (so the whole
-    delivery takes at most `total_s` plus one timeout); raises the last error."""
-    body = json.dumps(payload, default=str).encode()
+    delivery takes at most `total_s` plus one timeout); raises the last error.
+
+    Only http:// and https:// URLs are opened, redirects included (validation refuses the others
+    already; a stored run from before that is refused here too: WebhookRefused, logged, no retry).
+    The payload leaves out tracebacks unless the webhook's `include` names `traceback`."""
+    why = refusal(hook.url)
+    if why is not None:
+        log.error("webhook %s refused: %s", mask(hook.url), why)
+        raise WebhookRefused(f"webhook {mask(hook.url)} refused: {why}")
+    body = json.dumps(payload_for(hook, payload), default=str).encode()
     url, auth = _split_credentials(hook.url)
     headers = {"Content-Type": "application/json", "User-Agent": "chordflow", **auth, **hook.headers}
 
@@ -137,7 +189,7 @@ def post(hook: Webhook, payload: Mapping[str, Any], total_s: float) -> None:
     )
     def send() -> None:
         request = urllib.request.Request(url, data=body, headers=headers, method="POST")
-        with urllib.request.urlopen(request, timeout=hook.timeout) as response:
+        with _OPENER.open(request, timeout=hook.timeout) as response:
             response.read()
 
     send()

@@ -8,6 +8,12 @@ The loader parses a file into plain data, then hands it here (`interpolate`):
 3. every other string may then read a variable, else the environment, else the default,
    except a stage's `when`/`condition`, which are expressions evaluated later.
 
+A stage's `run` is a command line, and a variable never changes its shape: a string `run` is
+split into arguments (shlex) *first*, then each argument is interpolated, so `touch out-${name}`
+with name `x INJECTED` is the two arguments `touch` and `out-x INJECTED`. A value filled into an
+argument is written as text (numbers as digits, true/false/null as JSON); a list or mapping would
+add arguments and is refused.
+
 `$${` is a literal `${`. A string that is exactly one reference takes the value's own type
 (a list stays a list); inside longer text a value is written as text. Substituted values are
 counted against a limit, so a large variable used in many places cannot blow up the data.
@@ -20,6 +26,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import shlex
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -88,9 +95,40 @@ class _Interpolator:
             return [self.copy(item, path + (i,)) for i, item in enumerate(value)]
         if isinstance(value, dict):
             return {
-                k: v if _is_expression(path + (k,)) else self.copy(v, path + (k,)) for k, v in value.items()
+                k: v if _is_expression(path + (k,)) else
+                self.argv(v, path + (k,)) if _is_run(path + (k,)) else self.copy(v, path + (k,))
+                for k, v in value.items()
             }
         return value
+
+    def argv(self, value: Any, path: PathT) -> Any:
+        """A stage's `run`, split first (a string) and then interpolated argument by argument."""
+        if isinstance(value, str):
+            if "${" not in value:
+                return value  # the spec splits it
+            try:
+                parts = shlex.split(value)
+            except ValueError as exc:
+                self.report(path, f"run: {value!r} can't be split into arguments: {exc}")
+                return value
+            return [self.argument(part, path) for part in parts]
+        if isinstance(value, list):
+            return [self.argument(item, path + (i,)) if isinstance(item, str) else self.copy(item, path + (i,))
+                    for i, item in enumerate(value)]
+        return self.copy(value, path)
+
+    def argument(self, text: str, path: PathT) -> Any:
+        """One argument of `run`, interpolated: always one argument, never more or none."""
+        if "${" not in text:
+            return text
+        value = self.substitute(text, path)
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (list, dict)):
+            self.report(path, f"{text!r} is a {'list' if isinstance(value, list) else 'mapping'}; a variable in "
+                              "run fills one argument and can't add arguments (write each argument in the list)")
+            return text
+        return _as_text(value)
 
     def substitute(self, text: str, path: PathT) -> Any:
         """`text` with `${name}`/`${name:-default}` replaced and `$${` made a literal `${`.
@@ -150,6 +188,11 @@ class _Interpolator:
 def _is_expression(path: PathT) -> bool:
     """Whether `path` is a stage's `when`/`condition`, evaluated later and so not interpolated."""
     return len(path) == 3 and path[0] == "stages" and path[2] in ("when", "condition")
+
+
+def _is_run(path: PathT) -> bool:
+    """Whether `path` is a stage's `run`, whose arguments a variable must not split or add to."""
+    return len(path) == 3 and path[0] == "stages" and path[2] == "run"
 
 
 def _as_text(value: Any) -> str:

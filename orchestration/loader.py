@@ -42,11 +42,14 @@ from yaml.events import (
 )
 
 from .errors import InvalidPipeline, Problem
+from .ids import is_stage_id
 from .interpolation import interpolate
+from .spec import Limits
 
 MAX_FILE_BYTES = 10 * 1024 * 1024
 MAX_DEPTH = 64
 MAX_NODES = 1_000_000  # after alias expansion
+MAX_DIGITS = 1000  # an integer written longer is refused unread (int() refuses 4,300 decimal digits)
 
 Key = str | int
 PathT = tuple[Key, ...]
@@ -100,7 +103,8 @@ class Document:
 
 
 def load_document(
-    path: str | Path, overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
+    path: str | Path, overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None,
+    limits: Limits | None = None,
 ) -> Document:
     """Read, parse and interpolate the pipeline file at `path`; raise InvalidPipeline on any problem."""
     source = str(path)
@@ -117,7 +121,7 @@ def load_document(
     if size > MAX_FILE_BYTES:
         raise InvalidPipeline([Problem(f"{source} is {size:,} bytes; the limit is 10 MiB", source=source)])
     with gc_paused():
-        return load_text(raw, source, overrides, env)
+        return load_text(raw, source, overrides, env, limits)
 
 
 @contextmanager
@@ -142,6 +146,7 @@ def load_text(
     source: str = "<string>",
     overrides: Mapping[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
+    limits: Limits | None = None,
 ) -> Document:
     """Parse and interpolate pipeline `text` (YAML or JSON); raise InvalidPipeline on any problem.
 
@@ -157,7 +162,7 @@ def load_text(
     if len(text) > MAX_FILE_BYTES:
         raise InvalidPipeline([Problem(f"{source} is over the limit of 10 MiB", source=source)])
     try:
-        reader = _Reader(source)
+        reader = _Reader(source, limits or Limits())
         document = reader.read(_decode(text, source))
         env = os.environ if env is None else env
         walk = reader.references or reader.aliased
@@ -180,7 +185,10 @@ def parse_override(item: str) -> tuple[str, Any]:
             f"--set {item!r} must be NAME=VALUE, NAME being letters, digits and _ (not starting with a digit)"
         )
         raise InvalidPipeline([Problem(message, source="--set")])
-    return name, _plain(value) if value else ""
+    try:
+        return name, _plain(value) if value else ""
+    except ValueError:  # a decimal integer of thousands of digits
+        raise InvalidPipeline([Problem(f"--set {name}: {_too_many_digits(value, Limits())}", source="--set")]) from None
 
 
 def _decode(raw: bytes, source: str) -> str:
@@ -214,8 +222,9 @@ class _Open:
 class _Reader:
     """Python data from libyaml events, built iteratively with the limits checked on each event."""
 
-    def __init__(self, source: str):
+    def __init__(self, source: str, limits: Limits):
         self.source = source
+        self.limits = limits
         self.lines: dict[PathT, int] = {(): 1}
         self.problems: list[tuple[PathT, int | None, str]] = []
         self.open: list[_Open] = []
@@ -292,7 +301,11 @@ class _Reader:
         else:
             self._check_node(event, line)
         if tag is None and event.implicit[0]:
-            value = _plain(event.value)
+            try:
+                value = _plain(event.value)
+            except ValueError:  # only a decimal integer too long to read
+                self.problems.append((self._child_path() or (), line, _too_many_digits(event.value, self.limits)))
+                value = None
         elif tag is None or tag == "!":
             value = event.value  # quoted, or `!`: always a string
         else:
@@ -300,10 +313,10 @@ class _Reader:
                 value = _construct(tag, event.value)
             except (ValueError, KeyError):
                 shown = tag.replace(_Y, "!!")
-                self.problems.append(
-                    (self._child_path() or (), line, f"{event.value!r} is not a valid {shown}")
-                )
-                value = event.value
+                text = event.value if len(event.value) <= 40 else \
+                    f"{event.value[:40]}... ({len(event.value):,} characters)"
+                self.problems.append((self._child_path() or (), line, f"{text!r} is not a valid {shown}"))
+                value = None
         if type(value) is str and "${" in value:
             self.references = True
         if event.anchor is not None:
@@ -428,12 +441,19 @@ def _construct(tag: str, text: str) -> Any:
         return {"true": True, "false": False}[text.lower()]
     if tag == _INT:
         base = {"0o": 8, "0x": 16}.get(text[:2].lower(), 10)
+        if len(text) > MAX_DIGITS:  # int() of it would refuse or be slow; no file needs such a number
+            raise ValueError(text)
         return int(text[2:] if base != 10 else text, base)
     if tag == _FLOAT:
         if text.lower().lstrip("+-") in (".inf", ".nan"):
             text = text.replace(".", "", 1)
         return float(text)
     raise ValueError(tag)  # !!seq or !!map on a scalar
+
+
+def _too_many_digits(text: str, limits: Limits) -> str:
+    return (f"an integer of {len(text.lstrip('+-')):,} digits is too large: integers may be at most "
+            f"{limits.max_integer:,} (max_integer)")
 
 
 def _syntax_problem(exc: yaml.YAMLError, text: str, source: str) -> Problem:
@@ -467,7 +487,7 @@ def _problem(data: dict[str, Any], source: str, path: PathT, line: int | None, m
         stages = data.get("stages")
         if isinstance(stages, list) and path[1] < len(stages) and isinstance(stages[path[1]], dict):
             candidate = stages[path[1]].get("id")
-            stage_id = candidate if isinstance(candidate, str) else None
+            stage_id = candidate if isinstance(candidate, str) and is_stage_id(candidate) else None
     shown = path[2:] if stage_id is not None else path
     where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in shown).lstrip(".")
     return Problem(f"{where}: {message}" if where else message, stage_id=stage_id, line=line, source=source)

@@ -1,4 +1,8 @@
-"""Following a run on the terminal: a live table on a TTY, one line per event otherwise."""
+"""Following a run on the terminal: a live table on a TTY, one line per event otherwise.
+
+Every name, id, host and error shown comes from a pipeline file or a stage: each goes to the
+terminal as a `Text` made terminal-safe (`render.term`), never as rich markup, and no control
+character of it reaches the terminal."""
 
 from __future__ import annotations
 
@@ -9,8 +13,10 @@ from typing import Any
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from .api import Client
+from .render import term
 from .store import RUN_FINAL, TERMINAL
 
 STATE_STYLE = {
@@ -29,8 +35,8 @@ def status_table(status: dict[str, Any], now: float | None = None) -> Table:
     eta = ""
     if 0 < done < total and status["status"] not in RUN_FINAL:
         eta = f" · ETA {elapsed / done * (total - done):.0f}s"
-    table = Table(title=f"{status['pipeline']} · run {status['run_id']} · {status['status']} · "
-                        f"{done}/{total} stages ({100 * done // total}%) · {elapsed:.1f}s{eta}",
+    table = Table(title=term(f"{status['pipeline']} · run {status['run_id']} · {status['status']} · "
+                             f"{done}/{total} stages ({100 * done // total}%) · {elapsed:.1f}s{eta}"),
                   title_justify="left")
     for column in ("stage", "state", "attempts", "host", "queue", "time", "detail"):
         table.add_column(column)
@@ -43,12 +49,13 @@ def status_table(status: dict[str, Any], now: float | None = None) -> Table:
         if s.get("error"):
             detail = f"{s['error'].get('type')}: {s['error'].get('message', '')}"[:80]
         style = STATE_STYLE.get(s["state"], "")
-        table.add_row(sid, f"[{style}]{s['state']}[/]", str(s["attempts"] or ""), s.get("host") or "",
-                      s.get("queue") or "", took, detail)
+        table.add_row(term(sid), term(s["state"], style=style), str(s["attempts"] or ""), term(s.get("host") or ""),
+                      term(s.get("queue") or ""), took, term(detail))
     return table
 
 
 def event_line(event: dict[str, str]) -> str:
+    """One line of a non-TTY `follow` (raw: print it with `event_text`)."""
     stamp = datetime.fromtimestamp(float(event.get("t", time.time()))).strftime("%H:%M:%S.%f")[:-3]
     if event.get("kind") == "run":
         return f"{stamp}  run {event.get('state')}"
@@ -63,13 +70,18 @@ def event_line(event: dict[str, str]) -> str:
     return f"{stamp}  {where} {event.get('state')}{extra}"
 
 
+def event_text(event: dict[str, str]) -> Text:
+    """`event_line` as terminal-safe Text: no markup read, no control character printed."""
+    return term(event_line(event))
+
+
 def follow(client: Client, run_id: str, console: Console, timeout_s: float | None = None,
            items: bool = False) -> str:
     """Show the run until it ends; returns its final status."""
     if not console.is_terminal:
         def show(event: dict[str, str]) -> None:
             if items or event.get("kind") != "item":
-                console.print(event_line(event), highlight=False)
+                console.print(event_text(event), highlight=False)
 
         return client.follow(run_id, timeout_s, on_event=show)
     last = 0.0

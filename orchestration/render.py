@@ -11,7 +11,10 @@ are generated (`s0`, `s1`, ...), never taken from the file.
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Mapping
+
+from rich.text import Text
 
 from .resolve import Node, RunGraph
 
@@ -28,6 +31,32 @@ STATE_COLOURS: dict[str, str] = {
     "fallback": "#fecba1",
 }
 CRITICAL_COLOUR = "#d63384"
+
+
+# -- text for a terminal -------------------------------------------------------------------
+
+# C0 controls, DEL and C1 controls (ESC starts escape sequences; U+009B is a one-character CSI)
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _visible(match: re.Match[str]) -> str:
+    return f"\\x{ord(match.group()):02x}"
+
+
+def terminal_safe(text: object, keep: str = "\n\t") -> str:
+    """`text` with every control character but those in `keep` written as a visible escape
+    (ESC → `\\x1b`), so a name, an error or a log line cannot move the cursor, clear the
+    screen or retitle the terminal."""
+    text = str(text)
+    if not _CONTROLS.search(text):
+        return text
+    return _CONTROLS.sub(lambda m: m.group() if m.group() in keep else _visible(m), text)
+
+
+def term(text: object, style: str = "") -> Text:
+    """A rich Text of `text` made terminal-safe: rich reads no `[markup]` in it and no control
+    character reaches the terminal (a table cell or title of user-supplied text)."""
+    return Text(terminal_safe(text, keep=""), style=style)
 
 
 def fan_out_label(node: Node) -> str | None:
@@ -107,6 +136,7 @@ def to_mermaid(graph: RunGraph, states: Mapping[str, str] | None = None, directi
 
 def _dot_string(text: str) -> str:
     """A double-quoted DOT string holding `text` literally."""
+    text = terminal_safe(text, keep="\n\r")  # other controls: visible escapes, then escaped as text
     escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
     return f'"{escaped}"'
 

@@ -10,12 +10,14 @@ and selection. It is stored once per run; messages carry only ids.
 from __future__ import annotations
 
 import itertools
+import math
 from functools import cached_property
 from typing import Any
 
 from pydantic import Field
 
 from . import graph
+from .errors import InvalidPipeline, Problem
 from .routing import queue_for
 from .selection import Selectable, select
 from .settings import Settings
@@ -116,7 +118,11 @@ def file_policy(stage: Stage, spec: PipelineSpec, _dumps: dict[int, dict[str, An
     return merged
 
 
-def matrix_instances(matrix: dict[str, tuple[Any, ...]]) -> tuple[dict[str, Any], ...]:
+def matrix_instances(matrix: dict[str, tuple[Any, ...]], limit: int | None = None) -> tuple[dict[str, Any], ...]:
+    """Every combination of the axes' values; InvalidPipeline, before expanding, if over `limit`."""
+    if limit is not None and math.prod(len(v) for v in matrix.values()) > limit:
+        raise InvalidPipeline(f"a matrix of {' x '.join(str(len(v)) for v in matrix.values())} makes over "
+                              f"{limit:,} instances, the limit (max_matrix_instances)")
     axes = list(matrix)
     return tuple(dict(zip(axes, combo)) for combo in itertools.product(*(matrix[a] for a in axes)))
 
@@ -126,6 +132,11 @@ def resolve(spec: PipelineSpec, settings: Settings | None = None, selection: str
     """The flat run graph of a validated spec, with `selection` applied (DESIGN §2)."""
     settings = settings or Settings()
     enabled = [s for s in spec.stages if s.enabled]
+    # A spec built without validate_data (PipelineSpec.model_validate) was never held to the limits.
+    expanded = sum(math.prod(len(v) for v in s.matrix.values()) if s.matrix else 1 for s in enabled)
+    if expanded > settings.max_stages:
+        raise InvalidPipeline([Problem(f"the pipeline has {expanded:,} stages once matrices are expanded; "
+                                       f"the limit is {settings.max_stages:,} (max_stages)")])
     deps = effective_needs(spec.stages)
     if selection:
         chosen = set(select(
@@ -152,7 +163,7 @@ def resolve(spec: PipelineSpec, settings: Settings | None = None, selection: str
             resources=resources, retry=file_policy(s, spec, dumps),
             timeout_s=s.timeout if s.timeout is not None else spec.defaults.timeout,
             when=s.when, critical=s.critical, for_each=s.for_each, max_concurrency=s.max_concurrency,
-            matrix=matrix_instances(s.matrix) if s.matrix else None,
+            matrix=matrix_instances(s.matrix, settings.max_matrix_instances) if s.matrix else None,
             fallback=s.fallback, cache=s.cache, estimate_s=est[sid], order=s.order, level=levels[sid],
             tags=s.tags, on_critical_path=sid in on_path,
             priority=CRITICAL_PRIORITY if sid in on_path else NORMAL_PRIORITY,

@@ -7,13 +7,14 @@ passed in; nothing reads the environment after that.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -48,9 +49,9 @@ class Settings(BaseSettings):
 
     # -- what a pipeline file can make a worker do (docs/security.md) ------------------------------
     shell_enabled: bool = Field(True, description="false: the `shell` built-in fails every stage that uses it")
-    shell_allow: tuple[str, ...] = Field(
+    shell_allow: Annotated[tuple[str, ...], NoDecode] = Field(
         (), description="programs `shell` may run (argv[0], by name or absolute path); empty means any")
-    stage_env_pass: tuple[str, ...] = Field(
+    stage_env_pass: Annotated[tuple[str, ...], NoDecode] = Field(
         (), description="worker environment variables passed to stage processes although they are "
                         "withheld by default (every CHORDFLOW_* variable is withheld)")
     shell_timeout_s: float = Field(3600.0, description="a shell stage's timeout when the file sets none")
@@ -72,6 +73,17 @@ class Settings(BaseSettings):
         16 * 1024 * 1024, description="JSON size of a fan-out stage's assembled output")
     webhook_timeout_cap_s: float = Field(60.0, description="the longest `timeout` a webhook may have")
     redis_timeout_s: float = Field(5.0, description="CLI commands give up on an unreachable Redis after this")
+
+    @field_validator("shell_allow", "stage_env_pass", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        """`CHORDFLOW_SHELL_ALLOW=echo,seq` as well as a JSON list or a list in the config file."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return tuple(part.strip() for part in text.split(",") if part.strip())
+        return value
 
     @classmethod
     def load(cls, **overrides: Any) -> Settings:

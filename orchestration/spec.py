@@ -9,9 +9,12 @@ file → model → file → model is lossless.
 
 from __future__ import annotations
 
+import math
 import shlex
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -19,22 +22,87 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_serializer,
     model_validator,
 )
 
-from .durations import parse_duration
+from .durations import describe_seconds, parse_duration
 from .ids import is_stage_id
+
+if TYPE_CHECKING:
+    from .settings import Settings
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one pipeline file may ask for, checked when it is validated (docs/pipeline-file.md, "Limits").
+
+    Built from the fleet's Settings (`Limits.from_settings`); the defaults are the settings' defaults.
+    `validate_data`/`load_pipeline` pass it to the models as pydantic context (`{"limits": ...}`), so
+    the limits apply to files and builders, never to a stored run graph read back.
+    """
+
+    max_stages: int = 20_000
+    max_matrix_instances: int = 1_000
+    max_fanout_items: int = 100_000
+    max_duration_s: float = 30 * 86400.0
+    max_integer: int = 2**53
+    condition_max_steps: int = 10_000
+    webhook_timeout_cap_s: float = 60.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        return cls(**{name: getattr(settings, name) for name in cls.__dataclass_fields__})
+
+
+def limits_of(info: ValidationInfo | None) -> Limits | None:
+    """The Limits a validation was given as context, None when it was given none (a stored graph)."""
+    context = info.context if info is not None else None
+    limits = context.get("limits") if isinstance(context, dict) else None
+    return limits if isinstance(limits, Limits) else None
+
+
+def _bounded_duration(value: Any, info: ValidationInfo) -> float:
+    seconds = parse_duration(value)
+    limits = limits_of(info)
+    if limits is not None and seconds > limits.max_duration_s:
+        raise ValueError(f"{shown(value)} is longer than the limit of {describe_seconds(limits.max_duration_s)} "
+                         f"(max_duration_s = {limits.max_duration_s:g})")
+    return seconds
+
+
+def shown(value: Any, width: int = 40) -> str:
+    """`value` for a problem line, cut short: a 100,000-digit integer must not fill the terminal."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        digits = int(value.bit_length() * math.log10(2)) + 1  # str() of a huge int may itself refuse
+        return f"an integer of about {digits:,} digits"
+    text = {True: "true", False: "false", None: "null"}.get(value, None) \
+        if value is None or isinstance(value, bool) else repr(value)
+    assert text is not None
+    return text if len(text) <= width else f"{text[:width]}... ({len(text):,} characters)"
+
+
+def as_text(value: Any) -> Any:
+    """A number where text is expected (`run: [seq, 1]`, `env: {A: 1}`) becomes its text, as GitHub
+    Actions and docker compose do; true/false/null, lists and mappings are left for validation to refuse."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, float) and not math.isfinite(value):
+            return value
+        if isinstance(value, int) and value.bit_length() > 128:
+            return value  # left for the max_integer check to refuse
+        return str(value)
+    return value
 
 DURATION_SCHEMA: dict[str, Any] = {
     "anyOf": [{"type": "number", "minimum": 0},
               {"type": "string", "pattern": r"^\s*(\d+(\.\d+)?\s*(ms|s|m|h|d|w)?\s*)+$"}],
     "description": "seconds, or a number with a unit: 250ms, 30s, 5m, 1h, 1d, 1h30m",
 }
-Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0), WithJsonSchema(DURATION_SCHEMA)]
-"""Seconds; the file may say `30s`, `5m`, `1h` or a number."""
+Duration = Annotated[float, BeforeValidator(_bounded_duration), Field(ge=0), WithJsonSchema(DURATION_SCHEMA)]
+"""Seconds; the file may say `30s`, `5m`, `1h` or a number (at most Limits.max_duration_s when validated)."""
 
 
 def _extend_schema(extra: dict[str, Any], shorthands: dict[str, Any] | None = None,
@@ -153,6 +221,29 @@ class Webhook(Model):
     events: tuple[str, ...] = ("run_complete",)
     timeout: Duration = 5.0
     headers: dict[str, str] = Field(default_factory=dict)
+    include: tuple[Literal["traceback"], ...] = ()
+    """What payloads carry beyond the default: `traceback` (left out unless included)."""
+
+    @field_validator("url")
+    @classmethod
+    def _http_only(cls, value: str) -> str:
+        try:
+            parts = urlsplit(value)
+        except ValueError as exc:
+            raise ValueError(f"{shown(value)} is not a URL: {exc}") from None
+        if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"{shown(value)} is not an http:// or https:// URL; webhooks may use only those")
+        return value
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout_cap(cls, value: float, info: ValidationInfo) -> float:
+        limits = limits_of(info)
+        if limits is not None and value > limits.webhook_timeout_cap_s:
+            raise ValueError(f"{describe_seconds(value)} is longer than the limit of "
+                             f"{describe_seconds(limits.webhook_timeout_cap_s)} "
+                             f"(webhook_timeout_cap_s = {limits.webhook_timeout_cap_s:g})")
+        return value
 
 
 class LoggingConfig(Model):
@@ -243,6 +334,10 @@ class Stage(Model):
             data["retry"] = _retries_to_policy(data.pop("max_retries", None), data.pop("retry_delay_seconds", None))
         if isinstance(data.get("run"), str):
             data["run"] = shlex.split(data["run"])
+        if isinstance(data.get("run"), (list, tuple)):
+            data["run"] = [as_text(arg) for arg in data["run"]]
+        if isinstance(data.get("env"), dict):
+            data["env"] = {name: as_text(value) for name, value in data["env"].items()}
         if isinstance(data.get("needs"), str):
             data["needs"] = [data["needs"]]
         return data
@@ -273,6 +368,15 @@ class Stage(Model):
             for axis, values in value.items():
                 if not values:
                     raise ValueError(f"matrix axis '{axis}' has no values")
+        return value
+
+    @field_validator("max_concurrency")
+    @classmethod
+    def _concurrency_cap(cls, value: int | None, info: ValidationInfo) -> int | None:
+        limits = limits_of(info)
+        if value is not None and limits is not None and value > limits.max_fanout_items:
+            raise ValueError(f"{shown(value)} is more than the limit of {limits.max_fanout_items:,} "
+                             "(max_fanout_items): no fan-out can have that many items at once")
         return value
 
     @model_validator(mode="after")

@@ -51,10 +51,20 @@ def connect(settings: Settings, timeout_s: float | None = None) -> redis.Redis:
     """A client for the configured URL (redis:// or rediss://, with AUTH if the URL has it).
 
     With `timeout_s`, a client that fails fast instead: no connection retries, every call
-    bounded by `timeout_s` (lease renewal must notice a cut link within a heartbeat).
+    bounded by `timeout_s` (lease renewal must notice a cut link within a heartbeat). Inside
+    `redis_url.fail_fast()` (every command-line command) the client always fails fast, within
+    `settings.redis_timeout_s`. A malformed URL raises `redis_url.InvalidRedisUrl` (a ValueError).
     """
+    from . import redis_url  # here: connect() is the only part of this module that needs it
+
     if not settings.redis_url:
         raise ValueError("no Redis URL configured (set CHORDFLOW_REDIS_URL)")
+    redis_url.check(settings.redis_url)  # InvalidRedisUrl (a ValueError, exit 2) says what is wrong
+    mode = redis_url.current()
+    if mode is not None:  # a command-line command: give up within its time limit, never loop
+        mode.urls.append(settings.redis_url)
+        limit = mode.timeout_s if mode.timeout_s is not None else settings.redis_timeout_s
+        timeout_s = limit if timeout_s is None else min(timeout_s, limit)
     if timeout_s is not None:
         quick: dict[str, Any] = {"decode_responses": True, "socket_timeout": timeout_s,
                                  "socket_connect_timeout": timeout_s, "retry": Retry(ExponentialBackoff(), 0)}

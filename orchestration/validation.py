@@ -9,6 +9,7 @@ together, each with its stage id and line.
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +19,10 @@ from pydantic import ValidationError
 
 from . import expressions, graph
 from .errors import InvalidPipeline, Problem
+from .ids import is_stage_id
 from .loader import Document, gc_paused, load_document, load_text
 from .settings import Settings
-from .spec import PipelineSpec, Stage
+from .spec import Limits, PipelineSpec, Stage, shown
 
 LineOf = Callable[..., "int | None"]
 _FIELDS = set(Stage.model_fields) | {
@@ -34,15 +36,20 @@ def load_pipeline(
     env: Mapping[str, str] | None = None,
     settings: Settings | None = None,
 ) -> PipelineSpec:
-    """Read, interpolate and validate a pipeline file; raise InvalidPipeline with every problem."""
-    document = load_document(path, overrides=overrides, env=env)
+    """Read, interpolate and validate a pipeline file; raise InvalidPipeline with every problem.
+
+    The limits are `settings`' (docs/pipeline-file.md, "Limits"); without settings, the environment's."""
+    settings = settings or Settings()
+    document = load_document(path, overrides=overrides, env=env, limits=Limits.from_settings(settings))
     with gc_paused():
         return validate_document(document, settings)
 
 
 def load_pipeline_text(text: str, source: str = "<string>", overrides: Mapping[str, Any] | None = None,
                        env: Mapping[str, str] | None = None, settings: Settings | None = None) -> PipelineSpec:
-    return validate_document(load_text(text, source, overrides=overrides, env=env), settings)
+    settings = settings or Settings()
+    document = load_text(text, source, overrides=overrides, env=env, limits=Limits.from_settings(settings))
+    return validate_document(document, settings)
 
 
 def validate_document(doc: Document, settings: Settings | None = None) -> PipelineSpec:
@@ -50,21 +57,102 @@ def validate_document(doc: Document, settings: Settings | None = None) -> Pipeli
 
 
 def validate_data(data: Mapping[str, Any], line_of: LineOf | None = None, source: str | None = None,
-                  settings: Settings | None = None) -> PipelineSpec:
-    """Validate already-parsed data (a file's or a builder's)."""
+                  settings: Settings | None = None, limits: Limits | None = None) -> PipelineSpec:
+    """Validate already-parsed data (a file's or a builder's) within `limits` (default: `settings`')."""
     line_of = line_of or (lambda *path: None)
-    problems: list[Problem] = []
+    settings = settings or Settings()
+    limits = limits or Limits.from_settings(settings)
+    if not isinstance(data, Mapping):
+        raise InvalidPipeline([Problem("a pipeline must be a mapping (name: ..., stages: ...)", source=source)])
+    problems = _size_problems(data, line_of, source, limits)
+    if problems and len(_raw_stages(data)) > limits.max_stages:
+        raise InvalidPipeline(problems, source)  # fail fast: validating every stage would take long
+    problems.extend(_value_problems(data, line_of, source, limits))
     spec: PipelineSpec | None = None
     try:
-        spec = PipelineSpec.model_validate(data)
+        spec = PipelineSpec.model_validate(data, context={"limits": limits})
     except ValidationError as exc:
         problems.extend(_field_problems(exc, data, line_of, source))
     views = [_StageView.of(i, raw, spec) for i, raw in enumerate(_raw_stages(data))]
-    problems.extend(_cross_stage_problems(views, data, spec, line_of, source, settings or Settings()))
-    if problems:
+    problems.extend(_cross_stage_problems(views, data, spec, line_of, source, settings, limits))
+    if problems or spec is None:
+        if not problems:  # pragma: no cover (every refusal names its field; a last line of defence)
+            problems.append(Problem("the pipeline is not valid", source=source))
         raise InvalidPipeline(sorted(problems, key=lambda p: (p.line or 0, p.message)), source)
-    assert spec is not None
     return spec
+
+
+def _size_problems(data: Mapping[str, Any], line_of: LineOf, source: str | None, limits: Limits) -> list[Problem]:
+    """Stages and matrix instances over the limits, counted on the raw data before anything is expanded."""
+    problems: list[Problem] = []
+    raw_stages = _raw_stages(data)
+    total = 0
+    for i, raw in enumerate(raw_stages):
+        matrix = raw.get("matrix") if isinstance(raw, dict) else None
+        instances = 1
+        if isinstance(matrix, dict):
+            for values in matrix.values():
+                if isinstance(values, list):
+                    instances *= max(len(values), 1)
+                    if instances > limits.max_matrix_instances:
+                        break  # the product of many axes can be astronomically large: stop counting
+            if instances > limits.max_matrix_instances:
+                sizes = " x ".join(str(len(v)) for v in matrix.values() if isinstance(v, list))
+                sid = _named(raw.get("id"))
+                problems.append(Problem(
+                    f"matrix: {sizes} makes over {limits.max_matrix_instances:,} instances, the limit "
+                    "(max_matrix_instances); split the stage or use fewer values", sid,
+                    line_of("stages", i, "matrix"), source))
+                instances = 1
+        total += instances
+    if total > limits.max_stages:
+        what = f"{len(raw_stages):,} stages" if total == len(raw_stages) else \
+            f"{total:,} stages once matrices are expanded"
+        problems.append(Problem(f"the pipeline has {what}; the limit is {limits.max_stages:,} (max_stages)",
+                                None, line_of("stages"), source))
+    return problems
+
+
+def _value_problems(data: Mapping[str, Any], line_of: LineOf, source: str | None,
+                    limits: Limits) -> list[Problem]:
+    """Integers beyond max_integer and NaN or infinite numbers, anywhere in the data."""
+    problems: list[Problem] = []
+    bound = limits.max_integer
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(data, ())]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, dict):
+            stack.extend((v, path + (k,)) for k, v in value.items() if not isinstance(v, str))
+            continue
+        if isinstance(value, list):
+            stack.extend((v, path + (i,)) for i, v in enumerate(value) if not isinstance(v, str))
+            continue
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int) and not -bound <= value <= bound:
+            message = f"{shown(value)} is larger than the limit of {bound:,} (max_integer)"
+        elif isinstance(value, float) and not math.isfinite(value):
+            message = f"{value!r} is not allowed: numbers must be finite (no NaN or infinity)"
+        else:
+            continue
+        problems.append(_problem_at(data, path, message, line_of, source))
+    return problems
+
+
+def _problem_at(data: Mapping[str, Any], path: tuple[Any, ...], message: str, line_of: LineOf,
+                source: str | None) -> Problem:
+    stage_id, where = None, path
+    if len(path) >= 2 and path[0] == "stages" and isinstance(path[1], int):
+        raw = _raw_stages(data)[path[1]]
+        stage_id = _named(raw.get("id")) if isinstance(raw, dict) else None
+        where = path[2:]
+    text = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in where).lstrip(".")
+    return Problem(f"{text}: {message}" if text else message, stage_id, line_of(*path), source)
+
+
+def _named(stage_id: Any) -> str | None:
+    """A stage id to name a problem by: only a valid one (an id with a newline would break the line)."""
+    return stage_id if isinstance(stage_id, str) and is_stage_id(stage_id) else None
 
 
 def _raw_stages(data: Mapping[str, Any]) -> list[Any]:
@@ -76,7 +164,7 @@ def _field_problems(exc: ValidationError, data: Mapping[str, Any], line_of: Line
                     source: str | None) -> list[Problem]:
     problems: list[Problem] = []
     errors = exc.errors(include_url=False)
-    fields_with_deeper_errors = {e["loc"][:3] for e in errors if len(e["loc"]) > 3}
+    fields_with_deeper_errors = {e["loc"][:3] for e in errors if len(e["loc"]) > 3 and e["type"] != "string_type"}
     stage_errors = any(len(e["loc"]) > 1 and e["loc"][0] == "stages" for e in errors)
     for err in errors:
         loc = tuple(err["loc"])
@@ -91,7 +179,7 @@ def _field_problems(exc: ValidationError, data: Mapping[str, Any], line_of: Line
         stage_id = None
         if len(path) >= 2 and path[0] == "stages":
             raw = _raw_stages(data)[path[1]] if isinstance(path[1], int) else None
-            stage_id = raw.get("id") if isinstance(raw, dict) and isinstance(raw.get("id"), str) else None
+            stage_id = _named(raw.get("id")) if isinstance(raw, dict) else None
             path_in_stage = path[2:]
         else:
             path_in_stage = path
@@ -104,9 +192,7 @@ def _real_path(data: Any, loc: tuple[Any, ...]) -> tuple[Any, ...]:
     path: list[Any] = []
     node = data
     for part in loc:
-        if isinstance(node, Mapping) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+        if isinstance(node, Mapping) and part in node or isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
             node = node[part]
         elif isinstance(node, Mapping) and isinstance(part, str) and part not in node and part[:1].islower():
             path.append(part)  # an unknown or missing key: name it
@@ -126,6 +212,8 @@ def _describe(err: Mapping[str, Any], path: tuple[Any, ...]) -> str:
         return f"unknown key '{key}'" + (f" (did you mean '{close[0]}'?)" if close else "")
     if err["type"] == "missing":
         return f"'{where}' is required"
+    if err["type"] == "string_type":  # true, null, a list or a mapping where text is expected
+        msg = f"{shown(err.get('input'))} is not text; quote it if it is meant as text"
     return f"{where}: {msg}" if where else msg
 
 
@@ -230,12 +318,13 @@ def _reaches(deps: Mapping[str, list[str]], start: str, target: str) -> bool:
 
 
 def _cross_stage_problems(views: list[_StageView], data: Mapping[str, Any], spec: PipelineSpec | None,
-                          line_of: LineOf, source: str | None, settings: Settings) -> list[Problem]:
+                          line_of: LineOf, source: str | None, settings: Settings,
+                          limits: Limits) -> list[Problem]:
     problems: list[Problem] = []
 
     def add(message: str, view: _StageView | None, *path: Any) -> None:
         line = line_of("stages", view.index, *path) if view is not None else line_of(*path)
-        problems.append(Problem(message, view.id if view else None, line, source))
+        problems.append(Problem(message, _named(view.id) if view else None, line, source))
 
     first_seen: dict[str, _StageView] = {}
     for v in views:
@@ -271,7 +360,7 @@ def _cross_stage_problems(views: list[_StageView], data: Mapping[str, Any], spec
     id_set = set(ids)
     for v in views:
         if v.when is not None:
-            for message in expressions.check(v.when, variables, id_set):
+            for message in expressions.check(v.when, variables, id_set, max_integer=limits.max_integer):
                 add(message, v, "when" if "when" in (_raw_stages(data)[v.index] or {}) else "condition")
 
     policies: Mapping[str, Any] = data["retry_policies"] if isinstance(data.get("retry_policies"), Mapping) else {}

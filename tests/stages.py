@@ -227,3 +227,12 @@ def stubborn(ctx, seconds: float = 2.0, size: int = 0) -> Any:
 def blob(ctx, size: int = 1000) -> str:
     """Return `size` bytes of text (a fan-out item whose outputs add up)."""
     return "x" * size
+
+
+# -- the worker policy (tests/integration/test_worker_policy.py) ----------------------------------
+@stage("test.chatty")
+def chatty(ctx, lines: int = 100) -> int:
+    """Write `lines` lines to the run's logs through ctx.log."""
+    for i in range(lines):
+        ctx.log.warning(f"chatty line {i}")
+    return lines

@@ -222,7 +222,7 @@ class Attempt:
             try:
                 go = expressions.evaluate(node.when, variables=self.graph.variables, outputs=ctx.inputs,
                                           context=store.context(self.run_id), matrix=ctx.matrix or None,
-                                          item=ctx.item)
+                                          item=ctx.item, max_steps=self.env.settings.condition_max_steps)
             except ValueError as exc:
                 return self.fail(FailStage(str(exc)), kind="ConditionError")
             if not go:
