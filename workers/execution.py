@@ -127,8 +127,8 @@ def error_record(exc: BaseException, attempt: int, retryable: bool) -> dict[str,
     }
     if isinstance(exc, StageTimeout):
         record.update(timeout=True, exit_code=exc.returncode)
-    elif getattr(exc, "returncode", None) is not None:
-        record["exit_code"] = exc.returncode
+    elif (code := getattr(exc, "returncode", None)) is not None:
+        record["exit_code"] = code
     return record
 
 
@@ -393,7 +393,7 @@ def _context(env: WorkerEnv, graph: RunGraph, node: Node, run_id: str, attempt: 
             matrix = node.matrix[item]
             item_value = matrix
         else:
-            item_value = outputs[node.for_each][item]
+            item_value = outputs[node.for_each or ""][item]
     return StageContext(env.store, run_id, node.id, attempt, inputs, graph.variables, item_value, item, matrix,
                         node.timeout_s, node.env, node.cwd, node.run)
 
