@@ -153,23 +153,31 @@ class Dispatcher:
         """Fail a stage that no attempt holds (decided outside a worker's attempt), keep its error,
         and advance the run. False if the stage had already ended or an attempt holds it."""
         graph = self.store.graph(run_id)
-        ready = self._close(run_id, graph, graph.node(stage_id), "failed", error=error)
-        if ready:
-            self.dispatch(run_id, graph, ready)
-        return self.store.states(run_id).get(stage_id) == "failed"
+        commit = self._settle(run_id, graph, graph.node(stage_id), "failed", error=error)
+        if commit.verdict != "ok":
+            return False
+        if commit.ready:
+            self.dispatch(run_id, graph, commit.ready)
+        return True
 
     def _close(self, run_id: str, graph: RunGraph, node: Node, outcome: str, output: str = "",
                error: dict[str, Any] | None = None) -> list[str]:
+        """End a stage decided here (not by an attempt); returns the stages it made ready, for the
+        caller to send."""
+        commit = self._settle(run_id, graph, node, outcome, output, error)
+        return commit.ready if commit.verdict == "ok" else []
+
+    def _settle(self, run_id: str, graph: RunGraph, node: Node, outcome: str, output: str = "",
+                error: dict[str, Any] | None = None) -> Commit:
         commit = self.store.finish(
             run_id, graph, node.id, None, "", outcome, output, error,
             children=self.children(run_id, graph, node.id),
             descendants=self.blocked_by(run_id, graph, node.id, outcome),
             run_hook=True,  # decided outside a worker, which alone knows its Python hooks: always announce
         )
-        if commit.verdict != "ok":
-            return []
-        self.advance(run_id, graph, commit, node.id, send_ready=False)  # the caller sends them
-        return commit.ready
+        if commit.verdict == "ok":
+            self.advance(run_id, graph, commit, node.id, send_ready=False)  # the caller sends them
+        return commit
 
 
 def _error(kind: str, message: str) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from typing import Any
 from tenacity import retry, retry_if_exception, stop_before_delay, wait_exponential
 
 from .redis_url import mask
-from .spec import Webhook
+from .spec import Webhook, webhook_url_problem
 
 log = logging.getLogger("chordflow.hooks")
 KINDS = ("stage_start", "stage_complete", "stage_error", "run_complete", "run_paused", "run_resumed")
@@ -95,7 +95,6 @@ def wants(hook: Webhook, payload: Mapping[str, Any]) -> bool:
 
 # mask(text): `text` with the user:password of every URL in it replaced by `***` (a password
 # holding an unencoded `@` included); every log line that may show a URL goes through it.
-SCHEMES = ("http", "https")
 OPTIONAL = ("traceback",)  # what a payload carries only when the webhook's `include` names it
 
 
@@ -103,23 +102,15 @@ class WebhookRefused(ValueError):
     """A webhook URL that is not http:// or https://: never opened (and never retried)."""
 
 
-def refusal(url: str) -> str | None:
-    """Why `url` is not delivered to (not http:// or https://, or no host), or None."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError as exc:
-        return f"it is not a URL ({exc})"
-    if parts.scheme.lower() not in SCHEMES:
-        return f"its scheme is {parts.scheme or 'missing'!s}, and only http:// and https:// are delivered"
-    if not parts.hostname:
-        return "it names no host"
-    return None
+# Why a URL is not delivered to (not http:// or https://, or no host), or None: the same rule
+# the file's validation applies (spec.webhook_url_problem), checked again at delivery.
+refusal = webhook_url_problem
 
 
 def payload_for(hook: Webhook, payload: Mapping[str, Any]) -> dict[str, Any]:
     """What `hook` is sent of `payload`: without tracebacks (at any depth: an event's `error`
     carries one) unless the webhook's `include` names `traceback`."""
-    include = set(getattr(hook, "include", ()) or ())
+    include = set(hook.include)
     dropped = {name for name in OPTIONAL if name not in include}
 
     def strip(value: Any) -> Any:

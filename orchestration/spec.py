@@ -214,6 +214,21 @@ class Fallback(Model):
         return {"output": data.get("output")}
 
 
+def webhook_url_problem(url: str) -> str | None:
+    """Why `url` cannot be a webhook (only http:// and https:// URLs with a host), or None.
+    Validation refuses such a file; delivery checks again (hooks.refusal), for stored runs."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError as exc:
+        return f"it is not a URL ({exc})"
+    if parts.scheme.lower() not in ("http", "https"):
+        return f"its scheme is {parts.scheme or 'missing'}, and only http:// and https:// are delivered"
+    if not host:
+        return "it names no host"
+    return None
+
+
 class Webhook(Model):
     """An HTTP POST of each matching event's JSON."""
 
@@ -227,12 +242,9 @@ class Webhook(Model):
     @field_validator("url")
     @classmethod
     def _http_only(cls, value: str) -> str:
-        try:
-            parts = urlsplit(value)
-        except ValueError as exc:
-            raise ValueError(f"{shown(value)} is not a URL: {exc}") from None
-        if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"{shown(value)} is not an http:// or https:// URL; webhooks may use only those")
+        why = webhook_url_problem(value)
+        if why is not None:
+            raise ValueError(f"{shown(value)} is not an http:// or https:// URL: {why}")
         return value
 
     @field_validator("timeout")

@@ -106,15 +106,15 @@ class Commit:
 
 
 class _Script:
-    """A script registered to run under Redis's memory limit (`allow-oom`), falling back to the
-    plain script on a Redis older than 7, which has no script flags."""
+    """A script that may also run under Redis's memory limit (`allow-oom`, Redis 7's script
+    flags), falling back to the plain script on a Redis older than 7, which has no flags."""
 
-    def __init__(self, client: redis.Redis, name: str, allow_oom: bool):
+    def __init__(self, client: redis.Redis, name: str):
         self._plain = client.register_script(_script(name))
-        self._oom = client.register_script(_script(name, allow_oom=True)) if allow_oom else None
+        self._oom: Any = client.register_script(_script(name, allow_oom=True))
 
-    def __call__(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        if self._oom is not None:
+    def __call__(self, keys: Sequence[str], args: Sequence[Any], allow_oom: bool) -> Any:
+        if allow_oom and self._oom is not None:
             try:
                 return self._oom(keys=keys, args=args)
             except redis.ResponseError as exc:
@@ -131,11 +131,10 @@ class RunStore:
         self.r: Any = client
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
-        self._begin = _Script(client, "begin.lua", allow_oom=True)
+        self._begin = _Script(client, "begin.lua")
         self._renew = client.register_script(_script("renew.lua"))
-        self._retry = _Script(client, "retry.lua", allow_oom=True)
-        self._finish = client.register_script(_script("finish.lua"))
-        self._finish_failed = _Script(client, "finish.lua", allow_oom=True)
+        self._retry = _Script(client, "retry.lua")
+        self._finish = _Script(client, "finish.lua")
         self._fanout = client.register_script(_script("fanout.lua"))
         self._control = client.register_script(_script("control.lua"))
         self._reopen = client.register_script(_script("reopen.lua"))
@@ -281,7 +280,7 @@ class RunStore:
         return self._begin(
             keys=[k.run(run_id), k.states(run_id), self.unit_key(run_id, stage_id, item), k.events(run_id),
                   k.parked(run_id), k.leases(), k.outputs(run_id), k.hooks()],
-            args=[json.dumps(args, separators=(",", ":"))],
+            args=[json.dumps(args, separators=(",", ":"))], allow_oom=True,
         )
 
     def renew(self, run_id: str, stage_id: str, item: int | None, token: str) -> bool:
@@ -300,6 +299,7 @@ class RunStore:
             args=[stage_id, "" if item is None else item, token, json.dumps(error), next_attempt,
                   int(delay_s * 1000), "1" if park else "0", payload, self.lease_member(run_id, stage_id, item),
                   *notify],
+            allow_oom=True,
         )
         return bool(res[0] == "ok")
 
@@ -337,9 +337,10 @@ class RunStore:
                 k.cache(cache_key) if cache_key else k.run(run_id)]
         for sid in others:
             keys += [k.stage(run_id, sid), k.items(run_id, sid)]
-        script = self._finish_failed if failing and not context_writes and not metrics else self._finish
-        verdict, finalized, status, ready, revoke, next_item = script(
-            keys=keys, args=[json.dumps(args, separators=(",", ":"))])
+        # A failure that writes nothing of its own may be committed at maxmemory, so the run ends.
+        verdict, finalized, status, ready, revoke, next_item = self._finish(
+            keys=keys, args=[json.dumps(args, separators=(",", ":"))],
+            allow_oom=failing and not context_writes and not metrics)
         if verdict == "invalid":
             return Commit(verdict, False, "", reason=status)
         return Commit(verdict, bool(finalized), status, list(ready), list(revoke),

@@ -217,7 +217,7 @@ class Attempt:
         if verdict == "poison":
             error = {"type": "PoisonMessage", "retryable": False, "attempt": self.attempt,
                      "message": f"the worker running this stage died {rest[1]} times; the message is quarantined"}
-            return self._end_failed(error, Verdict.FAIL_AND_CASCADE if node.critical else Verdict.FAIL)
+            return self._end_failed(error)
         if node.when and (self.item is None or expressions.reads_item(node.when)):
             try:
                 go = expressions.evaluate(node.when, variables=self.graph.variables, outputs=ctx.inputs,
@@ -278,10 +278,7 @@ class Attempt:
             else:
                 commit = self._commit(State.FALLBACK, output_json, error, announce=self._error_event(error))
                 return commit if isinstance(commit, str) else "fallback"
-            decision_verdict = Verdict.FAIL_AND_CASCADE if node.critical else Verdict.FAIL
-        else:
-            decision_verdict = decision.verdict
-        return self._end_failed(error, decision_verdict)
+        return self._end_failed(error)
 
     def retry(self, delay_s: float, error: dict[str, Any]) -> str:
         env, node = self.env, self.node
@@ -299,8 +296,9 @@ class Attempt:
                                                  countdown=delay_s)])
         return f"retrying in {delay_s:.2f}s"
 
-    def _end_failed(self, error: dict[str, Any], verdict: Verdict) -> str:
-        del verdict  # the commit script cascades by the node's `critical` and the run's fail_fast
+    def _end_failed(self, error: dict[str, Any]) -> str:
+        """Commit the stage's failure; the commit script cascades it by the node's `critical` and
+        the run's fail_fast, as `decide` said (FAIL or FAIL_AND_CASCADE)."""
         commit = self._commit(State.FAILED, "", error, announce=self._error_event(error))
         return commit if isinstance(commit, str) else f"failed: {error['type']}"
 
@@ -320,11 +318,10 @@ class Attempt:
             entry = hooks.entry(announce[0], {**self.event, **announce[1]}, graph.webhooks)
             if entry:
                 notify.append(entry)
-        writes = outcome is not State.FAILED or error is None or not error.get("commit_refused")
         try:
             commit = env.store.finish(
                 self.run_id, graph, node.id, self.item, self.token, outcome, output_json, error,
-                context_writes=ctx.context.writes if writes else (), metrics=ctx.metrics.values if writes else None,
+                context_writes=ctx.context.writes, metrics=ctx.metrics.values,
                 children=env.dispatcher.children(self.run_id, graph, node.id),
                 descendants=env.dispatcher.blocked_by(self.run_id, graph, node.id, outcome),
                 cache_key=self.cache_key if outcome is State.SUCCEEDED and not cached else None,
@@ -361,7 +358,7 @@ class Attempt:
         error["commit_refused"] = True
         if decision.verdict is Verdict.RETRY:
             return self.retry(decision.delay_s, error)
-        return self._end_failed(error, decision.verdict)
+        return self._end_failed(error)
 
     def _lost(self, exc: BaseException) -> str:
         log.error("stage %s/%s item %s: Redis refused even the failure's commit (%s); the lease will run out "
