@@ -192,10 +192,7 @@ def _execute(env: WorkerEnv, stage_type: StageType, task_id: str, run_id: str, s
         return run.perform(verdict, rest)
     finally:
         env.leases.release(run_id, stage_id, item, token)
-        try:
-            store.append_logs(run_id, stage_id, ctx.log_lines)
-        except redis.RedisError as exc:
-            log.warning("could not store the log lines of %s/%s: %s", run_id, stage_id, exc)
+        run.store_logs()  # if no commit stored them (a lost lease, Redis refusing everything)
 
 
 class Attempt:
@@ -210,6 +207,18 @@ class Attempt:
         self.run_id, self.item, self.attempt, self.token = run_id, item, attempt, token
         self.ctx, self.event = ctx, event
         self.cache_key: str | None = None
+        self._logs_stored = False
+
+    def store_logs(self) -> None:
+        """Store the attempt's log lines, once: before its commit, so that whoever sees the stage
+        (or the run) end also finds its logs."""
+        if self._logs_stored:
+            return
+        self._logs_stored = True
+        try:
+            self.env.store.append_logs(self.run_id, self.node.id, self.ctx.log_lines)
+        except redis.RedisError as exc:
+            log.warning("could not store the log lines of %s/%s: %s", self.run_id, self.node.id, exc)
 
     # -- the attempt ---------------------------------------------------------------------------
     def perform(self, verdict: str, rest: list[Any]) -> str:
@@ -286,6 +295,7 @@ class Attempt:
         message = payload(self.run_id, node.id, self.attempt + 1, self.item)
         announce = hooks.entry("stage_error", {**self.event, "error": error, "will_retry": True,
                                                "delay_s": delay_s}, self.graph.webhooks)
+        self.store_logs()
         try:
             held = env.store.retry(self.run_id, node.id, self.item, self.token, error, self.attempt + 1, delay_s,
                                    park, message, [announce] if announce else [])
@@ -318,6 +328,7 @@ class Attempt:
             entry = hooks.entry(announce[0], {**self.event, **announce[1]}, graph.webhooks)
             if entry:
                 notify.append(entry)
+        self.store_logs()
         try:
             commit = env.store.finish(
                 self.run_id, graph, node.id, self.item, self.token, outcome, output_json, error,
