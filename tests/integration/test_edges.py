@@ -187,23 +187,26 @@ def test_a_type_named_by_its_module_function_reference_is_sent_on_to_its_worker(
 
 
 def test_a_stage_the_worker_that_took_it_lacks_goes_on_to_a_worker_that_serves_it(cluster):
-    # Given a second worker that serves only the built-in types, on every queue
+    # Given the worker that serves test.record busy with three of them (all its processes); they are
+    # submitted before the bare worker starts, so none of them can be bounced and finish before the
+    # others start
+    busy = cluster.client.submit(validate_data(pipeline(
+        "edges-busy", *({"id": f"busy{i}", "uses": "test.record", "params": {"seconds": 12}} for i in range(3)))))
+    wait_until(lambda: set(cluster.client.store.states(busy.run_id).values()) == {"running"}, timeout=20)
+    # and a second worker that serves only the built-in types, on every queue
     log_path = ARTIFACTS / f"worker-{os.getpid()}-bare.log"
     bare = WorkerProcess(cluster.server.url, ("cpu", "gpu", "highmem"), 1, hostname="bare", loglevel="INFO",
                          env={"PYTHONPATH": str(ROOT)}, log_path=str(log_path)).start()
     try:
         cluster.wait_workers(hostnames=["bare"])
-        # and the worker that serves test.record busy with three of them (all its processes)
-        busy = cluster.client.submit(validate_data(pipeline(
-            "edges-busy", *({"id": f"busy{i}", "uses": "test.record", "params": {"seconds": 3}} for i in range(3)))))
-        wait_until(lambda: set(cluster.client.store.states(busy.run_id).values()) == {"running"}, timeout=20)
+        assert set(cluster.client.store.states(busy.run_id).values()) == {"running"}, "the busy stages ended early"
 
         # When two more test.record stages are queued: only the bare worker is free to take them
         handle = cluster.client.submit(validate_data(pipeline(
             "edges-elsewhere", {"id": "a", "uses": "test.record"}, {"id": "b", "uses": "test.record"})))
 
         # Then they wait for the worker that serves them, run there once each, and the run succeeds
-        result = handle.wait(timeout=30)
+        result = handle.wait(timeout=40)
         assert result.status == "succeeded", result.stage_results
         assert {sid: s["host"] for sid, s in result.stage_results.items()} == {"a": "w0", "b": "w0"}
         assert cluster.count(handle.run_id, "a") == cluster.count(handle.run_id, "b") == 1
