@@ -58,10 +58,10 @@ import redis
 from celery import chain, chord, group
 
 from orchestration.api import Client
-from orchestration.embedded import RedisServer, WorkerProcess, wait_for_workers
+from orchestration.fleet.embedded import RedisServer, WorkerProcess, wait_for_workers
 from orchestration.settings import Settings
-from orchestration.spec import PipelineSpec
-from orchestration.validation import validate_data
+from orchestration.language.spec import PipelineSpec
+from orchestration.language.validation import validate_data
 
 RESULTS = ROOT / "benchmarks" / "results"
 TIMEOUT_S = 600.0

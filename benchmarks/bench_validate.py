@@ -23,10 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from orchestration.loader import load_document
-from orchestration.resolve import resolve
+from orchestration.language.loader import load_document
+from orchestration.graph.resolve import resolve
 from orchestration.settings import Settings
-from orchestration.validation import load_pipeline, validate_document
+from orchestration.language.validation import load_pipeline, validate_document
 
 
 def pipeline_text(stages: int, seed: int = 7) -> str:

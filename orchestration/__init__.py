@@ -1,8 +1,8 @@
 """Chordflow's coordinator side: what a pipeline is and how a run advances."""
 
-from .errors import ChordflowError, FailStage, InvalidPipeline, RetryStage
-from .registry import stage
-from .spec import PipelineSpec, RetryPolicy, Stage
+from orchestration.errors import ChordflowError, FailStage, InvalidPipeline, RetryStage
+from orchestration.engine.registry import stage
+from orchestration.language.spec import PipelineSpec, RetryPolicy, Stage
 
 __all__ = ["ChordflowError", "FailStage", "InvalidPipeline", "Pipeline", "PipelineSpec", "RetryPolicy",
            "RetryStage", "Stage", "stage"]
@@ -10,7 +10,7 @@ __all__ = ["ChordflowError", "FailStage", "InvalidPipeline", "Pipeline", "Pipeli
 
 def __getattr__(name: str):
     if name == "Pipeline":  # the builder pulls in validation; import it only when asked
-        from .builder import Pipeline
+        from orchestration.language.builder import Pipeline
 
         return Pipeline
     raise AttributeError(name)

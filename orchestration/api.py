@@ -13,15 +13,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .celeryconfig import client_app
-from .dispatch import Dispatcher, signature_of
-from .errors import ChordflowError, InvalidPipeline, Problem
-from .ids import check_idempotency_key, check_run_id
-from .registry import BUILTIN_TYPES
-from .resolve import RunGraph, resolve
-from .settings import Settings
-from .spec import PipelineSpec
-from .store import RUN_FINAL, RunStore, connect
+from orchestration.engine.celeryconfig import client_app
+from orchestration.engine.dispatch import Dispatcher, signature_of
+from orchestration.errors import ChordflowError, InvalidPipeline, Problem
+from orchestration.language.ids import check_idempotency_key, check_run_id
+from orchestration.engine.registry import BUILTIN_TYPES
+from orchestration.graph.resolve import RunGraph, resolve
+from orchestration.settings import Settings
+from orchestration.language.spec import PipelineSpec
+from orchestration.engine.store import RUN_FINAL, RunStore, connect
 
 
 @dataclass

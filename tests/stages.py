@@ -9,7 +9,8 @@ from typing import Any
 
 import redis
 
-from orchestration import RetryPolicy, hooks, stage
+from orchestration import RetryPolicy, stage
+from orchestration.engine import hooks
 
 _client: redis.Redis | None = None
 

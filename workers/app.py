@@ -12,12 +12,12 @@ from typing import Any
 
 from celery import Celery
 
-from orchestration.celeryconfig import celery_config
-from orchestration.dispatch import Dispatcher
-from orchestration.registry import ENTRY_POINT_GROUP, REGISTRY, Registry, StageType
-from orchestration.schedules import register_scheduled_task
+from orchestration.engine.celeryconfig import celery_config
+from orchestration.engine.dispatch import Dispatcher
+from orchestration.engine.registry import ENTRY_POINT_GROUP, REGISTRY, Registry, StageType
+from orchestration.fleet.schedules import register_scheduled_task
 from orchestration.settings import Settings
-from orchestration.store import RunStore, connect
+from orchestration.engine.store import RunStore, connect
 
 from . import builtins as _builtins  # noqa: F401  (registers shell, noop, sleep, fail)
 from .execution import LeaseKeeper, WorkerEnv, execute

@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from typing import IO, Any
 
 from orchestration.errors import FailStage, StageTimeout
-from orchestration.registry import stage
+from orchestration.engine.registry import stage
 from orchestration.settings import Settings
 
 from .context import StageContext

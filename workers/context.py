@@ -1,4 +1,4 @@
-"""What a stage function receives as `ctx` (DESIGN §4).
+"""What a stage function receives as `ctx`.
 
 Context and metrics writes are buffered and committed with the attempt, in the
 same script that records its output: a retried or duplicated attempt never
@@ -20,7 +20,7 @@ from typing import Any, Self
 
 from orchestration.errors import FailStage
 from orchestration.settings import Settings
-from orchestration.store import RunStore
+from orchestration.engine.store import RunStore
 
 
 class ContextValueTooLarge(FailStage):

@@ -26,10 +26,11 @@ from typing import Any
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
 
-from orchestration import expressions, hooks
-from orchestration.cache import cache_key
-from orchestration.compiler import stage_signature
-from orchestration.dispatch import Dispatcher, payload
+from orchestration.language import expressions
+from orchestration.engine import hooks
+from orchestration.engine.cache import cache_key
+from orchestration.engine.compiler import stage_signature
+from orchestration.engine.dispatch import Dispatcher, payload
 from orchestration.errors import (
     CommitRefused,
     FailStage,
@@ -38,12 +39,12 @@ from orchestration.errors import (
     RunNotFound,
     StageTimeout,
 )
-from orchestration.registry import Registry, StageType
-from orchestration.resolve import Node, RunGraph
-from orchestration.retries import Verdict, decide, resolve_policy
+from orchestration.engine.registry import Registry, StageType
+from orchestration.graph.resolve import Node, RunGraph
+from orchestration.engine.retries import Verdict, decide, resolve_policy
 from orchestration.settings import Settings
-from orchestration.states import State
-from orchestration.store import Commit, RunStore
+from orchestration.engine.states import State
+from orchestration.engine.store import Commit, RunStore
 
 from .context import StageContext
 

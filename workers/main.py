@@ -21,13 +21,13 @@ import psutil
 import redis
 from celery import signals
 
-from orchestration.dispatch import Dispatcher, signature_of
-from orchestration.health import redis_warnings
-from orchestration.hook_sender import HookSender
-from orchestration.reaper import Reaper
-from orchestration.registry import REGISTRY
+from orchestration.engine.dispatch import Dispatcher, signature_of
+from orchestration.fleet.health import redis_warnings
+from orchestration.engine.hook_sender import HookSender
+from orchestration.engine.reaper import Reaper
+from orchestration.engine.registry import REGISTRY
 from orchestration.settings import Settings
-from orchestration.store import RunStore, connect
+from orchestration.engine.store import RunStore, connect
 
 from .app import create_app, load_stage_modules
 

@@ -29,14 +29,14 @@ from typing import Any
 from celery import Celery, signals
 from kombu.exceptions import KombuError
 
-from orchestration.compiler import stage_signature
-from orchestration.dispatch import Dispatcher, payload
+from orchestration.engine.compiler import stage_signature
+from orchestration.engine.dispatch import Dispatcher, payload
 from orchestration.errors import RunNotFound
-from orchestration.ids import InvalidId, check_run_id, check_stage_id
-from orchestration.registry import task_name
+from orchestration.language.ids import InvalidId, check_run_id, check_stage_id
+from orchestration.engine.registry import task_name
 from orchestration.settings import Settings
-from orchestration.states import State
-from orchestration.store import RunStore, connect
+from orchestration.engine.states import State
+from orchestration.engine.store import RunStore, connect
 
 log = logging.getLogger("chordflow.worker")
 

@@ -5,7 +5,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from orchestration.embedded import RedisServer
+from orchestration.fleet.embedded import RedisServer
 from tests.integration.conftest import Cluster
 
 from .netns import FAST_LEASES, HostNetwork, hosts_fixture

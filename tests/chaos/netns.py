@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestration.embedded import RedisServer, WorkerProcess
+from orchestration.fleet.embedded import RedisServer, WorkerProcess
 from tests.integration.conftest import ARTIFACTS, ROOT, Cluster
 
 # Leases of 3 s renewed every 0.5 s: a lost host is noticed within seconds.
@@ -138,7 +138,7 @@ class HostNetwork:
             ip("-n", host.netns, "addr", "add", f"{host.addr}/24", "dev", "eth0")
             ip("-n", host.netns, "link", "set", "eth0", "up")
 
-        # AOF on, so a restart of Redis keeps the queues and the runs (DESIGN §3).
+        # AOF on, so a restart of Redis keeps the queues and the runs.
         self.server = RedisServer(bind=self.gateway, appendonly=self.appendonly).start()
         self.cluster = Cluster(self.server, tmp)
         for host in self.hosts.values():

@@ -1,4 +1,4 @@
-"""Several hosts on one machine (DESIGN §7): workers in their own network namespaces reach Redis
+"""Several hosts on one machine: workers in their own network namespaces reach Redis
 over veth links. A host's worker is SIGKILLed, a host is cut off, its link is slowed, Redis
 restarts under everyone — and every run still finishes with each stage committed once.
 """
@@ -11,7 +11,7 @@ from collections import Counter
 
 import pytest
 
-from orchestration.validation import validate_data
+from orchestration.language.validation import validate_data
 from tests.integration.conftest import pipeline, wait_until
 
 pytestmark = pytest.mark.slow

@@ -6,7 +6,7 @@ import os
 import signal
 import time
 
-from orchestration.validation import validate_data
+from orchestration.language.validation import validate_data
 from tests.integration.conftest import pipeline, wait_until
 
 from .conftest import FAST_LEASES

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from orchestration.embedded import RedisServer
+from orchestration.fleet.embedded import RedisServer
 
 FILES = Path(__file__).parent / "files"
 REPO = Path(__file__).resolve().parents[2]
@@ -110,8 +110,8 @@ def test_a_variable_cannot_add_arguments_through_set():
     result = _chordflow("submit", "--dry-run", "--json", str(FILES / "argv_injection.yaml"),
                         "--set", "name=x INJECTED")
     assert result.returncode == 0, result.stderr
-    from orchestration.resolve import resolve
-    from orchestration.validation import load_pipeline
+    from orchestration.graph.resolve import resolve
+    from orchestration.language.validation import load_pipeline
 
     spec = load_pipeline(FILES / "argv_injection.yaml", {"name": "x INJECTED"}, env={})
     assert resolve(spec).node("a").run == ("touch", "out-x INJECTED")

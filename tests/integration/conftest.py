@@ -11,9 +11,9 @@ import pytest
 import redis
 
 from orchestration.api import Client
-from orchestration.embedded import RedisServer, WorkerProcess, wait_for_workers
+from orchestration.fleet.embedded import RedisServer, WorkerProcess, wait_for_workers
 from orchestration.settings import Settings
-from orchestration.validation import validate_data
+from orchestration.language.validation import validate_data
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "tests" / "artifacts"

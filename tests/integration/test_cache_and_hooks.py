@@ -8,7 +8,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from orchestration.validation import validate_data
+from orchestration.language.validation import validate_data
 
 from .conftest import ARTIFACTS, pipeline, wait_until
 

@@ -12,7 +12,7 @@ import time
 import psutil
 import yaml
 
-from orchestration.validation import validate_data
+from orchestration.language.validation import validate_data
 
 from .conftest import ROOT, pipeline, wait_until
 

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from orchestration.validation import validate_data
+from orchestration.language.validation import validate_data
 
 from .conftest import ROOT, pipeline, wait_until
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestration.dashboard import serve
+from orchestration.cli.dashboard import serve
 
 from .conftest import ARTIFACTS, pipeline
 

@@ -11,11 +11,11 @@ import time
 import redis
 from click.testing import CliRunner
 
-from orchestration.cli import cli
-from orchestration.embedded import RedisServer, WorkerProcess
-from orchestration.resolve import RunGraph
-from orchestration.spec import Fallback
-from orchestration.validation import validate_data
+from orchestration.cli.main import cli
+from orchestration.fleet.embedded import RedisServer, WorkerProcess
+from orchestration.graph.resolve import RunGraph
+from orchestration.language.spec import Fallback
+from orchestration.language.validation import validate_data
 
 from .conftest import ARTIFACTS, ROOT, Cluster, pipeline, wait_until
 

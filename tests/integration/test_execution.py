@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from orchestration.compiler import stage_signature
+from orchestration.engine.compiler import stage_signature
 from orchestration.errors import InvalidPipeline
-from orchestration.validation import validate_data
+from orchestration.language.validation import validate_data
 
 from .conftest import pipeline
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from orchestration.validation import validate_data
+from orchestration.language.validation import validate_data
 
 from .conftest import pipeline, wait_until
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from orchestration.embedded import free_port
+from orchestration.fleet.embedded import free_port
 
 from .conftest import ARTIFACTS, ROOT, pipeline, wait_until
 

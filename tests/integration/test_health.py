@@ -12,12 +12,12 @@ import pytest
 import redis
 import yaml
 
-from orchestration import history
-from orchestration.embedded import RedisServer, free_port
-from orchestration.health import queue_lists, redis_warnings
-from orchestration.resolve import resolve
+from orchestration.fleet import history
+from orchestration.fleet.embedded import RedisServer, free_port
+from orchestration.fleet.health import queue_lists, redis_warnings
+from orchestration.graph.resolve import resolve
 from orchestration.settings import Settings
-from orchestration.validation import validate_data
+from orchestration.language.validation import validate_data
 
 from .conftest import ROOT, pipeline
 

@@ -14,7 +14,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
 
-from orchestration.validation import validate_data
+from orchestration.language.validation import validate_data
 
 from .conftest import ARTIFACTS, pipeline, wait_until
 

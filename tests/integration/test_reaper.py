@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from orchestration.resolve import resolve
-from orchestration.validation import validate_data
+from orchestration.graph.resolve import resolve
+from orchestration.language.validation import validate_data
 
 from .conftest import pipeline
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orchestration.validation import validate_data
+from orchestration.language.validation import validate_data
 
 from .conftest import pipeline
 

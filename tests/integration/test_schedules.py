@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestration.celeryconfig import client_app
-from orchestration.schedules import SUBMIT_TASK, idempotency_key, outcomes_key
+from orchestration.engine.celeryconfig import client_app
+from orchestration.fleet.schedules import SUBMIT_TASK, idempotency_key, outcomes_key
 from orchestration.settings import Settings
 from workers.app import create_app
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from orchestration.api import Client
-from orchestration.embedded import RedisServer
+from orchestration.fleet.embedded import RedisServer
 from orchestration.settings import Settings
 
 from .conftest import Cluster, pipeline

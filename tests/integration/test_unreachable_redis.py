@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestration.embedded import free_port
+from orchestration.fleet.embedded import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = REPO / "examples" / "quickstart.yaml"

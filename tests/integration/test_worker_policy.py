@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from orchestration.api import Client
-from orchestration.embedded import RedisServer
+from orchestration.fleet.embedded import RedisServer
 from orchestration.settings import Settings
-from orchestration.validation import validate_data
+from orchestration.language.validation import validate_data
 
 from .conftest import Cluster, pipeline, wait_until
 

@@ -9,12 +9,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orchestration.builder import Pipeline, dump
-from orchestration.cli import available_templates
+from orchestration.language.builder import Pipeline, dump
+from orchestration.cli.files import available_templates
 from orchestration.errors import InvalidPipeline
-from orchestration.resolve import resolve
-from orchestration.spec import PipelineSpec, Resources, RetryPolicy
-from orchestration.validation import load_pipeline
+from orchestration.graph.resolve import resolve
+from orchestration.language.spec import PipelineSpec, Resources, RetryPolicy
+from orchestration.language.validation import load_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))

@@ -14,14 +14,15 @@ import pytest
 from click.testing import CliRunner
 from jsonschema import Draft202012Validator
 
-from orchestration.cli import available_templates, cli, describe_retry, main
-from orchestration.spec import RetryPolicy
+from orchestration.cli.files import available_templates, describe_retry
+from orchestration.cli.main import cli, main
+from orchestration.language.spec import RetryPolicy
 
 from .samples import THREE_MISTAKES
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
-DESIGN_EXAMPLE = EXAMPLES / "market-weekly.yaml"
+MARKET_EXAMPLE = EXAMPLES / "market-weekly.yaml"
 ORDER_BASED = EXAMPLES / "order-based.yaml"
 TEMPLATES = available_templates()
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}  # the subprocesses import this checkout
@@ -64,11 +65,11 @@ def assert_critical_path_is_correct(plan: dict) -> None:
     assert {s["id"] for s in plan["stages"] if s["on_critical_path"]} == set(path)
 
 
-# --- the DESIGN §2 example ------------------------------------------------------------------
+# --- the market-weekly example ------------------------------------------------------------------
 
 
 def test_design_example_validates_and_lists_unverified_types():
-    result = run("validate", DESIGN_EXAMPLE)
+    result = run("validate", MARKET_EXAMPLE)
     assert result.exit_code == 0, result.output
     assert "ok: 5 stages" in result.stdout
     for type_name in ("market.stages:fetch_data", "market.stages:compute_metrics", "market.stages:train",
@@ -78,7 +79,7 @@ def test_design_example_validates_and_lists_unverified_types():
 
 
 def test_design_example_plan_routes_by_resources_and_marks_a_correct_critical_path():
-    plan = run_json("plan", DESIGN_EXAMPLE)
+    plan = run_json("plan", MARKET_EXAMPLE)
     stages = {s["id"]: s for s in plan["stages"]}
     assert plan["pipeline"] == "market-weekly" and plan["version"] == "1.2.0"
     assert stages["metrics"]["queue"] == "highmem"
@@ -95,7 +96,7 @@ def test_design_example_plan_routes_by_resources_and_marks_a_correct_critical_pa
 
 
 def test_plan_table_shows_order_queues_policies_and_makespan():
-    result = run("plan", DESIGN_EXAMPLE)
+    result = run("plan", MARKET_EXAMPLE)
     assert result.exit_code == 0, result.output
     out = result.stdout
     for text in ("highmem", "gpu", "matrix ×4", "for_each scenarios ≤16", "3× exponential 2s→1m", "10m"):
@@ -181,12 +182,12 @@ def test_main_returns_the_exit_codes(tmp_path, capsys):
     broken = write(tmp_path, THREE_MISTAKES, "broken.yaml")
     assert main(["validate", str(broken)]) == 2
     assert "3 problems" in capsys.readouterr().err
-    assert main(["validate", str(DESIGN_EXAMPLE)]) == 0
+    assert main(["validate", str(MARKET_EXAMPLE)]) == 0
     assert main(["no-such-command"]) == 2
     assert main(["plan"]) == 2  # missing FILE
     assert main(["--help"]) == 0
-    assert main(["plan", str(DESIGN_EXAMPLE), "--select", "nothing_like_it"]) == 2
-    assert main(["validate", str(DESIGN_EXAMPLE), "--set", "not an assignment"]) == 2
+    assert main(["plan", str(MARKET_EXAMPLE), "--select", "nothing_like_it"]) == 2
+    assert main(["validate", str(MARKET_EXAMPLE), "--set", "not an assignment"]) == 2
     target = tmp_path / "exists.yaml"
     target.write_text("keep me")
     assert main(["init", "--template", "daily-chain", str(target)]) == 1  # a ChordflowError, not bad input
@@ -255,9 +256,9 @@ def test_set_overrides_variables(tmp_path):
 
 
 def test_select_and_only(tmp_path):
-    plan = run_json("plan", DESIGN_EXAMPLE, "--select", "train")
+    plan = run_json("plan", MARKET_EXAMPLE, "--select", "train")
     assert [s["id"] for s in plan["stages"]] == ["data", "scenarios", "metrics", "train"]
-    plan = run_json("plan", DESIGN_EXAMPLE, "--select", "train", "--only")
+    plan = run_json("plan", MARKET_EXAMPLE, "--select", "train", "--only")
     assert [s["id"] for s in plan["stages"]] == ["train"]
 
 
@@ -313,7 +314,7 @@ def test_hostile_file_is_refused_quickly_and_cleanly(tmp_path, kind):
         content = make()
         path.write_bytes(content if isinstance(content, bytes) else content.encode())
     marker = tmp_path / "x"  # what os.system('x') would have needed to run
-    proc = subprocess.run([sys.executable, "-m", "orchestration.cli", "validate", str(path)],
+    proc = subprocess.run([sys.executable, "-m", "orchestration", "validate", str(path)],
                           check=False, capture_output=True, text=True, timeout=10, cwd=tmp_path, env=ENV)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 2, output
@@ -324,7 +325,7 @@ def test_hostile_file_is_refused_quickly_and_cleanly(tmp_path, kind):
 
 
 def test_console_script_entry_runs_as_a_module():
-    proc = subprocess.run([sys.executable, "-m", "orchestration.cli", "validate", str(DESIGN_EXAMPLE)],
+    proc = subprocess.run([sys.executable, "-m", "orchestration", "validate", str(MARKET_EXAMPLE)],
                           check=False, capture_output=True, text=True, timeout=30, cwd=REPO, env=ENV)
     assert proc.returncode == 0, proc.stderr
     assert "ok: 5 stages" in proc.stdout
@@ -410,7 +411,7 @@ def test_schema_is_valid_json_schema():
 
 @pytest.mark.parametrize("fmt, head", [("mermaid", "flowchart LR"), ("dot", "digraph ")])
 def test_graph_prints_mermaid_and_dot(fmt, head):
-    result = run("graph", DESIGN_EXAMPLE, "--format", fmt)
+    result = run("graph", MARKET_EXAMPLE, "--format", fmt)
     assert result.exit_code == 0, result.output
     assert head in result.stdout
     for stage_id in ("data", "scenarios", "metrics", "train", "report"):
@@ -437,7 +438,7 @@ def test_retry_policies_are_described(policy, text):
 
 @pytest.mark.parametrize("example", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
 def test_every_example_passes_the_exported_schema(example):
-    from orchestration.loader import load_document
+    from orchestration.language.loader import load_document
 
     schema = json.loads(run("schema").stdout)
     errors = list(Draft202012Validator(schema).iter_errors(load_document(example, env={}).data))

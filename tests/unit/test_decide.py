@@ -9,9 +9,9 @@ from importlib import resources
 import pytest
 
 from orchestration.errors import CommitRefused, FailStage, OutputTooLarge, RedisRefusedWrite, RetryStage
-from orchestration.retries import Verdict, decide
-from orchestration.spec import RetryPolicy
-from orchestration.states import KEPT_ON_RETRY, TERMINAL, RunStatus, State, lua_prelude
+from orchestration.engine.retries import Verdict, decide
+from orchestration.language.spec import RetryPolicy
+from orchestration.engine.states import KEPT_ON_RETRY, TERMINAL, RunStatus, State, lua_prelude
 
 THREE = RetryPolicy(max_attempts=3, backoff="fixed", delay=2)
 
@@ -79,7 +79,7 @@ def test_the_lua_prelude_spells_every_state_as_the_enums_do():
 
 def test_no_script_spells_a_state_by_hand():
     """Scripts use S.X / R.X from the prelude, so a state's name lives only in states.py."""
-    lua = resources.files("orchestration").joinpath("lua")
+    lua = resources.files("orchestration.engine").joinpath("lua")
     names = "|".join(s.value for s in State)
     for script in ("begin.lua", "finish.lua", "retry.lua", "renew.lua", "fanout.lua", "reopen.lua", "control.lua"):
         text = lua.joinpath(script).read_text(encoding="utf-8")

@@ -867,7 +867,8 @@ def dockerignored(path: str, patterns: list[str]) -> bool:
 
 def test_dockerfile_copies_what_pip_install_needs():
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    needed = {"pyproject.toml", pyproject["project"]["readme"], *pyproject["tool"]["setuptools"]["packages"]}
+    packages = {name.rstrip("*") for name in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]}
+    needed = {"pyproject.toml", pyproject["project"]["readme"], *packages}
     copied = set()
     for instruction, arg in dockerfile_instructions():
         if instruction == "COPY" and "--from" not in arg:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestration.graph import (
+from orchestration.language.dag import (
     children,
     critical_path,
     downstream,

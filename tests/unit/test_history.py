@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from orchestration.history import estimates, median_durations, stage_seconds
-from orchestration.resolve import resolve
+from orchestration.fleet.history import estimates, median_durations, stage_seconds
+from orchestration.graph.resolve import resolve
 from orchestration.settings import Settings
-from orchestration.validation import validate_data
+from orchestration.language.validation import validate_data
 
 
 def record(started: float, finished: float) -> dict[str, str]:

@@ -8,14 +8,14 @@ import pytest
 from click.testing import CliRunner
 
 from orchestration.api import Client
-from orchestration.cli import cli
-from orchestration.embedded import free_port
+from orchestration.cli.main import cli
+from orchestration.fleet.embedded import free_port
 from orchestration.errors import InvalidPipeline
-from orchestration.ids import InvalidId, check_idempotency_key, check_run_id, check_stage_id
-from orchestration.schedules import idempotency_key
+from orchestration.language.ids import InvalidId, check_idempotency_key, check_run_id, check_stage_id
+from orchestration.fleet.schedules import idempotency_key
 from orchestration.settings import Settings
-from orchestration.store import new_run_id
-from orchestration.validation import validate_data
+from orchestration.engine.store import new_run_id
+from orchestration.language.validation import validate_data
 
 NOWHERE = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens: a check that reached Redis would fail
 

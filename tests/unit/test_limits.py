@@ -7,13 +7,13 @@ import time
 
 import pytest
 
-from orchestration import expressions
+from orchestration.language import expressions
 from orchestration.errors import InvalidPipeline
-from orchestration.loader import parse_override
-from orchestration.resolve import resolve
+from orchestration.language.loader import parse_override
+from orchestration.graph.resolve import resolve
 from orchestration.settings import Settings
-from orchestration.spec import Limits, PipelineSpec
-from orchestration.validation import load_pipeline_text, validate_data
+from orchestration.language.spec import Limits, PipelineSpec
+from orchestration.language.validation import load_pipeline_text, validate_data
 
 
 def problems(data, **kwargs) -> str:

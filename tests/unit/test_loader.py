@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orchestration import loader
+from orchestration.language import loader
 from orchestration.errors import InvalidPipeline, Problem
-from orchestration.loader import Document, load_document, load_text, parse_override
+from orchestration.language.loader import Document, load_document, load_text, parse_override
 
 PIPELINE = """\
 # a comment first, so line numbers are not just indexes

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestration.builder import Pipeline
-from orchestration.render import CRITICAL_COLOUR, STATE_COLOURS, to_dot, to_mermaid
-from orchestration.resolve import resolve
-from orchestration.validation import load_pipeline
+from orchestration.language.builder import Pipeline
+from orchestration.graph.render import CRITICAL_COLOUR, STATE_COLOURS, to_dot, to_mermaid
+from orchestration.graph.resolve import resolve
+from orchestration.language.validation import load_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from orchestration.errors import InvalidPipeline, SelectionError
-from orchestration.selection import Selectable, select
+from orchestration.language.selection import Selectable, select
 
 S = Selectable
 

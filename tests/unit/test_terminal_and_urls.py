@@ -21,18 +21,20 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from orchestration import cli as cli_module
-from orchestration import hooks, redis_url, render
+from orchestration.cli import _common as cli_module
+from orchestration.engine import hooks
+from orchestration.engine import redis_url
+from orchestration.graph import render
 from orchestration.api import Client
-from orchestration.cli import cli
-from orchestration.embedded import RedisServer, free_port
+from orchestration.cli.main import cli
+from orchestration.fleet.embedded import RedisServer, free_port
 from orchestration.errors import RunNotFound
-from orchestration.hook_sender import HookSender
-from orchestration.resolve import resolve
+from orchestration.engine.hook_sender import HookSender
+from orchestration.graph.resolve import resolve
 from orchestration.settings import Settings
-from orchestration.spec import Webhook
-from orchestration.store import connect
-from orchestration.validation import load_pipeline
+from orchestration.language.spec import Webhook
+from orchestration.engine.store import connect
+from orchestration.language.validation import load_pipeline
 
 HOSTILE = "[red]x[/red]\x1b[2J"  # rich markup, then "clear the screen"
 SHOWN = "[red]x[/red]\\x1b[2J"  # what must be printed instead: the literal text

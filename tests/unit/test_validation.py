@@ -8,9 +8,9 @@ import textwrap
 import pytest
 
 from orchestration.errors import InvalidPipeline
-from orchestration.resolve import resolve
+from orchestration.graph.resolve import resolve
 from orchestration.settings import Settings
-from orchestration.validation import load_pipeline_text, validate_data
+from orchestration.language.validation import load_pipeline_text, validate_data
 
 from .samples import THREE_MISTAKES
 

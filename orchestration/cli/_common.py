@@ -1,0 +1,169 @@
+"""What every `chordflow` command shares: printing, exit codes, options, and reading a file.
+
+Exit codes: 0 ok, 1 failed (a run failed, Redis refused, an unexpected error), 2 invalid input
+(a pipeline problem, a bad option, a malformed run id, stage id or idempotency key). An
+`InvalidPipeline` prints every problem, one per line as `file:line: stage 'x': message`; no
+error prints a traceback unless CHORDFLOW_DEBUG=1.
+
+The command modules (files, runs, fleet, dashboard) import this one and nothing else of `cli/`;
+`main.py` gathers their commands into the `chordflow` group.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Callable, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import click
+import redis
+from pydantic import ValidationError
+from rich.console import Console
+
+from orchestration.engine import redis_url
+from orchestration.errors import ChordflowError
+from orchestration.graph import render
+from orchestration.graph.resolve import RunGraph, resolve
+from orchestration.language.loader import parse_override
+from orchestration.language.spec import PipelineSpec
+from orchestration.language.validation import load_pipeline
+from orchestration.settings import Settings
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+
+console = Console(soft_wrap=True)
+errors = Console(stderr=True, soft_wrap=True)
+
+
+# -- shared helpers -------------------------------------------------------------------------
+
+
+def say(text: str, err: bool = False) -> None:
+    """Print plain text: no rich markup (names, problems and ids may hold `[...]`) and no control
+    character but newline and tab (a name or a log line may hold an escape sequence: it is
+    printed as the visible text `\\x1b[2J`)."""
+    (errors if err else console).print(render.terminal_safe(text), markup=False, highlight=False,
+                                       emoji=False)
+
+
+_C1 = {code: f"\\u{code:04x}" for code in range(0x7F, 0xA0)}
+
+
+def print_json(data: Any) -> int:
+    """Print `data` as JSON on stdout; return EXIT_OK, so a command may `return print_json(...)`.
+    (JSON escapes C0 controls itself; DEL and C1 controls are escaped here too.)"""
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False).translate(_C1))
+    return EXIT_OK
+
+
+def report_error(exc: ChordflowError, as_json: bool = False) -> int:
+    """Print `exc` for a person (stderr) or a program (`--json`, stdout); return its exit code."""
+    problems = getattr(exc, "problems", None)
+    if as_json:
+        listed = [{"message": p.message, "stage_id": p.stage_id, "line": p.line, "source": p.source}
+                  for p in problems or []]
+        print_json({"ok": False, "error": type(exc).__name__, "message": str(exc), "problems": listed})
+    elif problems:
+        count = len(problems)
+        say(f"error: {count} problem{'s' if count != 1 else ''} found:", err=True)
+        for problem in problems:
+            say(str(problem), err=True)
+    else:
+        say(f"error: {exc}", err=True)
+    return exc.exit_code
+
+
+# what a Redis that does not answer, or something else than a Redis at its address, raises
+UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.InvalidResponse)
+
+
+def unreachable(exc: BaseException, urls: Sequence[str] = ()) -> redis_url.RedisUnreachable:
+    """`cannot reach Redis at redis://host:port/db (reason)` for a connection error, naming the
+    Redis the command connected to (else the configured one), its password masked."""
+    url = urls[0] if urls else os.environ.get("CHORDFLOW_REDIS_URL")
+    reason = str(exc).strip().rstrip(".") or type(exc).__name__
+    if isinstance(exc, redis.AuthenticationError):
+        reason = f"it refused the credentials: {reason}"
+    return redis_url.RedisUnreachable(url, reason)
+
+
+def command(fn: Callable[..., int | None]) -> Callable[..., None]:
+    """Turn a command's return value and ChordflowErrors into its exit code (under click's
+    standalone mode too, so CliRunner tests see the same codes as the console script).
+
+    The command runs in `redis_url.fail_fast()`: its Redis clients give up after
+    `redis_timeout_s`, and a Redis it cannot reach is `error: cannot reach Redis at ...`, exit 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        as_json = bool(kwargs.get("as_json"))
+        with redis_url.fail_fast() as mode:
+            try:
+                code = fn(*args, **kwargs)
+            except ChordflowError as exc:
+                code = report_error(exc, as_json=as_json)
+            except UNREACHABLE as exc:
+                code = report_error(unreachable(exc, mode.urls), as_json=as_json)
+        if code:
+            raise click.exceptions.Exit(code)
+
+    return wrapper
+
+
+def redis_settings() -> Settings:
+    """The settings of a command that needs a Redis: CHORDFLOW_REDIS_URL set (else a usage error)
+    and well-formed (else InvalidRedisUrl, exit 2)."""
+    settings = settings_from_env()
+    if not settings.redis_url:
+        raise click.UsageError("set CHORDFLOW_REDIS_URL to the Redis your runs live in")
+    redis_url.check(settings.redis_url)
+    return settings
+
+
+def settings_from_env() -> Settings:
+    """The one Settings object of this invocation (CHORDFLOW_* and CHORDFLOW_CONFIG)."""
+    try:
+        return Settings.load()
+    except (ValidationError, ValueError, OSError) as exc:
+        say(f"error: invalid configuration (CHORDFLOW_* or CHORDFLOW_CONFIG): {exc}", err=True)
+        raise click.exceptions.Exit(EXIT_INVALID) from None
+
+
+def load_spec(file: Path, sets: Sequence[str], settings: Settings) -> PipelineSpec:
+    """Read and validate `file` with `--set NAME=VALUE` overrides; raises InvalidPipeline."""
+    overrides = dict(parse_override(item) for item in sets)
+    return load_pipeline(file, overrides, settings=settings)
+
+
+def load_graph(file: Path, sets: Sequence[str], select: str | None, only: bool,
+               settings: Settings | None = None) -> RunGraph:
+    settings = settings or settings_from_env()
+    return resolve(load_spec(file, sets, settings), settings, select, only)
+
+
+file_argument = click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+set_option = click.option("--set", "sets", multiple=True, metavar="NAME=VALUE",
+                          help="Set a variable (repeatable); the value is read as YAML: 30, true, text.")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for programs.")
+select_option = click.option("--select", metavar="EXPR", help="Part of the pipeline: ids, globs, tag:NAME, 10-30, !id.")
+only_option = click.option("--only", is_flag=True, help="Only the selected stages, not the upstream ones they need.")
+
+
+def pipeline_options(fn: Callable) -> Callable:
+    """FILE, --set, --select and --only."""
+    for option in (only_option, select_option, set_option, file_argument):
+        fn = option(fn)
+    return fn
+
+
+def version() -> str:
+    try:
+        return metadata.version("chordflow")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+

@@ -1,0 +1,195 @@
+"""Sending ready stages, starting fan-outs, and acting on what a commit decided.
+
+Used by the submitter (the roots) and by every worker (the children its commit
+made ready): there is no long-lived coordinator. Everything ready at one
+moment goes out through one producer connection.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from celery import Celery, Signature
+
+from orchestration.language import expressions
+from orchestration.engine.compiler import item_signatures, stage_signature
+from orchestration.language.dag import children as children_of
+from orchestration.graph.resolve import Node, RunGraph
+from orchestration.engine.store import Commit, RunStore
+
+log = logging.getLogger("chordflow.dispatch")
+
+
+class Dispatcher:
+    def __init__(self, app: Celery, store: RunStore):
+        self.app = app
+        self.store = store
+        self._topology: dict[str, dict[str, list[str]]] = {}
+
+    # -- graph helpers (cached per run) ---------------------------------------------------------
+    def children(self, run_id: str, graph: RunGraph, stage_id: str) -> list[str]:
+        return self._topo(run_id, graph).get(stage_id, [])
+
+    def descendants(self, run_id: str, graph: RunGraph, stage_id: str) -> list[str]:
+        children = self._topo(run_id, graph)
+        seen: set[str] = set()
+        stack = list(children.get(stage_id, []))
+        while stack:
+            sid = stack.pop()
+            if sid not in seen:
+                seen.add(sid)
+                stack.extend(children.get(sid, []))
+        return [n.id for n in graph.nodes if n.id in seen]
+
+    def blocked_by(self, run_id: str, graph: RunGraph, stage_id: str, outcome: str) -> list[str]:
+        """The stages a failure marks upstream_failed (only a critical failure without fail_fast
+        needs the list; everything else is decided in the commit script)."""
+        node = graph.node(stage_id)
+        if outcome != "failed" or not node.critical or graph.fail_fast:
+            return []
+        return self.descendants(run_id, graph, stage_id)
+
+    def _topo(self, run_id: str, graph: RunGraph) -> dict[str, list[str]]:
+        topo = self._topology.get(run_id)
+        if topo is None:
+            if len(self._topology) > 256:
+                self._topology.clear()
+            topo = self._topology[run_id] = children_of(graph.deps())
+        return topo
+
+    # -- sending ------------------------------------------------------------------------------
+    def send(self, signatures: Iterable[Signature]) -> None:
+        signatures = list(signatures)
+        if not signatures:
+            return
+        with self.app.producer_or_acquire() as producer:
+            for sig in signatures:
+                sig.apply_async(producer=producer)
+
+    def dispatch(self, run_id: str, graph: RunGraph, stage_ids: Iterable[str]) -> None:
+        """Send every stage in `stage_ids` (all 'queued'), and whatever they make ready in turn."""
+        pending = list(stage_ids)
+        sent: list[str] = []
+        while pending:
+            batch: list[Signature] = []
+            more: list[str] = []
+            for sid in pending:
+                node = graph.node(sid)
+                if node.fans_out:
+                    sigs, ready = self._start_fanout(run_id, graph, node)
+                    batch += sigs
+                    more += ready
+                else:
+                    batch.append(stage_signature(run_id, node))
+            self.send(batch)
+            sent += pending
+            pending = more
+        # Only now, with every message handed to the broker, is the outbox entry done;
+        # a dispatcher that dies before this line is covered by the reaper.
+        self.store.sent(run_id, sent)
+
+    def advance(self, run_id: str, graph: RunGraph, commit: Commit, stage_id: str,
+                send_ready: bool = True) -> None:
+        """Act on a commit: send what it made ready, revoke what fail-fast stopped, close the run."""
+        if commit.revoke:
+            self.app.control.revoke(commit.revoke, terminate=True, signal="SIGTERM")
+        if commit.next_item is not None:
+            self.send([stage_signature(run_id, graph.node(stage_id), 1, commit.next_item)])
+        if commit.ready and send_ready:
+            self.dispatch(run_id, graph, commit.ready)
+        if commit.finalized:
+            self.store.expire_run(run_id, graph)
+
+    # -- fan-out --------------------------------------------------------------------------------
+    def _start_fanout(self, run_id: str, graph: RunGraph, node: Node) -> tuple[list[Signature], list[str]]:
+        """Decide the items of a fan-out stage and send the first window of them.
+
+        Returns (item messages, stages made ready when the stage ends at once: skipped,
+        empty, or failing because its for_each input is not a list).
+        """
+        outputs = self.store.outputs(run_id, node.reads)
+        if node.when and not expressions.reads_item(node.when):
+            try:
+                go = expressions.evaluate(node.when, variables=graph.variables, outputs=outputs,
+                                          context=self.store.context(run_id),
+                                          max_steps=self.store.settings.condition_max_steps)
+            except ValueError as exc:
+                return [], self._close(run_id, graph, node, "failed", error=_error("ConditionError", str(exc)))
+            if not go:
+                return [], self._close(run_id, graph, node, "skipped", output="null")
+        # A condition that reads `item` or `matrix` is decided per item, by each item's attempt.
+        if node.matrix is not None:
+            total = len(node.matrix)
+        else:
+            items = outputs.get(node.for_each or "")
+            if items is None:
+                items = []
+            if not isinstance(items, list):
+                return [], self._close(run_id, graph, node, "failed", error=_error(
+                    "FanOutError", f"for_each '{node.for_each}' must output a list; it output "
+                                   f"{type(items).__name__}"))
+            total = len(items)
+            cap = self.store.settings.max_fanout_items
+            if total > cap:
+                return [], self._close(run_id, graph, node, "failed", error=_error(
+                    "FanOutError", f"for_each '{node.for_each}' output {total:,} items; the limit is {cap:,} "
+                                   f"(CHORDFLOW_MAX_FANOUT_ITEMS)"))
+        if total == 0:
+            return [], self._close(run_id, graph, node, "succeeded", output="[]")
+        window = min(total, node.max_concurrency or total)
+        first = self.store.start_fanout(run_id, node.id, total, window, node.queue)
+        if first is None:
+            return [], []
+        if not first:  # a retried run kept every item: the stage ends from their outputs
+            kept = self.store.items(run_id, node.id)
+            output = "[" + ",".join(kept.get(i, {}).get("output") or "null" for i in range(total)) + "]"
+            return [], self._close(run_id, graph, node, "succeeded", output=output)
+        return item_signatures(run_id, node, first), []
+
+    def fail_stage(self, run_id: str, stage_id: str, error: dict[str, Any]) -> bool:
+        """Fail a stage that no attempt holds (decided outside a worker's attempt), keep its error,
+        and advance the run. False if the stage had already ended or an attempt holds it."""
+        graph = self.store.graph(run_id)
+        commit = self._settle(run_id, graph, graph.node(stage_id), "failed", error=error)
+        if commit.verdict != "ok":
+            return False
+        if commit.ready:
+            self.dispatch(run_id, graph, commit.ready)
+        return True
+
+    def _close(self, run_id: str, graph: RunGraph, node: Node, outcome: str, output: str = "",
+               error: dict[str, Any] | None = None) -> list[str]:
+        """End a stage decided here (not by an attempt); returns the stages it made ready, for the
+        caller to send."""
+        commit = self._settle(run_id, graph, node, outcome, output, error)
+        return commit.ready if commit.verdict == "ok" else []
+
+    def _settle(self, run_id: str, graph: RunGraph, node: Node, outcome: str, output: str = "",
+                error: dict[str, Any] | None = None) -> Commit:
+        commit = self.store.finish(
+            run_id, graph, node.id, None, "", outcome, output, error,
+            children=self.children(run_id, graph, node.id),
+            descendants=self.blocked_by(run_id, graph, node.id, outcome),
+            run_hook=True,  # decided outside a worker, which alone knows its Python hooks: always announce
+        )
+        if commit.verdict == "ok":
+            self.advance(run_id, graph, commit, node.id, send_ready=False)  # the caller sends them
+        return commit
+
+
+def _error(kind: str, message: str) -> dict[str, Any]:
+    return {"type": kind, "message": message, "retryable": False}
+
+
+def payload(run_id: str, stage_id: str, attempt: int, item: int | None) -> str:
+    """A message in the form parked and delayed sets keep: enough to rebuild its signature."""
+    return json.dumps([run_id, stage_id, attempt, item], separators=(",", ":"))
+
+
+def signature_of(payload_text: str, store: RunStore) -> Signature:
+    run_id, stage_id, attempt, item = json.loads(payload_text)
+    node = store.graph(run_id).node(stage_id)
+    return stage_signature(run_id, node, attempt, item)

@@ -1,0 +1,315 @@
+"""The hook sender: delivers the events of the hooks outbox, off every stage's path.
+
+The scripts that commit a transition add its event to the Redis stream `Keys.hooks()`
+(one field `e`, the event's JSON) when someone listens. Every worker's main process runs
+one `HookSender`, a consumer of the stream's group `senders`. For each entry it:
+
+1. runs the Python hooks registered for the entry's kind in this process, one at a time,
+   each in a helper thread it waits for at most `settings.hook_timeout_s` (a hook still
+   running then is left to finish on its own and a warning names it; a hook that raises
+   is logged and ignored);
+2. POSTs the entry to every webhook of the run (from the run's stored graph; none if the
+   run is gone) that wants it: retried with backoff on network errors, timeouts, 5xx, 408
+   and 429, each POST bounded by the webhook's own timeout and the whole delivery by
+   `settings.webhook_total_s`; a delivery that still fails is logged, with any
+   user:password of its URL masked;
+3. acknowledges and deletes the entry.
+
+Delivery is at least once: an entry stays pending on the sender that read it until that
+sender has delivered it; a sender that dies leaves its entries pending, and another
+worker's sender takes them over (XAUTOCLAIM) once they have been idle for
+`settings.hook_claim_idle_s`. A live sender keeps the entries it holds from looking idle
+(XCLAIM ... JUSTID every quarter of that time) however long their delivery takes, so a
+slow webhook is not delivered twice. An event can still reach a hook twice when its
+sender dies after delivering it and before acknowledging it.
+
+Order: one sender delivers the entries it reads in stream order. With several workers the
+entries are shared among their senders, and an entry taken over from a dead sender comes
+late, so the order in which hooks see events is guaranteed only per sender, not across
+workers.
+
+Python hooks run in the worker's main process, the one that also feeds the Celery pool:
+keep them short, or hand long work to a queue of your own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from orchestration.engine import hooks
+from orchestration.errors import RunNotFound
+from orchestration.settings import Settings
+from orchestration.engine.store import RunStore, connect
+
+log = logging.getLogger("chordflow.hooks")
+GROUP = "senders"
+BATCH = 16
+BLOCK_MS = 1000
+
+
+class HookSender(threading.Thread):
+    """One per worker main process: reads the hooks outbox and delivers each entry."""
+
+    def __init__(self, settings: Settings, consumer: str, store: RunStore | None = None):
+        super().__init__(daemon=True, name="chordflow-hooks")
+        self.settings, self.consumer = settings, consumer
+        self.stop = threading.Event()
+        self._store = store
+        self._group_ready = False
+        self._inflight: list[str] = []  # ids read and not yet acknowledged, in stream order
+        self._touched = 0.0
+        self._next_claim = 0.0
+        self.touch_every = max(0.5, settings.hook_claim_idle_s / 4)
+
+    @property
+    def store(self) -> RunStore:
+        if self._store is None:
+            self._store = RunStore(connect(self.settings), self.settings)
+        return self._store
+
+    @property
+    def key(self) -> str:
+        return self.store.keys.hooks()
+
+    # -- the loop ---------------------------------------------------------------------------
+    def run(self) -> None:
+        failures = 0
+        while not self.stop.is_set():
+            try:
+                self.tick()
+                failures = 0
+            except Exception as exc:  # noqa: BLE001 - logged (masked, with its traceback), retried
+                # Redis unreachable, the stream deleted under us, a bug: never let the thread die.
+                failures += 1
+                self._group_ready = False
+                log.warning(
+                    "hook sender: %s; retrying%s",
+                    hooks.mask(f"{type(exc).__name__}: {exc}"),
+                    _traceback(exc) if failures == 1 else "",
+                )
+                self.stop.wait(min(5.0, 0.25 * 2 ** min(failures, 5)))
+
+    def tick(self, block_ms: int = BLOCK_MS) -> int:
+        """Deliver what is due: entries left idle by dead senders, then new ones (waiting up to
+        `block_ms` for some). Returns how many entries were handled."""
+        r = self.store.r
+        self._ensure_group()
+        handled = 0
+        now = time.monotonic()
+        if now >= self._next_claim:
+            self._next_claim = now + min(10.0, self.touch_every)
+            handled += self._deliver_all(self._reclaim())
+        reply = r.xreadgroup(GROUP, self.consumer, {self.key: ">"}, count=BATCH, block=block_ms)
+        for _stream, entries in _streams(reply):
+            handled += self._deliver_all(entries)
+        return handled
+
+    def _ensure_group(self) -> None:
+        if self._group_ready:
+            return
+        try:
+            self.store.r.xgroup_create(self.key, GROUP, id="0", mkstream=True)
+        except Exception as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._group_ready = True
+
+    def _reclaim(self) -> list[tuple[str | None, dict[str, str] | None]]:
+        """Take over the entries pending on other senders for longer than the claim time."""
+        r = self.store.r
+        idle_ms = int(self.settings.hook_claim_idle_s * 1000)
+        claimed: list[tuple[str | None, dict[str, str] | None]] = []
+        cursor = "0-0"
+        for _ in range(10):  # at most 10 pages of BATCH per tick
+            reply = r.xautoclaim(self.key, GROUP, self.consumer, idle_ms, start_id=cursor, count=BATCH)
+            cursor, entries = reply[0], reply[1]
+            claimed += entries
+            if cursor in ("0-0", b"0-0") or not entries:
+                break
+        for entry_id, _fields in claimed:
+            if entry_id is not None:
+                log.info(
+                    "hook sender %s: took over event %s from a sender that went quiet",
+                    self.consumer,
+                    entry_id,
+                )
+        self._forget_gone_consumers()
+        return claimed
+
+    def _forget_gone_consumers(self) -> None:
+        """Drop consumers of dead senders from the group: nothing pending and quiet for long."""
+        r = self.store.r
+        quiet_ms = max(3600.0, 10 * self.settings.hook_claim_idle_s) * 1000
+        for consumer in r.xinfo_consumers(self.key, GROUP):
+            name = consumer.get("name")
+            if (
+                name != self.consumer
+                and int(consumer.get("pending", 0)) == 0
+                and int(consumer.get("idle", 0)) > quiet_ms
+            ):
+                r.xgroup_delconsumer(self.key, GROUP, name)
+
+    def _deliver_all(self, entries: Sequence[tuple[str | None, dict[str, str] | None]]) -> int:
+        r = self.store.r
+        self._inflight = [entry_id for entry_id, _ in entries if entry_id is not None]
+        self._touched = time.monotonic()
+        handled = 0
+        try:
+            for entry_id, fields in entries:
+                if entry_id is None:
+                    continue
+                event = _event(entry_id, fields)
+                if event is not None:
+                    # A Redis error propagates: the entry stays pending and is taken over later.
+                    self.deliver(event)
+                pipe = r.pipeline(transaction=False)
+                pipe.xack(self.key, GROUP, entry_id)
+                pipe.xdel(self.key, entry_id)
+                pipe.execute()
+                self._inflight.remove(entry_id)
+                handled += 1
+        finally:
+            self._inflight = []
+        return handled
+
+    # -- one event -------------------------------------------------------------------------
+    def deliver(self, event: dict[str, Any]) -> None:
+        """Run the Python hooks of the event's kind, then POST it to the run's webhooks that want it."""
+        kind, run_id = str(event.get("kind")), str(event.get("run_id"))
+        for fn in hooks.registered(kind):
+            name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+            def call(fn: hooks.Hook = fn) -> None:
+                fn(dict(event))
+
+            error, finished = self._bounded(call, self.settings.hook_timeout_s, f"hook {name}")
+            if not finished:
+                log.warning(
+                    "hook %s for %s of run %s still running after %gs; no longer waited for",
+                    name,
+                    kind,
+                    run_id,
+                    self.settings.hook_timeout_s,
+                )
+            elif error is not None:
+                log.error(
+                    "hook %s for %s of run %s raised; ignored: %s%s",
+                    name,
+                    kind,
+                    run_id,
+                    hooks.mask(f"{type(error).__name__}: {error}"),
+                    _traceback(error),
+                )
+        try:
+            webhooks = self.store.graph(run_id).webhooks
+        except RunNotFound:
+            return
+        total = self.settings.webhook_total_s
+        for webhook in webhooks:
+            if not hooks.wants(webhook, event):
+                continue
+            refused = hooks.refusal(webhook.url)
+            if refused is not None:  # validation refuses it; a run stored before that did not
+                log.error(
+                    "webhook %s for %s of run %s refused: %s",
+                    hooks.mask(webhook.url),
+                    kind,
+                    run_id,
+                    refused,
+                )
+                continue
+
+            def send(webhook: Any = webhook) -> None:
+                hooks.post(webhook, event, total)
+
+            error, finished = self._bounded(send, total + webhook.timeout + 1, "webhook")
+            if not finished:
+                log.error(
+                    "webhook %s for %s of run %s did not answer within %gs; given up",
+                    hooks.mask(webhook.url),
+                    kind,
+                    run_id,
+                    total,
+                )
+            elif error is not None:
+                log.error(
+                    "webhook %s for %s of run %s failed after retries: %s",
+                    hooks.mask(webhook.url),
+                    kind,
+                    run_id,
+                    hooks.mask(f"{type(error).__name__}: {error}"),
+                )
+
+    def _bounded(
+        self, fn: Callable[[], None], limit_s: float, what: str
+    ) -> tuple[BaseException | None, bool]:
+        """Run `fn` in a helper thread and wait for it at most `limit_s`, keeping the entries we
+        hold from looking idle meanwhile. Returns (what it raised, whether it finished)."""
+        outcome: dict[str, BaseException] = {}
+
+        def target() -> None:
+            try:
+                fn()
+            except BaseException as exc:  # noqa: BLE001 - reported to the sender, never raised
+                outcome["error"] = exc
+
+        helper = threading.Thread(target=target, daemon=True, name=f"chordflow-{what}")
+        helper.start()
+        deadline = time.monotonic() + limit_s
+        while True:
+            self._touch()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            helper.join(min(remaining, self.touch_every))
+            if not helper.is_alive():
+                break
+        return outcome.get("error"), not helper.is_alive()
+
+    def _touch(self) -> None:
+        """Reset the idle time of the entries we hold, so no other sender takes them over."""
+        if not self._inflight or time.monotonic() - self._touched < self.touch_every:
+            return
+        self._touched = time.monotonic()
+        try:
+            self.store.r.xclaim(self.key, GROUP, self.consumer, 0, self._inflight, justid=True)
+        except Exception:
+            log.debug("hook sender: could not touch pending events", exc_info=True)
+
+
+def _event(entry_id: str, fields: dict[str, str] | None) -> dict[str, Any] | None:
+    try:
+        event = json.loads((fields or {})["e"])
+        if isinstance(event, dict) and "kind" in event:
+            return event
+    except (KeyError, TypeError, ValueError):
+        pass
+    log.error("hook sender: entry %s is not an event (%s); dropped", entry_id, hooks.mask(repr(fields)[:200]))
+    return None
+
+
+def _traceback(exc: BaseException) -> str:
+    """`exc`'s traceback to end a log line, any user:password of a URL in it masked (a log
+    handler's own `exc_info` formatting would print them)."""
+    return "\n" + hooks.mask("".join(traceback.format_exception(exc)).rstrip())
+
+
+def _streams(reply: Any) -> list[tuple[str, list[tuple[str | None, dict[str, str] | None]]]]:
+    """XREADGROUP's reply as [(stream, entries)], whichever shape the client returned."""
+    if not reply:
+        return []
+    if isinstance(reply, dict):  # RESP3
+        return [
+            (stream, list(entries[0] if entries and isinstance(entries[0], list) else entries))
+            for stream, entries in reply.items()
+        ]
+    return [(stream, list(entries)) for stream, entries in reply]
+
+
+__all__ = ["GROUP", "HookSender"]

@@ -1,0 +1,121 @@
+"""Every Redis key Chordflow uses, each built by one function.
+
+All keys share one configurable prefix. A run's keys are listed by
+`run_keys()` so the TTL set when a run ends reaches every one of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class Keys:
+    def __init__(self, prefix: str = "chordflow"):
+        self.prefix = prefix
+
+    # -- one run -------------------------------------------------------------------------
+    def run(self, run_id: str) -> str:
+        """Hash: the run record (name, version, status, times, counters, fencing sequence)."""
+        return f"{self.prefix}:run:{run_id}"
+
+    def graph(self, run_id: str) -> str:
+        """String: the resolved RunGraph as JSON, written once at submit."""
+        return f"{self.prefix}:run:{run_id}:graph"
+
+    def states(self, run_id: str) -> str:
+        """Hash: stage id -> state."""
+        return f"{self.prefix}:run:{run_id}:states"
+
+    def pending(self, run_id: str) -> str:
+        """Hash: stage id -> parents not yet finished (the counter join)."""
+        return f"{self.prefix}:run:{run_id}:pending"
+
+    def stage(self, run_id: str, stage_id: str) -> str:
+        """Hash: one stage's attempt record (token, attempt, host, queue, times, error)."""
+        return f"{self.prefix}:run:{run_id}:stage:{stage_id}"
+
+    def items(self, run_id: str, stage_id: str) -> str:
+        """Hash: a fan-out stage's items; fields are '<index>:<name>' (state, token, output, ...)."""
+        return f"{self.prefix}:run:{run_id}:items:{stage_id}"
+
+    def outputs(self, run_id: str) -> str:
+        """Hash: stage id -> output JSON."""
+        return f"{self.prefix}:run:{run_id}:outputs"
+
+    def context(self, run_id: str) -> str:
+        """Hash: shared context key -> JSON value."""
+        return f"{self.prefix}:run:{run_id}:context"
+
+    def metrics(self, run_id: str) -> str:
+        """Hash: metric name -> number."""
+        return f"{self.prefix}:run:{run_id}:metrics"
+
+    def events(self, run_id: str) -> str:
+        """Stream: every state change of the run."""
+        return f"{self.prefix}:run:{run_id}:events"
+
+    def logs(self, run_id: str, stage_id: str) -> str:
+        """List: a stage's captured output lines."""
+        return f"{self.prefix}:run:{run_id}:logs:{stage_id}"
+
+    def parked(self, run_id: str) -> str:
+        """Set: messages that arrived while the run was paused, re-sent on resume."""
+        return f"{self.prefix}:run:{run_id}:parked"
+
+    def run_keys(self, run_id: str, stage_ids: Iterable[str]) -> list[str]:
+        keys = [self.run(run_id), self.graph(run_id), self.states(run_id), self.pending(run_id),
+                self.outputs(run_id), self.context(run_id), self.metrics(run_id), self.events(run_id),
+                self.parked(run_id)]
+        for sid in stage_ids:
+            keys += [self.stage(run_id, sid), self.items(run_id, sid), self.logs(run_id, sid)]
+        return keys
+
+    # -- across runs -----------------------------------------------------------------------
+    def runs(self) -> str:
+        """Sorted set: run id by submit time."""
+        return f"{self.prefix}:runs"
+
+    def pipeline_runs(self, name: str) -> str:
+        """Sorted set: a pipeline's run ids by submit time."""
+        return f"{self.prefix}:pipeline:{name}:runs"
+
+    def idempotency(self, key: str) -> str:
+        """String: the run id submitted under an idempotency key."""
+        return f"{self.prefix}:idem:{key}"
+
+    def workers(self) -> str:
+        """Hash: worker hostname -> JSON (queues, resources, stage types, heartbeat time)."""
+        return f"{self.prefix}:workers"
+
+    def delayed(self) -> str:
+        """Sorted set: retry messages by due time (Redis clock), drained by workers."""
+        return f"{self.prefix}:delayed"
+
+    def leases(self) -> str:
+        """Sorted set: '<run>|<stage>|<item>' by lease expiry (Redis clock), read by the reaper."""
+        return f"{self.prefix}:leases"
+
+    def outbox(self) -> str:
+        """Sorted set: '<run>|<stage>' made ready but not yet confirmed sent, by time (Redis clock)."""
+        return f"{self.prefix}:outbox"
+
+    def hooks(self) -> str:
+        """Stream: hook events waiting for delivery (field 'e': the event as JSON), read by every
+        worker's hook sender through the consumer group 'senders' (at least once)."""
+        return f"{self.prefix}:hooks"
+
+    def health_probe(self) -> str:
+        """String: the write probe of `chordflow health` (a short TTL)."""
+        return f"{self.prefix}:health:probe"
+
+    def cache(self, key: str) -> str:
+        """String: a cached stage output (JSON), with the stage's cache TTL."""
+        return f"{self.prefix}:cache:{key}"
+
+    def reaper_lock(self) -> str:
+        """String: the lock held by the one worker that reaps at a time."""
+        return f"{self.prefix}:reaper"
+
+    def counter(self, name: str) -> str:
+        """String: a test or benchmark counter."""
+        return f"{self.prefix}:counter:{name}"

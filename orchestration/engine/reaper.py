@@ -1,0 +1,116 @@
+"""The reaper: one worker at a time (by a Redis lock) repairs what crashes leave behind.
+
+- An attempt whose lease expired (its worker was SIGKILLed, frozen or cut off)
+  is sent again as the next attempt; its old holder can no longer commit
+  (fencing), and `begin.lua` counts the crash, quarantining a poison message.
+- A stage made ready whose message was never confirmed sent (the submitter or
+  a worker died between the commit and the send) is sent again, and so are the
+  first items of a fan-out whose dispatcher died after starting it. Duplicates
+  are harmless: a second delivery of a started stage is dropped by `begin.lua`.
+
+All times are Redis's clock, so machines with skewed clocks agree.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from redis.lock import Lock
+
+from orchestration.engine.compiler import item_signatures, stage_signature
+from orchestration.engine.dispatch import Dispatcher
+from orchestration.errors import RunNotFound
+from orchestration.graph.resolve import Node, RunGraph
+from orchestration.engine.store import RunStore
+
+log = logging.getLogger("chordflow.reaper")
+
+
+class Reaper:
+    def __init__(self, store: RunStore, dispatcher: Dispatcher, identity: str):
+        self.store, self.dispatcher = store, dispatcher
+        self.lock = Lock(store.r, store.keys.reaper_lock(), timeout=max(5.0, store.settings.lease_s),
+                         blocking=False, thread_local=False)
+        self.identity = identity
+
+    def tick(self) -> int:
+        """Reap once if this process holds (or takes) the lock; returns how many messages it sent."""
+        try:
+            held = self.lock.reacquire() if self.lock.owned() else self.lock.acquire(blocking=False)
+        except Exception:  # lost the lock (expired and taken by another): try again next tick
+            held = self.lock.acquire(blocking=False)
+        if not held:
+            return 0
+        return self.expired_leases() + self.unsent()
+
+    def expired_leases(self, limit: int = 200) -> int:
+        store = self.store
+        now_ms = int(store.server_time() * 1000)
+        lease_ms = int(store.settings.lease_s * 1000)
+        sent = 0
+        for member in store.r.zrangebyscore(store.keys.leases(), 0, now_ms, start=0, num=limit):
+            run_id, stage_id, item_text = member.split("|")
+            item = int(item_text) if item_text else None
+            unit = store.r.hmget(store.unit_key(run_id, stage_id, item),
+                                 *(f"{'' if item is None else f'{item}:'}{f}" for f in ("state", "lease_exp",
+                                                                                         "attempt")))
+            state, lease_exp, attempt = unit
+            if state == "running" and int(lease_exp or 0) > now_ms:
+                continue
+            run_status = store.r.hget(store.keys.run(run_id), "status")
+            if state != "running" or run_status not in ("running", "paused"):
+                store.r.zrem(store.keys.leases(), member)  # ended, or its run did (a revoked item)
+                continue
+            try:
+                node = store.graph(run_id).node(stage_id)
+            except (RunNotFound, KeyError):
+                store.r.zrem(store.keys.leases(), member)
+                continue
+            # Look again after one more lease: if this send is lost too, it is sent again.
+            store.r.zadd(store.keys.leases(), {member: now_ms + lease_ms}, xx=True)
+            log.warning("lease of %s/%s item %s expired; sending attempt %s", run_id, stage_id, item,
+                        int(attempt or 1) + 1)
+            self.dispatcher.send([stage_signature(run_id, node, int(attempt or 1) + 1, item)])
+            sent += 1
+        return sent
+
+    def unsent(self, limit: int = 200) -> int:
+        store = self.store
+        horizon = store.server_time() - store.settings.outbox_grace_s
+        sent = 0
+        for member in store.r.zrangebyscore(store.keys.outbox(), 0, horizon, start=0, num=limit):
+            run_id, stage_id = member.split("|")
+            state = store.r.hget(store.keys.states(run_id), stage_id)
+            if state in ("queued", "running") and \
+                    store.r.hget(store.keys.run(run_id), "status") in ("running", "paused"):
+                try:
+                    graph = store.graph(run_id)
+                except RunNotFound:
+                    store.r.zrem(store.keys.outbox(), member)
+                    continue
+                sent += self._resend(run_id, graph, graph.node(stage_id), state)
+            store.r.zrem(store.keys.outbox(), member)
+        return sent
+
+    def _resend(self, run_id: str, graph: RunGraph, node: Node, state: str) -> int:
+        """Send what a dead dispatcher did not: a ready stage, or a started fan-out's first window."""
+        if state == "queued":
+            log.warning("stage %s/%s was ready but never sent; sending it", run_id, node.id)
+            if node.fans_out:
+                self.dispatcher.dispatch(run_id, graph, [node.id])
+            else:
+                self.dispatcher.send([stage_signature(run_id, node)])
+            return 1
+        if not node.fans_out:
+            return 0  # running: it was sent
+        store = self.store
+        total = int(store.r.hget(store.keys.stage(run_id, node.id), "items_total") or 0)
+        window = min(total, node.max_concurrency or total)
+        states = store.r.hmget(store.keys.items(run_id, node.id), *(f"{i}:state" for i in range(window))) \
+            if window else []
+        unstarted = [i for i, item_state in enumerate(states) if item_state is None]
+        if unstarted:
+            log.warning("fan-out %s/%s started but %d of its first items were never sent; sending them",
+                        run_id, node.id, len(unstarted))
+            self.dispatcher.send(item_signatures(run_id, node, unstarted))
+        return len(unstarted)

@@ -1,0 +1,364 @@
+"""Is the fleet healthy? Redis, its durability settings, workers per queue, queue depths, stale pipelines.
+
+Unhealthy (a non-zero `chordflow health`) when Redis is unreachable, when it
+refuses writes (out of memory at `maxmemory`, or read-only) or its used memory
+is near `maxmemory`, when a queue holds work (waiting, delayed or delivered
+messages) that no live worker serves, or when a pipeline's last success is older
+than its `max_age`.
+Redis without AOF or with an eviction policy is a loud warning, not a failure.
+
+The Celery Redis transport keeps each queue as lists (one per priority step)
+whose messages carry no timestamp, so the age of a queue's oldest message is
+measured from the first time a health check saw it at the head of the queue
+(kept in a small hash): a lower bound that grows across checks, 0 on the first.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from kombu.transport.redis import PRIORITY_STEPS, Channel
+from kombu.utils.url import maybe_sanitize_url
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from orchestration.errors import RunNotFound
+from orchestration.engine.keys import Keys
+from orchestration.fleet.schedules import list_schedules
+from orchestration.settings import Settings
+from orchestration.engine.store import RunStore, connect
+
+LAST_SUCCESS_SCAN = 200  # newest runs of a pipeline searched for its last success
+MEMORY_NEAR_FULL = 0.9   # used_memory / maxmemory at which health reports Redis memory
+PROBE_TTL_MS = 10_000    # the write probe's key expires by itself
+
+
+def quick_client(settings: Settings, timeout_s: float = 5.0) -> redis.Redis:
+    """`connect(settings)` without its patient reconnect loop: a check answers in seconds."""
+    client = connect(settings, timeout_s=timeout_s)
+    client.set_retry(Retry(NoBackoff(), 1))  # one quick second try, then the check reports
+    return client
+
+
+def oldest_key(settings: Settings) -> str:
+    """Hash: queue list name -> JSON {tag, seen} of the message a health check saw at its head."""
+    return f"{settings.key_prefix}:health:oldest"
+
+
+def redis_warnings(client: redis.Redis) -> list[str]:
+    """Loud warnings when a Redis restart or memory pressure can lose queued work."""
+    try:
+        config = {**client.config_get("appendonly"), **client.config_get("maxmemory-policy")}
+    except redis.ResponseError:
+        return [("cannot read Redis's configuration (CONFIG is disabled here): make sure it runs with "
+                 "'appendonly yes' and 'maxmemory-policy noeviction', or a restart or memory pressure "
+                 "loses queued work")]
+    config = {_text(k): _text(v) for k, v in config.items()}
+    warnings = []
+    if config.get("appendonly") != "yes":
+        warnings.append("Redis has no AOF persistence (appendonly no): a Redis restart loses queued stages "
+                        "and run state. Run it with 'appendonly yes'")
+    policy = config.get("maxmemory-policy", "")
+    if policy != "noeviction":
+        warnings.append(f"Redis evicts keys under memory pressure (maxmemory-policy {policy}): queued "
+                        "stages and run state can vanish. Set 'maxmemory-policy noeviction'")
+    return warnings
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+# -- can Redis take writes? -----------------------------------------------------------------------------
+
+
+def redis_write_problems(client: redis.Redis, settings: Settings) -> list[str]:
+    """Why Redis refuses, or is about to refuse, the writes every run needs: a write probe
+    refused (OOM: at `maxmemory` with noeviction; READONLY: a replica, or a failover), or used
+    memory at MEMORY_NEAR_FULL of `maxmemory` or more. Empty when Redis takes writes."""
+    used = limit = None
+    try:
+        memory = client.info("memory")
+        used, limit = int(memory.get("used_memory", 0)), int(memory.get("maxmemory", 0))
+    except (redis.ResponseError, ValueError, TypeError):
+        pass  # INFO disabled or renamed: the write probe still tells
+    usage = f"used_memory {_size(used)} of maxmemory {_size(limit)}" if used is not None and limit else ""
+    try:
+        client.set(Keys(settings.key_prefix).health_probe(), "1", px=PROBE_TTL_MS)
+    except redis.ResponseError as exc:
+        text = _first_line(exc)
+        if isinstance(exc, redis.OutOfMemoryError) or text.upper().startswith("OOM") or "maxmemory" in text:
+            return [(f"Redis memory is full and Redis refuses writes{f' ({usage})' if usage else ''}: {text} "
+                     "No stage can start or finish until you raise maxmemory (CONFIG SET maxmemory) or free "
+                     "memory")]
+        if isinstance(exc, redis.ReadOnlyError) or text.upper().startswith("READONLY"):
+            return [(f"Redis is read-only and refuses writes ({text}): it is a replica, or a failover is "
+                     "under way; point CHORDFLOW_REDIS_URL at the primary")]
+        return [f"Redis refused a write: {text}"]
+    if used is not None and limit and used >= MEMORY_NEAR_FULL * limit:
+        return [(f"Redis memory is {used / limit:.0%} full ({usage}): at maxmemory, with noeviction, Redis "
+                 "refuses the writes runs need and stages fail. Raise maxmemory (CONFIG SET maxmemory) or "
+                 "free memory (finished runs expire after CHORDFLOW_RUN_TTL_S)")]
+    return []
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit, scale in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+# -- queues ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class QueueReport:
+    name: str
+    waiting: int = 0                  # messages in the broker's lists
+    delayed: int = 0                  # retries waiting in Chordflow's delay set
+    delivered: int = 0                # taken by a worker, not yet acknowledged
+    workers: list[str] = field(default_factory=list)
+    oldest_waiting_s: float | None = None   # see the module docstring: a lower bound
+    oldest_task: str | None = None
+
+    @property
+    def work(self) -> int:
+        return self.waiting + self.delayed + self.delivered
+
+
+def queue_lists(queue: str) -> list[str]:
+    """The Redis lists kombu keeps for a queue: one per priority step (`cpu`, `cpu\\x06\\x163`, ...)."""
+    return [queue if not step else f"{queue}{Channel.sep}{step}" for step in PRIORITY_STEPS]
+
+
+def queue_reports(store: RunStore, workers: Mapping[str, Mapping[str, Any]]) -> list[QueueReport]:
+    settings, r = store.settings, store.r
+    reports = {q: QueueReport(q) for q in settings.queues}
+    for host, info in sorted(workers.items()):
+        for queue in info.get("queues", []):
+            if queue in reports:
+                reports[queue].workers.append(host)
+    now = store.server_time()
+    for report in reports.values():
+        for name in queue_lists(report.name):
+            _measure_list(r, settings, name, report, now)
+    for queue in _delayed_queues(store):
+        if queue in reports:
+            reports[queue].delayed += 1
+    for raw in r.hvals(Channel.unacked_key):
+        queue = _routing_key(raw)
+        if queue in reports:
+            reports[queue].delivered += 1
+    return list(reports.values())
+
+
+def _measure_list(r: redis.Redis, settings: Settings, name: str, report: QueueReport, now: float) -> None:
+    length = r.llen(name)
+    if not length:
+        _note(r.hdel, oldest_key(settings), name)
+        return
+    report.waiting += length
+    head = r.lindex(name, -1)  # LPUSHed, BRPOPed: the oldest is at the tail
+    envelope = _json(head)
+    headers = envelope.get("headers") or {}
+    tag = (envelope.get("properties") or {}).get("delivery_tag") or headers.get("id") or str(head)[:200]
+    seen = now
+    known = _json(r.hget(oldest_key(settings), name))
+    if known.get("tag") == tag:
+        seen = float(known.get("seen", now))
+    else:
+        _note(r.hset, oldest_key(settings), name, json.dumps({"tag": tag, "seen": now}))
+    age = max(0.0, now - seen)
+    if report.oldest_waiting_s is None or age > report.oldest_waiting_s:
+        report.oldest_waiting_s = age
+        report.oldest_task = f"{headers.get('task', '?')}{headers.get('argsrepr', '')}"
+
+
+def _note(write: Any, *args: Any) -> None:
+    """A write of health's own bookkeeping: when Redis refuses writes (reported apart, by
+    `redis_write_problems`), the oldest-message ages just start over."""
+    try:
+        write(*args)
+    except redis.ResponseError:
+        pass
+
+
+def _delayed_queues(store: RunStore, limit: int = 1000) -> Iterable[str]:
+    for payload in store.r.zrange(store.keys.delayed(), 0, limit - 1):
+        try:
+            run_id, stage_id, *_ = json.loads(str(payload))
+            yield store.graph(run_id).node(stage_id).queue
+        except (RunNotFound, KeyError, ValueError, TypeError):
+            continue
+
+
+def _routing_key(raw: Any) -> str | None:
+    try:
+        _message, _exchange, routing_key = json.loads(raw)
+        return routing_key
+    except (ValueError, TypeError):
+        return None
+
+
+def _json(raw: Any) -> dict[str, Any]:
+    try:
+        value = json.loads(raw) if raw else {}
+    except (ValueError, TypeError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+# -- stale pipelines -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Freshness:
+    pipeline: str
+    max_age_s: float
+    last_success_at: float | None   # epoch s; None: no success among the kept runs
+    age_s: float                    # since the last success, or since the pipeline was first known
+    stale: bool
+
+
+def max_ages(store: RunStore, settings: Settings) -> dict[str, tuple[float, float | None]]:
+    """Pipeline -> (max_age_s, first known at): `max_age` from schedules' stored pipelines, else the
+    `max_age_s` field of a pipeline's newest run record (when submit records it)."""
+    found: dict[str, tuple[float, float | None]] = {}
+    for entry in list_schedules(settings):
+        if entry.max_age_s:
+            found[entry.pipeline] = (entry.max_age_s, entry.added_at)
+    for name in known_pipelines(store):
+        index = store.keys.pipeline_runs(name)
+        newest = store.r.zrevrange(index, 0, 0)
+        first = store.r.zrange(index, 0, 0, withscores=True)
+        first_at = float(first[0][1]) if first else None
+        if name in found:
+            age, added = found[name]
+            found[name] = (age, _earliest(added, first_at))
+            continue
+        raw = store.r.hget(store.keys.run(str(newest[0])), "max_age_s") if newest else None
+        if raw:
+            found[name] = (float(raw), first_at)
+    return found
+
+
+def _earliest(*times: float | None) -> float | None:
+    known = [t for t in times if t is not None]
+    return min(known) if known else None
+
+
+def known_pipelines(store: RunStore) -> list[str]:
+    """Names of the pipelines with a runs index."""
+    head, tail = store.keys.pipeline_runs("\0").split("\0")
+    pattern = re.sub(r"([*?\[\]\\])", r"\\\1", head) + "*" + tail
+    return sorted(key[len(head):-len(tail)] for key in store.r.scan_iter(match=pattern, count=1000))
+
+
+def last_success(store: RunStore, pipeline: str) -> float | None:
+    """When the newest succeeded run of `pipeline` finished (epoch s), among its newest runs."""
+    ids = [str(i) for i in store.r.zrevrange(store.keys.pipeline_runs(pipeline), 0, LAST_SUCCESS_SCAN - 1)]
+    pipe = store.r.pipeline(transaction=False)
+    for run_id in ids:
+        pipe.hmget(store.keys.run(run_id), "status", "finished_at")
+    for status, finished_at in pipe.execute() if ids else []:
+        if status == "succeeded" and finished_at:
+            return float(finished_at)
+    return None
+
+
+def freshness(store: RunStore, settings: Settings, now: float) -> list[Freshness]:
+    out = []
+    for pipeline, (max_age, known_since) in sorted(max_ages(store, settings).items()):
+        success = last_success(store, pipeline)
+        since = success if success is not None else known_since
+        age = max(0.0, now - since) if since is not None else 0.0
+        out.append(Freshness(pipeline, max_age, success, age, age > max_age))
+    return out
+
+
+# -- the whole check -----------------------------------------------------------------------------------
+
+
+@dataclass
+class HealthReport:
+    redis_url: str
+    reachable: bool
+    warnings: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    workers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    queues: list[QueueReport] = field(default_factory=list)
+    pipelines: list[Freshness] = field(default_factory=list)
+
+    @property
+    def healthy(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "healthy": self.healthy, "redis": {"url": self.redis_url, "reachable": self.reachable},
+            "problems": self.problems, "warnings": self.warnings, "workers": self.workers,
+            "queues": [{**q.__dict__, "work": q.work} for q in self.queues],
+            "pipelines": [p.__dict__ for p in self.pipelines],
+        }
+
+
+def check(settings: Settings, timeout_s: float = 5.0) -> HealthReport:
+    """Run every check; `problems` says why the fleet is unhealthy, `warnings` what is risky."""
+    report = HealthReport(maybe_sanitize_url(settings.redis_url or ""), reachable=False)
+    client = quick_client(settings, timeout_s)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        report.problems.append(f"Redis unreachable at {report.redis_url}: {exc}")
+        return report
+    report.reachable = True
+    store = RunStore(client, settings)
+    report.warnings = redis_warnings(client)
+    report.problems.extend(redis_write_problems(client, settings))
+    report.workers = store.live_workers()
+    report.queues = queue_reports(store, report.workers)
+    for q in report.queues:
+        if q.work and not q.workers:
+            report.problems.append(
+                f"queue '{q.name}' has {q.work} message(s) ({q.waiting} waiting, {q.delayed} delayed, "
+                f"{q.delivered} delivered) but no live worker serves it: start one with "
+                f"`chordflow worker --queues {q.name}`")
+    report.pipelines = freshness(store, settings, store.server_time())
+    for p in report.pipelines:
+        if p.stale:
+            since = ("last succeeded" if p.last_success_at is not None
+                     else "has not succeeded since it was known,")
+            report.problems.append(f"pipeline '{p.pipeline}' is stale: it {since} {p.age_s:.0f}s ago, "
+                                   f"more than its max_age of {p.max_age_s:g}s")
+    return report
+
+
+def worker_alive(settings: Settings, hostname: str) -> tuple[bool, str]:
+    """Whether the worker of `hostname` published a heartbeat within the worker TTL."""
+    try:
+        client = quick_client(settings)
+        seconds, micros = client.time()
+        published = client.hgetall(f"{settings.key_prefix}:workers")
+    except redis.RedisError as exc:
+        return False, f"redis unreachable: {exc}"
+    now = seconds + micros / 1e6
+    for name, raw in published.items():
+        name = _text(name)
+        if name.split("/")[0] == hostname:
+            age = now - float(_json(raw).get("seen", 0))
+            if age <= settings.worker_ttl_s:
+                return True, f"worker {name} alive (heartbeat {age:.1f}s ago)"
+            return False, f"worker {name}: last heartbeat {age:.0f}s ago (limit {settings.worker_ttl_s:g}s)"
+    return False, f"no worker of host {hostname} has published a heartbeat"

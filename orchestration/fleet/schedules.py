@@ -1,0 +1,267 @@
+"""Schedules: pipelines that `chordflow beat` submits on a cron expression or an interval.
+
+Entries live in Redis through celery-redbeat (under `<prefix>:redbeat:`), so any
+machine can add, list or remove them and beat needs no local state. An entry
+stores the validated pipeline as JSON (its `--set` overrides and `${...}`
+already applied when it was added) and fires the Celery task
+`chordflow.submit_scheduled` on the cpu queue; a worker validates the pipeline
+again and submits the run.
+
+Each firing carries its tick: the start of the schedule period it belongs to
+(the interval for `every`, the minute for cron), read from Redis's clock when
+beat sends it. The run is submitted with the idempotency key
+`schedule:<name>:<tick>`, so a tick yields at most one run even if two beats
+fire it. RedBeat's lock already keeps a second beat waiting; the key makes a
+duplicate harmless anyway.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import redis
+from celery import Celery
+from celery.schedules import BaseSchedule, crontab, schedule
+from redbeat.schedulers import RedBeatScheduler, RedBeatSchedulerEntry, ensure_conf, get_redis
+
+from orchestration.api import Client
+from orchestration.engine.celeryconfig import client_app
+from orchestration.language.durations import format_duration, parse_duration
+from orchestration.errors import ChordflowError
+from orchestration.settings import Settings
+from orchestration.language.spec import PipelineSpec
+from orchestration.language.validation import validate_data
+
+SUBMIT_TASK = "chordflow.submit_scheduled"
+MIN_EVERY_S = 1.0
+BEAT_MAX_INTERVAL_S = 5.0  # how soon beat sees a schedule added while it sleeps
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
+
+log = logging.getLogger("chordflow.schedules")
+
+
+class ScheduleError(ChordflowError):
+    """A schedule expression or name is wrong (exit 2)."""
+
+    exit_code = 2
+
+
+# -- keys (beside redbeat's own, which it builds from the prefix below) ----------------------------
+
+
+def redbeat_prefix(settings: Settings) -> str:
+    """RedBeat's key prefix: entries are `<prefix>:redbeat:<name>`, its lock `<prefix>:redbeat::lock`."""
+    return f"{settings.key_prefix}:redbeat:"
+
+
+def outcomes_key(settings: Settings) -> str:
+    """Hash: schedule name -> JSON of its last firing (tick, run_id or error, at)."""
+    return f"{settings.key_prefix}:schedules:last"
+
+
+# -- expressions -----------------------------------------------------------------------------------
+
+
+def parse_cron(expr: str) -> crontab:
+    """A 5-field cron expression (minute hour day-of-month month day-of-week), in UTC."""
+    fields = expr.split()
+    if len(fields) != 5:
+        raise ScheduleError(f"cron {expr!r} must have 5 fields: minute hour day-of-month month day-of-week "
+                            "(e.g. '0 19 * * *')")
+    try:
+        return crontab(minute=fields[0], hour=fields[1], day_of_month=fields[2], month_of_year=fields[3],
+                       day_of_week=fields[4])
+    except (ValueError, IndexError, KeyError) as exc:
+        raise ScheduleError(f"cron {expr!r} is not valid: {exc}") from None
+
+
+def parse_every(text: str) -> schedule:
+    """`--every 1s`, `15m`, `1h`: an interval of at least one second."""
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise ScheduleError(f"--every: {exc}") from None
+    if seconds < MIN_EVERY_S:
+        raise ScheduleError(f"--every {text!r}: the shortest interval is {MIN_EVERY_S:g}s")
+    return schedule(run_every=timedelta(seconds=seconds))
+
+
+def describe(sched: BaseSchedule) -> str:
+    """`cron 0 19 * * *` or `every 5m`."""
+    if isinstance(sched, crontab):
+        return "cron " + " ".join(str(getattr(sched, f"_orig_{part}")) for part in
+                                  ("minute", "hour", "day_of_month", "month_of_year", "day_of_week"))
+    if isinstance(sched, schedule):
+        return f"every {format_duration(sched.run_every.total_seconds())}"
+    return str(sched)
+
+
+def tick_of(sched: BaseSchedule, now_s: float) -> int:
+    """The start (epoch s) of the period of `sched` that `now_s` falls in: the interval for an
+    interval schedule, the minute for cron (its resolution). Two beats firing the same tick agree."""
+    period = max(MIN_EVERY_S, sched.run_every.total_seconds()) if isinstance(sched, schedule) else 60.0
+    return int(math.floor(now_s / period) * period)
+
+
+def idempotency_key(name: str, tick: int) -> str:
+    return f"schedule:{name}:{tick}"
+
+
+# -- the beat side -----------------------------------------------------------------------------------
+
+
+def beat_app(settings: Settings, lock: bool = True) -> Celery:
+    """The Celery app `chordflow beat` and the schedule commands use: RedBeat on our Redis."""
+    app = client_app(settings, name="chordflow-beat")
+    app.conf.update(
+        beat_scheduler="orchestration.fleet.schedules:ChordflowScheduler",
+        beat_max_loop_interval=BEAT_MAX_INTERVAL_S,
+        redbeat_redis_url=settings.redis_url,
+        redbeat_redis_options={},  # not the broker's transport options
+        redbeat_key_prefix=redbeat_prefix(settings),
+        # A beat that dies leaves the lock for 5 loop intervals; then a waiting beat takes over.
+        redbeat_lock_key=f"{redbeat_prefix(settings)}:lock" if lock else None,
+        redbeat_lock_timeout=BEAT_MAX_INTERVAL_S * 5,
+    )
+    ensure_conf(app)
+    return app
+
+
+class ChordflowScheduler(RedBeatScheduler):
+    """RedBeat, plus the tick of each firing in the message (from Redis's clock, so beats on
+    machines whose clocks differ still agree)."""
+
+    def apply_async(self, entry: Any, producer: Any = None, advance: bool = True, **kwargs: Any) -> Any:
+        if entry.task == SUBMIT_TASK:
+            seconds, micros = get_redis(self.app).time()
+            # The entry is read afresh from Redis every tick and only its meta is written back,
+            # so the tick never reaches the stored definition.
+            entry.kwargs = {**entry.kwargs, "tick": tick_of(entry.schedule, seconds + micros / 1e6)}
+        return super().apply_async(entry, producer, advance, **kwargs)
+
+
+# -- adding, listing, removing -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScheduleInfo:
+    name: str
+    pipeline: str
+    when: str
+    next_at: float | None          # epoch s
+    last_fired_at: float | None    # epoch s
+    source: str | None
+    sets: dict[str, Any]
+    max_age_s: float | None
+    added_at: float | None
+    last: dict[str, Any] | None    # the last firing's outcome: tick, run_id or error, at
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def check_name(name: str) -> str:
+    if not _NAME.fullmatch(name):
+        raise ScheduleError(f"schedule name {name!r} must be letters, digits, '.', '_' or '-' "
+                            "(up to 200, starting with a letter or digit)")
+    return name
+
+
+def add_schedule(settings: Settings, spec: PipelineSpec, when: BaseSchedule, name: str | None = None,
+                 sets: dict[str, Any] | None = None, source: str | None = None) -> tuple[str, bool]:
+    """Store (or replace) a schedule; returns (name, created). A replaced schedule keeps its last run time."""
+    name = check_name(name or spec.name)
+    app = beat_app(settings)
+    entry = RedBeatSchedulerEntry(
+        name, SUBMIT_TASK, when, app=app, options={"queue": settings.cpu_queue},
+        kwargs={"schedule": name, "spec": spec.model_dump(mode="json", exclude_defaults=True),
+                "source": source, "sets": sets or {}, "added_at": round(time.time(), 3)},
+    )
+    existed = bool(get_redis(app).exists(entry.key))
+    entry.save()
+    return name, not existed
+
+
+def remove_schedule(settings: Settings, name: str) -> bool:
+    app = beat_app(settings)
+    key = RedBeatSchedulerEntry.generate_key(app, name)
+    if not get_redis(app).exists(key):
+        return False
+    RedBeatSchedulerEntry(name, app=app).delete()
+    get_redis(app).hdel(outcomes_key(settings), name)
+    return True
+
+
+def list_schedules(settings: Settings) -> list[ScheduleInfo]:
+    app = beat_app(settings)
+    client = get_redis(app)
+    outcomes = client.hgetall(outcomes_key(settings))
+    found = []
+    for key in client.zrange(app.redbeat_conf.schedule_key, 0, -1):
+        try:
+            entry = RedBeatSchedulerEntry.from_key(key, app=app)
+        except KeyError:
+            continue
+        if entry.task != SUBMIT_TASK:
+            continue
+        kw = entry.kwargs
+        spec = kw.get("spec") or {}
+        due = entry.due_at
+        found.append(ScheduleInfo(
+            name=entry.name, pipeline=str(spec.get("name", "?")), when=describe(entry.schedule),
+            next_at=due.timestamp() if due else None,
+            last_fired_at=entry.last_run_at.timestamp() if entry.last_run_at else None,
+            source=kw.get("source"), sets=kw.get("sets") or {},
+            max_age_s=_seconds(spec.get("max_age")), added_at=kw.get("added_at"),
+            last=json.loads(outcomes[entry.name]) if entry.name in outcomes else None,
+        ))
+    return sorted(found, key=lambda s: s.name)
+
+
+def _seconds(value: Any) -> float | None:
+    try:
+        return parse_duration(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+# -- the worker side -------------------------------------------------------------------------------------
+
+
+def register_scheduled_task(app: Celery, settings: Settings) -> None:
+    """Register `chordflow.submit_scheduled` in a worker's app (called by workers.app.create_app)."""
+    clients: dict[int, Client] = {}
+
+    @app.task(name=SUBMIT_TASK, ignore_result=True, acks_late=True, typing=False,
+              autoretry_for=(redis.ConnectionError,), retry_backoff=True, max_retries=3)
+    def submit_scheduled(schedule: Any = None, tick: Any = None, spec: Any = None, **_: Any) -> str:
+        if (not isinstance(schedule, str) or not isinstance(spec, dict) or not isinstance(tick, int)
+                or isinstance(tick, bool)):
+            log.error("refusing a scheduled submit without schedule, tick and spec "
+                      "(was it sent by `chordflow beat`?)")
+            return "refused: malformed message"
+        client = clients.get(os.getpid())
+        if client is None:  # one per pool process, built after the fork
+            client = clients[os.getpid()] = Client(settings)
+        return submit_tick(client, schedule, tick, spec)
+
+
+def submit_tick(client: Client, name: str, tick: int, spec_data: dict[str, Any]) -> str:
+    """Validate the stored pipeline and submit it once for this tick; record the outcome."""
+    outcome: dict[str, Any] = {"tick": tick, "at": round(time.time(), 3)}
+    try:
+        spec = validate_data(spec_data, source=f"schedule '{name}'", settings=client.settings)
+        outcome["run_id"] = client.submit(spec, idempotency_key=idempotency_key(name, tick)).run_id
+    except ChordflowError as exc:
+        outcome["error"] = str(exc)
+        log.error("schedule %s, tick %s: not submitted: %s", name, tick, exc)
+    client.store.r.hset(outcomes_key(client.settings), name, json.dumps(outcome))
+    return outcome.get("run_id") or f"failed: {outcome['error']}"

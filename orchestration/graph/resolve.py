@@ -1,0 +1,174 @@
+"""Resolve a validated PipelineSpec into the flat graph a run executes.
+
+The flat graph has one node per enabled, selected stage, with everything a
+worker needs resolved: its type, params, queue, the file's retry policy
+(defaults merged under the stage's own), timeout, condition, fan-out or
+matrix instances, fallback, cache, and its needs after order-based chaining
+and selection. It is stored once per run; messages carry only ids.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from functools import cached_property
+from typing import Any
+
+from pydantic import Field
+
+from orchestration.language import dag as graph
+from orchestration.errors import InvalidPipeline, Problem
+from orchestration.language.routing import queue_for
+from orchestration.language.selection import Selectable, select
+from orchestration.settings import Settings
+from orchestration.language.spec import Cache, Fallback, Model, PipelineSpec, Resources, RetryPolicy, Stage, Webhook
+from orchestration.language.validation import effective_needs
+
+DEFAULT_ESTIMATE_S = 1.0
+CRITICAL_PRIORITY = 9
+NORMAL_PRIORITY = 5
+
+
+class Node(Model):
+    """One stage of a run, fully resolved."""
+
+    id: str
+    type: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    run: tuple[str, ...] | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: str | None = None
+    needs: tuple[str, ...] = ()
+    queue: str
+    resources: Resources | None = None
+    retry: dict[str, Any] = Field(default_factory=dict)
+    timeout_s: float | None = None
+    when: str | None = None
+    critical: bool = True
+    for_each: str | None = None
+    max_concurrency: int | None = None
+    matrix: tuple[dict[str, Any], ...] | None = None
+    fallback: Fallback | None = None
+    cache: Cache | None = None
+    estimate_s: float = DEFAULT_ESTIMATE_S
+    order: int | None = None
+    level: int = 0
+    tags: tuple[str, ...] = ()
+    on_critical_path: bool = False
+    priority: int = NORMAL_PRIORITY
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        """The file's policy for this stage (only the fields the file set count as set)."""
+        return RetryPolicy.model_validate(self.retry)
+
+    @property
+    def reads(self) -> list[str]:
+        """The stages whose outputs an attempt reads: its needs, and its for_each source."""
+        if self.for_each and self.for_each not in self.needs:
+            return [*self.needs, self.for_each]
+        return list(self.needs)
+
+    @property
+    def fans_out(self) -> bool:
+        return self.for_each is not None or self.matrix is not None
+
+
+class RunGraph(Model):
+    """What a run executes: the resolved nodes in topological order."""
+
+    name: str
+    version: str
+    variables: dict[str, Any] = Field(default_factory=dict)
+    fail_fast: bool = True
+    webhooks: tuple[Webhook, ...] = ()
+    nodes: tuple[Node, ...]
+    critical_path: tuple[str, ...] = ()
+    makespan_s: float = 0.0
+    no_cache: bool = False
+
+    @cached_property
+    def index(self) -> dict[str, Node]:
+        return {n.id: n for n in self.nodes}
+
+    def node(self, stage_id: str) -> Node:
+        return self.index[stage_id]
+
+    def deps(self) -> dict[str, tuple[str, ...]]:
+        return {n.id: n.needs for n in self.nodes}
+
+
+def _policy(value: str | RetryPolicy | None, spec: PipelineSpec) -> RetryPolicy | None:
+    if isinstance(value, str):
+        return spec.retry_policies[value]
+    return value
+
+
+def file_policy(stage: Stage, spec: PipelineSpec, _dumps: dict[int, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """defaults.retry, then the stage's retry over it; only explicitly set fields are kept."""
+    merged: dict[str, Any] = {}
+    for layer in (_policy(spec.defaults.retry, spec), _policy(stage.retry, spec)):
+        if layer is not None:
+            dumped = _dumps.get(id(layer)) if _dumps is not None else None
+            if dumped is None:
+                dumped = layer.model_dump(mode="json", include=layer.model_fields_set)
+                if _dumps is not None:
+                    _dumps[id(layer)] = dumped
+            merged.update(dumped)
+    return merged
+
+
+def matrix_instances(matrix: dict[str, tuple[Any, ...]], limit: int | None = None) -> tuple[dict[str, Any], ...]:
+    """Every combination of the axes' values; InvalidPipeline, before expanding, if over `limit`."""
+    if limit is not None and math.prod(len(v) for v in matrix.values()) > limit:
+        raise InvalidPipeline(f"a matrix of {' x '.join(str(len(v)) for v in matrix.values())} makes over "
+                              f"{limit:,} instances, the limit (max_matrix_instances)")
+    axes = list(matrix)
+    return tuple(dict(zip(axes, combo)) for combo in itertools.product(*(matrix[a] for a in axes)))
+
+
+def resolve(spec: PipelineSpec, settings: Settings | None = None, selection: str | None = None,
+            only: bool = False, estimates: dict[str, float] | None = None) -> RunGraph:
+    """The flat run graph of a validated spec, with `selection` applied."""
+    settings = settings or Settings()
+    enabled = [s for s in spec.stages if s.enabled]
+    # A spec built without validate_data (PipelineSpec.model_validate) was never held to the limits.
+    expanded = sum(math.prod(len(v) for v in s.matrix.values()) if s.matrix else 1 for s in enabled)
+    if expanded > settings.max_stages:
+        raise InvalidPipeline([Problem(f"the pipeline has {expanded:,} stages once matrices are expanded; "
+                                       f"the limit is {settings.max_stages:,} (max_stages)")])
+    deps = effective_needs(spec.stages)
+    if selection:
+        chosen = set(select(
+            [Selectable(s.id, tuple(deps[s.id]), s.tags, s.order) for s in enabled], selection, only))
+        enabled = [s for s in enabled if s.id in chosen]
+        deps = {sid: [n for n in needs if n in chosen] for sid, needs in deps.items() if sid in chosen}
+    order = graph.topological_order(deps)
+    levels = graph.levels(deps)
+    history = estimates or {}
+    est = {s.id: history.get(s.id) or s.estimate or spec.defaults.estimate or DEFAULT_ESTIMATE_S for s in enabled}
+    path, makespan = graph.critical_path(deps, est)
+    on_path = set(path)
+    by_id = {s.id: s for s in enabled}
+    dumps: dict[int, dict[str, Any]] = {}  # a shared policy is dumped once, not once per stage
+    nodes = []
+    for sid in order:
+        s = by_id[sid]
+        resources = s.resources or spec.defaults.resources
+        # Every value here comes from validated models: construct without validating again.
+        nodes.append(Node.model_construct(
+            id=s.id, type=s.type_name, params=s.params, run=s.run, env=s.env, cwd=s.cwd,
+            needs=tuple(deps[sid]),
+            queue=queue_for(resources, s.queue, spec.defaults.queue, settings),
+            resources=resources, retry=file_policy(s, spec, dumps),
+            timeout_s=s.timeout if s.timeout is not None else spec.defaults.timeout,
+            when=s.when, critical=s.critical, for_each=s.for_each, max_concurrency=s.max_concurrency,
+            matrix=matrix_instances(s.matrix, settings.max_matrix_instances) if s.matrix else None,
+            fallback=s.fallback, cache=s.cache, estimate_s=est[sid], order=s.order, level=levels[sid],
+            tags=s.tags, on_critical_path=sid in on_path,
+            priority=CRITICAL_PRIORITY if sid in on_path else NORMAL_PRIORITY,
+        ))
+    return RunGraph(
+        name=spec.name, version=spec.version, variables=spec.variables, fail_fast=spec.fail_fast,
+        webhooks=spec.webhooks, nodes=tuple(nodes), critical_path=tuple(path), makespan_s=makespan,
+    )
