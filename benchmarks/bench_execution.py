@@ -59,9 +59,9 @@ from celery import chain, chord, group
 
 from orchestration.api import Client
 from orchestration.fleet.embedded import RedisServer, WorkerProcess, wait_for_workers
-from orchestration.settings import Settings
 from orchestration.language.spec import PipelineSpec
 from orchestration.language.validation import validate_data
+from orchestration.settings import Settings
 
 RESULTS = ROOT / "benchmarks" / "results"
 TIMEOUT_S = 600.0
@@ -94,7 +94,9 @@ class Bench:
         return str(got[1])
 
     def commandstats(self) -> dict[str, int]:
-        return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in self.r.info("commandstats").items()}
+        return {
+            name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in self.r.info("commandstats").items()
+        }
 
     def worker_cpu(self) -> float:
         """CPU seconds used so far by the worker's main process and its pool processes."""
@@ -160,7 +162,7 @@ def run_chordflow(bench: Bench, spec: PipelineSpec) -> Sample:
 class Workload:
     name: str
     description: str
-    units: int                                  # no-op stages (per-stage overhead = wall / units)
+    units: int  # no-op stages (per-stage overhead = wall / units)
     plain: Callable[[Bench], Sample]
     spec: PipelineSpec
 
@@ -169,7 +171,9 @@ class Workload:
 
 
 def chain_spec(n: int) -> PipelineSpec:
-    stages = [{"id": f"s{i:04d}", "uses": "noop", **({"needs": [f"s{i - 1:04d}"]} if i else {})} for i in range(n)]
+    stages = [
+        {"id": f"s{i:04d}", "uses": "noop", **({"needs": [f"s{i - 1:04d}"]} if i else {})} for i in range(n)
+    ]
     return validate_data({"name": f"bench-chain-{n}", "stages": stages})
 
 
@@ -182,14 +186,20 @@ def plain_chain(n: int) -> Callable[[Bench], Sample]:
         t1 = time.perf_counter()
         bench.blpop(key)
         return Sample(time.perf_counter() - t0, t1 - t0)
+
     return run
 
 
 def fanout_spec(n: int) -> PipelineSpec:
-    return validate_data({"name": f"bench-fanout-{n}", "stages": [
-        {"id": "items", "uses": "noop", "params": {"output": list(range(n))}},
-        {"id": "each", "uses": "noop", "needs": ["items"], "for_each": "items"},
-    ]})
+    return validate_data(
+        {
+            "name": f"bench-fanout-{n}",
+            "stages": [
+                {"id": "items", "uses": "noop", "params": {"output": list(range(n))}},
+                {"id": "each", "uses": "noop", "needs": ["items"], "for_each": "items"},
+            ],
+        }
+    )
 
 
 def plain_fanout(n: int) -> Callable[[Bench], Sample]:
@@ -201,6 +211,7 @@ def plain_fanout(n: int) -> Callable[[Bench], Sample]:
         t1 = time.perf_counter()
         bench.blpop(key)
         return Sample(time.perf_counter() - t0, t1 - t0)
+
     return run
 
 
@@ -209,13 +220,17 @@ def lattice_ids(layers: int, width: int) -> dict[str, list[str]]:
     deps: dict[str, list[str]] = {}
     for layer in range(layers):
         for j in range(width):
-            deps[f"n{layer}_{j}"] = [] if layer == 0 else [f"n{layer - 1}_{j}", f"n{layer - 1}_{(j + 1) % width}"]
+            deps[f"n{layer}_{j}"] = (
+                [] if layer == 0 else [f"n{layer - 1}_{j}", f"n{layer - 1}_{(j + 1) % width}"]
+            )
     return deps
 
 
 def lattice_spec(layers: int, width: int) -> PipelineSpec:
-    stages = [{"id": sid, "uses": "noop", **({"needs": needs} if needs else {})}
-              for sid, needs in lattice_ids(layers, width).items()]
+    stages = [
+        {"id": sid, "uses": "noop", **({"needs": needs} if needs else {})}
+        for sid, needs in lattice_ids(layers, width).items()
+    ]
     return validate_data({"name": f"bench-lattice-{layers}x{width}", "stages": stages})
 
 
@@ -246,17 +261,28 @@ def plain_lattice(layers: int, width: int) -> Callable[[Bench], Sample]:
                     if left[child] == 0:
                         bench.sig("push", key, child).apply_async(producer=producer)
         return Sample(time.perf_counter() - t0, t1 - t0)
+
     return run
 
 
 def workloads() -> dict[str, Workload]:
-    return {w.name: w for w in (
-        Workload("chain200", "chain of 200 no-op stages", 200, plain_chain(200), chain_spec(200)),
-        Workload("fanout2000", "fan-out of 2,000 no-op items", 2000, plain_fanout(2000), fanout_spec(2000)),
-        Workload("lattice100", "100-stage diamond lattice (10 layers of 10, 2 parents each)", 100,
-                 plain_lattice(10, 10), lattice_spec(10, 10)),
-        Workload("chain800", "chain of 800 no-op stages", 800, plain_chain(800), chain_spec(800)),
-    )}
+    return {
+        w.name: w
+        for w in (
+            Workload("chain200", "chain of 200 no-op stages", 200, plain_chain(200), chain_spec(200)),
+            Workload(
+                "fanout2000", "fan-out of 2,000 no-op items", 2000, plain_fanout(2000), fanout_spec(2000)
+            ),
+            Workload(
+                "lattice100",
+                "100-stage diamond lattice (10 layers of 10, 2 parents each)",
+                100,
+                plain_lattice(10, 10),
+                lattice_spec(10, 10),
+            ),
+            Workload("chain800", "chain of 800 no-op stages", 800, plain_chain(800), chain_spec(800)),
+        )
+    }
 
 
 def warmups() -> list[Workload]:
@@ -293,36 +319,59 @@ def summarize(wl: Workload, samples: dict[str, list[Sample]]) -> dict[str, Any]:
     spans = [s.makespan_s for s in samples["chordflow"] if s.makespan_s is not None]
     calls = {sys_: median([sum(s.redis_calls.values()) for s in samples[sys_]]) for sys_ in samples}
     return {
-        "workload": wl.name, "description": wl.description, "stages": wl.units,
-        "plain_s": round(plain, 4), "chordflow_s": round(flow, 4), "ratio": round(flow / plain, 3),
+        "workload": wl.name,
+        "description": wl.description,
+        "stages": wl.units,
+        "plain_s": round(plain, 4),
+        "chordflow_s": round(flow, 4),
+        "ratio": round(flow / plain, 3),
         "plain_ms_per_stage": round(plain * 1000 / wl.units, 3),
         "chordflow_ms_per_stage": round(flow * 1000 / wl.units, 3),
         "chordflow_makespan_s": round(median(spans), 4) if spans else None,
         "chordflow_submit_s": round(median([s.submit_s for s in samples["chordflow"]]), 4),
         "plain_submit_s": round(median([s.submit_s for s in samples["plain"]]), 4),
         "redis_calls_per_stage": {k: round(v / wl.units, 1) for k, v in calls.items()},
-        "cpu_ms_per_stage": {sys_: {part: round(median([s.extra[f"{part}_cpu_s"] for s in samples[sys_]]) * 1000
-                                                / wl.units, 3) for part in ("worker", "redis", "client")}
-                             for sys_ in samples},
-        "samples": {sys_: [{"wall_s": round(s.wall_s, 4), "submit_s": round(s.submit_s, 4),
-                            "makespan_s": None if s.makespan_s is None else round(s.makespan_s, 4),
-                            **s.extra, "redis_calls": s.redis_calls} for s in ss]
-                    for sys_, ss in samples.items()},
+        "cpu_ms_per_stage": {
+            sys_: {
+                part: round(median([s.extra[f"{part}_cpu_s"] for s in samples[sys_]]) * 1000 / wl.units, 3)
+                for part in ("worker", "redis", "client")
+            }
+            for sys_ in samples
+        },
+        "samples": {
+            sys_: [
+                {
+                    "wall_s": round(s.wall_s, 4),
+                    "submit_s": round(s.submit_s, 4),
+                    "makespan_s": None if s.makespan_s is None else round(s.makespan_s, 4),
+                    **s.extra,
+                    "redis_calls": s.redis_calls,
+                }
+                for s in ss
+            ]
+            for sys_, ss in samples.items()
+        },
     }
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    out = [("| workload | stages | plain Celery (s) | Chordflow (s) | ratio | plain ms/stage | Chordflow ms/stage "
+    out = [
+        (
+            "| workload | stages | plain Celery (s) | Chordflow (s) | ratio | plain ms/stage | Chordflow ms/stage "
             "| Chordflow makespan (s) | Redis cmds/stage plain / Chordflow "
-            "| worker CPU ms/stage plain / Chordflow |"),
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "| worker CPU ms/stage plain / Chordflow |"
+        ),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         mk = "" if r["chordflow_makespan_s"] is None else f"{r['chordflow_makespan_s']:.3f}"
         calls = r["redis_calls_per_stage"]
-        out.append(f"| {r['workload']} | {r['stages']} | {r['plain_s']:.3f} | {r['chordflow_s']:.3f} | "
-                   f"{r['ratio']:.2f}x | {r['plain_ms_per_stage']:.2f} | {r['chordflow_ms_per_stage']:.2f} | "
-                   f"{mk} | {calls['plain']:.1f} / {calls['chordflow']:.1f} | "
-                   f"{r['cpu_ms_per_stage']['plain']['worker']:.2f} / {r['cpu_ms_per_stage']['chordflow']['worker']:.2f} |")
+        out.append(
+            f"| {r['workload']} | {r['stages']} | {r['plain_s']:.3f} | {r['chordflow_s']:.3f} | "
+            f"{r['ratio']:.2f}x | {r['plain_ms_per_stage']:.2f} | {r['chordflow_ms_per_stage']:.2f} | "
+            f"{mk} | {calls['plain']:.1f} / {calls['chordflow']:.1f} | "
+            f"{r['cpu_ms_per_stage']['plain']['worker']:.2f} / {r['cpu_ms_per_stage']['chordflow']['worker']:.2f} |"
+        )
     return "\n".join(out)
 
 
@@ -331,24 +380,44 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
     for r in rows:
         ok = "meets" if r["ratio"] <= TARGET_RATIO else "MISSES"
         aim = "within" if r["ratio"] <= AIM_RATIO else "over"
-        lines.append(f"- {r['workload']}: {r['ratio']:.2f}x plain Celery: {ok} the {TARGET_RATIO}x target, "
-                     f"{aim} the {AIM_RATIO}x aim")
+        lines.append(
+            f"- {r['workload']}: {r['ratio']:.2f}x plain Celery: {ok} the {TARGET_RATIO}x target, "
+            f"{aim} the {AIM_RATIO}x aim"
+        )
         if r["workload"] == "chain800":
-            lines.append(f"- chain800: Chordflow {'IS' if r['ratio'] < 1 else 'is NOT'} faster than plain Celery")
+            lines.append(
+                f"- chain800: Chordflow {'IS' if r['ratio'] < 1 else 'is NOT'} faster than plain Celery"
+            )
     return lines
 
 
-def profile_with_py_spy(bench: Bench, worker: WorkerProcess, chosen: list[Workload], outdir: Path,
-                        fmt: str = "flamegraph") -> list[str]:
+def profile_with_py_spy(
+    bench: Bench, worker: WorkerProcess, chosen: list[Workload], outdir: Path, fmt: str = "flamegraph"
+) -> list[str]:
     """One more Chordflow run of each workload under `py-spy record` of the worker's process tree."""
     outdir.mkdir(parents=True, exist_ok=True)
     written = []
     for wl in chosen:
         bench.quiesce()
-        out = outdir / f"worker-{wl.name}.{ {'flamegraph': 'svg', 'raw': 'txt'}.get(fmt, 'json')}"
-        spy = subprocess.Popen(["py-spy", "record", "--pid", str(_pid(worker)), "--subprocesses", "--rate", "250",
-                                "--nonblocking", "--format", fmt, "--output", str(out)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        out = outdir / f"worker-{wl.name}.{ {'flamegraph': 'svg', 'raw': 'txt'}.get(fmt, 'json') }"
+        spy = subprocess.Popen(
+            [
+                "py-spy",
+                "record",
+                "--pid",
+                str(_pid(worker)),
+                "--subprocesses",
+                "--rate",
+                "250",
+                "--nonblocking",
+                "--format",
+                fmt,
+                "--output",
+                str(out),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             time.sleep(1.0)
             wl.chordflow(bench)
@@ -368,30 +437,55 @@ def _pid(worker: WorkerProcess) -> int:
     return worker.proc.pid
 
 
-def setup_info(args: argparse.Namespace, server: RedisServer, worker: WorkerProcess, log_path: str) -> dict[str, Any]:
+def setup_info(
+    args: argparse.Namespace, server: RedisServer, worker: WorkerProcess, log_path: str
+) -> dict[str, Any]:
     r = redis.Redis.from_url(server.url, decode_responses=True)
     return {
         "date": dt.datetime.now().isoformat(timespec="seconds"),
-        "host": platform.node(), "cpus": os.cpu_count(), "load_avg_start": os.getloadavg(),
-        "python": platform.python_version(), "celery": celery.__version__, "kombu": kombu.__version__,
-        "redis_py": redis.__version__, "redis_server": r.info("server")["redis_version"],
-        "redis_url": server.url, "worker_argv": worker.argv[1:], "worker_pid": _pid(worker),
-        "pool": args.pool, "concurrency": args.concurrency, "repeat": args.repeat, "worker_log": log_path,
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "load_avg_start": os.getloadavg(),
+        "python": platform.python_version(),
+        "celery": celery.__version__,
+        "kombu": kombu.__version__,
+        "redis_py": redis.__version__,
+        "redis_server": r.info("server")["redis_version"],
+        "redis_url": server.url,
+        "worker_argv": worker.argv[1:],
+        "worker_pid": _pid(worker),
+        "pool": args.pool,
+        "concurrency": args.concurrency,
+        "repeat": args.repeat,
+        "worker_log": log_path,
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeat", type=int, default=3, help="timed runs of each system per workload (default 3)")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="timed runs of each system per workload (default 3)"
+    )
     parser.add_argument("--quick", action="store_true", help="one repeat; for development")
-    parser.add_argument("--workloads", default="chain200,fanout2000,lattice100,chain800",
-                        help="comma-separated subset, in the order to run")
+    parser.add_argument(
+        "--workloads",
+        default="chain200,fanout2000,lattice100,chain800",
+        help="comma-separated subset, in the order to run",
+    )
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--pool", default="prefork", choices=["prefork", "threads", "solo"])
-    parser.add_argument("--py-spy", metavar="DIR", help="afterwards, record a flame graph of the worker per workload")
-    parser.add_argument("--py-spy-format", default="flamegraph", choices=["flamegraph", "raw", "speedscope"],
-                        help="raw = collapsed stacks, one line per stack with its sample count")
-    parser.add_argument("--out", help="JSON output (default benchmarks/results/execution-<date>[-quick].json)")
+    parser.add_argument(
+        "--py-spy", metavar="DIR", help="afterwards, record a flame graph of the worker per workload"
+    )
+    parser.add_argument(
+        "--py-spy-format",
+        default="flamegraph",
+        choices=["flamegraph", "raw", "speedscope"],
+        help="raw = collapsed stacks, one line per stack with its sample count",
+    )
+    parser.add_argument(
+        "--out", help="JSON output (default benchmarks/results/execution-<date>[-quick].json)"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.repeat = 1
@@ -404,6 +498,7 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM (and SIGHUP) unwind like Ctrl-C, so the finally below stops every process.
     def _raise(signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
+
     signal.signal(signal.SIGTERM, _raise)
     signal.signal(signal.SIGHUP, _raise)
 
@@ -413,19 +508,32 @@ def main(argv: list[str] | None = None) -> int:
     worker: WorkerProcess | None = None
     try:
         server.start()
-        env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-               "CHORDFLOW_RESULT_BACKEND": server.url}
-        worker = WorkerProcess(server.url, queues=("cpu",), concurrency=args.concurrency, hostname="bench",
-                               imports=["benchmarks.plain_tasks"], env=env, log_path=log_path, pool=args.pool)
+        env = {
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+            "CHORDFLOW_RESULT_BACKEND": server.url,
+        }
+        worker = WorkerProcess(
+            server.url,
+            queues=("cpu",),
+            concurrency=args.concurrency,
+            hostname="bench",
+            imports=["benchmarks.plain_tasks"],
+            env=env,
+            log_path=log_path,
+            pool=args.pool,
+        )
         worker.start()
         bench = Bench(server.url, _pid(worker))
         wait_for_workers(bench.r, "chordflow", 1, timeout_s=60)
         info = setup_info(args, server, worker, log_path)
-        print(f"setup: redis-server {info['redis_server']} at {server.url}; one worker "
-              f"(pid {_pid(worker)}, {args.pool}, concurrency {args.concurrency}, queue cpu, "
-              f"--import benchmarks.plain_tasks, result backend on the same Redis); {info['cpus']} CPUs, "
-              f"load {info['load_avg_start'][0]:.2f}; Celery {celery.__version__}, Python {info['python']}; "
-              f"{args.repeat} repeat(s); worker log {log_path}", flush=True)
+        print(
+            f"setup: redis-server {info['redis_server']} at {server.url}; one worker "
+            f"(pid {_pid(worker)}, {args.pool}, concurrency {args.concurrency}, queue cpu, "
+            f"--import benchmarks.plain_tasks, result backend on the same Redis); {info['cpus']} CPUs, "
+            f"load {info['load_avg_start'][0]:.2f}; Celery {celery.__version__}, Python {info['python']}; "
+            f"{args.repeat} repeat(s); worker log {log_path}",
+            flush=True,
+        )
 
         for wl in warmups():
             measure(bench, wl, "plain")
@@ -440,25 +548,35 @@ def main(argv: list[str] | None = None) -> int:
                     s = measure(bench, wl, system)
                     samples[system].append(s)
                     mk = "" if s.makespan_s is None else f", makespan {s.makespan_s:.3f}s"
-                    print(f"  {wl.name:<11} {system:<9} #{rep + 1}: {s.wall_s:.3f}s "
-                          f"(submit {s.submit_s * 1000:.1f} ms{mk}, CPU s: client {s.extra['client_cpu_s']:.2f}, "
-                          f"worker {s.extra['worker_cpu_s']:.2f}, redis {s.extra['redis_cpu_s']:.2f}; "
-                          f"{sum(s.redis_calls.values())} Redis commands)",
-                          flush=True)
+                    print(
+                        f"  {wl.name:<11} {system:<9} #{rep + 1}: {s.wall_s:.3f}s "
+                        f"(submit {s.submit_s * 1000:.1f} ms{mk}, CPU s: client {s.extra['client_cpu_s']:.2f}, "
+                        f"worker {s.extra['worker_cpu_s']:.2f}, redis {s.extra['redis_cpu_s']:.2f}; "
+                        f"{sum(s.redis_calls.values())} Redis commands)",
+                        flush=True,
+                    )
             rows.append(summarize(wl, samples))
 
         info["load_avg_end"] = os.getloadavg()
-        profiles = profile_with_py_spy(bench, worker, chosen, Path(args.py_spy), args.py_spy_format) if args.py_spy else []
+        profiles = (
+            profile_with_py_spy(bench, worker, chosen, Path(args.py_spy), args.py_spy_format)
+            if args.py_spy
+            else []
+        )
 
         print()
         print(table(rows))
         print()
         print("\n".join(verdicts(rows)))
         day = dt.date.today().isoformat()
-        out = Path(args.out) if args.out else RESULTS / f"execution-{day}{'-quick' if args.quick else ''}.json"
+        out = (
+            Path(args.out) if args.out else RESULTS / f"execution-{day}{'-quick' if args.quick else ''}.json"
+        )
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"setup": info, "results": rows, "py_spy": profiles}, indent=2) + "\n",
-                       encoding="utf-8")
+        out.write_text(
+            json.dumps({"setup": info, "results": rows, "py_spy": profiles}, indent=2) + "\n",
+            encoding="utf-8",
+        )
         print(f"\nwrote {out}")
         return 0
     except BaseException:

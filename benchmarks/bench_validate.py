@@ -23,10 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from orchestration.language.loader import load_document
 from orchestration.graph.resolve import resolve
-from orchestration.settings import Settings
+from orchestration.language.loader import load_document
 from orchestration.language.validation import load_pipeline, validate_document
+from orchestration.settings import Settings
 
 
 def pipeline_text(stages: int, seed: int = 7) -> str:
@@ -35,7 +35,7 @@ def pipeline_text(stages: int, seed: int = 7) -> str:
     out = [
         "name: bench-large",
         'version: "1"',
-        "variables: {mode: full, root: \"${BENCH_ROOT:-/tmp/bench}\"}",
+        'variables: {mode: full, root: "${BENCH_ROOT:-/tmp/bench}"}',
         "defaults: {retry: {max_attempts: 3, backoff: exponential, delay: 2s, max_delay: 1m}, timeout: 1h}",
         "retry_policies:",
         "  network: {max_attempts: 5, delay: 1s, jitter: true, retry_on: [ConnectionError, TimeoutError]}",
@@ -49,7 +49,10 @@ def pipeline_text(stages: int, seed: int = 7) -> str:
             if roll < 0.6 or i < 3:  # a chain link
                 needs = [f"s{i - 1:05d}"]
             elif roll < 0.85:  # a join of 2-3 recent parents
-                needs = [f"s{j:05d}" for j in sorted(rng.sample(range(max(0, i - 50), i), min(i, rng.choice((2, 3)))))]
+                needs = [
+                    f"s{j:05d}"
+                    for j in sorted(rng.sample(range(max(0, i - 50), i), min(i, rng.choice((2, 3)))))
+                ]
             else:  # a new branch off an older stage
                 needs = [f"s{rng.randrange(i):05d}"]
             lines.append(f"    needs: [{', '.join(needs)}]")
@@ -59,7 +62,7 @@ def pipeline_text(stages: int, seed: int = 7) -> str:
         if rng.random() < 0.05 and "for_each" not in "".join(lines):
             lines.append("    matrix: {lr: [0.1, 0.01], seed: [1, 2]}")
         lines.append(f"    tags: [{rng.choice(['ingest', 'model', 'report'])}, batch{i % 10}]")
-        lines.append(f"    params: {{n: {i}, root: \"${{root}}/{sid}\"}}")
+        lines.append(f'    params: {{n: {i}, root: "${{root}}/{sid}"}}')
         if rng.random() < 0.1:
             lines.append("    retry: network")
         if rng.random() < 0.05:
@@ -84,8 +87,11 @@ def main() -> int:
         path = Path(tmp) / "large.yaml"
         path.write_text(pipeline_text(args.stages), encoding="utf-8")
         size = path.stat().st_size
-        parts: dict[str, list[float]] = {"read, parse, interpolate (loader)": [], "validate (models, checks)": [],
-                                         "resolve (plan)": []}
+        parts: dict[str, list[float]] = {
+            "read, parse, interpolate (loader)": [],
+            "validate (models, checks)": [],
+            "resolve (plan)": [],
+        }
         totals = []
         for _ in range(args.runs):
             start = time.perf_counter()
@@ -102,12 +108,16 @@ def main() -> int:
             marks.append(time.perf_counter())
             for times, (begin, end) in zip(parts.values(), itertools.pairwise(marks), strict=True):
                 times.append(end - begin)
-        print(f"{args.stages:,} stages, {size / 1e6:.1f} MB, {len(graph.nodes):,} nodes, "
-              f"critical path {len(graph.critical_path):,} stages, {args.runs} runs")
+        print(
+            f"{args.stages:,} stages, {size / 1e6:.1f} MB, {len(graph.nodes):,} nodes, "
+            f"critical path {len(graph.critical_path):,} stages, {args.runs} runs"
+        )
         for name, times in parts.items():
             print(f"  {name:<36} median {statistics.median(times):.3f} s")
-        print(f"load_pipeline + resolve (validate + plan): median {statistics.median(totals):.3f} s "
-              f"(min {min(totals):.3f}, max {max(totals):.3f}; target < 2 s)")
+        print(
+            f"load_pipeline + resolve (validate + plan): median {statistics.median(totals):.3f} s "
+            f"(min {min(totals):.3f}, max {max(totals):.3f}; target < 2 s)"
+        )
         if args.profile:
             profiler = cProfile.Profile()
             profiler.enable()

@@ -1,11 +1,20 @@
 """Chordflow's coordinator side: what a pipeline is and how a run advances."""
 
-from orchestration.errors import ChordflowError, FailStage, InvalidPipeline, RetryStage
 from orchestration.engine.registry import stage
+from orchestration.errors import ChordflowError, FailStage, InvalidPipeline, RetryStage
 from orchestration.language.spec import PipelineSpec, RetryPolicy, Stage
 
-__all__ = ["ChordflowError", "FailStage", "InvalidPipeline", "Pipeline", "PipelineSpec", "RetryPolicy",
-           "RetryStage", "Stage", "stage"]
+__all__ = [
+    "ChordflowError",
+    "FailStage",
+    "InvalidPipeline",
+    "Pipeline",
+    "PipelineSpec",
+    "RetryPolicy",
+    "RetryStage",
+    "Stage",
+    "stage",
+]
 
 
 def __getattr__(name: str):

@@ -1,8 +1,8 @@
 """The Python API of a run: submit, follow, control, and read results.
 
-    client = Client(Settings.load())
-    run = client.submit(spec)          # RunHandle
-    result = run.wait(timeout=600)     # PipelineResult
+client = Client(Settings.load())
+run = client.submit(spec)          # RunHandle
+result = run.wait(timeout=600)     # PipelineResult
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from typing import Any
 
 from orchestration.engine.celeryconfig import client_app
 from orchestration.engine.dispatch import Dispatcher, signature_of
-from orchestration.errors import ChordflowError, InvalidPipeline, Problem
-from orchestration.language.ids import check_idempotency_key, check_run_id
 from orchestration.engine.registry import BUILTIN_TYPES
-from orchestration.graph.resolve import RunGraph, resolve
-from orchestration.settings import Settings
-from orchestration.language.spec import PipelineSpec
 from orchestration.engine.store import RUN_FINAL, RunStore, connect
+from orchestration.errors import ChordflowError, InvalidPipeline, Problem
+from orchestration.graph.resolve import RunGraph, resolve
+from orchestration.language.ids import check_idempotency_key, check_run_id
+from orchestration.language.spec import PipelineSpec
+from orchestration.settings import Settings
 
 
 @dataclass
@@ -47,8 +47,16 @@ class Client:
         self.app = client_app(settings)
         self.dispatcher = Dispatcher(self.app, self.store)
 
-    def submit(self, spec: PipelineSpec, *, selection: str | None = None, only: bool = False,
-               check_types: bool = True, idempotency_key: str | None = None, no_cache: bool = False) -> RunHandle:
+    def submit(
+        self,
+        spec: PipelineSpec,
+        *,
+        selection: str | None = None,
+        only: bool = False,
+        check_types: bool = True,
+        idempotency_key: str | None = None,
+        no_cache: bool = False,
+    ) -> RunHandle:
         if idempotency_key is not None:
             check_idempotency_key(idempotency_key)
         graph = resolve(spec, self.settings, selection, only)
@@ -56,8 +64,11 @@ class Client:
             graph = graph.model_copy(update={"no_cache": True})
         if check_types:
             graph = self.check_types(graph)
-        run_id, created = self.store.create_run(graph, idempotency_key=idempotency_key,
-                                                extra={"max_age_s": spec.max_age} if spec.max_age else None)
+        run_id, created = self.store.create_run(
+            graph,
+            idempotency_key=idempotency_key,
+            extra={"max_age_s": spec.max_age} if spec.max_age else None,
+        )
         if created:
             self.dispatcher.dispatch(run_id, graph, [n.id for n in graph.nodes if not n.needs])
         return RunHandle(self, run_id)
@@ -66,8 +77,10 @@ class Client:
         """Refuse types no live worker serves on the stage's queue; name types canonically."""
         workers = self.store.live_workers()
         if not workers:
-            raise ChordflowError("no live workers on this Redis: start one with `chordflow worker` "
-                                 "(or pass --no-check to queue the run anyway)")
+            raise ChordflowError(
+                "no live workers on this Redis: start one with `chordflow worker` "
+                "(or pass --no-check to queue the run anyway)"
+            )
         canonical: dict[tuple[str, str], str] = {}
         for info in workers.values():
             names = {t["name"]: t["name"] for t in info.get("types", [])}
@@ -79,12 +92,18 @@ class Client:
         for node in graph.nodes:
             name = canonical.get((node.type, node.queue))
             if name is None:
-                served = sorted({a for a, q in canonical if q == node.queue and "." not in a and ":" not in a}
-                                | (set(BUILTIN_TYPES) & {a for a, _ in canonical}))
-                problems.append(Problem(
-                    f"uses '{node.type}', which no live worker serves on queue '{node.queue}' "
-                    f"(served there: {', '.join(served) or 'nothing'}). Register it with @stage in a module "
-                    "the workers import (--import MODULE), or pass --no-check to queue it anyway", node.id))
+                served = sorted(
+                    {a for a, q in canonical if q == node.queue and "." not in a and ":" not in a}
+                    | (set(BUILTIN_TYPES) & {a for a, _ in canonical})
+                )
+                problems.append(
+                    Problem(
+                        f"uses '{node.type}', which no live worker serves on queue '{node.queue}' "
+                        f"(served there: {', '.join(served) or 'nothing'}). Register it with @stage in a module "
+                        "the workers import (--import MODULE), or pass --no-check to queue it anyway",
+                        node.id,
+                    )
+                )
             nodes.append(node if name in (None, node.type) else node.model_copy(update={"type": name}))
         if problems:
             raise InvalidPipeline(problems)
@@ -149,10 +168,15 @@ class Client:
         for sid in ids:
             d = details.get(sid, {})
             stage: dict[str, Any] = {
-                "state": states.get(sid, "pending"), "type": graph.node(sid).type,
-                "attempts": int(d.get("attempt", 0)), "host": d.get("host"), "queue": graph.node(sid).queue,
-                "started_at": _num(d.get("started_at")), "finished_at": _num(d.get("finished_at")),
-                "error": json.loads(d["error"]) if d.get("error") else None, "output": outputs.get(sid),
+                "state": states.get(sid, "pending"),
+                "type": graph.node(sid).type,
+                "attempts": int(d.get("attempt", 0)),
+                "host": d.get("host"),
+                "queue": graph.node(sid).queue,
+                "started_at": _num(d.get("started_at")),
+                "finished_at": _num(d.get("finished_at")),
+                "error": json.loads(d["error"]) if d.get("error") else None,
+                "output": outputs.get(sid),
             }
             if d.get("history"):
                 stage["history"] = json.loads(d["history"])
@@ -161,14 +185,24 @@ class Client:
                 stage["items_done"] = int(d.get("items_done", 0))
             stages[sid] = stage
         return {
-            "run_id": run_id, "pipeline": record.get("pipeline"), "version": record.get("version"),
-            "status": record.get("status"), "created_at": _num(record.get("created_at")),
-            "finished_at": _num(record.get("finished_at")), "failed_stage": record.get("failed_stage"),
-            "stages": stages, "metrics": self.store.metrics(run_id), "context": self.store.context(run_id),
+            "run_id": run_id,
+            "pipeline": record.get("pipeline"),
+            "version": record.get("version"),
+            "status": record.get("status"),
+            "created_at": _num(record.get("created_at")),
+            "finished_at": _num(record.get("finished_at")),
+            "failed_stage": record.get("failed_stage"),
+            "stages": stages,
+            "metrics": self.store.metrics(run_id),
+            "context": self.store.context(run_id),
         }
 
-    def follow(self, run_id: str, timeout_s: float | None = None,
-               on_event: Callable[[dict[str, str]], None] | None = None) -> str:
+    def follow(
+        self,
+        run_id: str,
+        timeout_s: float | None = None,
+        on_event: Callable[[dict[str, str]], None] | None = None,
+    ) -> str:
         """Block until the run ends (reading its event stream); returns its final status."""
         check_run_id(run_id)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -183,10 +217,13 @@ class Client:
                 after = eid
                 if on_event:
                     on_event(event)
-                if event.get("kind") == "run" and event.get("state") in RUN_FINAL:
-                    # An older end of a run retried since: keep reading.
-                    if self.store.run(run_id).get("status") in RUN_FINAL:
-                        return event["state"]
+                # An end of the run that a retry has since reopened is not its end: keep reading.
+                if (
+                    event.get("kind") == "run"
+                    and event.get("state") in RUN_FINAL
+                    and self.store.run(run_id).get("status") in RUN_FINAL
+                ):
+                    return event["state"]
             if not events:
                 # Quiet for a second: the stream may have expired with the run, look at the record.
                 status = self.store.run(run_id).get("status", "")
@@ -202,12 +239,18 @@ class Client:
         started = s["created_at"] or 0.0
         ended = s["finished_at"] or time.time()
         return PipelineResult(
-            run_id=run_id, status=s["status"], success=s["status"] == "succeeded",
-            outputs={sid: st["output"] for sid, st in stages.items() if st["state"] in ("succeeded", "fallback")},
+            run_id=run_id,
+            status=s["status"],
+            success=s["status"] == "succeeded",
+            outputs={
+                sid: st["output"] for sid, st in stages.items() if st["state"] in ("succeeded", "fallback")
+            },
             stage_results=stages,
             failed=[sid for sid, st in stages.items() if st["state"] in ("failed", "upstream_failed")],
             skipped=[sid for sid, st in stages.items() if st["state"] == "skipped"],
-            duration=ended - started, metrics=s["metrics"], context=s["context"],
+            duration=ended - started,
+            metrics=s["metrics"],
+            context=s["context"],
         )
 
     def runs(self, limit: int = 20, pipeline: str | None = None) -> Iterator[dict[str, str]]:

@@ -1,17 +1,17 @@
 """Errors raised by the coordinator side.
 
-    ChordflowError
-    ├── InvalidPipeline        the pipeline file or builder input is wrong (exit 2)
-    │   └── SelectionError     a --select expression is wrong or matches nothing
-    ├── InvalidId              a run id, stage id or idempotency key of the wrong shape (exit 2)
-    ├── RunNotFound            no run with that id in the store
-    ├── StoreError             Redis refused or lost a write the run depends on
-    │   └── RedisRefusedWrite  Redis is out of memory or read-only: an attempt's commit was refused
-    ├── OutputTooLarge         a stage returned more than the output cap
-    ├── RetryStage             a stage asks for another attempt
-    ├── FailStage              a stage fails for good, no retry
-    │   └── CommitRefused      the commit's checks refused what the attempt wrote (nothing was written)
-    └── StageTimeout           a stage ran past its timeout
+ChordflowError
+├── InvalidPipeline        the pipeline file or builder input is wrong (exit 2)
+│   └── SelectionError     a --select expression is wrong or matches nothing
+├── InvalidId              a run id, stage id or idempotency key of the wrong shape (exit 2)
+├── RunNotFound            no run with that id in the store
+├── StoreError             Redis refused or lost a write the run depends on
+│   └── RedisRefusedWrite  Redis is out of memory or read-only: an attempt's commit was refused
+├── OutputTooLarge         a stage returned more than the output cap
+├── RetryStage             a stage asks for another attempt
+├── FailStage              a stage fails for good, no retry
+│   └── CommitRefused      the commit's checks refused what the attempt wrote (nothing was written)
+└── StageTimeout           a stage ran past its timeout
 """
 
 from __future__ import annotations
@@ -88,8 +88,10 @@ class RedisRefusedWrite(StoreError):
     def __init__(self, reason: str):
         lowered = reason.lower()
         if "maxmemory" in lowered or "oom" in lowered or "memory" in lowered:
-            what = ("Redis is out of memory (used memory is over its maxmemory) and refused the "
-                    "stage's commit; free memory or raise maxmemory, then `chordflow retry RUN`")
+            what = (
+                "Redis is out of memory (used memory is over its maxmemory) and refused the "
+                "stage's commit; free memory or raise maxmemory, then `chordflow retry RUN`"
+            )
         else:
             what = "Redis refused the stage's commit (it is read-only: a replica, or a failover under way)"
         super().__init__(f"{what}: {reason}")
@@ -103,7 +105,7 @@ class OutputTooLarge(ChordflowError):
         super().__init__(
             f"stage '{stage_id}' returned {size:,} bytes of JSON, over the output cap of "
             f"{cap:,} bytes. Write large data to a file or object store and return a "
-            f"reference to it instead (e.g. {{\"path\": \"s3://bucket/key\"}}), or raise "
+            f'reference to it instead (e.g. {{"path": "s3://bucket/key"}}), or raise '
             f"CHORDFLOW_OUTPUT_CAP_BYTES."
         )
 

@@ -20,7 +20,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CHORDFLOW_", extra="ignore", frozen=True)
 
-    redis_url: str | None = Field(None, description="redis:// or rediss:// URL; unset means an embedded Redis")
+    redis_url: str | None = Field(
+        None, description="redis:// or rediss:// URL; unset means an embedded Redis"
+    )
     key_prefix: str = "chordflow"
     queues: tuple[str, ...] = ("cpu", "gpu", "highmem")
     cpu_queue: str = "cpu"
@@ -39,21 +41,34 @@ class Settings(BaseSettings):
     outbox_grace_s: float = Field(10.0, description="a ready stage unsent this long is sent by the reaper")
     flower_basic_auth: str | None = None
     imports: tuple[str, ...] = ()
-    result_backend: str | None = Field(None, description="only for plain Celery tasks beside ours (benchmarks)")
+    result_backend: str | None = Field(
+        None, description="only for plain Celery tasks beside ours (benchmarks)"
+    )
     ssl_cert_reqs: str = "required"
-    ssl_ca_certs: str | None = Field(None, description="CA bundle that signed the rediss:// server's certificate")
-    hook_timeout_s: float = Field(10.0, description="a Python hook is waited for this long, then left running")
+    ssl_ca_certs: str | None = Field(
+        None, description="CA bundle that signed the rediss:// server's certificate"
+    )
+    hook_timeout_s: float = Field(
+        10.0, description="a Python hook is waited for this long, then left running"
+    )
     webhook_total_s: float = Field(60.0, description="one webhook delivery is retried for at most this long")
     hook_claim_idle_s: float = Field(
-        120.0, description="an event a hook sender took and has not touched this long is taken over by another")
+        120.0,
+        description="an event a hook sender took and has not touched this long is taken over by another",
+    )
 
     # -- what a pipeline file can make a worker do (docs/security.md) ------------------------------
-    shell_enabled: bool = Field(True, description="false: the `shell` built-in fails every stage that uses it")
+    shell_enabled: bool = Field(
+        True, description="false: the `shell` built-in fails every stage that uses it"
+    )
     shell_allow: Annotated[tuple[str, ...], NoDecode] = Field(
-        (), description="programs `shell` may run (argv[0], by name or absolute path); empty means any")
+        (), description="programs `shell` may run (argv[0], by name or absolute path); empty means any"
+    )
     stage_env_pass: Annotated[tuple[str, ...], NoDecode] = Field(
-        (), description="worker environment variables passed to stage processes although they are "
-                        "withheld by default (every CHORDFLOW_* variable is withheld)")
+        (),
+        description="worker environment variables passed to stage processes although they are "
+        "withheld by default (every CHORDFLOW_* variable is withheld)",
+    )
     shell_timeout_s: float = Field(3600.0, description="a shell stage's timeout when the file sets none")
     shell_output_tail_lines: int = Field(200, description="lines of a shell stage's stdout/stderr kept")
     shell_output_tail_bytes: int = Field(64 * 1024, description="bytes of a shell stage's stdout/stderr kept")
@@ -70,7 +85,8 @@ class Settings(BaseSettings):
     # -- limits at run time ------------------------------------------------------------------------------
     context_value_cap_bytes: int = Field(1024 * 1024, description="JSON size of one shared context value")
     fanout_output_cap_bytes: int = Field(
-        16 * 1024 * 1024, description="JSON size of a fan-out stage's assembled output")
+        16 * 1024 * 1024, description="JSON size of a fan-out stage's assembled output"
+    )
     webhook_timeout_cap_s: float = Field(60.0, description="the longest `timeout` a webhook may have")
     redis_timeout_s: float = Field(5.0, description="CLI commands give up on an unreachable Redis after this")
 

@@ -18,7 +18,11 @@ _client: redis.Redis | None = None
 def _redis() -> redis.Redis:
     global _client
     if _client is None:
-        tls = {"ssl_ca_certs": os.environ["CHORDFLOW_SSL_CA_CERTS"]} if "CHORDFLOW_SSL_CA_CERTS" in os.environ else {}
+        tls = (
+            {"ssl_ca_certs": os.environ["CHORDFLOW_SSL_CA_CERTS"]}
+            if "CHORDFLOW_SSL_CA_CERTS" in os.environ
+            else {}
+        )
         _client = redis.Redis.from_url(os.environ["CHORDFLOW_REDIS_URL"], decode_responses=True, **tls)
     return _client
 
@@ -36,8 +40,13 @@ def record(ctx, seconds: float = 0.0, output: Any = None, name: str | None = Non
     running = r.incr(f"test:running:{ctx.run_id}:{key}")
     r.execute_command("SET", f"test:peak:{ctx.run_id}:{key}", running, "GET")
     peak_key = f"test:peak:{ctx.run_id}:{key}"
-    r.eval("if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) then "
-           "redis.call('SET', KEYS[1], ARGV[1]) end", 1, peak_key + ":max", running)
+    r.eval(
+        "if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) then "
+        "redis.call('SET', KEYS[1], ARGV[1]) end",
+        1,
+        peak_key + ":max",
+        running,
+    )
     try:
         if seconds:
             time.sleep(seconds)
@@ -149,8 +158,12 @@ def versioned(ctx, value: int = 0) -> dict:
 
 
 def _hook(event: dict) -> None:
-    _redis().rpush(f"test:hooks:{event['run_id']}", json.dumps(
-        {k: event.get(k) for k in ("kind", "stage_id", "attempt", "will_retry", "status", "state")}))
+    _redis().rpush(
+        f"test:hooks:{event['run_id']}",
+        json.dumps(
+            {k: event.get(k) for k in ("kind", "stage_id", "attempt", "will_retry", "status", "state")}
+        ),
+    )
 
 
 def _raising_hook(event: dict) -> None:

@@ -15,9 +15,9 @@ from celery import Celery
 from orchestration.engine.celeryconfig import celery_config
 from orchestration.engine.dispatch import Dispatcher
 from orchestration.engine.registry import ENTRY_POINT_GROUP, REGISTRY, Registry, StageType
+from orchestration.engine.store import RunStore, connect
 from orchestration.fleet.schedules import register_scheduled_task
 from orchestration.settings import Settings
-from orchestration.engine.store import RunStore, connect
 
 from . import builtins as _builtins  # noqa: F401  (registers shell, noop, sleep, fail)
 from .execution import LeaseKeeper, WorkerEnv, execute
@@ -47,9 +47,18 @@ def create_app(settings: Settings, registry: Registry = REGISTRY, hostname: str 
         if state.get("pid") != os.getpid():
             store = RunStore(connect(settings), settings)
             dispatcher = Dispatcher(app, store)
-            state.update(pid=os.getpid(), env=WorkerEnv(settings, store, dispatcher, registry,
-                                                       hostname or socket.gethostname(),
-                                                       _lease_keeper(settings), {}))
+            state.update(
+                pid=os.getpid(),
+                env=WorkerEnv(
+                    settings,
+                    store,
+                    dispatcher,
+                    registry,
+                    hostname or socket.gethostname(),
+                    _lease_keeper(settings),
+                    {},
+                ),
+            )
         return state["env"]
 
     for stage_type in registry:
@@ -67,13 +76,32 @@ def _lease_keeper(settings: Settings) -> LeaseKeeper:
 
 
 def _register(app: Celery, stage_type: StageType, env: Any) -> None:
-    @app.task(name=stage_type.task_name, bind=True, acks_late=True, reject_on_worker_lost=True,
-              ignore_result=True, typing=False)
-    def run_stage(self: Any, run_id: Any = None, stage_id: Any = None, attempt: Any = 1, item: Any = None,
-                  *extra: Any, **kwextra: Any) -> str:
-        if (extra or kwextra or not isinstance(run_id, str) or not isinstance(stage_id, str)
-                or not isinstance(attempt, int) or isinstance(attempt, bool)
-                or not (item is None or (isinstance(item, int) and not isinstance(item, bool)))):
+    @app.task(
+        name=stage_type.task_name,
+        bind=True,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        ignore_result=True,
+        typing=False,
+    )
+    def run_stage(
+        self: Any,
+        run_id: Any = None,
+        stage_id: Any = None,
+        attempt: Any = 1,
+        item: Any = None,
+        *extra: Any,
+        **kwextra: Any,
+    ) -> str:
+        if (
+            extra
+            or kwextra
+            or not isinstance(run_id, str)
+            or not isinstance(stage_id, str)
+            or not isinstance(attempt, int)
+            or isinstance(attempt, bool)
+            or not (item is None or (isinstance(item, int) and not isinstance(item, bool)))
+        ):
             log.error("refusing malformed message %s for %s", self.request.id, stage_type.task_name)
             return "refused: malformed message"
         return execute(env(), stage_type, self.request.id, run_id, stage_id, attempt, item)

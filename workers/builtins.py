@@ -28,8 +28,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import IO, Any
 
-from orchestration.errors import FailStage, StageTimeout
 from orchestration.engine.registry import stage
+from orchestration.errors import FailStage, StageTimeout
 from orchestration.settings import Settings
 
 from .context import StageContext
@@ -37,9 +37,18 @@ from .context import StageContext
 STDERR_IN_ERROR_LINES = 5
 _READ_CHUNK = 64 * 1024
 _CUT_MARK = "…".encode()
-_RAISABLE = {name: getattr(builtins, name) for name in (
-    "ConnectionError", "TimeoutError", "ValueError", "RuntimeError", "OSError", "KeyError", "MemoryError",
-)}
+_RAISABLE = {
+    name: getattr(builtins, name)
+    for name in (
+        "ConnectionError",
+        "TimeoutError",
+        "ValueError",
+        "RuntimeError",
+        "OSError",
+        "KeyError",
+        "MemoryError",
+    )
+}
 
 
 class ShellError(RuntimeError):
@@ -47,7 +56,9 @@ class ShellError(RuntimeError):
 
     def __init__(self, argv: list[str], exit_code: int, stderr_tail: str):
         self.returncode = exit_code
-        super().__init__(f"{argv[0]} exited with code {exit_code}" + (f": {stderr_tail}" if stderr_tail else ""))
+        super().__init__(
+            f"{argv[0]} exited with code {exit_code}" + (f": {stderr_tail}" if stderr_tail else "")
+        )
 
 
 class ShellDisabled(FailStage):
@@ -77,8 +88,14 @@ def sleep(ctx: StageContext, seconds: float = 0.5, output: Any = None, **_: Any)
 
 
 @stage("fail")
-def fail(ctx: StageContext, times: int = 1, error: str = "RuntimeError", message: str = "failing on purpose",
-         output: Any = None, **_: Any) -> Any:
+def fail(
+    ctx: StageContext,
+    times: int = 1,
+    error: str = "RuntimeError",
+    message: str = "failing on purpose",
+    output: Any = None,
+    **_: Any,
+) -> Any:
     """Raise `error` on the first `times` attempts (-1: always), then return `output`."""
     if times < 0 or ctx.attempt <= times:
         raise _RAISABLE.get(error, RuntimeError)(f"{message} (attempt {ctx.attempt})")
@@ -94,15 +111,28 @@ def shell(ctx: StageContext, argv: list[str] | None = None, check: bool = True, 
     settings = ctx.settings
     executable = check_shell_policy(settings, command, ctx.env, ctx.cwd)
     env = stage_environment(settings, ctx)
-    timeout_s = ctx.timeout_s if ctx.timeout_s is not None else (
-        settings.shell_timeout_s if settings.shell_timeout_s > 0 else None)
+    timeout_s = (
+        ctx.timeout_s
+        if ctx.timeout_s is not None
+        else (settings.shell_timeout_s if settings.shell_timeout_s > 0 else None)
+    )
     out = OutputTail(settings.shell_output_tail_lines, settings.shell_output_tail_bytes)
     err = OutputTail(settings.shell_output_tail_lines, settings.shell_output_tail_bytes)
-    proc = subprocess.Popen(command, executable=executable, cwd=ctx.cwd, env=env, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(
+        command,
+        executable=executable,
+        cwd=ctx.cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     assert proc.stdout is not None and proc.stderr is not None
-    pumps = [threading.Thread(target=out.pump, args=(proc.stdout,), daemon=True, name="chordflow-shell-out"),
-             threading.Thread(target=err.pump, args=(proc.stderr,), daemon=True, name="chordflow-shell-err")]
+    pumps = [
+        threading.Thread(target=out.pump, args=(proc.stdout,), daemon=True, name="chordflow-shell-out"),
+        threading.Thread(target=err.pump, args=(proc.stderr,), daemon=True, name="chordflow-shell-err"),
+    ]
     for pump in pumps:
         pump.start()
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -136,25 +166,38 @@ def shell(ctx: StageContext, argv: list[str] | None = None, check: bool = True, 
                 f"[{name}] … {tail.lines_dropped:,} more line{'s' if tail.lines_dropped != 1 else ''} not kept "
                 f"({tail.lines_total:,} lines, {tail.bytes_total:,} bytes in all; this worker keeps the last "
                 f"{settings.shell_output_tail_lines:,} lines and at most {settings.shell_output_tail_bytes:,} bytes: "
-                f"shell_output_tail_lines, shell_output_tail_bytes)")
+                f"shell_output_tail_lines, shell_output_tail_bytes)"
+            )
     if timed_out:
-        where = "its timeout" if ctx.timeout_s is not None else "the worker's default shell timeout (shell_timeout_s)"
+        where = (
+            "its timeout"
+            if ctx.timeout_s is not None
+            else "the worker's default shell timeout (shell_timeout_s)"
+        )
         raise StageTimeout(f"{command[0]} ran past {where} of {timeout_s:g}s and was killed (exit code 124)")
     if cancelled:
-        raise StageTimeout(f"{command[0]} was stopped: the run was cancelled or this attempt lost its lease",
-                           returncode=None)
+        raise StageTimeout(
+            f"{command[0]} was stopped: the run was cancelled or this attempt lost its lease", returncode=None
+        )
     if check and proc.returncode != 0:
         raise ShellError(command, proc.returncode, "\n".join(err_lines[-STDERR_IN_ERROR_LINES:]))
-    return {"exit_code": proc.returncode, "stdout": "\n".join(out_lines), "stderr": "\n".join(err_lines),
-            "stdout_lines_total": out.lines_total, "stderr_lines_total": err.lines_total,
-            "stdout_bytes_total": out.bytes_total, "stderr_bytes_total": err.bytes_total}
+    return {
+        "exit_code": proc.returncode,
+        "stdout": "\n".join(out_lines),
+        "stderr": "\n".join(err_lines),
+        "stdout_lines_total": out.lines_total,
+        "stderr_lines_total": err.lines_total,
+        "stdout_bytes_total": out.bytes_total,
+        "stderr_bytes_total": err.bytes_total,
+    }
 
 
 # -- the worker's policy -------------------------------------------------------------------------
 
 
-def check_shell_policy(settings: Settings, command: list[str], env: dict[str, str] | None = None,
-                       cwd: str | None = None) -> str | None:
+def check_shell_policy(
+    settings: Settings, command: list[str], env: dict[str, str] | None = None, cwd: str | None = None
+) -> str | None:
     """Refuse what the worker's policy forbids; returns the executable to start (None: look argv[0] up).
 
     With an allowlist, argv[0] is resolved here, on the worker's own PATH (never the stage's
@@ -164,15 +207,17 @@ def check_shell_policy(settings: Settings, command: list[str], env: dict[str, st
         raise ShellDisabled(
             f"this worker has the `shell` built-in disabled, so it does not run {program!r}: run the stage on a "
             f"worker started with CHORDFLOW_SHELL_ENABLED=true (and CHORDFLOW_SHELL_ALLOW to limit its "
-            f"programs), or use a registered stage type (docs/security.md)")
+            f"programs), or use a registered stage type (docs/security.md)"
+        )
     if not settings.shell_allow:
         return None
     allowed = ", ".join(settings.shell_allow)
-    for name in (env or {}):
+    for name in env or {}:
         if name.startswith(("LD_", "DYLD_")):
             raise ProgramNotAllowed(
                 f"env: {name} is refused on a worker that limits `shell` to its programs (shell_allow): "
-                f"it would change the code those programs run")
+                f"it would change the code those programs run"
+            )
     resolved = _resolve(program, cwd)
     for entry in settings.shell_allow:
         if "/" in entry:
@@ -185,7 +230,8 @@ def check_shell_policy(settings: Settings, command: list[str], env: dict[str, st
             return resolved
     raise ProgramNotAllowed(
         f"{program!r} is not a program this worker's `shell` may run: it allows only {allowed} "
-        f"(shell_allow, set by CHORDFLOW_SHELL_ALLOW)")
+        f"(shell_allow, set by CHORDFLOW_SHELL_ALLOW)"
+    )
 
 
 def _resolve(program: str, cwd: str | None) -> str | None:
@@ -201,7 +247,9 @@ def stage_environment(settings: Settings, ctx: StageContext) -> dict[str, str]:
     passed = set(settings.stage_env_pass)
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHORDFLOW_") or k in passed}
     env.update({str(k): str(v) for k, v in ctx.env.items()})
-    env.update(CHORDFLOW_RUN_ID=ctx.run_id, CHORDFLOW_STAGE_ID=ctx.stage_id, CHORDFLOW_ATTEMPT=str(ctx.attempt))
+    env.update(
+        CHORDFLOW_RUN_ID=ctx.run_id, CHORDFLOW_STAGE_ID=ctx.stage_id, CHORDFLOW_ATTEMPT=str(ctx.attempt)
+    )
     if ctx.item_index is not None:
         env["CHORDFLOW_ITEM"] = json.dumps(ctx.item)
     return env
@@ -247,11 +295,14 @@ class OutputTail:
             complete[0] = first
             self._partial, self._partial_cut = b"", False
             self.lines_total += len(complete)
-            for line in complete[-self.max_lines:] if self.max_lines else ():
+            for line in complete[-self.max_lines :] if self.max_lines else ():
                 self._keep(line)
         self._partial += rest
         if len(self._partial) > self.max_bytes:
-            self._partial, self._partial_cut = self._partial[-self.max_bytes:] if self.max_bytes else b"", True
+            self._partial, self._partial_cut = (
+                self._partial[-self.max_bytes :] if self.max_bytes else b"",
+                True,
+            )
 
     def close(self) -> None:
         if self._partial or self._partial_cut:

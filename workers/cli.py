@@ -10,22 +10,48 @@ from .main import run_worker
 
 
 @click.command("worker")
-@click.option("--queues", "-Q", help="Comma-separated queues to serve (default: what this machine can serve).")
+@click.option(
+    "--queues", "-Q", help="Comma-separated queues to serve (default: what this machine can serve)."
+)
 @click.option("--concurrency", "-c", type=int, help="Stage processes for cpu/highmem stages (default: CPUs).")
 @click.option("--hostname", "-n", help="Name recorded on every stage this worker runs.")
 @click.option("--gpus", type=int, help="GPUs to use (default: CUDA_VISIBLE_DEVICES or nvidia-smi).")
 @click.option("--memory-gb", type=float, help="Memory to advertise (default: the machine's).")
 @click.option("--import", "imports", multiple=True, help="Module that registers stage types (repeatable).")
-@click.option("--pool", type=click.Choice(["prefork", "threads", "solo"]), default="prefork", show_default=True,
-              help="prefork enforces hard time limits; threads suits many I/O-bound stages.")
+@click.option(
+    "--pool",
+    type=click.Choice(["prefork", "threads", "solo"]),
+    default="prefork",
+    show_default=True,
+    help="prefork enforces hard time limits; threads suits many I/O-bound stages.",
+)
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
 @click.option("--gpu-only", is_flag=True, hidden=True)
-def worker(queues: str | None, concurrency: int | None, hostname: str | None, gpus: int | None,
-           memory_gb: float | None, imports: tuple[str, ...], pool: str, loglevel: str, gpu_only: bool) -> None:
+def worker(
+    queues: str | None,
+    concurrency: int | None,
+    hostname: str | None,
+    gpus: int | None,
+    memory_gb: float | None,
+    imports: tuple[str, ...],
+    pool: str,
+    loglevel: str,
+    gpu_only: bool,
+) -> None:
     """Serve stages from this machine's queues."""
     settings = Settings.load()
     if not settings.redis_url:
         raise click.UsageError("set CHORDFLOW_REDIS_URL to the Redis the pipeline runs on")
-    code = run_worker(settings, [q.strip() for q in queues.split(",") if q.strip()] if queues else None,
-                      concurrency, hostname, gpus, memory_gb, list(imports), loglevel.upper(), gpu_only, pool)
+    code = run_worker(
+        settings,
+        [q.strip() for q in queues.split(",") if q.strip()] if queues else None,
+        concurrency,
+        hostname,
+        gpus,
+        memory_gb,
+        list(imports),
+        loglevel.upper(),
+        gpu_only,
+        pool,
+    )
     raise SystemExit(code)

@@ -18,9 +18,9 @@ import threading
 from collections.abc import Mapping
 from typing import Any, Self
 
+from orchestration.engine.store import RunStore
 from orchestration.errors import FailStage
 from orchestration.settings import Settings
-from orchestration.engine.store import RunStore
 
 
 class ContextValueTooLarge(FailStage):
@@ -56,7 +56,8 @@ class SharedContext:
             raise ContextValueTooLarge(
                 f"context value {key!r} is {size:,} bytes of JSON, over this worker's cap of {self._cap:,} bytes "
                 f"(context_value_cap_bytes): store the data elsewhere (a file, an object store) and set a "
-                f"reference to it (a path or URL) instead")
+                f"reference to it (a path or URL) instead"
+            )
         self._local[key] = json.loads(encoded)
         self._incr.pop(key, None)
         self.writes.append(("s", key, encoded))
@@ -98,8 +99,10 @@ class LogLines(list):
             super().append(line)
             return
         self.dropped += 1
-        note = (f"… {self.dropped:,} more log line{'s' if self.dropped != 1 else ''} not kept "
-                f"(this worker keeps {self.cap:,} per attempt: log_lines_cap)")
+        note = (
+            f"… {self.dropped:,} more log line{'s' if self.dropped != 1 else ''} not kept "
+            f"(this worker keeps {self.cap:,} per attempt: log_lines_cap)"
+        )
         if self.dropped == 1:
             super().append(note)
         else:
@@ -127,10 +130,22 @@ class StageLog(logging.LoggerAdapter):
 
 
 class StageContext:
-    def __init__(self, store: RunStore, run_id: str, stage_id: str, attempt: int, inputs: Mapping[str, Any],
-                 variables: Mapping[str, Any], item: Any = None, item_index: int | None = None,
-                 matrix: Mapping[str, Any] | None = None, timeout_s: float | None = None,
-                 env: Mapping[str, str] | None = None, cwd: str | None = None, run: tuple[str, ...] | None = None):
+    def __init__(
+        self,
+        store: RunStore,
+        run_id: str,
+        stage_id: str,
+        attempt: int,
+        inputs: Mapping[str, Any],
+        variables: Mapping[str, Any],
+        item: Any = None,
+        item_index: int | None = None,
+        matrix: Mapping[str, Any] | None = None,
+        timeout_s: float | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        run: tuple[str, ...] | None = None,
+    ):
         self.run_id, self.stage_id, self.attempt = run_id, stage_id, attempt
         self.inputs = dict(inputs)
         self.variables = dict(variables)
@@ -142,8 +157,9 @@ class StageContext:
         self.context = SharedContext(store, run_id)
         self.metrics = Metrics()
         self.log_lines: list[str] = LogLines(self.settings.log_lines_cap)
-        self.log = StageLog(logging.getLogger(f"chordflow.stage.{stage_id}"), self.log_lines,
-                            f"[{run_id}/{stage_id}]")
+        self.log = StageLog(
+            logging.getLogger(f"chordflow.stage.{stage_id}"), self.log_lines, f"[{run_id}/{stage_id}]"
+        )
         self._cancelled = threading.Event()
 
     def cancelled(self) -> bool:

@@ -26,11 +26,14 @@ from typing import Any
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
 
-from orchestration.language import expressions
 from orchestration.engine import hooks
 from orchestration.engine.cache import cache_key
 from orchestration.engine.compiler import stage_signature
 from orchestration.engine.dispatch import Dispatcher, payload
+from orchestration.engine.registry import Registry, StageType
+from orchestration.engine.retries import Verdict, decide, resolve_policy
+from orchestration.engine.states import State
+from orchestration.engine.store import Commit, RunStore
 from orchestration.errors import (
     CommitRefused,
     FailStage,
@@ -39,12 +42,9 @@ from orchestration.errors import (
     RunNotFound,
     StageTimeout,
 )
-from orchestration.engine.registry import Registry, StageType
 from orchestration.graph.resolve import Node, RunGraph
-from orchestration.engine.retries import Verdict, decide, resolve_policy
+from orchestration.language import expressions
 from orchestration.settings import Settings
-from orchestration.engine.states import State
-from orchestration.engine.store import Commit, RunStore
 
 from .context import StageContext
 
@@ -79,7 +79,9 @@ class LeaseKeeper:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
-    def hold(self, run_id: str, stage_id: str, item: int | None, token: str, ctx: StageContext) -> LeaseKeeper:
+    def hold(
+        self, run_id: str, stage_id: str, item: int | None, token: str, ctx: StageContext
+    ) -> LeaseKeeper:
         with self._lock:
             self._held[(run_id, stage_id, item, token)] = (ctx, time.monotonic())
             if self._thread is None or not self._thread.is_alive():
@@ -99,7 +101,7 @@ class LeaseKeeper:
             for key, (ctx, last_renewed) in held:
                 try:
                     renewed = self._store.renew(*key)
-                except Exception:  # Redis unreachable: the lease lapses on Redis's clock
+                except Exception:  # noqa: BLE001  Redis unreachable: the lease lapses on Redis's clock
                     log.warning("could not renew the lease of %s/%s", key[0], key[1])
                     if time.monotonic() - last_renewed > self._store.settings.lease_s and self._holds(key):
                         log.warning("no renewal for a whole lease: stopping %s/%s", key[0], key[1])
@@ -123,7 +125,10 @@ class LeaseKeeper:
 
 def error_record(exc: BaseException, attempt: int, retryable: bool) -> dict[str, Any]:
     record: dict[str, Any] = {
-        "type": type(exc).__name__, "message": str(exc)[:2000], "retryable": retryable, "attempt": attempt,
+        "type": type(exc).__name__,
+        "message": str(exc)[:2000],
+        "retryable": retryable,
+        "attempt": attempt,
         "traceback": "".join(traceback.format_exception(exc))[-TRACEBACK_TAIL:],
     }
     if isinstance(exc, StageTimeout):
@@ -136,12 +141,20 @@ def error_record(exc: BaseException, attempt: int, retryable: bool) -> dict[str,
 def refused_write(exc: redis.RedisError) -> bool:
     """Redis answered but will not write: out of memory, or a read-only replica."""
     return isinstance(exc, (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError)) or (
-        isinstance(exc, redis.ResponseError) and any(
-            word in str(exc) for word in ("OOM", "maxmemory", "READONLY", "read only replica")))
+        isinstance(exc, redis.ResponseError)
+        and any(word in str(exc) for word in ("OOM", "maxmemory", "READONLY", "read only replica"))
+    )
 
 
-def execute(env: WorkerEnv, stage_type: StageType, task_id: str, run_id: str, stage_id: str, attempt: int,
-            item: int | None) -> str:
+def execute(
+    env: WorkerEnv,
+    stage_type: StageType,
+    task_id: str,
+    run_id: str,
+    stage_id: str,
+    attempt: int,
+    item: int | None,
+) -> str:
     """Run one delivery of a stage message; returns what happened, for the worker log.
 
     Never raises a Redis error into Celery: if Redis cannot be reached or refuses even a
@@ -149,13 +162,27 @@ def execute(env: WorkerEnv, stage_type: StageType, task_id: str, run_id: str, st
     try:
         return _execute(env, stage_type, task_id, run_id, stage_id, attempt, item)
     except redis.RedisError as exc:
-        log.error("stage %s/%s item %s: Redis failed outside the stage (%s: %s); the lease will run out "
-                  "and the reaper will send it again", run_id, stage_id, item, type(exc).__name__, exc)
+        log.error(
+            "stage %s/%s item %s: Redis failed outside the stage (%s: %s); the lease will run out "
+            "and the reaper will send it again",
+            run_id,
+            stage_id,
+            item,
+            type(exc).__name__,
+            exc,
+        )
         return f"redis error: {type(exc).__name__}"
 
 
-def _execute(env: WorkerEnv, stage_type: StageType, task_id: str, run_id: str, stage_id: str, attempt: int,
-             item: int | None) -> str:
+def _execute(
+    env: WorkerEnv,
+    stage_type: StageType,
+    task_id: str,
+    run_id: str,
+    stage_id: str,
+    attempt: int,
+    item: int | None,
+) -> str:
     store = env.store
     try:
         graph = store.graph(run_id)
@@ -164,17 +191,41 @@ def _execute(env: WorkerEnv, stage_type: StageType, task_id: str, run_id: str, s
         log.error("refusing %s: no stage %s in run %s", task_id, stage_id, run_id)
         return "refused: unknown run or stage"
     if env.registry.canonical(node.type) != stage_type.name:
-        log.error("refusing %s: stage %s/%s is of type %r, not %r", task_id, run_id, stage_id, node.type,
-                  stage_type.name)
+        log.error(
+            "refusing %s: stage %s/%s is of type %r, not %r",
+            task_id,
+            run_id,
+            stage_id,
+            node.type,
+            stage_type.name,
+        )
         return "refused: type mismatch"
-    event = {"run_id": run_id, "pipeline": graph.name, "stage_id": stage_id, "item": item, "attempt": attempt,
-             "host": env.hostname, "queue": node.queue, "type": stage_type.name}
+    event = {
+        "run_id": run_id,
+        "pipeline": graph.name,
+        "stage_id": stage_id,
+        "item": item,
+        "attempt": attempt,
+        "host": env.hostname,
+        "queue": node.queue,
+        "type": stage_type.name,
+    }
     started = hooks.entry("stage_start", event, graph.webhooks)
     # The inputs come back with the token; a fan-out item reuses what its process parsed already.
     cached_inputs = env.fanout_inputs.get((run_id, stage_id)) if item is not None else None
     read = [] if cached_inputs is not None else node.reads
-    verdict, *rest = store.begin(run_id, stage_id, item, attempt, env.hostname, node.queue, task_id,
-                                 payload(run_id, stage_id, attempt, item), read, [started] if started else [])
+    verdict, *rest = store.begin(
+        run_id,
+        stage_id,
+        item,
+        attempt,
+        env.hostname,
+        node.queue,
+        task_id,
+        payload(run_id, stage_id, attempt, item),
+        read,
+        [started] if started else [],
+    )
     if verdict not in ("run", "poison"):
         return f"{verdict}: {rest[0] if rest else ''}"
     token = str(rest[0])
@@ -202,8 +253,19 @@ class Attempt:
     `succeed`, `skip` and `fail` are the only ways out, and each commits once through
     `_commit`; `fail` asks `retries.decide` what the failure leads to."""
 
-    def __init__(self, env: WorkerEnv, stage_type: StageType, graph: RunGraph, node: Node, run_id: str,
-                 item: int | None, attempt: int, token: str, ctx: StageContext, event: dict[str, Any]):
+    def __init__(
+        self,
+        env: WorkerEnv,
+        stage_type: StageType,
+        graph: RunGraph,
+        node: Node,
+        run_id: str,
+        item: int | None,
+        attempt: int,
+        token: str,
+        ctx: StageContext,
+        event: dict[str, Any],
+    ):
         self.env, self.stage_type, self.graph, self.node = env, stage_type, graph, node
         self.run_id, self.item, self.attempt, self.token = run_id, item, attempt, token
         self.ctx, self.event = ctx, event
@@ -225,21 +287,32 @@ class Attempt:
     def perform(self, verdict: str, rest: list[Any]) -> str:
         node, ctx, store = self.node, self.ctx, self.env.store
         if verdict == "poison":
-            error = {"type": "PoisonMessage", "retryable": False, "attempt": self.attempt,
-                     "message": f"the worker running this stage died {rest[1]} times; the message is quarantined"}
+            error = {
+                "type": "PoisonMessage",
+                "retryable": False,
+                "attempt": self.attempt,
+                "message": f"the worker running this stage died {rest[1]} times; the message is quarantined",
+            }
             return self._end_failed(error)
         if node.when and (self.item is None or expressions.reads_item(node.when)):
             try:
-                go = expressions.evaluate(node.when, variables=self.graph.variables, outputs=ctx.inputs,
-                                          context=store.context(self.run_id), matrix=ctx.matrix or None,
-                                          item=ctx.item, max_steps=self.env.settings.condition_max_steps)
+                go = expressions.evaluate(
+                    node.when,
+                    variables=self.graph.variables,
+                    outputs=ctx.inputs,
+                    context=store.context(self.run_id),
+                    matrix=ctx.matrix or None,
+                    item=ctx.item,
+                    max_steps=self.env.settings.condition_max_steps,
+                )
             except ValueError as exc:
                 return self.fail(FailStage(str(exc)), kind="ConditionError")
             if not go:
                 return self.skip()
         if node.cache is not None and not self.graph.no_cache:
-            self.cache_key = cache_key(self.stage_type.name, self.stage_type.version, node.params, ctx.inputs,
-                                       ctx.item, node.run)
+            self.cache_key = cache_key(
+                self.stage_type.name, self.stage_type.version, node.params, ctx.inputs, ctx.item, node.run
+            )
             hit = store.cached_output(self.cache_key)
             if hit is not None:
                 return self.succeed(hit, cached=True)
@@ -247,21 +320,29 @@ class Attempt:
             result = self.stage_type.func(ctx, **node.params)
             output_json = json.dumps(result, separators=(",", ":"))
         except SoftTimeLimitExceeded:
-            return self.fail(StageTimeout(f"stage '{node.id}' ran past its timeout of {node.timeout_s:g}s",
-                                          returncode=None))
-        except Exception as exc:  # the stage's own failure: retry, fallback or fail, by policy
+            return self.fail(
+                StageTimeout(
+                    f"stage '{node.id}' ran past its timeout of {node.timeout_s:g}s", returncode=None
+                )
+            )
+        except Exception as exc:  # noqa: BLE001  the stage's own failure: retry, fallback or fail, by policy
             if isinstance(exc, TypeError) and "JSON serializable" in str(exc):
                 exc = FailStage(f"stage '{node.id}' returned a value that is not JSON: {exc}")
             return self.fail(exc)
         if len(output_json) > self.env.settings.output_cap_bytes:
-            return self.fail(OutputTooLarge(self.run_id, node.id, len(output_json),
-                                            self.env.settings.output_cap_bytes))
+            return self.fail(
+                OutputTooLarge(self.run_id, node.id, len(output_json), self.env.settings.output_cap_bytes)
+            )
         return self.succeed(output_json)
 
     # -- the ways out --------------------------------------------------------------------------
     def succeed(self, output_json: str, cached: bool = False) -> str:
-        commit = self._commit(State.SUCCEEDED, output_json, cached=cached,
-                              announce=("stage_complete", {"state": "succeeded", "cached": cached}))
+        commit = self._commit(
+            State.SUCCEEDED,
+            output_json,
+            cached=cached,
+            announce=("stage_complete", {"state": "succeeded", "cached": cached}),
+        )
         if isinstance(commit, str):
             return commit
         return "cache hit" if cached else "succeeded"
@@ -273,8 +354,9 @@ class Attempt:
     def fail(self, exc: BaseException, kind: str | None = None) -> str:
         node = self.node
         policy = resolve_policy(self.stage_type.retry, node.retry_policy)
-        decision = decide(policy, exc, self.attempt, has_fallback=node.fallback is not None,
-                          critical=node.critical)
+        decision = decide(
+            policy, exc, self.attempt, has_fallback=node.fallback is not None, critical=node.critical
+        )
         error = error_record(exc, self.attempt, decision.retryable)
         if kind:
             error["type"] = kind
@@ -283,7 +365,7 @@ class Attempt:
         if decision.verdict is Verdict.FALLBACK:
             try:
                 output_json = json.dumps(self._fallback_output(), separators=(",", ":"))
-            except Exception as fallback_exc:
+            except Exception as fallback_exc:  # noqa: BLE001
                 error["fallback_error"] = f"{type(fallback_exc).__name__}: {fallback_exc}"
             else:
                 commit = self._commit(State.FALLBACK, output_json, error, announce=self._error_event(error))
@@ -294,17 +376,31 @@ class Attempt:
         env, node = self.env, self.node
         park = delay_s > env.settings.delay_set_threshold_s
         message = payload(self.run_id, node.id, self.attempt + 1, self.item)
-        announce = hooks.entry("stage_error", {**self.event, "error": error, "will_retry": True,
-                                               "delay_s": delay_s}, self.graph.webhooks)
+        announce = hooks.entry(
+            "stage_error",
+            {**self.event, "error": error, "will_retry": True, "delay_s": delay_s},
+            self.graph.webhooks,
+        )
         self.store_logs()
         try:
-            held = env.store.retry(self.run_id, node.id, self.item, self.token, error, self.attempt + 1, delay_s,
-                                   park, message, [announce] if announce else [])
+            held = env.store.retry(
+                self.run_id,
+                node.id,
+                self.item,
+                self.token,
+                error,
+                self.attempt + 1,
+                delay_s,
+                park,
+                message,
+                [announce] if announce else [],
+            )
         except redis.RedisError as exc:
             return self._lost(exc)
         if held and not park:
-            env.dispatcher.send([stage_signature(self.run_id, node, self.attempt + 1, self.item,
-                                                 countdown=delay_s)])
+            env.dispatcher.send(
+                [stage_signature(self.run_id, node, self.attempt + 1, self.item, countdown=delay_s)]
+            )
         return f"retrying in {delay_s:.2f}s"
 
     def _end_failed(self, error: dict[str, Any]) -> str:
@@ -317,8 +413,14 @@ class Attempt:
         return "stage_error", {"error": error, "will_retry": False}
 
     # -- the one commit ------------------------------------------------------------------------
-    def _commit(self, outcome: State, output_json: str = "", error: dict[str, Any] | None = None,
-                cached: bool = False, announce: tuple[str, dict[str, Any]] | None = None) -> Commit | str:
+    def _commit(
+        self,
+        outcome: State,
+        output_json: str = "",
+        error: dict[str, Any] | None = None,
+        cached: bool = False,
+        announce: tuple[str, dict[str, Any]] | None = None,
+    ) -> Commit | str:
         """Commit this attempt; a str says why nothing was committed (for the worker log).
 
         A commit whose checks refuse what the attempt wrote, or that Redis refuses (out of
@@ -332,12 +434,22 @@ class Attempt:
         self.store_logs()
         try:
             commit = env.store.finish(
-                self.run_id, graph, node.id, self.item, self.token, outcome, output_json, error,
-                context_writes=ctx.context.writes, metrics=ctx.metrics.values,
+                self.run_id,
+                graph,
+                node.id,
+                self.item,
+                self.token,
+                outcome,
+                output_json,
+                error,
+                context_writes=ctx.context.writes,
+                metrics=ctx.metrics.values,
                 children=env.dispatcher.children(self.run_id, graph, node.id),
                 descendants=env.dispatcher.blocked_by(self.run_id, graph, node.id, outcome),
                 cache_key=self.cache_key if outcome is State.SUCCEEDED and not cached else None,
-                cache_ttl_s=node.cache.ttl if node.cache is not None else 0, cached=cached, notify=notify,
+                cache_ttl_s=node.cache.ttl if node.cache is not None else 0,
+                cached=cached,
+                notify=notify,
                 run_hook=hooks.entry("run_complete", {"run_id": self.run_id}, graph.webhooks) is not None,
             )
         except redis.RedisError as exc:
@@ -347,14 +459,20 @@ class Attempt:
         if commit.verdict == "invalid":
             return self._refused(CommitRefused(commit.reason))
         if commit.verdict in ("stale", "late"):
-            log.warning("commit of %s/%s item %s refused (%s): a newer attempt holds it", self.run_id, node.id,
-                        self.item, commit.verdict)
+            log.warning(
+                "commit of %s/%s item %s refused (%s): a newer attempt holds it",
+                self.run_id,
+                node.id,
+                self.item,
+                commit.verdict,
+            )
             return f"{commit.verdict}: not committed"
         try:
             env.dispatcher.advance(self.run_id, graph, commit, node.id)
         except redis.RedisError as exc:  # committed; what it made ready is in the outbox for the reaper
-            log.warning("run %s: could not send what %s made ready (%s); the reaper will", self.run_id, node.id,
-                        exc)
+            log.warning(
+                "run %s: could not send what %s made ready (%s); the reaper will", self.run_id, node.id, exc
+            )
         return commit
 
     def _refused(self, exc: BaseException) -> str:
@@ -373,8 +491,14 @@ class Attempt:
         return self._end_failed(error)
 
     def _lost(self, exc: BaseException) -> str:
-        log.error("stage %s/%s item %s: Redis refused even the failure's commit (%s); the lease will run out "
-                  "and the reaper will send the stage again", self.run_id, self.node.id, self.item, exc)
+        log.error(
+            "stage %s/%s item %s: Redis refused even the failure's commit (%s); the lease will run out "
+            "and the reaper will send the stage again",
+            self.run_id,
+            self.node.id,
+            self.item,
+            exc,
+        )
         return f"not committed: {type(exc).__name__}"
 
     # -- fallback ------------------------------------------------------------------------------
@@ -392,8 +516,15 @@ class Attempt:
         return fallback.output
 
 
-def _context(env: WorkerEnv, graph: RunGraph, node: Node, run_id: str, attempt: int, item: int | None,
-             outputs: dict[str, Any]) -> StageContext:
+def _context(
+    env: WorkerEnv,
+    graph: RunGraph,
+    node: Node,
+    run_id: str,
+    attempt: int,
+    item: int | None,
+    outputs: dict[str, Any],
+) -> StageContext:
     inputs = {sid: outputs.get(sid) for sid in node.needs}
     item_value: Any = None
     matrix = None
@@ -403,8 +534,21 @@ def _context(env: WorkerEnv, graph: RunGraph, node: Node, run_id: str, attempt: 
             item_value = matrix
         else:
             item_value = outputs[node.for_each or ""][item]
-    return StageContext(env.store, run_id, node.id, attempt, inputs, graph.variables, item_value, item, matrix,
-                        node.timeout_s, node.env, node.cwd, node.run)
+    return StageContext(
+        env.store,
+        run_id,
+        node.id,
+        attempt,
+        inputs,
+        graph.variables,
+        item_value,
+        item,
+        matrix,
+        node.timeout_s,
+        node.env,
+        node.cwd,
+        node.run,
+    )
 
 
 def _last_success(store: RunStore, graph: RunGraph, stage_id: str, run_id: str) -> Any:

@@ -22,12 +22,12 @@ import redis
 from celery import signals
 
 from orchestration.engine.dispatch import Dispatcher, signature_of
-from orchestration.fleet.health import redis_warnings
 from orchestration.engine.hook_sender import HookSender
 from orchestration.engine.reaper import Reaper
 from orchestration.engine.registry import REGISTRY
-from orchestration.settings import Settings
 from orchestration.engine.store import RunStore, connect
+from orchestration.fleet.health import redis_warnings
+from orchestration.settings import Settings
 
 from .app import create_app, load_stage_modules
 
@@ -47,7 +47,9 @@ def detect_gpus() -> int:
         return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
     if shutil.which("nvidia-smi"):
         try:
-            out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout
+            out = subprocess.run(
+                ["nvidia-smi", "-L"], check=False, capture_output=True, text=True, timeout=10
+            ).stdout
             return sum(1 for line in out.splitlines() if line.startswith("GPU "))
         except (OSError, subprocess.SubprocessError):
             return 0
@@ -104,13 +106,21 @@ class Services(threading.Thread):
         try:
             store.remove_worker(self.hostname)
         except Exception:
-            pass
+            log.debug("could not remove worker %s from the live set", self.hostname, exc_info=True)
 
 
-def run_worker(settings: Settings, queues: list[str] | None = None, concurrency: int | None = None,
-               hostname: str | None = None, gpus: int | None = None, memory_gb: float | None = None,
-               imports: list[str] | None = None, loglevel: str = "INFO", gpu_only: bool = False,
-               pool: str = "prefork") -> int:
+def run_worker(
+    settings: Settings,
+    queues: list[str] | None = None,
+    concurrency: int | None = None,
+    hostname: str | None = None,
+    gpus: int | None = None,
+    memory_gb: float | None = None,
+    imports: list[str] | None = None,
+    loglevel: str = "INFO",
+    gpu_only: bool = False,
+    pool: str = "prefork",
+) -> int:
     """Start serving; blocks until the worker is stopped. Returns an exit code."""
     load_stage_modules([*settings.imports, *(imports or [])])
     machine = detect_machine(gpus, memory_gb)
@@ -118,22 +128,43 @@ def run_worker(settings: Settings, queues: list[str] | None = None, concurrency:
     chosen = queues or queues_for(machine, settings)
     unknown = [q for q in chosen if q not in settings.queues]
     if unknown:
-        print(f"error: unknown queue(s) {', '.join(unknown)}; configured: {', '.join(settings.queues)}",
-              file=sys.stderr)
+        print(
+            f"error: unknown queue(s) {', '.join(unknown)}; configured: {', '.join(settings.queues)}",
+            file=sys.stderr,
+        )
         return 2
     gpu_child = None
     if not gpu_only and settings.gpu_queue in chosen and machine.gpus > 0 and len(chosen) > 1:
         # GPU stages in their own process, concurrency = GPUs.
         chosen = [q for q in chosen if q != settings.gpu_queue]
-        argv = [sys.executable, "-m", "workers", "--queues", settings.gpu_queue, "--gpus", str(machine.gpus),
-                "--hostname", host, "--gpu-only", "--loglevel", loglevel, "--memory-gb", str(machine.memory_gb)]
+        argv = [
+            sys.executable,
+            "-m",
+            "workers",
+            "--queues",
+            settings.gpu_queue,
+            "--gpus",
+            str(machine.gpus),
+            "--hostname",
+            host,
+            "--gpu-only",
+            "--loglevel",
+            loglevel,
+            "--memory-gb",
+            str(machine.memory_gb),
+        ]
         for module in imports or []:
             argv += ["--import", module]
         gpu_child = subprocess.Popen(argv)
     if gpu_only or chosen == [settings.gpu_queue]:
         concurrency = max(1, machine.gpus)
-    info = {"queues": chosen, "machine": asdict(machine), "pid": os.getpid(),
-            "types": [t.describe() for t in REGISTRY], "aliases": REGISTRY.names()}
+    info = {
+        "queues": chosen,
+        "machine": asdict(machine),
+        "pid": os.getpid(),
+        "types": [t.describe() for t in REGISTRY],
+        "aliases": REGISTRY.names(),
+    }
     services = Services(settings, info, f"{host}/{'gpu' if gpu_only else 'main'}", drain=not gpu_only)
     # Hooks and webhooks are delivered from here, off every stage's path (not in the pool's children).
     sender = HookSender(settings, f"{host}/{'gpu' if gpu_only else 'main'}/{os.getpid()}")
@@ -156,8 +187,22 @@ def run_worker(settings: Settings, queues: list[str] | None = None, concurrency:
         log.warning("could not check Redis's persistence settings", exc_info=True)
     app = create_app(settings, hostname=host)
     nodename = f"{'gpu' if gpu_only else 'celery'}@{host}"
-    argv = ["worker", "-Q", ",".join(chosen), "-c", str(concurrency or machine.cpus), "-n", nodename,
-            "--loglevel", loglevel, "-E", "--without-mingle", "--without-gossip", "--pool", pool]
+    argv = [
+        "worker",
+        "-Q",
+        ",".join(chosen),
+        "-c",
+        str(concurrency or machine.cpus),
+        "-n",
+        nodename,
+        "--loglevel",
+        loglevel,
+        "-E",
+        "--without-mingle",
+        "--without-gossip",
+        "--pool",
+        pool,
+    ]
     try:
         app.worker_main(argv=argv)
     finally:

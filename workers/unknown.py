@@ -31,12 +31,12 @@ from kombu.exceptions import KombuError
 
 from orchestration.engine.compiler import stage_signature
 from orchestration.engine.dispatch import Dispatcher, payload
-from orchestration.errors import RunNotFound
-from orchestration.language.ids import InvalidId, check_run_id, check_stage_id
 from orchestration.engine.registry import task_name
-from orchestration.settings import Settings
 from orchestration.engine.states import State
 from orchestration.engine.store import RunStore, connect
+from orchestration.errors import RunNotFound
+from orchestration.language.ids import InvalidId, check_run_id, check_stage_id
+from orchestration.settings import Settings
 
 log = logging.getLogger("chordflow.worker")
 
@@ -59,8 +59,15 @@ class UnknownTaskHandler:
         self.app, self.settings = app, settings
         self._own: tuple[RunStore, Dispatcher] | None = None
 
-    def __call__(self, sender: Any = None, name: Any = None, id: Any = None, message: Any = None,
-                 exc: Any = None, **_: Any) -> None:
+    def __call__(
+        self,
+        sender: Any = None,
+        name: Any = None,
+        id: Any = None,
+        message: Any = None,
+        exc: Any = None,
+        **_: Any,
+    ) -> None:
         try:
             if sender is not None and getattr(sender, "app", None) is not self.app:
                 return  # another app's consumer (the signal is process-wide)
@@ -90,10 +97,13 @@ class UnknownTaskHandler:
             return "dropped: the stage has ended"
         served_as, hosts = served_by(store.live_workers(), node.type, node.queue)
         if served_as is None:
-            why = (f"no live worker serves stage type '{node.type}' on queue '{node.queue}'; "
-                   "start one with `chordflow worker --import MODULE`")
-            failed = dispatcher.fail_stage(run_id, stage_id, {"type": "UnservedStageType", "message": why,
-                                                              "retryable": False})
+            why = (
+                f"no live worker serves stage type '{node.type}' on queue '{node.queue}'; "
+                "start one with `chordflow worker --import MODULE`"
+            )
+            failed = dispatcher.fail_stage(
+                run_id, stage_id, {"type": "UnservedStageType", "message": why, "retryable": False}
+            )
             log.error("stage %s/%s: %s%s", run_id, stage_id, why, "" if failed else " (it had already ended)")
             return "failed" if failed else "dropped: the stage has ended"
         if name != task_name(served_as):
@@ -101,16 +111,28 @@ class UnknownTaskHandler:
             sig = stage_signature(run_id, node.model_copy(update={"type": served_as}), attempt, item)
             with self.app.producer_or_acquire() as producer:
                 sig.apply_async(producer=producer)
-            log.warning("stage %s/%s: type %r sent again as %r, for %s", run_id, stage_id, node.type, served_as,
-                        ", ".join(hosts))
+            log.warning(
+                "stage %s/%s: type %r sent again as %r, for %s",
+                run_id,
+                stage_id,
+                node.type,
+                served_as,
+                ", ".join(hosts),
+            )
             return "sent again"
         # Served by another live worker on this queue, not by this one: back to the queue after a
         # pause (through the delay set the workers drain), so while that worker is busy the message
         # does not circle between the workers that lack its type. It waits like any queued stage,
         # until that worker takes it or stops announcing the type (then it fails as unserved).
         store.delay(payload(run_id, stage_id, attempt, item), REDELIVERY_DELAY_S)
-        log.warning("stage %s/%s: type %r is not served here but by %s; queued again in %gs", run_id, stage_id,
-                    served_as, ", ".join(hosts), REDELIVERY_DELAY_S)
+        log.warning(
+            "stage %s/%s: type %r is not served here but by %s; queued again in %gs",
+            run_id,
+            stage_id,
+            served_as,
+            ", ".join(hosts),
+            REDELIVERY_DELAY_S,
+        )
         return "queued again"
 
     def _parts(self) -> tuple[RunStore, Dispatcher]:
@@ -126,7 +148,9 @@ class UnknownTaskHandler:
         return self._own
 
 
-def served_by(workers: Mapping[str, Mapping[str, Any]], type_name: str, queue: str) -> tuple[str | None, list[str]]:
+def served_by(
+    workers: Mapping[str, Mapping[str, Any]], type_name: str, queue: str
+) -> tuple[str | None, list[str]]:
     """(the registered name of `type_name` among the live workers on `queue`, the hosts serving it);
     (None, []) when no live worker serves it there. `type_name` may be a name or a module:function."""
     found: str | None = None

@@ -46,8 +46,7 @@ def say(text: str, err: bool = False) -> None:
     """Print plain text: no rich markup (names, problems and ids may hold `[...]`) and no control
     character but newline and tab (a name or a log line may hold an escape sequence: it is
     printed as the visible text `\\x1b[2J`)."""
-    (errors if err else console).print(render.terminal_safe(text), markup=False, highlight=False,
-                                       emoji=False)
+    (errors if err else console).print(render.terminal_safe(text), markup=False, highlight=False, emoji=False)
 
 
 _C1 = {code: f"\\u{code:04x}" for code in range(0x7F, 0xA0)}
@@ -64,8 +63,10 @@ def report_error(exc: ChordflowError, as_json: bool = False) -> int:
     """Print `exc` for a person (stderr) or a program (`--json`, stdout); return its exit code."""
     problems = getattr(exc, "problems", None)
     if as_json:
-        listed = [{"message": p.message, "stage_id": p.stage_id, "line": p.line, "source": p.source}
-                  for p in problems or []]
+        listed = [
+            {"message": p.message, "stage_id": p.stage_id, "line": p.line, "source": p.source}
+            for p in problems or []
+        ]
         print_json({"ok": False, "error": type(exc).__name__, "message": str(exc), "problems": listed})
     elif problems:
         count = len(problems)
@@ -139,18 +140,28 @@ def load_spec(file: Path, sets: Sequence[str], settings: Settings) -> PipelineSp
     return load_pipeline(file, overrides, settings=settings)
 
 
-def load_graph(file: Path, sets: Sequence[str], select: str | None, only: bool,
-               settings: Settings | None = None) -> RunGraph:
+def load_graph(
+    file: Path, sets: Sequence[str], select: str | None, only: bool, settings: Settings | None = None
+) -> RunGraph:
     settings = settings or settings_from_env()
     return resolve(load_spec(file, sets, settings), settings, select, only)
 
 
 file_argument = click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-set_option = click.option("--set", "sets", multiple=True, metavar="NAME=VALUE",
-                          help="Set a variable (repeatable); the value is read as YAML: 30, true, text.")
+set_option = click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Set a variable (repeatable); the value is read as YAML: 30, true, text.",
+)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for programs.")
-select_option = click.option("--select", metavar="EXPR", help="Part of the pipeline: ids, globs, tag:NAME, 10-30, !id.")
-only_option = click.option("--only", is_flag=True, help="Only the selected stages, not the upstream ones they need.")
+select_option = click.option(
+    "--select", metavar="EXPR", help="Part of the pipeline: ids, globs, tag:NAME, 10-30, !id."
+)
+only_option = click.option(
+    "--only", is_flag=True, help="Only the selected stages, not the upstream ones they need."
+)
 
 
 def pipeline_options(fn: Callable) -> Callable:
@@ -165,5 +176,3 @@ def version() -> str:
         return metadata.version("chordflow")
     except metadata.PackageNotFoundError:
         return "unknown"
-
-

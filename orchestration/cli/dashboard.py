@@ -283,7 +283,7 @@ def _check_redis(settings: Settings) -> None:
     except ChordflowError as exc:
         raise click.exceptions.Exit(report_error(exc)) from None
     except UNREACHABLE as exc:
-        raise click.exceptions.Exit(report_error(unreachable(exc, [settings.redis_url]))) from None
+        raise click.exceptions.Exit(report_error(unreachable(exc, [settings.redis_url or ""]))) from None
 
 
 COMMANDS = (dashboard_command,)

@@ -38,7 +38,6 @@ from orchestration.language.spec import Backoff, PipelineSpec, RetryPolicy
 # -- validate ---------------------------------------------------------------------------------
 
 
-
 def unverified_types(spec: PipelineSpec) -> dict[str, list[str]]:
     """Stage type -> ids of the enabled stages using it, for types that are neither built in
     nor named by an installed `chordflow.stages` entry point. Never imports a user module."""
@@ -63,12 +62,26 @@ def validate(file: Path, sets: tuple[str, ...], as_json: bool) -> int:
     enabled, unverified = sum(s.enabled for s in spec.stages), unverified_types(spec)
     disabled = len(spec.stages) - enabled
     if as_json:
-        return print_json({"ok": True, "pipeline": spec.name, "version": spec.version, "stages": enabled,
-                           "disabled": disabled, "unverified_types": unverified})
-    say(f"ok: {enabled} stages" + (f" ({disabled} disabled)" if disabled else "") + f" in {spec.name} {spec.version}")
+        return print_json(
+            {
+                "ok": True,
+                "pipeline": spec.name,
+                "version": spec.version,
+                "stages": enabled,
+                "disabled": disabled,
+                "unverified_types": unverified,
+            }
+        )
+    say(
+        f"ok: {enabled} stages"
+        + (f" ({disabled} disabled)" if disabled else "")
+        + f" in {spec.name} {spec.version}"
+    )
     if unverified:
-        say(f"unverified stage types (not built in, no '{ENTRY_POINT_GROUP}' entry point installed here; "
-            "submit checks them against the live workers):")
+        say(
+            f"unverified stage types (not built in, no '{ENTRY_POINT_GROUP}' entry point installed here; "
+            "submit checks them against the live workers):"
+        )
         for type_name, ids in unverified.items():
             say(f"  {type_name}  ({', '.join(ids)})")
     return EXIT_OK
@@ -106,23 +119,52 @@ def plan_data(graph: RunGraph, fleet: FleetView | None = None) -> dict[str, Any]
     stages = []
     for position, node in enumerate(graph.nodes, start=1):
         policy = fleet.policy(node) if fleet else resolve_policy(node.retry_policy)
-        stages.append({
-            "cache": fleet.cache(node) if fleet else ("configured" if node.cache else None),
-            "position": position, "id": node.id, "type": node.type, "needs": list(node.needs),
-            "queue": node.queue, "level": node.level, "on_critical_path": node.on_critical_path,
-            "matrix_instances": len(node.matrix) if node.matrix is not None else None,
-            "for_each": node.for_each, "max_concurrency": node.max_concurrency,
-            "estimate_s": node.estimate_s, "timeout_s": node.timeout_s, "critical": node.critical,
-            "retry": policy.model_dump(mode="json"), "retry_summary": describe_retry(policy),
-        })
-    return {"pipeline": graph.name, "version": graph.version, "stages": stages,
-            "critical_path": list(graph.critical_path), "makespan_s": graph.makespan_s}
+        stages.append(
+            {
+                "cache": fleet.cache(node) if fleet else ("configured" if node.cache else None),
+                "position": position,
+                "id": node.id,
+                "type": node.type,
+                "needs": list(node.needs),
+                "queue": node.queue,
+                "level": node.level,
+                "on_critical_path": node.on_critical_path,
+                "matrix_instances": len(node.matrix) if node.matrix is not None else None,
+                "for_each": node.for_each,
+                "max_concurrency": node.max_concurrency,
+                "estimate_s": node.estimate_s,
+                "timeout_s": node.timeout_s,
+                "critical": node.critical,
+                "retry": policy.model_dump(mode="json"),
+                "retry_summary": describe_retry(policy),
+            }
+        )
+    return {
+        "pipeline": graph.name,
+        "version": graph.version,
+        "stages": stages,
+        "critical_path": list(graph.critical_path),
+        "makespan_s": graph.makespan_s,
+    }
 
 
 def plan_table(graph: RunGraph, fleet: FleetView | None = None) -> Table:
     # Text cells: rich would read `[...]` in a type or name as markup
-    table = Table(title=Text(f"{graph.name} {graph.version}: {len(graph.nodes)} stages"), title_justify="left")
-    headings = ["#", "stage", "type", "needs", "queue", "retry", "timeout", "fan-out", "level", "critical path"]
+    table = Table(
+        title=Text(f"{graph.name} {graph.version}: {len(graph.nodes)} stages"), title_justify="left"
+    )
+    headings = [
+        "#",
+        "stage",
+        "type",
+        "needs",
+        "queue",
+        "retry",
+        "timeout",
+        "fan-out",
+        "level",
+        "critical path",
+    ]
     show_cache = any(node.cache for node in graph.nodes)
     if show_cache:
         headings.append("cache")
@@ -135,10 +177,16 @@ def plan_table(graph: RunGraph, fleet: FleetView | None = None) -> Table:
 
     for position, node in enumerate(graph.nodes, start=1):
         cells = (
-            str(position), node.id, node.type, needs(node), node.queue,
+            str(position),
+            node.id,
+            node.type,
+            needs(node),
+            node.queue,
             describe_retry(fleet.policy(node) if fleet else resolve_policy(node.retry_policy)),
             format_duration(node.timeout_s) if node.timeout_s is not None else "-",
-            render.fan_out_label(node) or "", str(node.level), "●" if node.on_critical_path else "",
+            render.fan_out_label(node) or "",
+            str(node.level),
+            "●" if node.on_critical_path else "",
         ) + (((fleet.cache(node) if fleet else "on" if node.cache else "") or "",) if show_cache else ())
         table.add_row(*map(Text, cells), style="bold" if node.on_critical_path else None)
     return table
@@ -159,8 +207,10 @@ def plan(file: Path, sets: tuple[str, ...], select: str | None, only: bool, as_j
     if as_json:
         return print_json(plan_data(graph, fleet))
     console.print(plan_table(graph, fleet))
-    say(f"estimated makespan: {format_duration(graph.makespan_s)} "
-        f"(critical path: {_path_text(graph.critical_path)})")
+    say(
+        f"estimated makespan: {format_duration(graph.makespan_s)} "
+        f"(critical path: {_path_text(graph.critical_path)})"
+    )
     return EXIT_OK
 
 
@@ -203,8 +253,12 @@ def templates_command(as_json: bool) -> int:
     """List the templates `init` can write."""
     found = available_templates()
     if as_json:
-        return print_json([{"name": name, "description": description} for name, (description, _) in found.items()])
-    table = Table("template", "description", title="chordflow init --template NAME [PATH]", title_justify="left")
+        return print_json(
+            [{"name": name, "description": description} for name, (description, _) in found.items()]
+        )
+    table = Table(
+        "template", "description", title="chordflow init --template NAME [PATH]", title_justify="left"
+    )
     for name, (description, _) in found.items():
         table.add_row(Text(name), Text(description))
     console.print(table)
@@ -212,8 +266,13 @@ def templates_command(as_json: bool) -> int:
 
 
 @click.command()
-@click.option("--template", "name", required=True, type=click.Choice(list(available_templates())),
-              help="Which template (see `chordflow templates`).")
+@click.option(
+    "--template",
+    "name",
+    required=True,
+    type=click.Choice(list(available_templates())),
+    help="Which template (see `chordflow templates`).",
+)
 @click.argument("path", type=click.Path(path_type=Path), default="pipeline.yaml")
 @click.option("--force", is_flag=True, help="Overwrite PATH if it exists.")
 @command

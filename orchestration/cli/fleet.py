@@ -63,8 +63,12 @@ def _settings_with_redis(ping: bool = False) -> Settings:
 
 @click.command(context_settings={"ignore_unknown_options": True})
 @click.option("--port", default=5555, show_default=True)
-@click.option("--address", default="127.0.0.1", show_default=True,
-              help="Interface to listen on (0.0.0.0 in a container).")
+@click.option(
+    "--address",
+    default="127.0.0.1",
+    show_default=True,
+    help="Interface to listen on (0.0.0.0 in a container).",
+)
 @click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
 @command
 def flower(port: int, address: str, flower_args: tuple[str, ...]) -> int:
@@ -77,16 +81,23 @@ def flower(port: int, address: str, flower_args: tuple[str, ...]) -> int:
         # Flower reads its own FLOWER_* variables; this keeps the password out of the process list.
         os.environ["FLOWER_BASIC_AUTH"] = settings.flower_basic_auth
     else:
-        say(f"warning: Flower on {address}:{port} has no authentication: anyone who reaches it can revoke "
-            "tasks and shut workers down. Set CHORDFLOW_FLOWER_BASIC_AUTH=user:password", err=True)
+        say(
+            f"warning: Flower on {address}:{port} has no authentication: anyone who reaches it can revoke "
+            "tasks and shut workers down. Set CHORDFLOW_FLOWER_BASIC_AUTH=user:password",
+            err=True,
+        )
     argv = ["flower", f"--port={port}", f"--address={address}", *flower_args]
     return client_app(settings).start(argv=argv) or EXIT_OK
 
 
 @click.command()
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
-@click.option("--no-lock", is_flag=True, hidden=True,
-              help="Skip RedBeat's lock (tests: two beats firing the same tick still submit once).")
+@click.option(
+    "--no-lock",
+    is_flag=True,
+    hidden=True,
+    help="Skip RedBeat's lock (tests: two beats firing the same tick still submit once).",
+)
 @command
 def beat(loglevel: str, no_lock: bool) -> int:
     """Submit scheduled pipelines (celery beat with RedBeat; a second beat waits for the lock)."""
@@ -108,14 +119,18 @@ def schedule() -> None:
 @schedule.command("add")
 @file_argument
 @set_option
-@click.option("--cron", metavar="EXPR", help="minute hour day-of-month month day-of-week, in UTC "
-                                             "(default: the file's `schedule:`).")
+@click.option(
+    "--cron",
+    metavar="EXPR",
+    help="minute hour day-of-month month day-of-week, in UTC (default: the file's `schedule:`).",
+)
 @click.option("--every", metavar="DURATION", help="An interval instead: 1s, 15m, 1h.")
 @click.option("--name", help="The schedule's name (default: the pipeline's).")
 @json_option
 @command
-def schedule_add(file: Path, sets: tuple[str, ...], cron: str | None, every: str | None, name: str | None,
-                 as_json: bool) -> int:
+def schedule_add(
+    file: Path, sets: tuple[str, ...], cron: str | None, every: str | None, name: str | None, as_json: bool
+) -> int:
     """Store a schedule for FILE (validated now; `--set` values are kept with it)."""
     if cron and every:
         raise click.UsageError("give --cron or --every, not both")
@@ -123,8 +138,13 @@ def schedule_add(file: Path, sets: tuple[str, ...], cron: str | None, every: str
     spec = load_spec(file, sets, settings)
     expr = cron or spec.schedule
     if not (expr or every):
-        raise InvalidPipeline(Problem("no schedule: give --cron EXPR or --every DURATION, or put "
-                                      "`schedule: \"0 19 * * *\"` in the file", source=str(file)))
+        raise InvalidPipeline(
+            Problem(
+                "no schedule: give --cron EXPR or --every DURATION, or put "
+                '`schedule: "0 19 * * *"` in the file',
+                source=str(file),
+            )
+        )
     try:
         when = parse_every(every) if every else parse_cron(str(expr))
     except ScheduleError as exc:
@@ -137,8 +157,10 @@ def schedule_add(file: Path, sets: tuple[str, ...], cron: str | None, every: str
         print_json({"name": added, "pipeline": spec.name, "created": created})
     else:
         timing = f"every {every}" if every else f"on cron {expr} (UTC)"
-        say(f"schedule '{added}' {'added' if created else 'updated'}: {spec.name} {timing}; "
-            "`chordflow beat` submits it")
+        say(
+            f"schedule '{added}' {'added' if created else 'updated'}: {spec.name} {timing}; "
+            "`chordflow beat` submits it"
+        )
     return EXIT_OK
 
 
@@ -188,9 +210,13 @@ def schedule_remove(name: str) -> int:
 
 
 @click.command()
-@click.option("--worker", "worker_probe", is_flag=True,
-              help="Liveness of this machine's worker only: Redis reachable and its heartbeat fresh "
-                   "(for container probes; a stale pipeline elsewhere must not restart workers).")
+@click.option(
+    "--worker",
+    "worker_probe",
+    is_flag=True,
+    help="Liveness of this machine's worker only: Redis reachable and its heartbeat fresh "
+    "(for container probes; a stale pipeline elsewhere must not restart workers).",
+)
 @json_option
 @command
 def health(worker_probe: bool, as_json: bool) -> int:
@@ -214,8 +240,10 @@ def health(worker_probe: bool, as_json: bool) -> int:
         console.print(_queue_table(report))
         for p in report.pipelines:
             last = _clock(p.last_success_at) if p.last_success_at else "never"
-            say(f"pipeline {p.pipeline}: last success {last}, max_age {format_duration(p.max_age_s)}"
-                f"{' STALE' if p.stale else ''}")
+            say(
+                f"pipeline {p.pipeline}: last success {last}, max_age {format_duration(p.max_age_s)}"
+                f"{' STALE' if p.stale else ''}"
+            )
     for problem in report.problems:
         say(f"UNHEALTHY: {problem}", err=True)
     say("healthy" if report.healthy else f"unhealthy: {len(report.problems)} problem(s)")
@@ -228,15 +256,21 @@ def _queue_table(report: health_checks.HealthReport) -> Table:
         workers = ", ".join(f"{host} ({_resources(report.workers[host])})" for host in q.workers) or "NONE"
         waited = q.oldest_waiting_s
         oldest = f"≥{format_duration(round(waited, 1))}" if waited is not None else "-"
-        table.add_row(term(q.name), str(q.waiting), str(q.delayed), str(q.delivered), oldest, term(workers),
-                      style="bold red" if q.work and not q.workers else None)
+        table.add_row(
+            term(q.name),
+            str(q.waiting),
+            str(q.delayed),
+            str(q.delivered),
+            oldest,
+            term(workers),
+            style="bold red" if q.work and not q.workers else None,
+        )
     return table
 
 
 def _resources(info: dict[str, Any]) -> str:
     machine = info.get("machine") or {}
     return f"{machine.get('cpus', '?')} cpu, {machine.get('memory_gb', '?')} GB, {machine.get('gpus', 0)} gpu"
-
 
 
 COMMANDS = (flower, beat, schedule, health)

@@ -48,11 +48,12 @@ class ChordflowGroup(click.Group):
         return found
 
 
-@click.group(cls=ChordflowGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    cls=ChordflowGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+)
 @click.version_option(version(), prog_name="chordflow")
 def cli() -> None:
     """Chordflow: pipelines of stages on a fleet of Celery workers, state in Redis."""
-
 
 
 # -- entry point --------------------------------------------------------------------------------
@@ -61,8 +62,9 @@ def cli() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """The console script: run the command, return its exit code (0 ok, 1 failed, 2 invalid input)."""
     try:
-        result = cli.main(args=list(argv) if argv is not None else None, prog_name="chordflow",
-                          standalone_mode=False)
+        result = cli.main(
+            args=list(argv) if argv is not None else None, prog_name="chordflow", standalone_mode=False
+        )
     except click.ClickException as exc:  # usage errors (exit 2) and the like
         exc.show()
         return exc.exit_code
@@ -79,8 +81,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if os.environ.get("CHORDFLOW_DEBUG"):
             raise
-        say(f"error: unexpected {type(exc).__name__}: {redis_url.mask(str(exc))} "
-            "(set CHORDFLOW_DEBUG=1 for the traceback)", err=True)
+        say(
+            f"error: unexpected {type(exc).__name__}: {redis_url.mask(str(exc))} "
+            "(set CHORDFLOW_DEBUG=1 for the traceback)",
+            err=True,
+        )
         return EXIT_FAILED
     return result if isinstance(result, int) else EXIT_OK
 

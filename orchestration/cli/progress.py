@@ -20,9 +20,16 @@ from orchestration.engine.store import RUN_FINAL, TERMINAL
 from orchestration.graph.render import term
 
 STATE_STYLE = {
-    "pending": "dim", "queued": "cyan", "running": "bold yellow", "retrying": "magenta",
-    "succeeded": "green", "fallback": "green", "skipped": "dim", "failed": "bold red",
-    "upstream_failed": "red", "cancelled": "red",
+    "pending": "dim",
+    "queued": "cyan",
+    "running": "bold yellow",
+    "retrying": "magenta",
+    "succeeded": "green",
+    "fallback": "green",
+    "skipped": "dim",
+    "failed": "bold red",
+    "upstream_failed": "red",
+    "cancelled": "red",
 }
 
 
@@ -35,9 +42,13 @@ def status_table(status: dict[str, Any], now: float | None = None) -> Table:
     eta = ""
     if 0 < done < total and status["status"] not in RUN_FINAL:
         eta = f" · ETA {elapsed / done * (total - done):.0f}s"
-    table = Table(title=term(f"{status['pipeline']} · run {status['run_id']} · {status['status']} · "
-                             f"{done}/{total} stages ({100 * done // total}%) · {elapsed:.1f}s{eta}"),
-                  title_justify="left")
+    table = Table(
+        title=term(
+            f"{status['pipeline']} · run {status['run_id']} · {status['status']} · "
+            f"{done}/{total} stages ({100 * done // total}%) · {elapsed:.1f}s{eta}"
+        ),
+        title_justify="left",
+    )
     for column in ("stage", "state", "attempts", "host", "queue", "time", "detail"):
         table.add_column(column)
     for sid, s in stages.items():
@@ -49,8 +60,15 @@ def status_table(status: dict[str, Any], now: float | None = None) -> Table:
         if s.get("error"):
             detail = f"{s['error'].get('type')}: {s['error'].get('message', '')}"[:80]
         style = STATE_STYLE.get(s["state"], "")
-        table.add_row(term(sid), term(s["state"], style=style), str(s["attempts"] or ""), term(s.get("host") or ""),
-                      term(s.get("queue") or ""), took, term(detail))
+        table.add_row(
+            term(sid),
+            term(s["state"], style=style),
+            str(s["attempts"] or ""),
+            term(s.get("host") or ""),
+            term(s.get("queue") or ""),
+            took,
+            term(detail),
+        )
     return table
 
 
@@ -75,10 +93,12 @@ def event_text(event: dict[str, str]) -> Text:
     return term(event_line(event))
 
 
-def follow(client: Client, run_id: str, console: Console, timeout_s: float | None = None,
-           items: bool = False) -> str:
+def follow(
+    client: Client, run_id: str, console: Console, timeout_s: float | None = None, items: bool = False
+) -> str:
     """Show the run until it ends; returns its final status."""
     if not console.is_terminal:
+
         def show(event: dict[str, str]) -> None:
             if items or event.get("kind") != "item":
                 console.print(event_text(event), highlight=False)
@@ -86,6 +106,7 @@ def follow(client: Client, run_id: str, console: Console, timeout_s: float | Non
         return client.follow(run_id, timeout_s, on_event=show)
     last = 0.0
     with Live(status_table(client.status(run_id)), console=console, refresh_per_second=4) as live:
+
         def refresh(_: dict[str, str]) -> None:
             nonlocal last
             if time.monotonic() - last > 0.25:

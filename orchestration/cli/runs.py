@@ -43,10 +43,19 @@ def embedded_fleet(settings: Settings, concurrency: int | None = None) -> Iterat
     server = RedisServer().start()
     worker = None
     try:
-        worker = WorkerProcess(server.url, settings.queues, concurrency or max(2, os.cpu_count() or 2),
-                               hostname="local", loglevel="WARNING").start()
-        wait_for_workers(Client(settings.model_copy(update={"redis_url": server.url})).store.r,
-                         settings.key_prefix, 1, timeout_s=60)
+        worker = WorkerProcess(
+            server.url,
+            settings.queues,
+            concurrency or max(2, os.cpu_count() or 2),
+            hostname="local",
+            loglevel="WARNING",
+        ).start()
+        wait_for_workers(
+            Client(settings.model_copy(update={"redis_url": server.url})).store.r,
+            settings.key_prefix,
+            1,
+            timeout_s=60,
+        )
         yield settings.model_copy(update={"redis_url": server.url})
     finally:
         if worker is not None:
@@ -66,15 +75,29 @@ def client_from_env() -> Client:
 @click.option("--wait", "-w", is_flag=True, help="Wait quietly for the end; exit 1 if the run fails.")
 @click.option("--dry-run", is_flag=True, help="Validate and resolve, print what would run, send nothing.")
 @click.option("--no-check", is_flag=True, help="Queue even if no live worker serves a stage's type.")
-@click.option("--idempotency-key", metavar="KEY", help="A repeated submit with the same key returns the same run.")
+@click.option(
+    "--idempotency-key", metavar="KEY", help="A repeated submit with the same key returns the same run."
+)
 @click.option("--timeout", type=float, help="With --follow/--wait: give up waiting after this many seconds.")
 @click.option("--items", is_flag=True, help="With --follow: show fan-out items too.")
 @click.option("--no-cache", is_flag=True, help="Run every stage even if a cached output exists.")
 @json_option
 @command
-def submit(file: Path, sets: tuple[str, ...], select: str | None, only: bool, follow: bool, wait: bool,
-           dry_run: bool, no_check: bool, idempotency_key: str | None, timeout: float | None, items: bool,
-           no_cache: bool, as_json: bool) -> int:
+def submit(
+    file: Path,
+    sets: tuple[str, ...],
+    select: str | None,
+    only: bool,
+    follow: bool,
+    wait: bool,
+    dry_run: bool,
+    no_check: bool,
+    idempotency_key: str | None,
+    timeout: float | None,
+    items: bool,
+    no_cache: bool,
+    as_json: bool,
+) -> int:
     """Run a pipeline. Without CHORDFLOW_REDIS_URL, runs it on a private Redis and local workers."""
     if idempotency_key is not None:
         check_idempotency_key(idempotency_key)
@@ -90,19 +113,58 @@ def submit(file: Path, sets: tuple[str, ...], select: str | None, only: bool, fo
     if not settings.redis_url:  # (an embedded Redis: its own URL, nothing to check)
         with embedded_fleet(settings) as local:
             if not as_json:
-                say(f"no CHORDFLOW_REDIS_URL: running on a private Redis and local workers ({local.redis_url})")
-            return _submit_and_show(Client(local), spec, select, only, True, no_check, idempotency_key,
-                                    timeout, items, as_json, no_cache, show_outputs=True)
+                say(
+                    f"no CHORDFLOW_REDIS_URL: running on a private Redis and local workers ({local.redis_url})"
+                )
+            return _submit_and_show(
+                Client(local),
+                spec,
+                select,
+                only,
+                True,
+                no_check,
+                idempotency_key,
+                timeout,
+                items,
+                as_json,
+                no_cache,
+                show_outputs=True,
+            )
     redis_url.check(settings.redis_url)  # exit 2 for a malformed URL, before any connection
-    return _submit_and_show(Client(settings), spec, select, only, follow or wait, no_check, idempotency_key,
-                            timeout, items, as_json, no_cache, quiet=wait and not follow)
+    return _submit_and_show(
+        Client(settings),
+        spec,
+        select,
+        only,
+        follow or wait,
+        no_check,
+        idempotency_key,
+        timeout,
+        items,
+        as_json,
+        no_cache,
+        quiet=wait and not follow,
+    )
 
 
-def _submit_and_show(client: Client, spec: Any, select: str | None, only: bool, follow: bool, no_check: bool,
-                     key: str | None, timeout: float | None, items: bool, as_json: bool, no_cache: bool,
-                     quiet: bool = False, show_outputs: bool = False) -> int:
-    handle = client.submit(spec, selection=select, only=only, check_types=not no_check, idempotency_key=key,
-                           no_cache=no_cache)
+def _submit_and_show(
+    client: Client,
+    spec: Any,
+    select: str | None,
+    only: bool,
+    follow: bool,
+    no_check: bool,
+    key: str | None,
+    timeout: float | None,
+    items: bool,
+    as_json: bool,
+    no_cache: bool,
+    quiet: bool = False,
+    show_outputs: bool = False,
+) -> int:
+    handle = client.submit(
+        spec, selection=select, only=only, check_types=not no_check, idempotency_key=key, no_cache=no_cache
+    )
     if not follow:
         print_json({"run_id": handle.run_id}) if as_json else say(handle.run_id)
         return EXIT_OK
@@ -179,15 +241,35 @@ def runs(pipeline: str | None, state: str | None, since: float | None, limit: in
         if len(records) >= limit:
             break
     if as_json:
-        print_json([{k: record.get(k) for k in ("run_id", "pipeline", "version", "status", "created_at",
-                                                "finished_at", "failed_stage")} for record in records])
+        print_json(
+            [
+                {
+                    k: record.get(k)
+                    for k in (
+                        "run_id",
+                        "pipeline",
+                        "version",
+                        "status",
+                        "created_at",
+                        "finished_at",
+                        "failed_stage",
+                    )
+                }
+                for record in records
+            ]
+        )
         return EXIT_OK
     table = Table("run", "pipeline", "status", "submitted", "took")
     for r in records:
         created = float(r.get("created_at", 0))
         took = f"{float(r['finished_at']) - created:.1f}s" if r.get("finished_at") else ""
-        table.add_row(term(r["run_id"]), term(r.get("pipeline", "")), term(r.get("status", "")),
-                      time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created)), took)
+        table.add_row(
+            term(r["run_id"]),
+            term(r.get("pipeline", "")),
+            term(r.get("status", "")),
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created)),
+            took,
+        )
     console.print(table)
     return EXIT_OK
 
@@ -283,8 +365,19 @@ def stages(as_json: bool) -> int:
     table = Table("type", "version", "ref", "retry", "queues", "workers")
     for t in rows:
         retry = ", ".join(f"{k}={v}" for k, v in (t["retry"] or {}).items()) or "none"
-        table.add_row(*(term(cell) for cell in (t["name"], t["version"], t["ref"], retry, ",".join(t["queues"]),
-                                                 ",".join(t["workers"]))))
+        table.add_row(
+            *(
+                term(cell)
+                for cell in (
+                    t["name"],
+                    t["version"],
+                    t["ref"],
+                    retry,
+                    ",".join(t["queues"]),
+                    ",".join(t["workers"]),
+                )
+            )
+        )
     console.print(table)
     return EXIT_OK
 

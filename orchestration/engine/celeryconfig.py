@@ -51,7 +51,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "enable_utc": True,
     }
     if settings.redis_url.startswith("rediss://"):
-        config["broker_use_ssl"] = {"ssl_cert_reqs": _CERT_REQS.get(settings.ssl_cert_reqs, ssl.CERT_REQUIRED)}
+        config["broker_use_ssl"] = {
+            "ssl_cert_reqs": _CERT_REQS.get(settings.ssl_cert_reqs, ssl.CERT_REQUIRED)
+        }
         if settings.ssl_ca_certs:
             config["broker_use_ssl"]["ssl_ca_certs"] = settings.ssl_ca_certs
     return config

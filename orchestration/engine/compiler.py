@@ -18,8 +18,9 @@ SOFT_LIMIT_GRACE_S = 1.0
 HARD_LIMIT_GRACE_S = 5.0
 
 
-def stage_signature(run_id: str, node: Node, attempt: int = 1, item: int | None = None,
-                    countdown: float | None = None) -> Signature:
+def stage_signature(
+    run_id: str, node: Node, attempt: int = 1, item: int | None = None, countdown: float | None = None
+) -> Signature:
     """The message that runs one attempt of a stage, or of one item of a fan-out stage."""
     options: dict[str, object] = {"queue": node.queue}
     if node.timeout_s:
@@ -30,8 +31,9 @@ def stage_signature(run_id: str, node: Node, attempt: int = 1, item: int | None 
         options["time_limit"] = node.timeout_s + HARD_LIMIT_GRACE_S
     if countdown:
         options["countdown"] = countdown
-    return signature(task_name(node.type), args=(run_id, node.id, attempt, item), options=options,
-                     immutable=True)
+    return signature(
+        task_name(node.type), args=(run_id, node.id, attempt, item), options=options, immutable=True
+    )
 
 
 def item_signatures(run_id: str, node: Node, indexes: range | list[int]) -> list[Signature]:

@@ -14,11 +14,11 @@ from typing import Any
 
 from celery import Celery, Signature
 
-from orchestration.language import expressions
 from orchestration.engine.compiler import item_signatures, stage_signature
-from orchestration.language.dag import children as children_of
-from orchestration.graph.resolve import Node, RunGraph
 from orchestration.engine.store import Commit, RunStore
+from orchestration.graph.resolve import Node, RunGraph
+from orchestration.language import expressions
+from orchestration.language.dag import children as children_of
 
 log = logging.getLogger("chordflow.dispatch")
 
@@ -91,8 +91,9 @@ class Dispatcher:
         # a dispatcher that dies before this line is covered by the reaper.
         self.store.sent(run_id, sent)
 
-    def advance(self, run_id: str, graph: RunGraph, commit: Commit, stage_id: str,
-                send_ready: bool = True) -> None:
+    def advance(
+        self, run_id: str, graph: RunGraph, commit: Commit, stage_id: str, send_ready: bool = True
+    ) -> None:
         """Act on a commit: send what it made ready, revoke what fail-fast stopped, close the run."""
         if commit.revoke:
             self.app.control.revoke(commit.revoke, terminate=True, signal="SIGTERM")
@@ -113,11 +114,17 @@ class Dispatcher:
         outputs = self.store.outputs(run_id, node.reads)
         if node.when and not expressions.reads_item(node.when):
             try:
-                go = expressions.evaluate(node.when, variables=graph.variables, outputs=outputs,
-                                          context=self.store.context(run_id),
-                                          max_steps=self.store.settings.condition_max_steps)
+                go = expressions.evaluate(
+                    node.when,
+                    variables=graph.variables,
+                    outputs=outputs,
+                    context=self.store.context(run_id),
+                    max_steps=self.store.settings.condition_max_steps,
+                )
             except ValueError as exc:
-                return [], self._close(run_id, graph, node, "failed", error=_error("ConditionError", str(exc)))
+                return [], self._close(
+                    run_id, graph, node, "failed", error=_error("ConditionError", str(exc))
+                )
             if not go:
                 return [], self._close(run_id, graph, node, "skipped", output="null")
         # A condition that reads `item` or `matrix` is decided per item, by each item's attempt.
@@ -128,15 +135,30 @@ class Dispatcher:
             if items is None:
                 items = []
             if not isinstance(items, list):
-                return [], self._close(run_id, graph, node, "failed", error=_error(
-                    "FanOutError", f"for_each '{node.for_each}' must output a list; it output "
-                                   f"{type(items).__name__}"))
+                return [], self._close(
+                    run_id,
+                    graph,
+                    node,
+                    "failed",
+                    error=_error(
+                        "FanOutError",
+                        f"for_each '{node.for_each}' must output a list; it output {type(items).__name__}",
+                    ),
+                )
             total = len(items)
             cap = self.store.settings.max_fanout_items
             if total > cap:
-                return [], self._close(run_id, graph, node, "failed", error=_error(
-                    "FanOutError", f"for_each '{node.for_each}' output {total:,} items; the limit is {cap:,} "
-                                   f"(CHORDFLOW_MAX_FANOUT_ITEMS)"))
+                return [], self._close(
+                    run_id,
+                    graph,
+                    node,
+                    "failed",
+                    error=_error(
+                        "FanOutError",
+                        f"for_each '{node.for_each}' output {total:,} items; the limit is {cap:,} "
+                        f"(CHORDFLOW_MAX_FANOUT_ITEMS)",
+                    ),
+                )
         if total == 0:
             return [], self._close(run_id, graph, node, "succeeded", output="[]")
         window = min(total, node.max_concurrency or total)
@@ -160,17 +182,38 @@ class Dispatcher:
             self.dispatch(run_id, graph, commit.ready)
         return True
 
-    def _close(self, run_id: str, graph: RunGraph, node: Node, outcome: str, output: str = "",
-               error: dict[str, Any] | None = None) -> list[str]:
+    def _close(
+        self,
+        run_id: str,
+        graph: RunGraph,
+        node: Node,
+        outcome: str,
+        output: str = "",
+        error: dict[str, Any] | None = None,
+    ) -> list[str]:
         """End a stage decided here (not by an attempt); returns the stages it made ready, for the
         caller to send."""
         commit = self._settle(run_id, graph, node, outcome, output, error)
         return commit.ready if commit.verdict == "ok" else []
 
-    def _settle(self, run_id: str, graph: RunGraph, node: Node, outcome: str, output: str = "",
-                error: dict[str, Any] | None = None) -> Commit:
+    def _settle(
+        self,
+        run_id: str,
+        graph: RunGraph,
+        node: Node,
+        outcome: str,
+        output: str = "",
+        error: dict[str, Any] | None = None,
+    ) -> Commit:
         commit = self.store.finish(
-            run_id, graph, node.id, None, "", outcome, output, error,
+            run_id,
+            graph,
+            node.id,
+            None,
+            "",
+            outcome,
+            output,
+            error,
             children=self.children(run_id, graph, node.id),
             descendants=self.blocked_by(run_id, graph, node.id, outcome),
             run_hook=True,  # decided outside a worker, which alone knows its Python hooks: always announce

@@ -43,9 +43,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from orchestration.engine import hooks
+from orchestration.engine.store import RunStore, connect
 from orchestration.errors import RunNotFound
 from orchestration.settings import Settings
-from orchestration.engine.store import RunStore, connect
 
 log = logging.getLogger("chordflow.hooks")
 GROUP = "senders"

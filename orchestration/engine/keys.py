@@ -63,9 +63,17 @@ class Keys:
         return f"{self.prefix}:run:{run_id}:parked"
 
     def run_keys(self, run_id: str, stage_ids: Iterable[str]) -> list[str]:
-        keys = [self.run(run_id), self.graph(run_id), self.states(run_id), self.pending(run_id),
-                self.outputs(run_id), self.context(run_id), self.metrics(run_id), self.events(run_id),
-                self.parked(run_id)]
+        keys = [
+            self.run(run_id),
+            self.graph(run_id),
+            self.states(run_id),
+            self.pending(run_id),
+            self.outputs(run_id),
+            self.context(run_id),
+            self.metrics(run_id),
+            self.events(run_id),
+            self.parked(run_id),
+        ]
         for sid in stage_ids:
             keys += [self.stage(run_id, sid), self.items(run_id, sid), self.logs(run_id, sid)]
         return keys

@@ -19,9 +19,9 @@ from redis.lock import Lock
 
 from orchestration.engine.compiler import item_signatures, stage_signature
 from orchestration.engine.dispatch import Dispatcher
+from orchestration.engine.store import RunStore
 from orchestration.errors import RunNotFound
 from orchestration.graph.resolve import Node, RunGraph
-from orchestration.engine.store import RunStore
 
 log = logging.getLogger("chordflow.reaper")
 
@@ -29,15 +29,20 @@ log = logging.getLogger("chordflow.reaper")
 class Reaper:
     def __init__(self, store: RunStore, dispatcher: Dispatcher, identity: str):
         self.store, self.dispatcher = store, dispatcher
-        self.lock = Lock(store.r, store.keys.reaper_lock(), timeout=max(5.0, store.settings.lease_s),
-                         blocking=False, thread_local=False)
+        self.lock = Lock(
+            store.r,
+            store.keys.reaper_lock(),
+            timeout=max(5.0, store.settings.lease_s),
+            blocking=False,
+            thread_local=False,
+        )
         self.identity = identity
 
     def tick(self) -> int:
         """Reap once if this process holds (or takes) the lock; returns how many messages it sent."""
         try:
             held = self.lock.reacquire() if self.lock.owned() else self.lock.acquire(blocking=False)
-        except Exception:  # lost the lock (expired and taken by another): try again next tick
+        except Exception:  # noqa: BLE001  lost the lock (expired and taken by another): try again next tick
             held = self.lock.acquire(blocking=False)
         if not held:
             return 0
@@ -51,9 +56,10 @@ class Reaper:
         for member in store.r.zrangebyscore(store.keys.leases(), 0, now_ms, start=0, num=limit):
             run_id, stage_id, item_text = member.split("|")
             item = int(item_text) if item_text else None
-            unit = store.r.hmget(store.unit_key(run_id, stage_id, item),
-                                 *(f"{'' if item is None else f'{item}:'}{f}" for f in ("state", "lease_exp",
-                                                                                         "attempt")))
+            unit = store.r.hmget(
+                store.unit_key(run_id, stage_id, item),
+                *(f"{'' if item is None else f'{item}:'}{f}" for f in ("state", "lease_exp", "attempt")),
+            )
             state, lease_exp, attempt = unit
             if state == "running" and int(lease_exp or 0) > now_ms:
                 continue
@@ -68,8 +74,13 @@ class Reaper:
                 continue
             # Look again after one more lease: if this send is lost too, it is sent again.
             store.r.zadd(store.keys.leases(), {member: now_ms + lease_ms}, xx=True)
-            log.warning("lease of %s/%s item %s expired; sending attempt %s", run_id, stage_id, item,
-                        int(attempt or 1) + 1)
+            log.warning(
+                "lease of %s/%s item %s expired; sending attempt %s",
+                run_id,
+                stage_id,
+                item,
+                int(attempt or 1) + 1,
+            )
             self.dispatcher.send([stage_signature(run_id, node, int(attempt or 1) + 1, item)])
             sent += 1
         return sent
@@ -81,8 +92,10 @@ class Reaper:
         for member in store.r.zrangebyscore(store.keys.outbox(), 0, horizon, start=0, num=limit):
             run_id, stage_id = member.split("|")
             state = store.r.hget(store.keys.states(run_id), stage_id)
-            if state in ("queued", "running") and \
-                    store.r.hget(store.keys.run(run_id), "status") in ("running", "paused"):
+            if state in ("queued", "running") and store.r.hget(store.keys.run(run_id), "status") in (
+                "running",
+                "paused",
+            ):
                 try:
                     graph = store.graph(run_id)
                 except RunNotFound:
@@ -106,11 +119,18 @@ class Reaper:
         store = self.store
         total = int(store.r.hget(store.keys.stage(run_id, node.id), "items_total") or 0)
         window = min(total, node.max_concurrency or total)
-        states = store.r.hmget(store.keys.items(run_id, node.id), *(f"{i}:state" for i in range(window))) \
-            if window else []
+        states = (
+            store.r.hmget(store.keys.items(run_id, node.id), *(f"{i}:state" for i in range(window)))
+            if window
+            else []
+        )
         unstarted = [i for i, item_state in enumerate(states) if item_state is None]
         if unstarted:
-            log.warning("fan-out %s/%s started but %d of its first items were never sent; sending them",
-                        run_id, node.id, len(unstarted))
+            log.warning(
+                "fan-out %s/%s started but %d of its first items were never sent; sending them",
+                run_id,
+                node.id,
+                len(unstarted),
+            )
             self.dispatcher.send(item_signatures(run_id, node, unstarted))
         return len(unstarted)

@@ -38,8 +38,13 @@ class StageType:
         return task_name(self.name)
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "ref": self.qualified, "version": self.version, "queue": self.queue,
-                "retry": self.retry.model_dump(mode="json", exclude_unset=True) if self.retry else None}
+        return {
+            "name": self.name,
+            "ref": self.qualified,
+            "version": self.version,
+            "queue": self.queue,
+            "retry": self.retry.model_dump(mode="json", exclude_unset=True) if self.retry else None,
+        }
 
 
 def task_name(type_name: str) -> str:
@@ -55,8 +60,10 @@ class Registry:
     def add(self, stage_type: StageType) -> StageType:
         existing = self._types.get(stage_type.name)
         if existing is not None and existing.func is not stage_type.func:
-            raise ValueError(f"stage type '{stage_type.name}' is registered twice "
-                             f"({existing.qualified} and {stage_type.qualified})")
+            raise ValueError(
+                f"stage type '{stage_type.name}' is registered twice "
+                f"({existing.qualified} and {stage_type.qualified})"
+            )
         self._types[stage_type.name] = stage_type
         self._aliases[stage_type.qualified] = stage_type.name
         return stage_type
@@ -82,13 +89,27 @@ class Registry:
 REGISTRY = Registry()
 
 
-def stage(name: str | None = None, *, retry: RetryPolicy | None = None, queue: str | None = None,
-          version: str = "1", registry: Registry | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def stage(
+    name: str | None = None,
+    *,
+    retry: RetryPolicy | None = None,
+    queue: str | None = None,
+    version: str = "1",
+    registry: Registry | None = None,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register a function as a stage type: `@stage(name="market.fetch", retry=RetryPolicy(...))`."""
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
-        (registry or REGISTRY).add(StageType(name or func.__name__, func, retry, queue, str(version),
-                                             (func.__doc__ or "").strip().split("\n")[0]))
+        (registry or REGISTRY).add(
+            StageType(
+                name or func.__name__,
+                func,
+                retry,
+                queue,
+                str(version),
+                (func.__doc__ or "").strip().split("\n")[0],
+            )
+        )
         return func
 
     return decorate

@@ -63,9 +63,9 @@ def resolve_policy(*layers: RetryPolicy | None) -> RetryPolicy:
 
 
 class Verdict(StrEnum):
-    RETRY = "retry"                        # another attempt after `delay_s`
-    FALLBACK = "fallback"                  # retries are over: the stage's fallback supplies its output
-    FAIL = "fail"                          # the stage fails; the run goes on (critical: false)
+    RETRY = "retry"  # another attempt after `delay_s`
+    FALLBACK = "fallback"  # retries are over: the stage's fallback supplies its output
+    FAIL = "fail"  # the stage fails; the run goes on (critical: false)
     FAIL_AND_CASCADE = "fail_and_cascade"  # the stage fails and so does the run: its dependents
     #                                        become upstream_failed, or fail_fast cancels the rest
 
@@ -73,12 +73,19 @@ class Verdict(StrEnum):
 @dataclass(frozen=True)
 class Decision:
     verdict: Verdict
-    retryable: bool          # whether the policy retries this exception at all
-    delay_s: float = 0.0     # with RETRY: seconds before the next attempt
+    retryable: bool  # whether the policy retries this exception at all
+    delay_s: float = 0.0  # with RETRY: seconds before the next attempt
 
 
-def decide(policy: RetryPolicy, exc: BaseException, attempt: int, *, has_fallback: bool, critical: bool,
-           rng: random.Random | None = None) -> Decision:
+def decide(
+    policy: RetryPolicy,
+    exc: BaseException,
+    attempt: int,
+    *,
+    has_fallback: bool,
+    critical: bool,
+    rng: random.Random | None = None,
+) -> Decision:
     """What follows a failed attempt `attempt` (1-based) that raised `exc`.
 
     A stage's RetryStage always retries (with its own delay if it names one) while attempts

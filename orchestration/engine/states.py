@@ -34,8 +34,9 @@ class RunStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
-TERMINAL = frozenset({State.SUCCEEDED, State.FAILED, State.SKIPPED, State.CANCELLED, State.UPSTREAM_FAILED,
-                      State.FALLBACK})
+TERMINAL = frozenset(
+    {State.SUCCEEDED, State.FAILED, State.SKIPPED, State.CANCELLED, State.UPSTREAM_FAILED, State.FALLBACK}
+)
 #: States whose output a retried run keeps (the stage or item is not run again).
 KEPT_ON_RETRY = frozenset({State.SUCCEEDED, State.SKIPPED, State.FALLBACK})
 RUN_FINAL = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED})
@@ -48,10 +49,15 @@ def _lua_set(name: str, members: frozenset[str]) -> str:
 
 def lua_prelude() -> str:
     """Lua source defining S (stage states), R (run statuses) and the state sets, for every script."""
-    return "\n".join([
-        "local S = {" + ", ".join(f"{s.name} = '{s.value}'" for s in State) + "}",
-        "local R = {" + ", ".join(f"{s.name} = '{s.value}'" for s in RunStatus) + "}",
-        _lua_set("TERMINAL", TERMINAL),
-        _lua_set("KEPT_ON_RETRY", KEPT_ON_RETRY),
-        _lua_set("RUN_ACTIVE", RUN_ACTIVE),
-    ]) + "\n"
+    return (
+        "\n".join(
+            [
+                "local S = {" + ", ".join(f"{s.name} = '{s.value}'" for s in State) + "}",
+                "local R = {" + ", ".join(f"{s.name} = '{s.value}'" for s in RunStatus) + "}",
+                _lua_set("TERMINAL", TERMINAL),
+                _lua_set("KEPT_ON_RETRY", KEPT_ON_RETRY),
+                _lua_set("RUN_ACTIVE", RUN_ACTIVE),
+            ]
+        )
+        + "\n"
+    )

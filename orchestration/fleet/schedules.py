@@ -34,11 +34,11 @@ from redbeat.schedulers import RedBeatScheduler, RedBeatSchedulerEntry, ensure_c
 
 from orchestration.api import Client
 from orchestration.engine.celeryconfig import client_app
-from orchestration.language.durations import format_duration, parse_duration
 from orchestration.errors import ChordflowError
-from orchestration.settings import Settings
+from orchestration.language.durations import format_duration, parse_duration
 from orchestration.language.spec import PipelineSpec
 from orchestration.language.validation import validate_data
+from orchestration.settings import Settings
 
 SUBMIT_TASK = "chordflow.submit_scheduled"
 MIN_EVERY_S = 1.0
@@ -74,11 +74,18 @@ def parse_cron(expr: str) -> crontab:
     """A 5-field cron expression (minute hour day-of-month month day-of-week), in UTC."""
     fields = expr.split()
     if len(fields) != 5:
-        raise ScheduleError(f"cron {expr!r} must have 5 fields: minute hour day-of-month month day-of-week "
-                            "(e.g. '0 19 * * *')")
+        raise ScheduleError(
+            f"cron {expr!r} must have 5 fields: minute hour day-of-month month day-of-week "
+            "(e.g. '0 19 * * *')"
+        )
     try:
-        return crontab(minute=fields[0], hour=fields[1], day_of_month=fields[2], month_of_year=fields[3],
-                       day_of_week=fields[4])
+        return crontab(
+            minute=fields[0],
+            hour=fields[1],
+            day_of_month=fields[2],
+            month_of_year=fields[3],
+            day_of_week=fields[4],
+        )
     except (ValueError, IndexError, KeyError) as exc:
         raise ScheduleError(f"cron {expr!r} is not valid: {exc}") from None
 
@@ -97,8 +104,10 @@ def parse_every(text: str) -> schedule:
 def describe(sched: BaseSchedule) -> str:
     """`cron 0 19 * * *` or `every 5m`."""
     if isinstance(sched, crontab):
-        return "cron " + " ".join(str(getattr(sched, f"_orig_{part}")) for part in
-                                  ("minute", "hour", "day_of_month", "month_of_year", "day_of_week"))
+        return "cron " + " ".join(
+            str(getattr(sched, f"_orig_{part}"))
+            for part in ("minute", "hour", "day_of_month", "month_of_year", "day_of_week")
+        )
     if isinstance(sched, schedule):
         return f"every {format_duration(sched.run_every.total_seconds())}"
     return str(sched)
@@ -156,13 +165,13 @@ class ScheduleInfo:
     name: str
     pipeline: str
     when: str
-    next_at: float | None          # epoch s
-    last_fired_at: float | None    # epoch s
+    next_at: float | None  # epoch s
+    last_fired_at: float | None  # epoch s
     source: str | None
     sets: dict[str, Any]
     max_age_s: float | None
     added_at: float | None
-    last: dict[str, Any] | None    # the last firing's outcome: tick, run_id or error, at
+    last: dict[str, Any] | None  # the last firing's outcome: tick, run_id or error, at
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -170,20 +179,37 @@ class ScheduleInfo:
 
 def check_name(name: str) -> str:
     if not _NAME.fullmatch(name):
-        raise ScheduleError(f"schedule name {name!r} must be letters, digits, '.', '_' or '-' "
-                            "(up to 200, starting with a letter or digit)")
+        raise ScheduleError(
+            f"schedule name {name!r} must be letters, digits, '.', '_' or '-' "
+            "(up to 200, starting with a letter or digit)"
+        )
     return name
 
 
-def add_schedule(settings: Settings, spec: PipelineSpec, when: BaseSchedule, name: str | None = None,
-                 sets: dict[str, Any] | None = None, source: str | None = None) -> tuple[str, bool]:
+def add_schedule(
+    settings: Settings,
+    spec: PipelineSpec,
+    when: BaseSchedule,
+    name: str | None = None,
+    sets: dict[str, Any] | None = None,
+    source: str | None = None,
+) -> tuple[str, bool]:
     """Store (or replace) a schedule; returns (name, created). A replaced schedule keeps its last run time."""
     name = check_name(name or spec.name)
     app = beat_app(settings)
     entry = RedBeatSchedulerEntry(
-        name, SUBMIT_TASK, when, app=app, options={"queue": settings.cpu_queue},
-        kwargs={"schedule": name, "spec": spec.model_dump(mode="json", exclude_defaults=True),
-                "source": source, "sets": sets or {}, "added_at": round(time.time(), 3)},
+        name,
+        SUBMIT_TASK,
+        when,
+        app=app,
+        options={"queue": settings.cpu_queue},
+        kwargs={
+            "schedule": name,
+            "spec": spec.model_dump(mode="json", exclude_defaults=True),
+            "source": source,
+            "sets": sets or {},
+            "added_at": round(time.time(), 3),
+        },
     )
     existed = bool(get_redis(app).exists(entry.key))
     entry.save()
@@ -215,14 +241,20 @@ def list_schedules(settings: Settings) -> list[ScheduleInfo]:
         kw = entry.kwargs
         spec = kw.get("spec") or {}
         due = entry.due_at
-        found.append(ScheduleInfo(
-            name=entry.name, pipeline=str(spec.get("name", "?")), when=describe(entry.schedule),
-            next_at=due.timestamp() if due else None,
-            last_fired_at=entry.last_run_at.timestamp() if entry.last_run_at else None,
-            source=kw.get("source"), sets=kw.get("sets") or {},
-            max_age_s=_seconds(spec.get("max_age")), added_at=kw.get("added_at"),
-            last=json.loads(outcomes[entry.name]) if entry.name in outcomes else None,
-        ))
+        found.append(
+            ScheduleInfo(
+                name=entry.name,
+                pipeline=str(spec.get("name", "?")),
+                when=describe(entry.schedule),
+                next_at=due.timestamp() if due else None,
+                last_fired_at=entry.last_run_at.timestamp() if entry.last_run_at else None,
+                source=kw.get("source"),
+                sets=kw.get("sets") or {},
+                max_age_s=_seconds(spec.get("max_age")),
+                added_at=kw.get("added_at"),
+                last=json.loads(outcomes[entry.name]) if entry.name in outcomes else None,
+            )
+        )
     return sorted(found, key=lambda s: s.name)
 
 
@@ -240,13 +272,26 @@ def register_scheduled_task(app: Celery, settings: Settings) -> None:
     """Register `chordflow.submit_scheduled` in a worker's app (called by workers.app.create_app)."""
     clients: dict[int, Client] = {}
 
-    @app.task(name=SUBMIT_TASK, ignore_result=True, acks_late=True, typing=False,
-              autoretry_for=(redis.ConnectionError,), retry_backoff=True, max_retries=3)
+    @app.task(
+        name=SUBMIT_TASK,
+        ignore_result=True,
+        acks_late=True,
+        typing=False,
+        autoretry_for=(redis.ConnectionError,),
+        retry_backoff=True,
+        max_retries=3,
+    )
     def submit_scheduled(schedule: Any = None, tick: Any = None, spec: Any = None, **_: Any) -> str:
-        if (not isinstance(schedule, str) or not isinstance(spec, dict) or not isinstance(tick, int)
-                or isinstance(tick, bool)):
-            log.error("refusing a scheduled submit without schedule, tick and spec "
-                      "(was it sent by `chordflow beat`?)")
+        if (
+            not isinstance(schedule, str)
+            or not isinstance(spec, dict)
+            or not isinstance(tick, int)
+            or isinstance(tick, bool)
+        ):
+            log.error(
+                "refusing a scheduled submit without schedule, tick and spec "
+                "(was it sent by `chordflow beat`?)"
+            )
             return "refused: malformed message"
         client = clients.get(os.getpid())
         if client is None:  # one per pool process, built after the fork

@@ -16,13 +16,22 @@ from typing import Any
 
 from pydantic import Field
 
-from orchestration.language import dag as graph
 from orchestration.errors import InvalidPipeline, Problem
+from orchestration.language import dag as graph
 from orchestration.language.routing import queue_for
 from orchestration.language.selection import Selectable, select
-from orchestration.settings import Settings
-from orchestration.language.spec import Cache, Fallback, Model, PipelineSpec, Resources, RetryPolicy, Stage, Webhook
+from orchestration.language.spec import (
+    Cache,
+    Fallback,
+    Model,
+    PipelineSpec,
+    Resources,
+    RetryPolicy,
+    Stage,
+    Webhook,
+)
 from orchestration.language.validation import effective_needs
+from orchestration.settings import Settings
 
 DEFAULT_ESTIMATE_S = 1.0
 CRITICAL_PRIORITY = 9
@@ -104,7 +113,9 @@ def _policy(value: str | RetryPolicy | None, spec: PipelineSpec) -> RetryPolicy 
     return value
 
 
-def file_policy(stage: Stage, spec: PipelineSpec, _dumps: dict[int, dict[str, Any]] | None = None) -> dict[str, Any]:
+def file_policy(
+    stage: Stage, spec: PipelineSpec, _dumps: dict[int, dict[str, Any]] | None = None
+) -> dict[str, Any]:
     """defaults.retry, then the stage's retry over it; only explicitly set fields are kept."""
     merged: dict[str, Any] = {}
     for layer in (_policy(spec.defaults.retry, spec), _policy(stage.retry, spec)):
@@ -118,35 +129,53 @@ def file_policy(stage: Stage, spec: PipelineSpec, _dumps: dict[int, dict[str, An
     return merged
 
 
-def matrix_instances(matrix: dict[str, tuple[Any, ...]], limit: int | None = None) -> tuple[dict[str, Any], ...]:
+def matrix_instances(
+    matrix: dict[str, tuple[Any, ...]], limit: int | None = None
+) -> tuple[dict[str, Any], ...]:
     """Every combination of the axes' values; InvalidPipeline, before expanding, if over `limit`."""
     if limit is not None and math.prod(len(v) for v in matrix.values()) > limit:
-        raise InvalidPipeline(f"a matrix of {' x '.join(str(len(v)) for v in matrix.values())} makes over "
-                              f"{limit:,} instances, the limit (max_matrix_instances)")
+        raise InvalidPipeline(
+            f"a matrix of {' x '.join(str(len(v)) for v in matrix.values())} makes over "
+            f"{limit:,} instances, the limit (max_matrix_instances)"
+        )
     axes = list(matrix)
     return tuple(dict(zip(axes, combo)) for combo in itertools.product(*(matrix[a] for a in axes)))
 
 
-def resolve(spec: PipelineSpec, settings: Settings | None = None, selection: str | None = None,
-            only: bool = False, estimates: dict[str, float] | None = None) -> RunGraph:
+def resolve(
+    spec: PipelineSpec,
+    settings: Settings | None = None,
+    selection: str | None = None,
+    only: bool = False,
+    estimates: dict[str, float] | None = None,
+) -> RunGraph:
     """The flat run graph of a validated spec, with `selection` applied."""
     settings = settings or Settings()
     enabled = [s for s in spec.stages if s.enabled]
     # A spec built without validate_data (PipelineSpec.model_validate) was never held to the limits.
     expanded = sum(math.prod(len(v) for v in s.matrix.values()) if s.matrix else 1 for s in enabled)
     if expanded > settings.max_stages:
-        raise InvalidPipeline([Problem(f"the pipeline has {expanded:,} stages once matrices are expanded; "
-                                       f"the limit is {settings.max_stages:,} (max_stages)")])
+        raise InvalidPipeline(
+            [
+                Problem(
+                    f"the pipeline has {expanded:,} stages once matrices are expanded; "
+                    f"the limit is {settings.max_stages:,} (max_stages)"
+                )
+            ]
+        )
     deps = effective_needs(spec.stages)
     if selection:
-        chosen = set(select(
-            [Selectable(s.id, tuple(deps[s.id]), s.tags, s.order) for s in enabled], selection, only))
+        chosen = set(
+            select([Selectable(s.id, tuple(deps[s.id]), s.tags, s.order) for s in enabled], selection, only)
+        )
         enabled = [s for s in enabled if s.id in chosen]
         deps = {sid: [n for n in needs if n in chosen] for sid, needs in deps.items() if sid in chosen}
     order = graph.topological_order(deps)
     levels = graph.levels(deps)
     history = estimates or {}
-    est = {s.id: history.get(s.id) or s.estimate or spec.defaults.estimate or DEFAULT_ESTIMATE_S for s in enabled}
+    est = {
+        s.id: history.get(s.id) or s.estimate or spec.defaults.estimate or DEFAULT_ESTIMATE_S for s in enabled
+    }
     path, makespan = graph.critical_path(deps, est)
     on_path = set(path)
     by_id = {s.id: s for s in enabled}
@@ -156,19 +185,41 @@ def resolve(spec: PipelineSpec, settings: Settings | None = None, selection: str
         s = by_id[sid]
         resources = s.resources or spec.defaults.resources
         # Every value here comes from validated models: construct without validating again.
-        nodes.append(Node.model_construct(
-            id=s.id, type=s.type_name, params=s.params, run=s.run, env=s.env, cwd=s.cwd,
-            needs=tuple(deps[sid]),
-            queue=queue_for(resources, s.queue, spec.defaults.queue, settings),
-            resources=resources, retry=file_policy(s, spec, dumps),
-            timeout_s=s.timeout if s.timeout is not None else spec.defaults.timeout,
-            when=s.when, critical=s.critical, for_each=s.for_each, max_concurrency=s.max_concurrency,
-            matrix=matrix_instances(s.matrix, settings.max_matrix_instances) if s.matrix else None,
-            fallback=s.fallback, cache=s.cache, estimate_s=est[sid], order=s.order, level=levels[sid],
-            tags=s.tags, on_critical_path=sid in on_path,
-            priority=CRITICAL_PRIORITY if sid in on_path else NORMAL_PRIORITY,
-        ))
+        nodes.append(
+            Node.model_construct(
+                id=s.id,
+                type=s.type_name,
+                params=s.params,
+                run=s.run,
+                env=s.env,
+                cwd=s.cwd,
+                needs=tuple(deps[sid]),
+                queue=queue_for(resources, s.queue, spec.defaults.queue, settings),
+                resources=resources,
+                retry=file_policy(s, spec, dumps),
+                timeout_s=s.timeout if s.timeout is not None else spec.defaults.timeout,
+                when=s.when,
+                critical=s.critical,
+                for_each=s.for_each,
+                max_concurrency=s.max_concurrency,
+                matrix=matrix_instances(s.matrix, settings.max_matrix_instances) if s.matrix else None,
+                fallback=s.fallback,
+                cache=s.cache,
+                estimate_s=est[sid],
+                order=s.order,
+                level=levels[sid],
+                tags=s.tags,
+                on_critical_path=sid in on_path,
+                priority=CRITICAL_PRIORITY if sid in on_path else NORMAL_PRIORITY,
+            )
+        )
     return RunGraph(
-        name=spec.name, version=spec.version, variables=spec.variables, fail_fast=spec.fail_fast,
-        webhooks=spec.webhooks, nodes=tuple(nodes), critical_path=tuple(path), makespan_s=makespan,
+        name=spec.name,
+        version=spec.version,
+        variables=spec.variables,
+        fail_fast=spec.fail_fast,
+        webhooks=spec.webhooks,
+        nodes=tuple(nodes),
+        critical_path=tuple(path),
+        makespan_s=makespan,
     )

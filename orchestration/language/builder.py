@@ -29,9 +29,9 @@ import yaml
 from pydantic import BaseModel
 
 from orchestration.errors import ChordflowError
-from orchestration.settings import Settings
 from orchestration.language.spec import PipelineSpec
 from orchestration.language.validation import load_pipeline, load_pipeline_text, validate_data
+from orchestration.settings import Settings
 
 if TYPE_CHECKING:
     from orchestration.api import RunHandle
@@ -54,8 +54,9 @@ class Pipeline:
 
     # -- building ------------------------------------------------------------------------
 
-    def add(self, id: str, uses: str | None = None, needs: Iterable[str] | str | None = None,
-            **stage_fields: Any) -> Pipeline:
+    def add(
+        self, id: str, uses: str | None = None, needs: Iterable[str] | str | None = None, **stage_fields: Any
+    ) -> Pipeline:
         """Append a stage; only the keys given are recorded (the rest keep their defaults)."""
         stage: dict[str, Any] = {"id": id}
         if uses is not None:
@@ -91,14 +92,25 @@ class Pipeline:
         return cls(**data)
 
     @classmethod
-    def from_file(cls, path: str | Path, overrides: Mapping[str, Any] | None = None,
-                  env: Mapping[str, str] | None = None, settings: Settings | None = None) -> Pipeline:
+    def from_file(
+        cls,
+        path: str | Path,
+        overrides: Mapping[str, Any] | None = None,
+        env: Mapping[str, str] | None = None,
+        settings: Settings | None = None,
+    ) -> Pipeline:
         """Read and validate a pipeline file (YAML or JSON)."""
         return cls.from_spec(load_pipeline(path, overrides, env, settings))
 
     @classmethod
-    def from_text(cls, text: str, source: str = "<string>", overrides: Mapping[str, Any] | None = None,
-                  env: Mapping[str, str] | None = None, settings: Settings | None = None) -> Pipeline:
+    def from_text(
+        cls,
+        text: str,
+        source: str = "<string>",
+        overrides: Mapping[str, Any] | None = None,
+        env: Mapping[str, str] | None = None,
+        settings: Settings | None = None,
+    ) -> Pipeline:
         """Read and validate pipeline text (YAML or JSON), as `from_file` does."""
         return cls.from_spec(load_pipeline_text(text, source, overrides, env, settings))
 
@@ -126,8 +138,10 @@ class Pipeline:
 
         settings = settings or Settings.load()
         if not settings.redis_url:
-            raise ChordflowError("set CHORDFLOW_REDIS_URL to submit, or run the file with "
-                                 "`chordflow submit FILE`, which starts a private Redis and workers")
+            raise ChordflowError(
+                "set CHORDFLOW_REDIS_URL to submit, or run the file with "
+                "`chordflow submit FILE`, which starts a private Redis and workers"
+            )
         return Client(settings).submit(self.build(settings), **options)
 
     def __repr__(self) -> str:
@@ -140,8 +154,14 @@ def dump(spec: PipelineSpec) -> dict[str, Any]:
 
 
 def to_yaml(spec: PipelineSpec) -> str:
-    return yaml.dump(_escaped(dump(spec)), Dumper=_Dumper, sort_keys=False, allow_unicode=True,
-                     default_flow_style=False, width=100)
+    return yaml.dump(
+        _escaped(dump(spec)),
+        Dumper=_Dumper,
+        sort_keys=False,
+        allow_unicode=True,
+        default_flow_style=False,
+        width=100,
+    )
 
 
 def to_json(spec: PipelineSpec) -> str:
@@ -217,8 +237,11 @@ class _Dumper(yaml.SafeDumper):
 
 def _short(items: list[Any]) -> bool:
     scalars = all(isinstance(v, (str, int, float, bool)) or v is None for v in items)
-    return scalars and sum(len(str(v)) + 2 for v in items) <= 60 and not any(
-        isinstance(v, str) and ("\n" in v or not v.isprintable()) for v in items)
+    return (
+        scalars
+        and sum(len(str(v)) + 2 for v in items) <= 60
+        and not any(isinstance(v, str) and ("\n" in v or not v.isprintable()) for v in items)
+    )
 
 
 _Dumper.add_representer(list, _Dumper.represent_list)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
@@ -33,7 +34,7 @@ def parse_duration(value: object) -> float:
             seconds = sum(float(n) * _UNITS[u] for n, u in _PART.findall(text))
     else:
         raise ValueError(f"{_shown(value)} is not a duration")
-    if seconds < 0 or seconds != seconds or seconds == float("inf"):
+    if seconds < 0 or not math.isfinite(seconds):
         raise ValueError(f"{_shown(value)} is not a duration: it must be a finite number >= 0")
     return seconds
 

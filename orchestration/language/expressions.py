@@ -30,8 +30,17 @@ from simpleeval import DISALLOW_FUNCTIONS, EvalWithCompoundTypes, FeatureNotAvai
 NAMES = ("variables", "outputs", "context", "matrix", "item")
 LITERALS = {"true": True, "false": False, "null": None, "True": True, "False": False, "None": None}
 FUNCTIONS = {
-    "len": len, "min": min, "max": max, "abs": abs, "round": round,
-    "int": int, "float": float, "str": str, "bool": bool, "any": any, "all": all,
+    "len": len,
+    "min": min,
+    "max": max,
+    "abs": abs,
+    "round": round,
+    "int": int,
+    "float": float,
+    "str": str,
+    "bool": bool,
+    "any": any,
+    "all": all,
 }
 MAX_LENGTH = 2000
 MAX_REPEAT = 100  # a list or text literal may be repeated at most this many times
@@ -40,11 +49,43 @@ DATA_PER_STEP = 100
 DEFAULT_MAX_INTEGER = 2**53  # Settings.max_integer's default
 
 _ALLOWED_NODES = (
-    ast.Expression, ast.BoolOp, ast.And, ast.Or, ast.UnaryOp, ast.Not, ast.USub, ast.UAdd,
-    ast.BinOp, ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod,
-    ast.Compare, ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.In, ast.NotIn, ast.Is, ast.IsNot,
-    ast.Name, ast.Load, ast.Constant, ast.Attribute, ast.Subscript, ast.Call, ast.IfExp,
-    ast.List, ast.Tuple, ast.Set, ast.Dict,
+    ast.Expression,
+    ast.BoolOp,
+    ast.And,
+    ast.Or,
+    ast.UnaryOp,
+    ast.Not,
+    ast.USub,
+    ast.UAdd,
+    ast.BinOp,
+    ast.Add,
+    ast.Sub,
+    ast.Mult,
+    ast.Div,
+    ast.FloorDiv,
+    ast.Mod,
+    ast.Compare,
+    ast.Eq,
+    ast.NotEq,
+    ast.Lt,
+    ast.LtE,
+    ast.Gt,
+    ast.GtE,
+    ast.In,
+    ast.NotIn,
+    ast.Is,
+    ast.IsNot,
+    ast.Name,
+    ast.Load,
+    ast.Constant,
+    ast.Attribute,
+    ast.Subscript,
+    ast.Call,
+    ast.IfExp,
+    ast.List,
+    ast.Tuple,
+    ast.Set,
+    ast.Dict,
 )
 
 
@@ -85,8 +126,13 @@ def _wrap(value: Any) -> Any:
     return Namespace(value) if isinstance(value, Mapping) else value
 
 
-def check(expression: str, variables: Iterable[str], stage_ids: Iterable[str], *,
-          max_integer: int = DEFAULT_MAX_INTEGER) -> list[str]:
+def check(
+    expression: str,
+    variables: Iterable[str],
+    stage_ids: Iterable[str],
+    *,
+    max_integer: int = DEFAULT_MAX_INTEGER,
+) -> list[str]:
     """Every reason `expression` can't be used as a condition; [] if it is fine."""
     if not isinstance(expression, str) or not expression.strip():
         return ["the condition is empty"]
@@ -102,25 +148,41 @@ def check(expression: str, variables: Iterable[str], stage_ids: Iterable[str], *
     for node in ast.walk(tree):
         if not isinstance(node, _ALLOWED_NODES):
             problems.append(f"condition {expression!r} uses {type(node).__name__}, which is not allowed")
-        elif isinstance(node, ast.Name) and node.id not in NAMES and node.id not in LITERALS \
-                and node.id not in FUNCTIONS:
+        elif (
+            isinstance(node, ast.Name)
+            and node.id not in NAMES
+            and node.id not in LITERALS
+            and node.id not in FUNCTIONS
+        ):
             problems.append(
                 f"condition {expression!r} uses unknown name '{node.id}'; "
                 f"it may use {', '.join(NAMES)}, true/false/null and {', '.join(FUNCTIONS)}()"
             )
         elif isinstance(node, ast.Attribute) and node.attr.startswith("_"):
-            problems.append(f"condition {expression!r} reads '{node.attr}'; names starting with '_' are not allowed")
-        elif isinstance(node, ast.Call) and not (isinstance(node.func, ast.Name) and node.func.id in FUNCTIONS):
+            problems.append(
+                f"condition {expression!r} reads '{node.attr}'; names starting with '_' are not allowed"
+            )
+        elif isinstance(node, ast.Call) and not (
+            isinstance(node.func, ast.Name) and node.func.id in FUNCTIONS
+        ):
             problems.append(f"condition {expression!r} calls something other than {', '.join(FUNCTIONS)}()")
         elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
             if node.value.id == "outputs" and node.attr not in known_stages:
-                problems.append(f"condition {expression!r} reads outputs.{node.attr}, but there is no stage '{node.attr}'")
+                problems.append(
+                    f"condition {expression!r} reads outputs.{node.attr}, but there is no stage '{node.attr}'"
+                )
             elif node.value.id == "variables" and node.attr not in known_vars:
                 problems.append(f"condition {expression!r} reads variables.{node.attr}, which is not defined")
-        elif isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) \
-                and not isinstance(node.value, bool) and abs(node.value) > max_integer:
-            problems.append(f"condition {expression!r} uses a number larger than the limit of {max_integer:,} "
-                            "(max_integer)")
+        elif (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, (int, float))
+            and not isinstance(node.value, bool)
+            and abs(node.value) > max_integer
+        ):
+            problems.append(
+                f"condition {expression!r} uses a number larger than the limit of {max_integer:,} "
+                "(max_integer)"
+            )
         elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult):
             problem = _repetition_problem(node)
             if problem:
@@ -146,15 +208,22 @@ def _repetition_problem(node: ast.BinOp) -> str | None:
     number written in the condition, at most MAX_REPEAT."""
     for seq, count in ((node.left, node.right), (node.right, node.left)):
         if _makes_sequence(seq):
-            if isinstance(count, ast.Constant) and isinstance(count.value, int) \
-                    and not isinstance(count.value, bool):
+            if (
+                isinstance(count, ast.Constant)
+                and isinstance(count.value, int)
+                and not isinstance(count.value, bool)
+            ):
                 if count.value > MAX_REPEAT:
-                    return (f"repeats a list or text {count.value:,} times; the limit is {MAX_REPEAT} "
-                            "(conditions must not allocate without bound)")
+                    return (
+                        f"repeats a list or text {count.value:,} times; the limit is {MAX_REPEAT} "
+                        "(conditions must not allocate without bound)"
+                    )
                 return None
             if not _makes_sequence(count):
-                return ("repeats a list or text by a computed number; only a number written in the "
-                        f"condition, at most {MAX_REPEAT}, may repeat one")
+                return (
+                    "repeats a list or text by a computed number; only a number written in the "
+                    f"condition, at most {MAX_REPEAT}, may repeat one"
+                )
     return None
 
 
@@ -182,8 +251,11 @@ def evaluate(
     Raises ValueError on evaluation errors, a construct that is not allowed, or a budget overrun."""
     names: dict[str, Any] = dict(LITERALS)
     names.update(
-        variables=Namespace(variables or {}), outputs=Namespace(outputs or {}),
-        context=Namespace(context or {}), matrix=Namespace(matrix or {}), item=_wrap(item),
+        variables=Namespace(variables or {}),
+        outputs=Namespace(outputs or {}),
+        context=Namespace(context or {}),
+        matrix=Namespace(matrix or {}),
+        item=_wrap(item),
     )
     text = expression.strip() if isinstance(expression, str) else ""
     try:
@@ -242,6 +314,7 @@ class _BoundedEval(EvalWithCompoundTypes):
             for arg in args:
                 self.charge(_weight(arg, self.units + 1))
             return fn(*args)
+
         return charged
 
     def _sized(self, fn: Any) -> Any:
@@ -252,6 +325,7 @@ class _BoundedEval(EvalWithCompoundTypes):
             elif hasattr(result, "__len__"):
                 self.charge(1 + len(result))
             return result
+
         return sized
 
 

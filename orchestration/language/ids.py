@@ -15,8 +15,15 @@ from typing import Any
 
 from orchestration.errors import InvalidId
 
-__all__ = ["IDEMPOTENCY_KEY", "RUN_ID", "STAGE_ID", "InvalidId", "check_idempotency_key", "check_run_id",
-           "check_stage_id"]
+__all__ = [
+    "IDEMPOTENCY_KEY",
+    "RUN_ID",
+    "STAGE_ID",
+    "InvalidId",
+    "check_idempotency_key",
+    "check_run_id",
+    "check_stage_id",
+]
 
 RUN_ID = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
 """What `store.new_run_id()` makes ('r' + hex) and what any caller-chosen run id may be."""
@@ -32,8 +39,11 @@ reach nothing else, and the scheduler's keys are `schedule:<name>:<tick>`."""
 _RULES = {
     "run id": (RUN_ID, 128, "letters, digits, '_', '.' or '-', starting with a letter or digit"),
     "stage id": (STAGE_ID, 128, "letters, digits, '_', '.' or '-', not starting with '.' or '-'"),
-    "idempotency key": (IDEMPOTENCY_KEY, 256,
-                        "letters, digits, '_', '.', ':' or '-', starting with a letter or digit"),
+    "idempotency key": (
+        IDEMPOTENCY_KEY,
+        256,
+        "letters, digits, '_', '.', ':' or '-', starting with a letter or digit",
+    ),
 }
 
 
@@ -41,8 +51,10 @@ def _check(kind: str, value: Any) -> str:
     pattern, limit, allowed = _RULES[kind]
     if isinstance(value, str) and pattern.fullmatch(value):
         return value
-    raise InvalidId(f"{kind} {value!r} is not valid: {_why(kind, value, pattern, limit)} "
-                    f"(a {kind} is 1-{limit} {allowed})")
+    raise InvalidId(
+        f"{kind} {value!r} is not valid: {_why(kind, value, pattern, limit)} "
+        f"(a {kind} is 1-{limit} {allowed})"
+    )
 
 
 def _why(kind: str, value: Any, pattern: re.Pattern[str], limit: int) -> str:
@@ -80,5 +92,13 @@ def is_stage_id(value: str) -> bool:
     return STAGE_ID.fullmatch(value) is not None
 
 
-__all__ = ["IDEMPOTENCY_KEY", "RUN_ID", "STAGE_ID", "InvalidId", "check_idempotency_key", "check_run_id",
-           "check_stage_id", "is_stage_id"]
+__all__ = [
+    "IDEMPOTENCY_KEY",
+    "RUN_ID",
+    "STAGE_ID",
+    "InvalidId",
+    "check_idempotency_key",
+    "check_run_id",
+    "check_stage_id",
+    "is_stage_id",
+]

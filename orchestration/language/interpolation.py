@@ -95,8 +95,11 @@ class _Interpolator:
             return [self.copy(item, path + (i,)) for i, item in enumerate(value)]
         if isinstance(value, dict):
             return {
-                k: v if _is_expression(path + (k,)) else
-                self.argv(v, path + (k,)) if _is_run(path + (k,)) else self.copy(v, path + (k,))
+                k: v
+                if _is_expression(path + (k,))
+                else self.argv(v, path + (k,))
+                if _is_run(path + (k,))
+                else self.copy(v, path + (k,))
                 for k, v in value.items()
             }
         return value
@@ -113,8 +116,10 @@ class _Interpolator:
                 return value
             return [self.argument(part, path) for part in parts]
         if isinstance(value, list):
-            return [self.argument(item, path + (i,)) if isinstance(item, str) else self.copy(item, path + (i,))
-                    for i, item in enumerate(value)]
+            return [
+                self.argument(item, path + (i,)) if isinstance(item, str) else self.copy(item, path + (i,))
+                for i, item in enumerate(value)
+            ]
         return self.copy(value, path)
 
     def argument(self, text: str, path: PathT) -> Any:
@@ -125,8 +130,11 @@ class _Interpolator:
         if isinstance(value, str):
             return value
         if isinstance(value, (list, dict)):
-            self.report(path, f"{text!r} is a {'list' if isinstance(value, list) else 'mapping'}; a variable in "
-                              "run fills one argument and can't add arguments (write each argument in the list)")
+            self.report(
+                path,
+                f"{text!r} is a {'list' if isinstance(value, list) else 'mapping'}; a variable in "
+                "run fills one argument and can't add arguments (write each argument in the list)",
+            )
             return text
         return _as_text(value)
 

@@ -103,7 +103,9 @@ class Document:
 
 
 def load_document(
-    path: str | Path, overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None,
+    path: str | Path,
+    overrides: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
     limits: Limits | None = None,
 ) -> Document:
     """Read, parse and interpolate the pipeline file at `path`; raise InvalidPipeline on any problem."""
@@ -188,7 +190,9 @@ def parse_override(item: str) -> tuple[str, Any]:
     try:
         return name, _plain(value) if value else ""
     except ValueError:  # a decimal integer of thousands of digits
-        raise InvalidPipeline([Problem(f"--set {name}: {_too_many_digits(value, Limits())}", source="--set")]) from None
+        raise InvalidPipeline(
+            [Problem(f"--set {name}: {_too_many_digits(value, Limits())}", source="--set")]
+        ) from None
 
 
 def _decode(raw: bytes, source: str) -> str:
@@ -304,7 +308,9 @@ class _Reader:
             try:
                 value = _plain(event.value)
             except ValueError:  # only a decimal integer too long to read
-                self.problems.append((self._child_path() or (), line, _too_many_digits(event.value, self.limits)))
+                self.problems.append(
+                    (self._child_path() or (), line, _too_many_digits(event.value, self.limits))
+                )
                 value = None
         elif tag is None or tag == "!":
             value = event.value  # quoted, or `!`: always a string
@@ -313,8 +319,11 @@ class _Reader:
                 value = _construct(tag, event.value)
             except (ValueError, KeyError):
                 shown = tag.replace(_Y, "!!")
-                text = event.value if len(event.value) <= 40 else \
-                    f"{event.value[:40]}... ({len(event.value):,} characters)"
+                text = (
+                    event.value
+                    if len(event.value) <= 40
+                    else f"{event.value[:40]}... ({len(event.value):,} characters)"
+                )
                 self.problems.append((self._child_path() or (), line, f"{text!r} is not a valid {shown}"))
                 value = None
         if type(value) is str and "${" in value:
@@ -452,8 +461,10 @@ def _construct(tag: str, text: str) -> Any:
 
 
 def _too_many_digits(text: str, limits: Limits) -> str:
-    return (f"an integer of {len(text.lstrip('+-')):,} digits is too large: integers may be at most "
-            f"{limits.max_integer:,} (max_integer)")
+    return (
+        f"an integer of {len(text.lstrip('+-')):,} digits is too large: integers may be at most "
+        f"{limits.max_integer:,} (max_integer)"
+    )
 
 
 def _syntax_problem(exc: yaml.YAMLError, text: str, source: str) -> Problem:

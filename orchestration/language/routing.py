@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from orchestration.settings import Settings
 from orchestration.language.spec import Resources
+from orchestration.settings import Settings
 
 
-def queue_for(resources: Resources | None, queue: str | None, default_queue: str | None,
-              settings: Settings) -> str:
+def queue_for(
+    resources: Resources | None, queue: str | None, default_queue: str | None, settings: Settings
+) -> str:
     """The stage's own `queue`, else what its resources need, else the default, else cpu.
 
     Resources beat `defaults.queue`: a stage asking for 32 GB goes to highmem even

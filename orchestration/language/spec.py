@@ -69,8 +69,10 @@ def _bounded_duration(value: Any, info: ValidationInfo) -> float:
     seconds = parse_duration(value)
     limits = limits_of(info)
     if limits is not None and seconds > limits.max_duration_s:
-        raise ValueError(f"{shown(value)} is longer than the limit of {describe_seconds(limits.max_duration_s)} "
-                         f"(max_duration_s = {limits.max_duration_s:g})")
+        raise ValueError(
+            f"{shown(value)} is longer than the limit of {describe_seconds(limits.max_duration_s)} "
+            f"(max_duration_s = {limits.max_duration_s:g})"
+        )
     return seconds
 
 
@@ -79,8 +81,11 @@ def shown(value: Any, width: int = 40) -> str:
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
         digits = int(value.bit_length() * math.log10(2)) + 1  # str() of a huge int may itself refuse
         return f"an integer of about {digits:,} digits"
-    text = {True: "true", False: "false", None: "null"}.get(value, None) \
-        if value is None or isinstance(value, bool) else repr(value)
+    text = (
+        {True: "true", False: "false", None: "null"}.get(value, None)
+        if value is None or isinstance(value, bool)
+        else repr(value)
+    )
     assert text is not None
     return text if len(text) <= width else f"{text[:width]}... ({len(text):,} characters)"
 
@@ -96,17 +101,21 @@ def as_text(value: Any) -> Any:
         return str(value)
     return value
 
+
 DURATION_SCHEMA: dict[str, Any] = {
-    "anyOf": [{"type": "number", "minimum": 0},
-              {"type": "string", "pattern": r"^\s*(\d+(\.\d+)?\s*(ms|s|m|h|d|w)?\s*)+$"}],
+    "anyOf": [
+        {"type": "number", "minimum": 0},
+        {"type": "string", "pattern": r"^\s*(\d+(\.\d+)?\s*(ms|s|m|h|d|w)?\s*)+$"},
+    ],
     "description": "seconds, or a number with a unit: 250ms, 30s, 5m, 1h, 1d, 1h30m",
 }
 Duration = Annotated[float, BeforeValidator(_bounded_duration), Field(ge=0), WithJsonSchema(DURATION_SCHEMA)]
 """Seconds; the file may say `30s`, `5m`, `1h` or a number (at most Limits.max_duration_s when validated)."""
 
 
-def _extend_schema(extra: dict[str, Any], shorthands: dict[str, Any] | None = None,
-                   required_in: dict[str, str] | None = None):
+def _extend_schema(
+    extra: dict[str, Any], shorthands: dict[str, Any] | None = None, required_in: dict[str, str] | None = None
+):
     """Describe in the JSON Schema what the before-validators accept: compatibility keys and shorthands.
 
     `required_in` names required fields that may come from a block instead (name from metadata).
@@ -124,7 +133,6 @@ def _extend_schema(extra: dict[str, Any], shorthands: dict[str, Any] | None = No
                 properties[name] = {"anyOf": [properties[name], alternative]}
 
     return patch
-
 
 
 class Model(BaseModel):
@@ -252,9 +260,11 @@ class Webhook(Model):
     def _timeout_cap(cls, value: float, info: ValidationInfo) -> float:
         limits = limits_of(info)
         if limits is not None and value > limits.webhook_timeout_cap_s:
-            raise ValueError(f"{describe_seconds(value)} is longer than the limit of "
-                             f"{describe_seconds(limits.webhook_timeout_cap_s)} "
-                             f"(webhook_timeout_cap_s = {limits.webhook_timeout_cap_s:g})")
+            raise ValueError(
+                f"{describe_seconds(value)} is longer than the limit of "
+                f"{describe_seconds(limits.webhook_timeout_cap_s)} "
+                f"(webhook_timeout_cap_s = {limits.webhook_timeout_cap_s:g})"
+            )
         return value
 
 
@@ -289,15 +299,28 @@ def _take_alias(data: dict[str, Any], alias: str, field: str, convert=lambda v: 
 class Stage(Model):
     """One stage of a pipeline, as written in the file."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", json_schema_extra=_extend_schema(
-        {"continue_on_error": {"type": "boolean", "description": "order-based files: critical = not this"},
-         "parameters": {"type": "object", "description": "order-based files: params"},
-         "condition": {"type": "string", "description": "order-based files: when"},
-         "timeout_seconds": DURATION_SCHEMA,
-         "max_retries": {"type": "integer", "minimum": 0, "description": "retries after the first attempt"},
-         "retry_delay_seconds": DURATION_SCHEMA},
-        {"run": {"type": "string"}, "needs": {"type": "string"}, "fallback": {"const": "last_success"}},
-    ))
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        json_schema_extra=_extend_schema(
+            {
+                "continue_on_error": {
+                    "type": "boolean",
+                    "description": "order-based files: critical = not this",
+                },
+                "parameters": {"type": "object", "description": "order-based files: params"},
+                "condition": {"type": "string", "description": "order-based files: when"},
+                "timeout_seconds": DURATION_SCHEMA,
+                "max_retries": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "retries after the first attempt",
+                },
+                "retry_delay_seconds": DURATION_SCHEMA,
+            },
+            {"run": {"type": "string"}, "needs": {"type": "string"}, "fallback": {"const": "last_success"}},
+        ),
+    )
 
     id: str
     uses: str | None = None
@@ -343,7 +366,9 @@ class Stage(Model):
         if "max_retries" in data or "retry_delay_seconds" in data:
             if "retry" in data:
                 raise ValueError("give either 'retry' or 'max_retries'/'retry_delay_seconds', not both")
-            data["retry"] = _retries_to_policy(data.pop("max_retries", None), data.pop("retry_delay_seconds", None))
+            data["retry"] = _retries_to_policy(
+                data.pop("max_retries", None), data.pop("retry_delay_seconds", None)
+            )
         if isinstance(data.get("run"), str):
             data["run"] = shlex.split(data["run"])
         if isinstance(data.get("run"), (list, tuple)):
@@ -387,8 +412,10 @@ class Stage(Model):
     def _concurrency_cap(cls, value: int | None, info: ValidationInfo) -> int | None:
         limits = limits_of(info)
         if value is not None and limits is not None and value > limits.max_fanout_items:
-            raise ValueError(f"{shown(value)} is more than the limit of {limits.max_fanout_items:,} "
-                             "(max_fanout_items): no fan-out can have that many items at once")
+            raise ValueError(
+                f"{shown(value)} is more than the limit of {limits.max_fanout_items:,} "
+                "(max_fanout_items): no fan-out can have that many items at once"
+            )
         return value
 
     @model_validator(mode="after")
@@ -420,21 +447,47 @@ class Defaults(Model):
 class PipelineSpec(Model):
     """A whole pipeline file."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", json_schema_extra=_extend_schema(
-        {"metadata": {"type": "object", "additionalProperties": False, "properties": {
-            "name": {"type": "string"}, "version": {"type": ["string", "number"]},
-            "description": {"type": "string"}, "author": {"type": "string"},
-            "tags": {"type": "array", "items": {"type": "string"}}}},
-         "error_handling": {"type": "object", "additionalProperties": False, "properties": {
-             "continue_on_error": {"type": "boolean"}, "retry_count": {"type": "integer", "minimum": 0},
-             "retry_delay": DURATION_SCHEMA}},
-         "retry": {"type": "object", "additionalProperties": False, "properties": {
-             "max_retries": {"type": "integer", "minimum": 0}, "delay_seconds": DURATION_SCHEMA,
-             "exponential_backoff": {"type": "boolean"}, "backoff_multiplier": {"type": "number"},
-             "max_delay_seconds": DURATION_SCHEMA}}},
-        {"version": {"type": "number"}},
-        {"name": "metadata"},
-    ))
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        json_schema_extra=_extend_schema(
+            {
+                "metadata": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "name": {"type": "string"},
+                        "version": {"type": ["string", "number"]},
+                        "description": {"type": "string"},
+                        "author": {"type": "string"},
+                        "tags": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
+                "error_handling": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "continue_on_error": {"type": "boolean"},
+                        "retry_count": {"type": "integer", "minimum": 0},
+                        "retry_delay": DURATION_SCHEMA,
+                    },
+                },
+                "retry": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "max_retries": {"type": "integer", "minimum": 0},
+                        "delay_seconds": DURATION_SCHEMA,
+                        "exponential_backoff": {"type": "boolean"},
+                        "backoff_multiplier": {"type": "number"},
+                        "max_delay_seconds": DURATION_SCHEMA,
+                    },
+                },
+            },
+            {"version": {"type": "number"}},
+            {"name": "metadata"},
+        ),
+    )
 
     name: str = Field(min_length=1, max_length=200)
     version: str = "0"
@@ -474,13 +527,17 @@ class PipelineSpec(Model):
         handling = data.pop("error_handling", None)
         if handling is not None:
             if not isinstance(handling, dict):
-                raise ValueError("error_handling must be a mapping (continue_on_error, retry_count, retry_delay)")
+                raise ValueError(
+                    "error_handling must be a mapping (continue_on_error, retry_count, retry_delay)"
+                )
             unknown = set(handling) - {"continue_on_error", "retry_count", "retry_delay"}
             if unknown:
                 raise ValueError(f"error_handling has unknown keys: {', '.join(sorted(unknown))}")
             if "continue_on_error" in handling:
                 if "fail_fast" in data:
-                    raise ValueError("give either 'fail_fast' or 'error_handling.continue_on_error', not both")
+                    raise ValueError(
+                        "give either 'fail_fast' or 'error_handling.continue_on_error', not both"
+                    )
                 data["fail_fast"] = not handling["continue_on_error"]
             policy = _retries_to_policy(handling.get("retry_count"), handling.get("retry_delay"))
             if policy:
@@ -488,8 +545,16 @@ class PipelineSpec(Model):
         retry = data.pop("retry", None)
         if retry is not None:
             if not isinstance(retry, dict):
-                raise ValueError("the top-level retry block must be a mapping (max_retries, delay_seconds, ...)")
-            unknown = set(retry) - {"max_retries", "delay_seconds", "exponential_backoff", "backoff_multiplier", "max_delay_seconds"}
+                raise ValueError(
+                    "the top-level retry block must be a mapping (max_retries, delay_seconds, ...)"
+                )
+            unknown = set(retry) - {
+                "max_retries",
+                "delay_seconds",
+                "exponential_backoff",
+                "backoff_multiplier",
+                "max_delay_seconds",
+            }
             if unknown:
                 raise ValueError(f"the top-level retry block has unknown keys: {', '.join(sorted(unknown))}")
             policy = _retries_to_policy(retry.get("max_retries"), retry.get("delay_seconds"))

@@ -17,17 +17,22 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from orchestration.language import expressions
-from orchestration.language import dag as graph
 from orchestration.errors import InvalidPipeline, Problem
+from orchestration.language import dag as graph
+from orchestration.language import expressions
 from orchestration.language.ids import is_stage_id
 from orchestration.language.loader import Document, gc_paused, load_document, load_text
-from orchestration.settings import Settings
 from orchestration.language.spec import Limits, PipelineSpec, Stage, shown
+from orchestration.settings import Settings
 
 LineOf = Callable[..., "int | None"]
 _FIELDS = set(Stage.model_fields) | {
-    "continue_on_error", "parameters", "condition", "timeout_seconds", "max_retries", "retry_delay_seconds",
+    "continue_on_error",
+    "parameters",
+    "condition",
+    "timeout_seconds",
+    "max_retries",
+    "retry_delay_seconds",
 }
 
 
@@ -46,8 +51,13 @@ def load_pipeline(
         return validate_document(document, settings)
 
 
-def load_pipeline_text(text: str, source: str = "<string>", overrides: Mapping[str, Any] | None = None,
-                       env: Mapping[str, str] | None = None, settings: Settings | None = None) -> PipelineSpec:
+def load_pipeline_text(
+    text: str,
+    source: str = "<string>",
+    overrides: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    settings: Settings | None = None,
+) -> PipelineSpec:
     settings = settings or Settings()
     document = load_text(text, source, overrides=overrides, env=env, limits=Limits.from_settings(settings))
     return validate_document(document, settings)
@@ -57,14 +67,21 @@ def validate_document(doc: Document, settings: Settings | None = None) -> Pipeli
     return validate_data(doc.data, doc.line_of, doc.source, settings)
 
 
-def validate_data(data: Mapping[str, Any], line_of: LineOf | None = None, source: str | None = None,
-                  settings: Settings | None = None, limits: Limits | None = None) -> PipelineSpec:
+def validate_data(
+    data: Mapping[str, Any],
+    line_of: LineOf | None = None,
+    source: str | None = None,
+    settings: Settings | None = None,
+    limits: Limits | None = None,
+) -> PipelineSpec:
     """Validate already-parsed data (a file's or a builder's) within `limits` (default: `settings`')."""
     line_of = line_of or (lambda *path: None)
     settings = settings or Settings()
     limits = limits or Limits.from_settings(settings)
     if not isinstance(data, Mapping):
-        raise InvalidPipeline([Problem("a pipeline must be a mapping (name: ..., stages: ...)", source=source)])
+        raise InvalidPipeline(
+            [Problem("a pipeline must be a mapping (name: ..., stages: ...)", source=source)]
+        )
     problems = _size_problems(data, line_of, source, limits)
     if problems and len(_raw_stages(data)) > limits.max_stages:
         raise InvalidPipeline(problems, source)  # fail fast: validating every stage would take long
@@ -83,7 +100,9 @@ def validate_data(data: Mapping[str, Any], line_of: LineOf | None = None, source
     return spec
 
 
-def _size_problems(data: Mapping[str, Any], line_of: LineOf, source: str | None, limits: Limits) -> list[Problem]:
+def _size_problems(
+    data: Mapping[str, Any], line_of: LineOf, source: str | None, limits: Limits
+) -> list[Problem]:
     """Stages and matrix instances over the limits, counted on the raw data before anything is expanded."""
     problems: list[Problem] = []
     raw_stages = _raw_stages(data)
@@ -100,22 +119,37 @@ def _size_problems(data: Mapping[str, Any], line_of: LineOf, source: str | None,
             if instances > limits.max_matrix_instances:
                 sizes = " x ".join(str(len(v)) for v in matrix.values() if isinstance(v, list))
                 sid = _named(raw.get("id"))
-                problems.append(Problem(
-                    f"matrix: {sizes} makes over {limits.max_matrix_instances:,} instances, the limit "
-                    "(max_matrix_instances); split the stage or use fewer values", sid,
-                    line_of("stages", i, "matrix"), source))
+                problems.append(
+                    Problem(
+                        f"matrix: {sizes} makes over {limits.max_matrix_instances:,} instances, the limit "
+                        "(max_matrix_instances); split the stage or use fewer values",
+                        sid,
+                        line_of("stages", i, "matrix"),
+                        source,
+                    )
+                )
                 instances = 1
         total += instances
     if total > limits.max_stages:
-        what = f"{len(raw_stages):,} stages" if total == len(raw_stages) else \
-            f"{total:,} stages once matrices are expanded"
-        problems.append(Problem(f"the pipeline has {what}; the limit is {limits.max_stages:,} (max_stages)",
-                                None, line_of("stages"), source))
+        what = (
+            f"{len(raw_stages):,} stages"
+            if total == len(raw_stages)
+            else f"{total:,} stages once matrices are expanded"
+        )
+        problems.append(
+            Problem(
+                f"the pipeline has {what}; the limit is {limits.max_stages:,} (max_stages)",
+                None,
+                line_of("stages"),
+                source,
+            )
+        )
     return problems
 
 
-def _value_problems(data: Mapping[str, Any], line_of: LineOf, source: str | None,
-                    limits: Limits) -> list[Problem]:
+def _value_problems(
+    data: Mapping[str, Any], line_of: LineOf, source: str | None, limits: Limits
+) -> list[Problem]:
     """Integers beyond max_integer and NaN or infinite numbers, anywhere in the data."""
     problems: list[Problem] = []
     bound = limits.max_integer
@@ -140,8 +174,9 @@ def _value_problems(data: Mapping[str, Any], line_of: LineOf, source: str | None
     return problems
 
 
-def _problem_at(data: Mapping[str, Any], path: tuple[Any, ...], message: str, line_of: LineOf,
-                source: str | None) -> Problem:
+def _problem_at(
+    data: Mapping[str, Any], path: tuple[Any, ...], message: str, line_of: LineOf, source: str | None
+) -> Problem:
     stage_id, where = None, path
     if len(path) >= 2 and path[0] == "stages" and isinstance(path[1], int):
         raw = _raw_stages(data)[path[1]]
@@ -161,11 +196,14 @@ def _raw_stages(data: Mapping[str, Any]) -> list[Any]:
     return stages if isinstance(stages, list) else []
 
 
-def _field_problems(exc: ValidationError, data: Mapping[str, Any], line_of: LineOf,
-                    source: str | None) -> list[Problem]:
+def _field_problems(
+    exc: ValidationError, data: Mapping[str, Any], line_of: LineOf, source: str | None
+) -> list[Problem]:
     problems: list[Problem] = []
     errors = exc.errors(include_url=False)
-    fields_with_deeper_errors = {e["loc"][:3] for e in errors if len(e["loc"]) > 3 and e["type"] != "string_type"}
+    fields_with_deeper_errors = {
+        e["loc"][:3] for e in errors if len(e["loc"]) > 3 and e["type"] != "string_type"
+    }
     stage_errors = any(len(e["loc"]) > 1 and e["loc"][0] == "stages" for e in errors)
     for err in errors:
         loc = tuple(err["loc"])
@@ -193,7 +231,13 @@ def _real_path(data: Any, loc: tuple[Any, ...]) -> tuple[Any, ...]:
     path: list[Any] = []
     node = data
     for part in loc:
-        if isinstance(node, Mapping) and part in node or isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+        if (
+            isinstance(node, Mapping)
+            and part in node
+            or isinstance(node, list)
+            and isinstance(part, int)
+            and 0 <= part < len(node)
+        ):
             node = node[part]
         elif isinstance(node, Mapping) and isinstance(part, str) and part not in node and part[:1].islower():
             path.append(part)  # an unknown or missing key: name it
@@ -240,8 +284,13 @@ class _StageView:
         if not isinstance(raw, dict):
             return cls(index, None)
         needs = raw.get("needs", [])
-        needs = [needs] if isinstance(needs, str) else [n for n in needs if isinstance(n, str)] \
-            if isinstance(needs, list) else []
+        needs = (
+            [needs]
+            if isinstance(needs, str)
+            else [n for n in needs if isinstance(n, str)]
+            if isinstance(needs, list)
+            else []
+        )
         order = raw.get("order")
         return cls(
             index,
@@ -297,10 +346,7 @@ def effective_needs(views: Iterable[Any]) -> dict[str, list[str]]:
                 out.append(need)
         return out
 
-    return {
-        v.id: list(dict.fromkeys(bypass(v.id, set())))
-        for v in views if v.enabled
-    }
+    return {v.id: list(dict.fromkeys(bypass(v.id, set()))) for v in views if v.enabled}
 
 
 def _reaches(deps: Mapping[str, list[str]], start: str, target: str) -> bool:
@@ -318,9 +364,15 @@ def _reaches(deps: Mapping[str, list[str]], start: str, target: str) -> bool:
     return False
 
 
-def _cross_stage_problems(views: list[_StageView], data: Mapping[str, Any], spec: PipelineSpec | None,
-                          line_of: LineOf, source: str | None, settings: Settings,
-                          limits: Limits) -> list[Problem]:
+def _cross_stage_problems(
+    views: list[_StageView],
+    data: Mapping[str, Any],
+    spec: PipelineSpec | None,
+    line_of: LineOf,
+    source: str | None,
+    settings: Settings,
+    limits: Limits,
+) -> list[Problem]:
     problems: list[Problem] = []
 
     def add(message: str, view: _StageView | None, *path: Any) -> None:
@@ -347,15 +399,21 @@ def _cross_stage_problems(views: list[_StageView], data: Mapping[str, Any], spec
                 hint = f" (did you mean '{close[0]}'?)" if close else ""
                 add(f"needs '{need}', which is not a stage in this pipeline{hint}", v, "needs", j)
 
-    deps = {sid: [n for n in needs if n in first_seen and n != sid]
-            for sid, needs in effective_needs(first_seen.values()).items()}
+    deps = {
+        sid: [n for n in needs if n in first_seen and n != sid]
+        for sid, needs in effective_needs(first_seen.values()).items()
+    }
     for cycle in graph.find_cycles(deps):
         add(f"dependency cycle: {graph.format_cycle(cycle)}", first_seen[cycle[0]], "needs")
 
     for v in views:
         if v.for_each is not None and v.id in deps and not _reaches(deps, v.id, v.for_each):
-            add(f"for_each '{v.for_each}' names no upstream stage; it must be one of the stages "
-                f"this stage needs (directly or through them)", v, "for_each")
+            add(
+                f"for_each '{v.for_each}' names no upstream stage; it must be one of the stages "
+                f"this stage needs (directly or through them)",
+                v,
+                "for_each",
+            )
 
     variables = set(data["variables"]) if isinstance(data.get("variables"), Mapping) else set()
     id_set = set(ids)
@@ -364,11 +422,17 @@ def _cross_stage_problems(views: list[_StageView], data: Mapping[str, Any], spec
             for message in expressions.check(v.when, variables, id_set, max_integer=limits.max_integer):
                 add(message, v, "when" if "when" in (_raw_stages(data)[v.index] or {}) else "condition")
 
-    policies: Mapping[str, Any] = data["retry_policies"] if isinstance(data.get("retry_policies"), Mapping) else {}
+    policies: Mapping[str, Any] = (
+        data["retry_policies"] if isinstance(data.get("retry_policies"), Mapping) else {}
+    )
     defaults: Mapping[str, Any] = data["defaults"] if isinstance(data.get("defaults"), Mapping) else {}
     if isinstance(defaults.get("retry"), str) and defaults["retry"] not in policies:
-        add(f"defaults.retry names policy '{defaults['retry']}', which retry_policies does not define",
-            None, "defaults", "retry")
+        add(
+            f"defaults.retry names policy '{defaults['retry']}', which retry_policies does not define",
+            None,
+            "defaults",
+            "retry",
+        )
     for v in views:
         if isinstance(v.retry, str) and v.retry not in policies:
             known = ", ".join(policies) or "none are defined"
@@ -379,17 +443,30 @@ def _cross_stage_problems(views: list[_StageView], data: Mapping[str, Any], spec
     return problems
 
 
-def _queue_problems(spec: PipelineSpec, line_of: LineOf, source: str | None, settings: Settings) -> list[Problem]:
+def _queue_problems(
+    spec: PipelineSpec, line_of: LineOf, source: str | None, settings: Settings
+) -> list[Problem]:
     from orchestration.language.routing import queue_for
 
     problems: list[Problem] = []
     served = set(settings.queues)
     for i, stage in enumerate(spec.stages):
-        queue = queue_for(stage.resources or spec.defaults.resources, stage.queue, spec.defaults.queue, settings)
+        queue = queue_for(
+            stage.resources or spec.defaults.resources, stage.queue, spec.defaults.queue, settings
+        )
         if queue not in served:
-            why = f"queue '{queue}'" if stage.queue or not stage.resources else \
-                f"resources {stage.resources.model_dump(exclude_defaults=True)} (queue '{queue}')"
-            problems.append(Problem(
-                f"{why} is not served by any configured queue ({', '.join(sorted(served))}); "
-                "set CHORDFLOW_QUEUES or change the stage", stage.id, line_of("stages", i), source))
+            why = (
+                f"queue '{queue}'"
+                if stage.queue or not stage.resources
+                else f"resources {stage.resources.model_dump(exclude_defaults=True)} (queue '{queue}')"
+            )
+            problems.append(
+                Problem(
+                    f"{why} is not served by any configured queue ({', '.join(sorted(served))}); "
+                    "set CHORDFLOW_QUEUES or change the stage",
+                    stage.id,
+                    line_of("stages", i),
+                    source,
+                )
+            )
     return problems

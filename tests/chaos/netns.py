@@ -78,10 +78,10 @@ def _pid_alive(pid: int) -> bool:
 class Host:
     """One namespace: its name, its link (root side), its address and its worker."""
 
-    name: str          # the worker's --hostname, recorded on every stage it runs ("host1")
-    netns: str         # cf<pid>h1
-    veth: str          # root side of the link, a port of the bridge (cf<pid>v1); the other end is eth0
-    addr: str          # the host's address on the bridge's subnet
+    name: str  # the worker's --hostname, recorded on every stage it runs ("host1")
+    netns: str  # cf<pid>h1
+    veth: str  # root side of the link, a port of the bridge (cf<pid>v1); the other end is eth0
+    addr: str  # the host's address on the bridge's subnet
     worker: WorkerProcess | None = None
     log_path: Path | None = None
     throttled: bool = False
@@ -98,7 +98,7 @@ class HostNetwork:
 
     count: int = 3
     appendonly: bool = True
-    tag: str = "hosts"                          # names the worker logs in tests/artifacts/
+    tag: str = "hosts"  # names the worker logs in tests/artifacts/
     worker_env: dict[str, str] = field(default_factory=lambda: dict(FAST_LEASES))
     prefix: str = field(default_factory=lambda: f"cf{os.getpid()}")
     hosts: dict[str, Host] = field(default_factory=dict)
@@ -127,8 +127,12 @@ class HostNetwork:
         ip("addr", "add", f"{self.gateway}/24", "dev", self.bridge)
         ip("link", "set", self.bridge, "up")
         for i in range(1, self.count + 1):
-            host = Host(name=f"host{i}", netns=f"{self.prefix}h{i}", veth=f"{self.prefix}v{i}",
-                        addr=f"{SUBNET_BASE}.{octet}.{10 + i}")
+            host = Host(
+                name=f"host{i}",
+                netns=f"{self.prefix}h{i}",
+                veth=f"{self.prefix}v{i}",
+                addr=f"{SUBNET_BASE}.{octet}.{10 + i}",
+            )
             self.hosts[host.name] = host  # before it exists: a half-made host is removed too
             ip("netns", "add", host.netns)
             ip("link", "add", host.veth, "type", "veth", "peer", "name", "eth0", "netns", host.netns)
@@ -147,8 +151,11 @@ class HostNetwork:
 
     def destroy(self) -> None:
         """Stop every worker and Redis, remove every namespace and link. Safe to call twice."""
-        running = [h.worker.proc for h in self.hosts.values()
-                   if h.worker is not None and h.worker.proc is not None and h.worker.proc.poll() is None]
+        running = [
+            h.worker.proc
+            for h in self.hosts.values()
+            if h.worker is not None and h.worker.proc is not None and h.worker.proc.poll() is None
+        ]
         for proc in running:  # all at once: a warm shutdown takes a second or two each
             _signal_group(proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + 10
@@ -171,17 +178,23 @@ class HostNetwork:
             ip("link", "del", self.bridge, check=False)
 
     # -- workers --------------------------------------------------------------------------------
-    def start_worker(self, name: str, concurrency: int = 1, env: dict[str, str] | None = None,
-                     wait: bool = True) -> WorkerProcess:
+    def start_worker(
+        self, name: str, concurrency: int = 1, env: dict[str, str] | None = None, wait: bool = True
+    ) -> WorkerProcess:
         """Start `python -m workers --hostname NAME` inside the host's namespace."""
         assert self.server is not None and self.cluster is not None
         host = self.hosts[name]
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         host.log_path = ARTIFACTS / f"worker-{os.getpid()}-{self.tag}-{name}.log"
         host.worker = WorkerProcess(
-            self.server.url, concurrency=concurrency, hostname=name, imports=["tests.stages"],
+            self.server.url,
+            concurrency=concurrency,
+            hostname=name,
+            imports=["tests.stages"],
             env={"PYTHONPATH": str(ROOT), "CHORDFLOW_TEST_HOST": name, **self.worker_env, **(env or {})},
-            log_path=str(host.log_path), loglevel="INFO", prefix=["ip", "netns", "exec", host.netns],
+            log_path=str(host.log_path),
+            loglevel="INFO",
+            prefix=["ip", "netns", "exec", host.netns],
         ).start()
         if wait:
             self.cluster.wait_workers(hostnames=[name])
@@ -237,19 +250,37 @@ class HostNetwork:
     def wait_reachable(self, host: Host, timeout_s: float = 10.0) -> None:
         """Block until a TCP connection from inside the host's namespace reaches Redis."""
         assert self.server is not None
-        probe = ("import socket,sys,time\n"
-                 "end=time.monotonic()+float(sys.argv[3])\n"
-                 "while True:\n"
-                 "  try: socket.create_connection((sys.argv[1],int(sys.argv[2])),timeout=1).close(); break\n"
-                 "  except OSError:\n"
-                 "    if time.monotonic()>end: sys.exit(1)\n"
-                 "    time.sleep(0.05)\n")
-        done = subprocess.run(["ip", "netns", "exec", host.netns, sys.executable, "-c", probe, self.gateway,
-                               str(self.server.port), str(timeout_s)], capture_output=True, timeout=timeout_s + 10,
-                              check=False)
+        probe = (
+            "import socket,sys,time\n"
+            "end=time.monotonic()+float(sys.argv[3])\n"
+            "while True:\n"
+            "  try: socket.create_connection((sys.argv[1],int(sys.argv[2])),timeout=1).close(); break\n"
+            "  except OSError:\n"
+            "    if time.monotonic()>end: sys.exit(1)\n"
+            "    time.sleep(0.05)\n"
+        )
+        done = subprocess.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                host.netns,
+                sys.executable,
+                "-c",
+                probe,
+                self.gateway,
+                str(self.server.port),
+                str(timeout_s),
+            ],
+            capture_output=True,
+            timeout=timeout_s + 10,
+            check=False,
+        )
         if done.returncode != 0:
-            raise RuntimeError(f"{host.name} cannot reach Redis at {self.gateway}:{self.server.port}: "
-                               f"{done.stderr.decode(errors='replace')[-500:]}")
+            raise RuntimeError(
+                f"{host.name} cannot reach Redis at {self.gateway}:{self.server.port}: "
+                f"{done.stderr.decode(errors='replace')[-500:]}"
+            )
 
     # -- Redis ----------------------------------------------------------------------------------
     def restart_redis(self, down_s: float = 0.0) -> float:
@@ -300,6 +331,7 @@ def remove_leftovers(prefix: str) -> None:
 
     A dead session's namespace that still holds processes is left alone: they are not ours to end.
     """
+
     def ours(name: str) -> bool:
         match = _LEFTOVER.match(name)
         return bool(match) and (f"cf{match.group(1)}" == prefix or not _pid_alive(int(match.group(1))))

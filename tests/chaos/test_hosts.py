@@ -61,9 +61,14 @@ def test_a_200_stage_pipeline_spreads_over_three_hosts(hosts):
 def test_b_sigkilled_host_reruns_its_stage_on_another_host(hosts):
     hosts.start_workers(concurrency=1)
     cluster = hosts.cluster
-    handle = _submit(hosts, pipeline(
-        "kill-host", {"id": "work", "uses": "test.slow_counted", "params": {"seconds": 3}},
-        {"id": "after", "uses": "test.record", "needs": ["work"]}))
+    handle = _submit(
+        hosts,
+        pipeline(
+            "kill-host",
+            {"id": "work", "uses": "test.slow_counted", "params": {"seconds": 3}},
+            {"id": "after", "uses": "test.record", "needs": ["work"]},
+        ),
+    )
     # When the host running `work` loses its worker to SIGKILL mid-stage
     victim = _started_on(cluster, handle.run_id, "work")
     killed_at = time.monotonic()
@@ -79,7 +84,7 @@ def test_b_sigkilled_host_reruns_its_stage_on_another_host(hosts):
     assert result.stage_results["work"]["host"] == rerun_on
     assert result.stage_results["work"]["attempts"] == 2
     assert _starts(cluster, handle.run_id, ["work", "after"]) == {"work": 2, "after": 1}  # started twice...
-    assert result.metrics == {"done": 1}                                                   # ...committed once
+    assert result.metrics == {"done": 1}  # ...committed once
     assert result.outputs["after"] == {"stage": "after", "inputs": ["work"]}
     print(f"killed {victim}; re-run on {rerun_on} {rerun_after_s:.1f}s later")
 
@@ -87,8 +92,9 @@ def test_b_sigkilled_host_reruns_its_stage_on_another_host(hosts):
 def test_c_cut_off_host_late_commit_is_refused_after_its_lease_expired(hosts):
     hosts.start_workers(concurrency=1)
     cluster = hosts.cluster
-    handle = _submit(hosts, pipeline(
-        "cut-host", {"id": "work", "uses": "test.slow_counted", "params": {"seconds": 6}}))
+    handle = _submit(
+        hosts, pipeline("cut-host", {"id": "work", "uses": "test.slow_counted", "params": {"seconds": 6}})
+    )
     # When the host running `work` is cut off the network mid-stage
     cut = _started_on(cluster, handle.run_id, "work")
     hosts.cut(cut)
@@ -108,8 +114,10 @@ def test_c_cut_off_host_late_commit_is_refused_after_its_lease_expired(hosts):
     # The cut host wakes up, finishes its attempt, and its commit is refused by the fencing token.
     refusal = f"commit of {handle.run_id}/work item None refused (stale)"
     wait_until(lambda: refusal in hosts.log(cut), timeout=60, interval=0.2)
-    print(f"cut {cut}; re-run on {rerun_on} {rerun_after_s:.1f}s later; late commit refused "
-          f"{time.monotonic() - restored_at:.1f}s after the link came back")
+    print(
+        f"cut {cut}; re-run on {rerun_on} {rerun_after_s:.1f}s later; late commit refused "
+        f"{time.monotonic() - restored_at:.1f}s after the link came back"
+    )
     final = cluster.client.status(handle.run_id)
     assert rerun_on != cut
     assert final["status"] == "succeeded"
@@ -124,10 +132,19 @@ def test_d_redis_restart_mid_run_loses_nothing(hosts):
     hosts.start_workers(concurrency=1)
     cluster = hosts.cluster
     # Two layers of three slow stages (each counts a metric of its own), then a join.
-    layer_a = [{"id": f"a{i}", "uses": "test.slow_counted", "params": {"seconds": 2, "metric": f"a{i}"}}
-               for i in range(3)]
-    layer_b = [{"id": f"b{i}", "uses": "test.slow_counted", "needs": ["a0", "a1", "a2"],
-                "params": {"seconds": 2, "metric": f"b{i}"}} for i in range(3)]
+    layer_a = [
+        {"id": f"a{i}", "uses": "test.slow_counted", "params": {"seconds": 2, "metric": f"a{i}"}}
+        for i in range(3)
+    ]
+    layer_b = [
+        {
+            "id": f"b{i}",
+            "uses": "test.slow_counted",
+            "needs": ["a0", "a1", "a2"],
+            "params": {"seconds": 2, "metric": f"b{i}"},
+        }
+        for i in range(3)
+    ]
     join = {"id": "join", "uses": "test.record", "needs": ["b0", "b1", "b2"]}
     handle = _submit(hosts, pipeline("restart", *layer_a, *layer_b, join))
     slow = [s["id"] for s in layer_a + layer_b]
@@ -147,8 +164,10 @@ def test_d_redis_restart_mid_run_loses_nothing(hosts):
     starts = _starts(cluster, handle.run_id, [*slow, "join"])
     # A stage whose attempt the restart interrupted may start again; none is lost or committed twice.
     assert all(1 <= n <= 3 for n in starts.values()), starts
-    print(f"redis down {[round(d, 2) for d in downtimes]}s; starts {starts}; "
-          f"attempts { {sid: st['attempts'] for sid, st in result.stage_results.items()} }")
+    print(
+        f"redis down {[round(d, 2) for d in downtimes]}s; starts {starts}; "
+        f"attempts { {sid: st['attempts'] for sid, st in result.stage_results.items()} }"
+    )
 
 
 def test_e_throttled_host_still_finishes_the_run(hosts):
@@ -162,8 +181,10 @@ def test_e_throttled_host_still_finishes_the_run(hosts):
             if i:
                 stage["needs"] = [f"c{c}s{i - 1}"]
             stages.append(stage)
-    big = [{"id": f"big{c}", "uses": "test.big_output", "needs": [f"c{c}s1"], "params": {"size": 200_000}}
-           for c in range(3)]
+    big = [
+        {"id": f"big{c}", "uses": "test.big_output", "needs": [f"c{c}s1"], "params": {"size": 200_000}}
+        for c in range(3)
+    ]
     handle = _submit(hosts, pipeline("throttle", *stages, *big))
     # When host2's link is limited to 1 Mbit/s with a token bucket, mid-run
     states = f"{cluster.settings.key_prefix}:run:{handle.run_id}:states"
@@ -177,13 +198,21 @@ def test_e_throttled_host_still_finishes_the_run(hosts):
     assert _starts(cluster, handle.run_id, ids) == dict.fromkeys(ids, 1)
     assert all(st["attempts"] == 1 for st in result.stage_results.values())
     assert all(result.outputs[b["id"]] == "x" * 200_000 for b in big)
-    after = [sid for sid, st in result.stage_results.items()
-             if st["host"] == "host2" and (st["started_at"] or 0) > throttled_at]
+    after = [
+        sid
+        for sid, st in result.stage_results.items()
+        if st["host"] == "host2" and (st["started_at"] or 0) > throttled_at
+    ]
     assert after, "the throttled host ran nothing after it was throttled"
-    took = {sid: round(st["finished_at"] - st["started_at"], 2) for sid, st in result.stage_results.items()
-            if sid.startswith("big")}
-    print(f"host2 ran {len(after)} stages after the throttle; big outputs took {took}s "
-          f"on { {sid: result.stage_results[sid]['host'] for sid in took} }")
+    took = {
+        sid: round(st["finished_at"] - st["started_at"], 2)
+        for sid, st in result.stage_results.items()
+        if sid.startswith("big")
+    }
+    print(
+        f"host2 ran {len(after)} stages after the throttle; big outputs took {took}s "
+        f"on { {sid: result.stage_results[sid]['host'] for sid in took} }"
+    )
 
 
 # -- a Redis restart does not restart running stages; a cut-off host stops its own stage --
@@ -192,8 +221,10 @@ def test_e_throttled_host_still_finishes_the_run(hosts):
 def test_d2_stages_running_through_a_redis_restart_are_not_started_again(hosts):
     hosts.start_workers(concurrency=1)
     cluster = hosts.cluster
-    slow = [{"id": f"s{i}", "uses": "test.slow_counted", "params": {"seconds": 3, "metric": f"s{i}"}}
-            for i in range(3)]
+    slow = [
+        {"id": f"s{i}", "uses": "test.slow_counted", "params": {"seconds": 3, "metric": f"s{i}"}}
+        for i in range(3)
+    ]
     handle = _submit(hosts, pipeline("restart-once", *slow))
     for stage in slow:
         _started_on(cluster, handle.run_id, stage["id"], timeout=60)
@@ -209,8 +240,9 @@ def test_d2_stages_running_through_a_redis_restart_are_not_started_again(hosts):
 def test_c2_cut_off_host_stops_its_stage_once_it_cannot_renew_its_lease(hosts):
     hosts.start_workers(concurrency=1)
     cluster = hosts.cluster
-    handle = _submit(hosts, pipeline(
-        "cut-stop", {"id": "work", "uses": "test.slow_counted", "params": {"seconds": 10}}))
+    handle = _submit(
+        hosts, pipeline("cut-stop", {"id": "work", "uses": "test.slow_counted", "params": {"seconds": 10}})
+    )
     cut = _started_on(cluster, handle.run_id, "work")
     hosts.cut(cut)
     try:

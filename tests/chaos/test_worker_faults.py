@@ -18,8 +18,10 @@ def _host_of_first_start(cluster, run_id: str, stage_id: str) -> str:
 
 def _two_workers(cluster) -> dict:
     """host-a and host-b, one process each, with 3 s leases; returned by name once both serve."""
-    workers = {name: cluster.start_worker(hostname=name, concurrency=1, env=FAST_LEASES, wait=False)
-               for name in ("host-a", "host-b")}
+    workers = {
+        name: cluster.start_worker(hostname=name, concurrency=1, env=FAST_LEASES, wait=False)
+        for name in ("host-a", "host-b")
+    }
     cluster.wait_workers(hostnames=list(workers))
     return workers
 
@@ -27,9 +29,15 @@ def _two_workers(cluster) -> dict:
 def test_sigkilled_worker_mid_stage_is_rerun_elsewhere_within_the_lease(chaos_cluster):
     cluster = chaos_cluster
     workers = _two_workers(cluster)
-    handle = cluster.client.submit(validate_data(pipeline(
-        "kill", {"id": "work", "uses": "test.slow_counted", "params": {"seconds": 3}},
-        {"id": "after", "uses": "test.record", "needs": ["work"]})))
+    handle = cluster.client.submit(
+        validate_data(
+            pipeline(
+                "kill",
+                {"id": "work", "uses": "test.slow_counted", "params": {"seconds": 3}},
+                {"id": "after", "uses": "test.record", "needs": ["work"]},
+            )
+        )
+    )
     victim = _host_of_first_start(cluster, handle.run_id, "work")
     killed_at = time.monotonic()
     workers[victim].kill()
@@ -38,8 +46,8 @@ def test_sigkilled_worker_mid_stage_is_rerun_elsewhere_within_the_lease(chaos_cl
     survivor = "host-b" if victim == "host-a" else "host-a"
     assert result.outputs["work"] == survivor
     assert result.stage_results["work"]["host"] == survivor
-    assert cluster.count(handle.run_id, "work") == 2          # started twice...
-    assert result.metrics == {"done": 1}                       # ...committed once
+    assert cluster.count(handle.run_id, "work") == 2  # started twice...
+    assert result.metrics == {"done": 1}  # ...committed once
     assert cluster.count(handle.run_id, "after") == 1
     assert result.stage_results["work"]["attempts"] == 2
     assert time.monotonic() - killed_at < 30  # seconds, not the broker's one-hour visibility timeout
@@ -59,8 +67,11 @@ def test_a_stage_that_kills_its_worker_every_time_is_quarantined(chaos_cluster):
 def test_frozen_worker_late_commit_is_refused(chaos_cluster):
     cluster = chaos_cluster
     workers = _two_workers(cluster)
-    handle = cluster.client.submit(validate_data(pipeline(
-        "freeze", {"id": "work", "uses": "test.slow_counted", "params": {"seconds": 4}})))
+    handle = cluster.client.submit(
+        validate_data(
+            pipeline("freeze", {"id": "work", "uses": "test.slow_counted", "params": {"seconds": 4}})
+        )
+    )
     frozen = _host_of_first_start(cluster, handle.run_id, "work")
     pgid = workers[frozen].proc.pid
     os.killpg(pgid, signal.SIGSTOP)

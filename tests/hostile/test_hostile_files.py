@@ -29,10 +29,15 @@ def _generated(tmp: Path) -> dict[str, Path]:
     """Hostile files too large to keep in the repository."""
     made = {
         "integer_100000_digits": "name: hostile\nstages:\n  - id: a\n    uses: noop\n    params: {n: "
-                                 + "1" * 100_000 + "}\n",
-        "timeout_400_digits": "name: hostile\nstages:\n  - id: a\n    uses: noop\n    timeout: " + "9" * 400 + "\n",
+        + "1" * 100_000
+        + "}\n",
+        "timeout_400_digits": "name: hostile\nstages:\n  - id: a\n    uses: noop\n    timeout: "
+        + "9" * 400
+        + "\n",
         "deep_nesting": "name: hostile\nstages:\n  - id: a\n    uses: noop\n    params: {x: "
-                        + "[" * 10_000 + "]" * 10_000 + "}\n",
+        + "[" * 10_000
+        + "]" * 10_000
+        + "}\n",
     }
     paths = {}
     for name, text in made.items():
@@ -76,8 +81,16 @@ def _chordflow(*args: str, redis_url: str | None = None) -> subprocess.Completed
     env["CHORDFLOW_MAX_STAGES"] = str(MAX_STAGES)
     if redis_url:
         env["CHORDFLOW_REDIS_URL"] = redis_url
-    return subprocess.run([sys.executable, "-m", "orchestration", *args], capture_output=True, text=True,
-                          timeout=TIME_CAP_S, preexec_fn=_capped, env=env, cwd=REPO, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "orchestration", *args],
+        capture_output=True,
+        text=True,
+        timeout=TIME_CAP_S,
+        preexec_fn=_capped,
+        env=env,
+        cwd=REPO,
+        check=False,
+    )
 
 
 def _assert_refused(result: subprocess.CompletedProcess[str], name: str) -> None:
@@ -87,8 +100,12 @@ def _assert_refused(result: subprocess.CompletedProcess[str], name: str) -> None
     assert "Traceback" not in out and "unexpected" not in out, f"{name}:\n{out[-2000:]}"
 
 
-NAMES = [p.stem for p in HOSTILE] + ["integer_100000_digits", "timeout_400_digits", "deep_nesting",
-                                     "twenty_megabytes"]
+NAMES = [p.stem for p in HOSTILE] + [
+    "integer_100000_digits",
+    "timeout_400_digits",
+    "deep_nesting",
+    "twenty_megabytes",
+]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -107,8 +124,9 @@ def test_hostile_file_is_refused_by_submit_before_redis_is_written(hostile_files
 
 def test_a_variable_cannot_add_arguments_through_set():
     """argv injection: `run: "touch out-${name}"` with --set 'name=x INJECTED' stays two arguments."""
-    result = _chordflow("submit", "--dry-run", "--json", str(FILES / "argv_injection.yaml"),
-                        "--set", "name=x INJECTED")
+    result = _chordflow(
+        "submit", "--dry-run", "--json", str(FILES / "argv_injection.yaml"), "--set", "name=x INJECTED"
+    )
     assert result.returncode == 0, result.stderr
     from orchestration.graph.resolve import resolve
     from orchestration.language.validation import load_pipeline

@@ -12,8 +12,8 @@ import redis
 
 from orchestration.api import Client
 from orchestration.fleet.embedded import RedisServer, WorkerProcess, wait_for_workers
-from orchestration.settings import Settings
 from orchestration.language.validation import validate_data
+from orchestration.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -28,15 +28,29 @@ class Cluster:
         self.redis = redis.Redis.from_url(server.url, decode_responses=True)
         self.workers: list[WorkerProcess] = []
 
-    def start_worker(self, queues=("cpu", "gpu", "highmem"), concurrency: int = 2, hostname: str | None = None,
-                     gpus: int | None = None, env: dict[str, str] | None = None, wait: bool = True,
-                     pool: str = "prefork") -> WorkerProcess:
+    def start_worker(
+        self,
+        queues=("cpu", "gpu", "highmem"),
+        concurrency: int = 2,
+        hostname: str | None = None,
+        gpus: int | None = None,
+        env: dict[str, str] | None = None,
+        wait: bool = True,
+        pool: str = "prefork",
+    ) -> WorkerProcess:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         name = hostname or f"w{len(self.workers)}"
         worker = WorkerProcess(
-            self.server.url, queues, concurrency, hostname=name, imports=["tests.stages"], gpus=gpus,
+            self.server.url,
+            queues,
+            concurrency,
+            hostname=name,
+            imports=["tests.stages"],
+            gpus=gpus,
             env={"PYTHONPATH": str(ROOT), "CHORDFLOW_TEST_HOST": name, **(env or {})},
-            log_path=str(ARTIFACTS / f"worker-{os.getpid()}-{name}.log"), loglevel="INFO", pool=pool,
+            log_path=str(ARTIFACTS / f"worker-{os.getpid()}-{name}.log"),
+            loglevel="INFO",
+            pool=pool,
         ).start()
         self.workers.append(worker)
         if wait:

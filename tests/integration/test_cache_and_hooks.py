@@ -7,6 +7,7 @@ import os
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 from orchestration.language.validation import validate_data
 
@@ -14,10 +15,17 @@ from .conftest import ARTIFACTS, pipeline, wait_until
 
 
 def _cached(value: int) -> dict:
-    return pipeline("cached",
-                    {"id": "src", "uses": "noop", "params": {"output": [1, 2]}},
-                    {"id": "calc", "uses": "test.versioned", "needs": ["src"], "params": {"value": value},
-                     "cache": {"ttl": "1d"}})
+    return pipeline(
+        "cached",
+        {"id": "src", "uses": "noop", "params": {"output": [1, 2]}},
+        {
+            "id": "calc",
+            "uses": "test.versioned",
+            "needs": ["src"],
+            "params": {"value": value},
+            "cache": {"ttl": "1d"},
+        },
+    )
 
 
 def test_cache_hits_and_misses(bare_cluster):
@@ -44,9 +52,9 @@ def _events(cluster, run_id: str) -> list[dict]:
 
 
 class _Receiver(BaseHTTPRequestHandler):
-    received: list[dict] = []
+    received: ClassVar[list[dict]] = []
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
         _Receiver.received.append(json.loads(body))
         self.send_response(204)
@@ -64,14 +72,20 @@ def test_hooks_fire_once_per_event_and_webhooks_get_the_failure(bare_cluster):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/hook"
-        result = cluster.run(pipeline(
-            "hooked",
-            {"id": "ok", "uses": "noop"},
-            {"id": "flaky", "uses": "fail", "params": {"times": 1},
-             "retry": {"max_attempts": 2, "backoff": "fixed", "delay": 0.1}},
-            {"id": "broken", "uses": "fail", "params": {"times": -1}, "needs": ["ok", "flaky"]},
-            webhooks=[{"url": url, "events": ["run_failed"], "timeout": "2s"}],
-        ))
+        result = cluster.run(
+            pipeline(
+                "hooked",
+                {"id": "ok", "uses": "noop"},
+                {
+                    "id": "flaky",
+                    "uses": "fail",
+                    "params": {"times": 1},
+                    "retry": {"max_attempts": 2, "backoff": "fixed", "delay": 0.1},
+                },
+                {"id": "broken", "uses": "fail", "params": {"times": -1}, "needs": ["ok", "flaky"]},
+                webhooks=[{"url": url, "events": ["run_failed"], "timeout": "2s"}],
+            )
+        )
         wait_until(lambda: _Receiver.received, timeout=10)  # delivered soon after the run ended
         # hooks run from the outbox, after the commits: wait for all 9 events, then for a stray 10th
         wait_until(lambda: len(_events(cluster, result.run_id)) >= 9, timeout=10)
@@ -91,15 +105,27 @@ def test_hooks_fire_once_per_event_and_webhooks_get_the_failure(bare_cluster):
         return sorted(seen, key=lambda e: (e[1], order[e[0]]))
 
     assert chronological(by_stage["ok"]) == [("stage_start", 1, None), ("stage_complete", 1, None)]
-    assert chronological(by_stage["flaky"]) == [("stage_start", 1, None), ("stage_error", 1, True),
-                                                ("stage_start", 2, None), ("stage_complete", 2, None)]
+    assert chronological(by_stage["flaky"]) == [
+        ("stage_start", 1, None),
+        ("stage_error", 1, True),
+        ("stage_start", 2, None),
+        ("stage_complete", 2, None),
+    ]
     assert chronological(by_stage["broken"]) == [("stage_start", 1, None), ("stage_error", 1, False)]
     assert [e for e in events if e["kind"] == "run_complete"] == [
-        {"kind": "run_complete", "stage_id": None, "attempt": None, "will_retry": None, "status": "failed",
-         "state": None}]
+        {
+            "kind": "run_complete",
+            "stage_id": None,
+            "attempt": None,
+            "will_retry": None,
+            "status": "failed",
+            "state": None,
+        }
+    ]
     assert len(events) == 9
     assert [(e["kind"], e["run_id"], e["status"]) for e in _Receiver.received] == [
-        ("run_complete", result.run_id, "failed")]
+        ("run_complete", result.run_id, "failed")
+    ]
     # the hook that raises on every stage_complete was logged and ignored
     # (by the sender of whichever worker of this module delivered it)
     logs = "".join(p.read_text() for p in ARTIFACTS.glob(f"worker-{os.getpid()}-*.log"))

@@ -38,8 +38,14 @@ def _processes_using(url: str) -> list[psutil.Process]:
 
 
 def test_quickstart_runs_end_to_end_with_no_redis_configured():
-    done = subprocess.run([*CHORDFLOW, "submit", "examples/quickstart.yaml"], cwd=ROOT, env=_env(),
-                          capture_output=True, text=True, timeout=180)
+    done = subprocess.run(
+        [*CHORDFLOW, "submit", "examples/quickstart.yaml"],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     out = done.stdout
     assert done.returncode == 0, done.stderr + out
     # each stage's state as it goes, then the outputs
@@ -71,15 +77,17 @@ def test_submit_returns_at_once_and_another_process_follows_the_run(cluster, tmp
     path = tmp_path / "five-hundred.yaml"
     path.write_text(yaml.safe_dump(spec_data))
     env = _env(CHORDFLOW_REDIS_URL=cluster.server.url)
-    done = subprocess.run([*CHORDFLOW, "submit", str(path), "--json"], env=env, capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        [*CHORDFLOW, "submit", str(path), "--json"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     run_id = json.loads(done.stdout)["run_id"]
 
     # Then the run still finishes, and `status` from yet another process follows it
     def finished() -> dict | None:
-        st = subprocess.run([*CHORDFLOW, "status", run_id, "--json"], env=env, capture_output=True, text=True,
-                            timeout=60)
+        st = subprocess.run(
+            [*CHORDFLOW, "status", run_id, "--json"], env=env, capture_output=True, text=True, timeout=60
+        )
         data = json.loads(st.stdout)
         return data if data["status"] in ("succeeded", "failed") else None
 
@@ -87,7 +95,9 @@ def test_submit_returns_at_once_and_another_process_follows_the_run(cluster, tmp
     assert data["status"] == "succeeded"
     assert len(data["stages"]) == 500
     first = data["stages"]["c0s0"]
-    assert {"state", "attempts", "host", "queue", "started_at", "finished_at", "error", "output"} <= set(first)
+    assert {"state", "attempts", "host", "queue", "started_at", "finished_at", "error", "output"} <= set(
+        first
+    )
     assert all(s["state"] == "succeeded" and s["attempts"] == 1 for s in data["stages"].values())
 
 
@@ -100,8 +110,13 @@ def test_status_of_an_unknown_run_is_a_clear_error(cluster):
 
 
 def test_watch_logs_runs_and_stages_commands(cluster):
-    result = cluster.run(pipeline("cli-reads", {"id": "say", "run": ["echo", "from the shell"]},
-                                  {"id": "after", "uses": "noop", "needs": ["say"]}))
+    result = cluster.run(
+        pipeline(
+            "cli-reads",
+            {"id": "say", "run": ["echo", "from the shell"]},
+            {"id": "after", "uses": "noop", "needs": ["say"]},
+        )
+    )
     env = _env(CHORDFLOW_REDIS_URL=cluster.server.url, COLUMNS="200")
 
     def chordflow(*args: str) -> subprocess.CompletedProcess:
@@ -117,7 +132,9 @@ def test_watch_logs_runs_and_stages_commands(cluster):
 
     listed = json.loads(chordflow("runs", "--pipeline", "cli-reads", "--json").stdout)
     assert [r["run_id"] for r in listed] == [result.run_id] and listed[0]["status"] == "succeeded"
-    assert json.loads(chordflow("runs", "--status", "failed", "--pipeline", "cli-reads", "--json").stdout) == []
+    assert (
+        json.loads(chordflow("runs", "--status", "failed", "--pipeline", "cli-reads", "--json").stdout) == []
+    )
 
     types = {t["name"]: t for t in json.loads(chordflow("stages", "--json").stdout)}
     assert {"shell", "noop", "test.flaky"} <= set(types)

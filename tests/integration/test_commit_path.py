@@ -41,11 +41,14 @@ def error_of(status: dict, stage_id: str) -> dict:
 
 
 def test_incr_on_a_text_context_value_fails_the_stage_cleanly(fleet):
-    result, status = run(fleet, pipeline(
-        "ctx-types",
-        {"id": "a", "uses": "test.context_writer", "params": {"key": "rows", "value": "many"}},
-        {"id": "b", "uses": "test.incr_context", "params": {"key": "rows"}, "needs": ["a"]},
-    ))
+    result, status = run(
+        fleet,
+        pipeline(
+            "ctx-types",
+            {"id": "a", "uses": "test.context_writer", "params": {"key": "rows", "value": "many"}},
+            {"id": "b", "uses": "test.incr_context", "params": {"key": "rows"}, "needs": ["a"]},
+        ),
+    )
     assert result.status == "failed"
     assert status["stages"]["b"]["state"] == "failed"
     error = error_of(status, "b")
@@ -58,11 +61,14 @@ def test_incr_on_a_text_context_value_fails_the_stage_cleanly(fleet):
 
 
 def test_a_metric_that_is_not_finite_fails_the_stage_cleanly(fleet):
-    result, status = run(fleet, pipeline(
-        "nan-metric",
-        {"id": "m", "uses": "test.bad_metric", "params": {"value": "nan"}},
-        {"id": "after", "uses": "noop", "needs": ["m"]},
-    ))
+    result, status = run(
+        fleet,
+        pipeline(
+            "nan-metric",
+            {"id": "m", "uses": "test.bad_metric", "params": {"value": "nan"}},
+            {"id": "after", "uses": "noop", "needs": ["m"]},
+        ),
+    )
     assert result.status == "failed"
     assert status["stages"]["m"]["state"] == "failed"
     assert "finite" in error_of(status, "m")["message"]
@@ -73,10 +79,13 @@ def test_a_metric_that_is_not_finite_fails_the_stage_cleanly(fleet):
 
 
 def test_a_condition_on_matrix_is_decided_per_instance(fleet):
-    result, status = run(fleet, pipeline(
-        "per-item-when",
-        {"id": "train", "uses": "noop", "matrix": {"lr": [0.1, 0.01, 0.5]}, "when": "matrix.lr >= 0.1"},
-    ))
+    result, status = run(
+        fleet,
+        pipeline(
+            "per-item-when",
+            {"id": "train", "uses": "noop", "matrix": {"lr": [0.1, 0.01, 0.5]}, "when": "matrix.lr >= 0.1"},
+        ),
+    )
     assert result.status == "succeeded", status
     assert status["stages"]["train"]["state"] == "succeeded"
     items = fleet.client.store.items(result.run_id, "train")
@@ -85,22 +94,28 @@ def test_a_condition_on_matrix_is_decided_per_instance(fleet):
 
 
 def test_a_condition_on_item_is_decided_per_item(fleet):
-    result, status = run(fleet, pipeline(
-        "per-item-when-2",
-        {"id": "list", "uses": "noop", "params": {"output": [1, 2, 3, 4]}},
-        {"id": "even", "uses": "noop", "needs": ["list"], "for_each": "list", "when": "item % 2 == 0"},
-    ))
+    result, status = run(
+        fleet,
+        pipeline(
+            "per-item-when-2",
+            {"id": "list", "uses": "noop", "params": {"output": [1, 2, 3, 4]}},
+            {"id": "even", "uses": "noop", "needs": ["list"], "for_each": "list", "when": "item % 2 == 0"},
+        ),
+    )
     assert result.status == "succeeded", status
     assert result.outputs["even"] == [None, 2, None, 4]
     assert fleet.terminal_commits(result.run_id) == {"list": 1, "even": 1}
 
 
 def test_a_fan_out_over_a_value_that_is_not_a_list_keeps_its_error(fleet):
-    result, status = run(fleet, pipeline(
-        "not-a-list",
-        {"id": "src", "uses": "noop", "params": {"output": {"a": 1}}},
-        {"id": "each", "uses": "noop", "needs": ["src"], "for_each": "src"},
-    ))
+    result, status = run(
+        fleet,
+        pipeline(
+            "not-a-list",
+            {"id": "src", "uses": "noop", "params": {"output": {"a": 1}}},
+            {"id": "each", "uses": "noop", "needs": ["src"], "for_each": "src"},
+        ),
+    )
     assert result.status == "failed"
     assert status["stages"]["each"]["state"] == "failed"
     error = error_of(status, "each")
@@ -109,11 +124,20 @@ def test_a_fan_out_over_a_value_that_is_not_a_list_keeps_its_error(fleet):
 
 
 def test_a_condition_error_on_a_fan_out_keeps_its_error(fleet):
-    result, status = run(fleet, pipeline(
-        "cond-error",
-        {"id": "src", "uses": "noop", "params": {"output": [1, 2]}},
-        {"id": "each", "uses": "noop", "needs": ["src"], "for_each": "src", "when": "outputs.src['x'] > 1"},
-    ))
+    result, status = run(
+        fleet,
+        pipeline(
+            "cond-error",
+            {"id": "src", "uses": "noop", "params": {"output": [1, 2]}},
+            {
+                "id": "each",
+                "uses": "noop",
+                "needs": ["src"],
+                "for_each": "src",
+                "when": "outputs.src['x'] > 1",
+            },
+        ),
+    )
     assert result.status == "failed"
     assert error_of(status, "each")["type"] == "ConditionError"
 
@@ -121,16 +145,28 @@ def test_a_condition_error_on_a_fan_out_keeps_its_error(fleet):
 def test_retry_run_keeps_the_items_that_succeeded(fleet):
     gate = f"items-{time.time_ns()}"
     fleet.redis.set(f"test:gate:{gate}", 1)
-    handle = fleet.client.submit(validate_data(pipeline(
-        "retry-items",
-        {"id": "src", "uses": "noop", "params": {"output": list(range(6))}},
-        {"id": "each", "uses": "test.item_gate", "params": {"fail_item": 3, "gate": gate}, "needs": ["src"],
-         "for_each": "src", "max_concurrency": 2},
-    )))
+    handle = fleet.client.submit(
+        validate_data(
+            pipeline(
+                "retry-items",
+                {"id": "src", "uses": "noop", "params": {"output": list(range(6))}},
+                {
+                    "id": "each",
+                    "uses": "test.item_gate",
+                    "params": {"fail_item": 3, "gate": gate},
+                    "needs": ["src"],
+                    "for_each": "src",
+                    "max_concurrency": 2,
+                },
+            )
+        )
+    )
     run_id = handle.run_id
     first = handle.wait(timeout=60)
     assert first.status == "failed"
-    kept = {i for i, item in fleet.client.store.items(run_id, "each").items() if item.get("state") == "succeeded"}
+    kept = {
+        i for i, item in fleet.client.store.items(run_id, "each").items() if item.get("state") == "succeeded"
+    }
     assert kept and 3 not in kept
     fleet.redis.delete(f"test:gate:{gate}")
     assert fleet.client.retry(run_id) == "retrying"
@@ -145,10 +181,12 @@ def test_retry_run_keeps_the_items_that_succeeded(fleet):
 
 
 def test_an_attempt_that_lost_its_lease_writes_no_cache(fleet):
-    spec = validate_data(pipeline(
-        "cache-fence",
-        {"id": "slow", "uses": "test.stubborn", "params": {"seconds": 2.5}, "cache": {"ttl": "1h"}},
-    ))
+    spec = validate_data(
+        pipeline(
+            "cache-fence",
+            {"id": "slow", "uses": "test.stubborn", "params": {"seconds": 2.5}, "cache": {"ttl": "1h"}},
+        )
+    )
     handle = fleet.client.submit(spec)
     stage_key = f"chordflow:run:{handle.run_id}:stage:slow"
     wait_until(lambda: fleet.redis.hget(stage_key, "state") == "running", timeout=20)
@@ -167,11 +205,13 @@ def test_redis_out_of_memory_fails_the_stage_and_the_worker_stays_up(bare_cluste
     worker = cluster.workers[0]
     pid = worker.proc.pid
     r = cluster.redis
-    spec = validate_data(pipeline(
-        "oom",
-        {"id": "big", "uses": "test.stubborn", "params": {"seconds": 2.0, "size": 300_000}},
-        {"id": "after", "uses": "noop", "needs": ["big"]},
-    ))
+    spec = validate_data(
+        pipeline(
+            "oom",
+            {"id": "big", "uses": "test.stubborn", "params": {"seconds": 2.0, "size": 300_000}},
+            {"id": "after", "uses": "noop", "needs": ["big"]},
+        )
+    )
     handle = cluster.client.submit(spec)
     stage_key = f"chordflow:run:{handle.run_id}:stage:big"
     wait_until(lambda: r.hget(stage_key, "state") == "running", timeout=20)
@@ -179,8 +219,14 @@ def test_redis_out_of_memory_fails_the_stage_and_the_worker_stays_up(bare_cluste
     r.config_set("maxmemory", int(r.info("memory")["used_memory"]) + 100_000)
     try:
         wait_until(lambda: r.hget(stage_key, "state") in ("failed", "retrying"), timeout=30)
-        health = subprocess.run([sys.executable, "-m", "orchestration", "health"], cwd=ROOT, capture_output=True,
-                                text=True, timeout=60, env={**_env(cluster)})
+        health = subprocess.run(
+            [sys.executable, "-m", "orchestration", "health"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**_env(cluster)},
+        )
         assert health.returncode == 1, health.stdout + health.stderr
         assert "memory" in (health.stdout + health.stderr).lower()
     finally:
@@ -201,6 +247,7 @@ def test_redis_out_of_memory_fails_the_stage_and_the_worker_stays_up(bare_cluste
 
 def _env(cluster) -> dict[str, str]:
     import os
+
     return {**os.environ, "CHORDFLOW_REDIS_URL": cluster.server.url, "PYTHONPATH": str(ROOT)}
 
 
@@ -209,13 +256,24 @@ def test_a_fan_out_cannot_assemble_an_output_over_its_cap(bare_cluster):
     cluster = bare_cluster
     for other in cluster.workers:  # only workers with the 1 MB cap commit these items
         other.stop()
-    cluster.start_worker(hostname="capped", concurrency=2, env={"CHORDFLOW_FANOUT_OUTPUT_CAP_BYTES": "1000000"})
-    result, status = run(cluster, pipeline(
-        "fanout-cap",
-        {"id": "src", "uses": "noop", "params": {"output": list(range(30))}},
-        {"id": "each", "uses": "test.blob", "params": {"size": 100_000}, "needs": ["src"], "for_each": "src",
-         "max_concurrency": 2},
-    ))
+    cluster.start_worker(
+        hostname="capped", concurrency=2, env={"CHORDFLOW_FANOUT_OUTPUT_CAP_BYTES": "1000000"}
+    )
+    result, status = run(
+        cluster,
+        pipeline(
+            "fanout-cap",
+            {"id": "src", "uses": "noop", "params": {"output": list(range(30))}},
+            {
+                "id": "each",
+                "uses": "test.blob",
+                "params": {"size": 100_000},
+                "needs": ["src"],
+                "for_each": "src",
+                "max_concurrency": 2,
+            },
+        ),
+    )
     assert result.status == "failed"
     error = error_of(status, "each")
     assert error["type"] == "CommitRefused" and "CHORDFLOW_FANOUT_OUTPUT_CAP_BYTES" in error["message"]

@@ -36,8 +36,13 @@ def status_json(url: str, run_id: str) -> dict:
 
 def test_cancel_of_a_key_suffixed_id_is_refused_and_leaves_the_real_run_alone(cluster):
     # Given a run whose first stage sleeps
-    spec = validate_data(pipeline("edges-ids", {"id": "a", "uses": "sleep", "params": {"seconds": 2}},
-                                  {"id": "b", "uses": "noop", "needs": ["a"]}))
+    spec = validate_data(
+        pipeline(
+            "edges-ids",
+            {"id": "a", "uses": "sleep", "params": {"seconds": 2}},
+            {"id": "b", "uses": "noop", "needs": ["a"]},
+        )
+    )
     run_id = cluster.client.submit(spec).run_id
     url, prefix = cluster.server.url, cluster.settings.key_prefix
     wait_until(lambda: cluster.redis.hget(f"{prefix}:run:{run_id}:states", "a") == "running")
@@ -57,8 +62,10 @@ def test_cancel_of_a_key_suffixed_id_is_refused_and_leaves_the_real_run_alone(cl
 
     # And the run goes on to succeed
     assert cluster.client.handle(run_id).wait(timeout=30).status == "succeeded"
-    assert {sid: s["state"] for sid, s in status_json(url, run_id)["stages"].items()} == \
-        {"a": "succeeded", "b": "succeeded"}
+    assert {sid: s["state"] for sid, s in status_json(url, run_id)["stages"].items()} == {
+        "a": "succeeded",
+        "b": "succeeded",
+    }
 
 
 # -- 2. health sees a Redis that refuses writes ----------------------------------------------------------
@@ -120,10 +127,17 @@ def test_health_reports_a_read_only_redis(tmp_path):
 
 def test_a_constant_fallback_of_null_ends_the_stage_with_output_null(cluster):
     # Given a stage that always fails, whose fallback is the constant null
-    data = pipeline("edges-null-fallback",
-                    {"id": "a", "uses": "fail", "params": {"times": -1}, "retry": {"max_attempts": 1},
-                     "fallback": {"output": None}},
-                    {"id": "b", "uses": "noop", "needs": ["a"], "when": "outputs.a == null"})
+    data = pipeline(
+        "edges-null-fallback",
+        {
+            "id": "a",
+            "uses": "fail",
+            "params": {"times": -1},
+            "retry": {"max_attempts": 1},
+            "fallback": {"output": None},
+        },
+        {"id": "b", "uses": "noop", "needs": ["a"], "when": "outputs.a == null"},
+    )
 
     # When it runs
     result = cluster.run(data, timeout=20)
@@ -140,14 +154,24 @@ def test_a_constant_fallback_of_null_ends_the_stage_with_output_null(cluster):
 
 
 def test_a_fallback_of_null_survives_the_stored_graphs_round_trip():
-    graph = RunGraph.model_validate({"name": "p", "version": "1", "nodes": [
-        {"id": "a", "type": "fail", "queue": "cpu", "fallback": {"output": None}}]})
+    graph = RunGraph.model_validate(
+        {
+            "name": "p",
+            "version": "1",
+            "nodes": [{"id": "a", "type": "fail", "queue": "cpu", "fallback": {"output": None}}],
+        }
+    )
     again = RunGraph.model_validate_json(graph.model_dump_json(exclude_defaults=True))
     assert again.node("a").fallback == Fallback(output=None)
     assert "output" in again.node("a").fallback.model_fields_set
     # and a {uses: TYPE} is never written back with an `output: null` that would make it two kinds
-    uses = RunGraph.model_validate({"name": "p", "version": "1", "nodes": [
-        {"id": "a", "type": "fail", "queue": "cpu", "fallback": {"uses": "noop"}}]})
+    uses = RunGraph.model_validate(
+        {
+            "name": "p",
+            "version": "1",
+            "nodes": [{"id": "a", "type": "fail", "queue": "cpu", "fallback": {"uses": "noop"}}],
+        }
+    )
     assert RunGraph.model_validate_json(uses.model_dump_json()).node("a").fallback.uses == "noop"
 
 
@@ -156,8 +180,11 @@ def test_a_fallback_of_null_survives_the_stored_graphs_round_trip():
 
 def test_a_type_no_live_worker_serves_fails_the_stage_instead_of_hanging(cluster):
     # Given a run of a type no worker serves, queued without the type check
-    spec = validate_data(pipeline("edges-unserved", {"id": "a", "uses": "nosuch.type"},
-                                  {"id": "b", "uses": "noop", "needs": ["a"]}))
+    spec = validate_data(
+        pipeline(
+            "edges-unserved", {"id": "a", "uses": "nosuch.type"}, {"id": "b", "uses": "noop", "needs": ["a"]}
+        )
+    )
     started = time.monotonic()
     handle = cluster.client.submit(spec, check_types=False)
 
@@ -190,20 +217,40 @@ def test_a_stage_the_worker_that_took_it_lacks_goes_on_to_a_worker_that_serves_i
     # Given the worker that serves test.record busy with three of them (all its processes); they are
     # submitted before the bare worker starts, so none of them can be bounced and finish before the
     # others start
-    busy = cluster.client.submit(validate_data(pipeline(
-        "edges-busy", *({"id": f"busy{i}", "uses": "test.record", "params": {"seconds": 12}} for i in range(3)))))
+    busy = cluster.client.submit(
+        validate_data(
+            pipeline(
+                "edges-busy",
+                *({"id": f"busy{i}", "uses": "test.record", "params": {"seconds": 12}} for i in range(3)),
+            )
+        )
+    )
     wait_until(lambda: set(cluster.client.store.states(busy.run_id).values()) == {"running"}, timeout=20)
     # and a second worker that serves only the built-in types, on every queue
     log_path = ARTIFACTS / f"worker-{os.getpid()}-bare.log"
-    bare = WorkerProcess(cluster.server.url, ("cpu", "gpu", "highmem"), 1, hostname="bare", loglevel="INFO",
-                         env={"PYTHONPATH": str(ROOT)}, log_path=str(log_path)).start()
+    bare = WorkerProcess(
+        cluster.server.url,
+        ("cpu", "gpu", "highmem"),
+        1,
+        hostname="bare",
+        loglevel="INFO",
+        env={"PYTHONPATH": str(ROOT)},
+        log_path=str(log_path),
+    ).start()
     try:
         cluster.wait_workers(hostnames=["bare"])
-        assert set(cluster.client.store.states(busy.run_id).values()) == {"running"}, "the busy stages ended early"
+        assert set(cluster.client.store.states(busy.run_id).values()) == {"running"}, (
+            "the busy stages ended early"
+        )
 
         # When two more test.record stages are queued: only the bare worker is free to take them
-        handle = cluster.client.submit(validate_data(pipeline(
-            "edges-elsewhere", {"id": "a", "uses": "test.record"}, {"id": "b", "uses": "test.record"})))
+        handle = cluster.client.submit(
+            validate_data(
+                pipeline(
+                    "edges-elsewhere", {"id": "a", "uses": "test.record"}, {"id": "b", "uses": "test.record"}
+                )
+            )
+        )
 
         # Then they wait for the worker that serves them, run there once each, and the run succeeds
         result = handle.wait(timeout=40)
@@ -222,10 +269,11 @@ def test_a_stage_the_worker_that_took_it_lacks_goes_on_to_a_worker_that_serves_i
 
 def test_a_failed_non_critical_stage_lets_its_dependents_run_and_the_run_succeed(cluster):
     # Given a stage that fails for good with critical: false, and a stage that needs it
-    data = pipeline("edges-non-critical",
-                    {"id": "a", "uses": "fail", "params": {"times": -1}, "retry": {"max_attempts": 1},
-                     "critical": False},
-                    {"id": "b", "uses": "test.record", "needs": ["a"], "when": "outputs.a == null"})
+    data = pipeline(
+        "edges-non-critical",
+        {"id": "a", "uses": "fail", "params": {"times": -1}, "retry": {"max_attempts": 1}, "critical": False},
+        {"id": "b", "uses": "test.record", "needs": ["a"], "when": "outputs.a == null"},
+    )
 
     # When it runs
     result = cluster.run(data, timeout=30)

@@ -51,12 +51,20 @@ def test_a_whole_run_on_redislites_redis_without_script_flags(monkeypatch, tmp_p
         cluster = Cluster(server, tmp_path)
         try:
             cluster.start_worker(concurrency=2)
-            handle = cluster.client.submit(validate_data(pipeline(
-                "old-redis",
-                {"id": "flaky", "uses": "fail", "params": {"times": 1},
-                 "retry": {"max_attempts": 2, "backoff": "fixed", "delay": 0.1}},
-                {"id": "broken", "uses": "fail", "params": {"times": -1}, "needs": ["flaky"]},
-            )))
+            handle = cluster.client.submit(
+                validate_data(
+                    pipeline(
+                        "old-redis",
+                        {
+                            "id": "flaky",
+                            "uses": "fail",
+                            "params": {"times": 1},
+                            "retry": {"max_attempts": 2, "backoff": "fixed", "delay": 0.1},
+                        },
+                        {"id": "broken", "uses": "fail", "params": {"times": -1}, "needs": ["flaky"]},
+                    )
+                )
+            )
             result = handle.wait(timeout=60)
         finally:
             cluster.stop()

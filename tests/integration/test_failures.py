@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
 from orchestration.language.validation import validate_data
@@ -14,27 +15,39 @@ def _times(cluster, run_id: str, stage_id: str) -> list[float]:
 
 
 def test_exponential_backoff_delays_and_success(cluster):
-    result = cluster.run(pipeline(
-        "backoff",
-        {"id": "flaky", "uses": "test.timed_flaky", "params": {"fail_times": 2},
-         "retry": {"max_attempts": 3, "backoff": "exponential", "delay": 0.2, "multiplier": 2}},
-    ))
+    result = cluster.run(
+        pipeline(
+            "backoff",
+            {
+                "id": "flaky",
+                "uses": "test.timed_flaky",
+                "params": {"fail_times": 2},
+                "retry": {"max_attempts": 3, "backoff": "exponential", "delay": 0.2, "multiplier": 2},
+            },
+        )
+    )
     assert result.status == "succeeded"
     assert result.outputs["flaky"] == 3
     times = _times(cluster, result.run_id, "flaky")
     assert len(times) == 3
-    gaps = [b - a for a, b in zip(times, times[1:])]
-    assert 0.1 <= gaps[0] <= 0.3 + 0.2, gaps   # 0.2 s ±50% (+ dispatch overhead)
-    assert 0.2 <= gaps[1] <= 0.6 + 0.2, gaps   # 0.4 s ±50%
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert 0.1 <= gaps[0] <= 0.3 + 0.2, gaps  # 0.2 s ±50% (+ dispatch overhead)
+    assert 0.2 <= gaps[1] <= 0.6 + 0.2, gaps  # 0.4 s ±50%
     assert result.stage_results["flaky"]["attempts"] == 3
 
 
 def test_give_up_on_fails_at_once(cluster):
-    result = cluster.run(pipeline(
-        "give-up",
-        {"id": "bad", "uses": "test.timed_flaky", "params": {"fail_times": 5, "error": "ValueError"},
-         "retry": {"max_attempts": 5, "delay": 0.05, "give_up_on": ["ValueError"]}},
-    ))
+    result = cluster.run(
+        pipeline(
+            "give-up",
+            {
+                "id": "bad",
+                "uses": "test.timed_flaky",
+                "params": {"fail_times": 5, "error": "ValueError"},
+                "retry": {"max_attempts": 5, "delay": 0.05, "give_up_on": ["ValueError"]},
+            },
+        )
+    )
     assert result.status == "failed"
     assert len(_times(cluster, result.run_id, "bad")) == 1
     error = result.stage_results["bad"]["error"]
@@ -43,24 +56,32 @@ def test_give_up_on_fails_at_once(cluster):
 
 
 def test_stage_types_keep_their_own_policies_and_the_file_overrides_them(cluster):
-    result = cluster.run(pipeline(
-        "policies",
-        {"id": "a", "uses": "test.policy_a", "critical": False},
-        {"id": "b", "uses": "test.policy_b", "critical": False},
-        {"id": "b_override", "uses": "test.policy_b", "critical": False, "retry": {"max_attempts": 1}},
-        fail_fast=False,
-    ))
+    result = cluster.run(
+        pipeline(
+            "policies",
+            {"id": "a", "uses": "test.policy_a", "critical": False},
+            {"id": "b", "uses": "test.policy_b", "critical": False},
+            {"id": "b_override", "uses": "test.policy_b", "critical": False, "retry": {"max_attempts": 1}},
+            fail_fast=False,
+        )
+    )
     assert cluster.count(result.run_id, "a") == 2
     assert cluster.count(result.run_id, "b") == 4
     assert cluster.count(result.run_id, "b_override") == 1
 
 
 def test_shell_timeout_is_exit_124_and_retried(cluster):
-    result = cluster.run(pipeline(
-        "timeout",
-        {"id": "hang", "run": ["sleep", "30"], "timeout": 0.5,
-         "retry": {"max_attempts": 2, "backoff": "fixed", "delay": 0.1}},
-    ))
+    result = cluster.run(
+        pipeline(
+            "timeout",
+            {
+                "id": "hang",
+                "run": ["sleep", "30"],
+                "timeout": 0.5,
+                "retry": {"max_attempts": 2, "backoff": "fixed", "delay": 0.1},
+            },
+        )
+    )
     assert result.status == "failed"
     stage = result.stage_results["hang"]
     assert stage["attempts"] == 2
@@ -71,11 +92,13 @@ def test_shell_timeout_is_exit_124_and_retried(cluster):
 
 
 def test_constant_fallback(cluster):
-    result = cluster.run(pipeline(
-        "fallback-const",
-        {"id": "src", "uses": "fail", "params": {"times": -1}, "fallback": {"output": {"rows": []}}},
-        {"id": "use", "uses": "noop", "needs": ["src"]},
-    ))
+    result = cluster.run(
+        pipeline(
+            "fallback-const",
+            {"id": "src", "uses": "fail", "params": {"times": -1}, "fallback": {"output": {"rows": []}}},
+            {"id": "use", "uses": "noop", "needs": ["src"]},
+        )
+    )
     assert result.status == "succeeded"
     assert result.stage_results["src"]["state"] == "fallback"
     assert result.outputs["src"] == {"rows": []}
@@ -83,24 +106,40 @@ def test_constant_fallback(cluster):
 
 
 def test_last_success_fallback_uses_the_previous_good_run(cluster):
-    good = cluster.run(pipeline("fallback-last", {"id": "src", "uses": "noop", "params": {"output": [1, 2, 3]},
-                                                  "fallback": "last_success"}))
+    good = cluster.run(
+        pipeline(
+            "fallback-last",
+            {"id": "src", "uses": "noop", "params": {"output": [1, 2, 3]}, "fallback": "last_success"},
+        )
+    )
     assert good.status == "succeeded"
-    bad = cluster.run(pipeline("fallback-last", {"id": "src", "uses": "fail", "params": {"times": -1},
-                                                 "fallback": "last_success"}))
+    bad = cluster.run(
+        pipeline(
+            "fallback-last",
+            {"id": "src", "uses": "fail", "params": {"times": -1}, "fallback": "last_success"},
+        )
+    )
     assert bad.status == "succeeded"
     assert bad.stage_results["src"]["state"] == "fallback"
     assert bad.outputs["src"] == [1, 2, 3]
 
 
 def test_cancel_during_a_fan_out(cluster):
-    spec = validate_data(pipeline(
-        "cancel",
-        {"id": "items", "uses": "noop", "params": {"output": list(range(40))}},
-        {"id": "each", "uses": "test.slow_counted", "needs": ["items"], "for_each": "items",
-         "max_concurrency": 3, "params": {"seconds": 4.0}},
-        {"id": "after", "uses": "noop", "needs": ["each"]},
-    ))
+    spec = validate_data(
+        pipeline(
+            "cancel",
+            {"id": "items", "uses": "noop", "params": {"output": list(range(40))}},
+            {
+                "id": "each",
+                "uses": "test.slow_counted",
+                "needs": ["items"],
+                "for_each": "items",
+                "max_concurrency": 3,
+                "params": {"seconds": 4.0},
+            },
+            {"id": "after", "uses": "noop", "needs": ["each"]},
+        )
+    )
     handle = cluster.client.submit(spec)
     wait_until(lambda: cluster.count(handle.run_id, "each") >= 3, timeout=20)
     started = time.monotonic()
@@ -120,12 +159,14 @@ def test_cancel_during_a_fan_out(cluster):
 
 
 def test_pause_then_resume(cluster):
-    spec = validate_data(pipeline(
-        "pause",
-        {"id": "first", "uses": "sleep", "params": {"seconds": 0.5}},
-        {"id": "second", "uses": "test.record", "needs": ["first"]},
-        {"id": "third", "uses": "test.record", "needs": ["second"]},
-    ))
+    spec = validate_data(
+        pipeline(
+            "pause",
+            {"id": "first", "uses": "sleep", "params": {"seconds": 0.5}},
+            {"id": "second", "uses": "test.record", "needs": ["first"]},
+            {"id": "third", "uses": "test.record", "needs": ["second"]},
+        )
+    )
     handle = cluster.client.submit(spec)
     wait_until(lambda: cluster.client.status(handle.run_id)["stages"]["first"]["state"] == "running")
     assert cluster.client.pause(handle.run_id) == "paused"
@@ -150,14 +191,25 @@ def test_idempotency_key_returns_the_same_run(cluster):
 
 
 def test_a_stage_can_force_a_retry_or_a_failure(cluster):
-    result = cluster.run(pipeline(
-        "forced",
-        # no retry_on would retry RuntimeError-like errors; RetryStage retries even with retry_on set
-        {"id": "again", "uses": "test.asks", "retry": {"max_attempts": 3, "retry_on": ["ConnectionError"]},
-         "critical": False},
-        {"id": "never", "uses": "test.asks", "params": {"outcome": "fail"}, "retry": {"max_attempts": 5},
-         "critical": False},
-    ))
+    result = cluster.run(
+        pipeline(
+            "forced",
+            # no retry_on would retry RuntimeError-like errors; RetryStage retries even with retry_on set
+            {
+                "id": "again",
+                "uses": "test.asks",
+                "retry": {"max_attempts": 3, "retry_on": ["ConnectionError"]},
+                "critical": False,
+            },
+            {
+                "id": "never",
+                "uses": "test.asks",
+                "params": {"outcome": "fail"},
+                "retry": {"max_attempts": 5},
+                "critical": False,
+            },
+        )
+    )
     assert result.outputs["again"] == 2
     assert cluster.count(result.run_id, "again") == 2
     never = result.stage_results["never"]

@@ -43,8 +43,14 @@ def flower(cluster) -> Iterator[str]:
     env.update(PYTHONPATH=str(ROOT), CHORDFLOW_REDIS_URL=cluster.server.url, CHORDFLOW_FLOWER_BASIC_AUTH=AUTH)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with open(ARTIFACTS / f"flower-{os.getpid()}.log", "wb") as log:
-        proc = subprocess.Popen([*CHORDFLOW, "flower", "--port", str(port)], env=env, cwd=ROOT, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [*CHORDFLOW, "flower", "--port", str(port)],
+            env=env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: _get(f"{base}/healthcheck", auth=None)[0] == 200, timeout=30, interval=0.2)
@@ -63,9 +69,13 @@ def flower(cluster) -> Iterator[str]:
 
 def test_flower_lists_stage_tasks_by_type_with_run_and_stage_ids(cluster, flower):
     # Given Flower running on the fleet's Redis, when a pipeline of two stage types runs
-    result = cluster.run(pipeline("flowered", {"id": "first", "uses": "noop"},
-                                  {"id": "second", "uses": "sleep", "params": {"seconds": 0.1},
-                                   "needs": ["first"]}))
+    result = cluster.run(
+        pipeline(
+            "flowered",
+            {"id": "first", "uses": "noop"},
+            {"id": "second", "uses": "sleep", "params": {"seconds": 0.1}, "needs": ["first"]},
+        )
+    )
     assert result.success
 
     # Then Flower's API lists one task per stage, named stage.<type>, with the run and stage ids in its

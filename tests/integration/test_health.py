@@ -16,8 +16,8 @@ from orchestration.fleet import history
 from orchestration.fleet.embedded import RedisServer, free_port
 from orchestration.fleet.health import queue_lists, redis_warnings
 from orchestration.graph.resolve import resolve
-from orchestration.settings import Settings
 from orchestration.language.validation import validate_data
+from orchestration.settings import Settings
 
 from .conftest import ROOT, pipeline
 
@@ -28,12 +28,20 @@ def health(url: str, also_text: bool = True) -> tuple[int, dict, str]:
     """`chordflow health --json` (exit code, report) and, unless told not to, the text form's output."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHORDFLOW_")}
     env.update(PYTHONPATH=str(ROOT), CHORDFLOW_REDIS_URL=url)
-    as_json = subprocess.run([*CHORDFLOW, "health", "--json"], check=False, cwd=ROOT, env=env,
-                             capture_output=True, text=True, timeout=60)
+    as_json = subprocess.run(
+        [*CHORDFLOW, "health", "--json"],
+        check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if not also_text:
         return as_json.returncode, json.loads(as_json.stdout), ""
-    text = subprocess.run([*CHORDFLOW, "health"], check=False, cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=60)
+    text = subprocess.run(
+        [*CHORDFLOW, "health"], check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
     assert text.returncode == as_json.returncode, text.stdout + text.stderr
     return as_json.returncode, json.loads(as_json.stdout), text.stdout + text.stderr
 
@@ -88,8 +96,15 @@ def test_a_pipeline_whose_last_success_is_older_than_max_age_is_stale(cpu_fleet,
     path = tmp_path / "freshness.yaml"
     path.write_text(yaml.safe_dump(data))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "CHORDFLOW_REDIS_URL": cpu_fleet.server.url}
-    added = subprocess.run([*CHORDFLOW, "schedule", "add", str(path), "--every", "1h"], check=False,
-                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    added = subprocess.run(
+        [*CHORDFLOW, "schedule", "add", str(path), "--every", "1h"],
+        check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert added.returncode == 0, added.stderr
     try:
         assert cpu_fleet.run(data).success
@@ -107,14 +122,16 @@ def test_a_pipeline_whose_last_success_is_older_than_max_age_is_stale(cpu_fleet,
         assert stale["stale"] and stale["max_age_s"] == 5 and stale["age_s"] > 5
         assert "UNHEALTHY: pipeline 'freshness' is stale" in text
     finally:
-        subprocess.run([*CHORDFLOW, "schedule", "remove", "freshness"], check=False, cwd=ROOT, env=env,
-                       timeout=60)
+        subprocess.run(
+            [*CHORDFLOW, "schedule", "remove", "freshness"], check=False, cwd=ROOT, env=env, timeout=60
+        )
 
 
 def test_a_pipeline_that_never_succeeded_within_max_age_is_stale(cpu_fleet):
     # Given a pipeline whose only run failed, its run record carrying max_age_s (as submit records it)
-    data = pipeline("never-ok", {"id": "only", "uses": "fail", "params": {"times": -1},
-                                 "retry": {"max_attempts": 1}})
+    data = pipeline(
+        "never-ok", {"id": "only", "uses": "fail", "params": {"times": -1}, "retry": {"max_attempts": 1}}
+    )
     result = cpu_fleet.run(data)
     assert not result.success
     cpu_fleet.redis.hset(f"{cpu_fleet.settings.key_prefix}:run:{result.run_id}", "max_age_s", "1")
@@ -147,12 +164,16 @@ def test_redis_warnings_name_missing_aof_and_an_eviction_policy():
 
 def test_stage_durations_are_medians_over_succeeded_runs(cpu_fleet):
     # Given three succeeded runs of a two-stage pipeline and one failed run
-    data = pipeline("timed", {"id": "slow", "uses": "sleep", "params": {"seconds": 0.4}},
-                    {"id": "quick", "uses": "noop", "needs": ["slow"]})
+    data = pipeline(
+        "timed",
+        {"id": "slow", "uses": "sleep", "params": {"seconds": 0.4}},
+        {"id": "quick", "uses": "noop", "needs": ["slow"]},
+    )
     for _ in range(3):
         assert cpu_fleet.run(data).success
-    failing = pipeline("timed", {"id": "slow", "uses": "fail", "params": {"times": -1},
-                                 "retry": {"max_attempts": 1}})
+    failing = pipeline(
+        "timed", {"id": "slow", "uses": "fail", "params": {"times": -1}, "retry": {"max_attempts": 1}}
+    )
     assert not cpu_fleet.run(failing).success
 
     # When the history is read

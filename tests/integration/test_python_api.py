@@ -6,13 +6,15 @@ from orchestration import Pipeline
 
 
 def test_builder_submit_and_wait(cluster):
-    p = (Pipeline("docs")
-         .add("ingest", "noop", params={"output": ["a.pdf", "b.pdf", "c.pdf"]})
-         .add("nums", "noop", params={"output": [1, 2, 3]})
-         .add("parse", "test.square", needs=["ingest", "nums"], for_each="nums")
-         .add("count", "test.context_writer", needs=["ingest"], params={"key": "docs", "value": 3})
-         .add("embed", "noop", needs=["parse", "count"], resources={"gpu": 1})
-         .add("skip", "noop", when="false"))
+    p = (
+        Pipeline("docs")
+        .add("ingest", "noop", params={"output": ["a.pdf", "b.pdf", "c.pdf"]})
+        .add("nums", "noop", params={"output": [1, 2, 3]})
+        .add("parse", "test.square", needs=["ingest", "nums"], for_each="nums")
+        .add("count", "test.context_writer", needs=["ingest"], params={"key": "docs", "value": 3})
+        .add("embed", "noop", needs=["parse", "count"], resources={"gpu": 1})
+        .add("skip", "noop", when="false")
+    )
     assert Pipeline.from_text(p.to_yaml()).spec == p.spec
     run = p.submit(settings=cluster.settings)
     result = run.wait(timeout=60)

@@ -13,11 +13,15 @@ QUICK_REAPER = {"CHORDFLOW_OUTBOX_GRACE_S": "1"}
 def test_a_run_whose_submitter_died_before_sending_is_dispatched(bare_cluster):
     cluster = bare_cluster
     cluster.start_worker(hostname="reaper-host", env=QUICK_REAPER)
-    graph = resolve(validate_data(pipeline(
-        "half-submitted",
-        {"id": "a", "uses": "test.record"},
-        {"id": "b", "uses": "test.record", "needs": ["a"]},
-    )))
+    graph = resolve(
+        validate_data(
+            pipeline(
+                "half-submitted",
+                {"id": "a", "uses": "test.record"},
+                {"id": "b", "uses": "test.record", "needs": ["a"]},
+            )
+        )
+    )
     # The submitter stored the run and died before it sent a single message.
     run_id, created = cluster.client.store.create_run(graph)
     assert created
@@ -29,11 +33,15 @@ def test_a_run_whose_submitter_died_before_sending_is_dispatched(bare_cluster):
 def test_a_fan_out_whose_dispatcher_died_after_starting_it_completes(bare_cluster):
     cluster = bare_cluster
     store = cluster.client.store
-    graph = resolve(validate_data(pipeline(
-        "half-fanned",
-        {"id": "each", "uses": "test.record", "matrix": {"n": [1, 2, 3, 4, 5]}, "max_concurrency": 2},
-        {"id": "after", "uses": "noop", "needs": ["each"]},
-    )))
+    graph = resolve(
+        validate_data(
+            pipeline(
+                "half-fanned",
+                {"id": "each", "uses": "test.record", "matrix": {"n": [1, 2, 3, 4, 5]}, "max_concurrency": 2},
+                {"id": "after", "uses": "noop", "needs": ["each"]},
+            )
+        )
+    )
     run_id, _ = store.create_run(graph)
     # The dispatcher started the fan-out (window of 2) and died before sending its items.
     assert store.start_fanout(run_id, "each", 5, 2, "cpu")

@@ -10,15 +10,17 @@ from .conftest import pipeline
 def test_retry_reruns_only_the_failed_stage_and_its_dependents(bare_cluster):
     cluster = bare_cluster
     closed = cluster.start_worker(hostname="before-fix", env={"GATE": "closed"})
-    spec = validate_data(pipeline(
-        "retry-run",
-        {"id": "extract", "uses": "test.record"},
-        {"id": "side", "uses": "test.record"},
-        {"id": "gate", "uses": "test.env_gated", "needs": ["extract"], "retry": {"max_attempts": 1}},
-        {"id": "load", "uses": "test.record", "needs": ["gate"]},
-        {"id": "report", "uses": "test.record", "needs": ["load", "side"]},
-        fail_fast=False,
-    ))
+    spec = validate_data(
+        pipeline(
+            "retry-run",
+            {"id": "extract", "uses": "test.record"},
+            {"id": "side", "uses": "test.record"},
+            {"id": "gate", "uses": "test.env_gated", "needs": ["extract"], "retry": {"max_attempts": 1}},
+            {"id": "load", "uses": "test.record", "needs": ["gate"]},
+            {"id": "report", "uses": "test.record", "needs": ["load", "side"]},
+            fail_fast=False,
+        )
+    )
     handle = cluster.client.submit(spec)
     first = handle.wait(timeout=60)
     assert first.status == "failed"

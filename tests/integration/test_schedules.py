@@ -31,8 +31,15 @@ def _env(url: str) -> dict[str, str]:
 
 
 def chordflow(cluster, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*CHORDFLOW, *args], check=False, cwd=ROOT, env=_env(cluster.server.url),
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [*CHORDFLOW, *args],
+        check=False,
+        cwd=ROOT,
+        env=_env(cluster.server.url),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def write_pipeline(tmp_path: Path, name: str, **fields) -> Path:
@@ -46,8 +53,14 @@ class Beat:
         self.log = ARTIFACTS / f"beat-{os.getpid()}-{label}.log"
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen([*CHORDFLOW, "beat", *flags], cwd=ROOT, env=_env(cluster.server.url),
-                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                [*CHORDFLOW, "beat", *flags],
+                cwd=ROOT,
+                env=_env(cluster.server.url),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def sent(self, schedule: str) -> int:
         """How many times this beat sent the schedule's task (its INFO log line per firing)."""
@@ -74,8 +87,10 @@ def beats(cluster) -> Iterator[list[Beat]]:
 def runs_by_tick(cluster, schedule: str, pipeline: str) -> tuple[dict[int, str], list[str]]:
     """(tick -> run id, from the idempotency keys) and every run of the pipeline."""
     prefix = cluster.settings.key_prefix
-    ticks = {int(key.rsplit(":", 1)[1]): cluster.redis.get(key)
-             for key in cluster.redis.scan_iter(f"{prefix}:idem:schedule:{schedule}:*")}
+    ticks = {
+        int(key.rsplit(":", 1)[1]): cluster.redis.get(key)
+        for key in cluster.redis.scan_iter(f"{prefix}:idem:schedule:{schedule}:*")
+    }
     return ticks, cluster.redis.zrange(f"{prefix}:pipeline:{pipeline}:runs", 0, -1)
 
 
@@ -87,7 +102,8 @@ def assert_one_run_per_tick(ticks: dict[int, str], runs: list[str]) -> None:
 
 def test_the_worker_app_serves_the_scheduled_submit_task():
     assert SUBMIT_TASK in create_app(Settings(redis_url="redis://unused")).tasks, (
-        "call orchestration.schedules.register_scheduled_task(app, settings) in workers/app.py:create_app")
+        "call orchestration.schedules.register_scheduled_task(app, settings) in workers/app.py:create_app"
+    )
 
 
 # -- add / list / remove ---------------------------------------------------------------------------------
@@ -95,8 +111,9 @@ def test_the_worker_app_serves_the_scheduled_submit_task():
 
 def test_schedule_add_list_remove(cluster, tmp_path):
     # Given a pipeline file with a cron schedule and a max_age
-    path = write_pipeline(tmp_path, "nightly", schedule="0 19 * * *", max_age="1d",
-                          variables={"mode": "daily"})
+    path = write_pipeline(
+        tmp_path, "nightly", schedule="0 19 * * *", max_age="1d", variables={"mode": "daily"}
+    )
 
     # When it is added with an override, then a second schedule of the same file every 15 minutes
     added = chordflow(cluster, "schedule", "add", str(path), "--set", "mode=weekly")
@@ -150,8 +167,9 @@ def test_a_tick_delivered_twice_submits_one_run(cluster, tmp_path):
     spec = {"name": "twice", "stages": [{"id": "only", "uses": "noop"}]}
     app = client_app(cluster.settings)
     for _ in range(2):
-        app.send_task(SUBMIT_TASK, kwargs={"schedule": "twice", "tick": 1_700_000_000, "spec": spec},
-                      queue="cpu")
+        app.send_task(
+            SUBMIT_TASK, kwargs={"schedule": "twice", "tick": 1_700_000_000, "spec": spec}, queue="cpu"
+        )
     # Then exactly one run exists, under the tick's idempotency key
     key = f"{cluster.settings.key_prefix}:idem:{idempotency_key('twice', 1_700_000_000)}"
     run_id = wait_until(lambda: cluster.redis.get(key), timeout=30)
@@ -163,7 +181,8 @@ def test_a_tick_delivered_twice_submits_one_run(cluster, tmp_path):
 def test_a_tick_whose_pipeline_cannot_run_records_why(cluster):
     spec = {"name": "unserved", "stages": [{"id": "only", "uses": "no.such.type"}]}
     client_app(cluster.settings).send_task(
-        SUBMIT_TASK, kwargs={"schedule": "unserved", "tick": 1_700_000_060, "spec": spec}, queue="cpu")
+        SUBMIT_TASK, kwargs={"schedule": "unserved", "tick": 1_700_000_060, "spec": spec}, queue="cpu"
+    )
     outcome = wait_until(lambda: cluster.redis.hget(outcomes_key(cluster.settings), "unserved"), timeout=30)
     assert "no.such.type" in json.loads(outcome)["error"]
 
@@ -176,8 +195,11 @@ def test_a_one_second_schedule_submits_a_run_every_second(cluster, beats, tmp_pa
     assert chordflow(cluster, "schedule", "add", str(path), "--every", "1s").returncode == 0
     try:
         beats.append(Beat(cluster, "single"))
-        wait_until(lambda: len(runs_by_tick(cluster, "every-second", "every-second")[0]) >= 3, timeout=40,
-                   interval=0.2)
+        wait_until(
+            lambda: len(runs_by_tick(cluster, "every-second", "every-second")[0]) >= 3,
+            timeout=40,
+            interval=0.2,
+        )
     finally:
         chordflow(cluster, "schedule", "remove", "every-second")
     beats[0].stop()

@@ -16,16 +16,59 @@ from .conftest import Cluster, pipeline
 
 def _certificates(folder: Path) -> tuple[str, str, str]:
     """A CA and a server certificate for 127.0.0.1, made with openssl."""
-    ca_key, ca, key, csr, cert = (str(folder / n) for n in ("ca.key", "ca.pem", "server.key", "server.csr",
-                                                             "server.pem"))
+    ca_key, ca, key, csr, cert = (
+        str(folder / n) for n in ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem")
+    )
     ext = folder / "ext.cnf"
     ext.write_text("subjectAltName=IP:127.0.0.1\n")
     for argv in (
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca, "-days", "1",
-         "-subj", "/CN=chordflow-test-ca"],
-        ["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1"],
-        ["openssl", "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert,
-         "-days", "1", "-extfile", str(ext)],
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            ca_key,
+            "-out",
+            ca,
+            "-days",
+            "1",
+            "-subj",
+            "/CN=chordflow-test-ca",
+        ],
+        [
+            "openssl",
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            key,
+            "-out",
+            csr,
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+        [
+            "openssl",
+            "x509",
+            "-req",
+            "-in",
+            csr,
+            "-CA",
+            ca,
+            "-CAkey",
+            ca_key,
+            "-CAcreateserial",
+            "-out",
+            cert,
+            "-days",
+            "1",
+            "-extfile",
+            str(ext),
+        ],
     ):
         subprocess.run(argv, check=True, capture_output=True)
     return cert, key, ca
@@ -38,8 +81,13 @@ def _run_through(server: RedisServer, tmp_path: Path, env: dict[str, str], setti
     cluster.redis = cluster.client.store.r
     try:
         cluster.start_worker(hostname="secure", env=env)
-        result = cluster.run(pipeline("secure", {"id": "a", "uses": "noop", "params": {"output": 1}},
-                                      {"id": "b", "uses": "test.record", "needs": ["a"]}))
+        result = cluster.run(
+            pipeline(
+                "secure",
+                {"id": "a", "uses": "noop", "params": {"output": 1}},
+                {"id": "b", "uses": "test.record", "needs": ["a"]},
+            )
+        )
         assert result.status == "succeeded"
         assert result.outputs["a"] == 1
     finally:
@@ -64,7 +112,8 @@ def test_a_run_over_tls_with_a_password(tmp_path):
         pytest.skip("this redis-server was built without TLS support")
     try:
         assert server.url.startswith("rediss://")
-        _run_through(server, tmp_path, {"CHORDFLOW_SSL_CA_CERTS": ca},
-                     Settings(redis_url=server.url, ssl_ca_certs=ca))
+        _run_through(
+            server, tmp_path, {"CHORDFLOW_SSL_CA_CERTS": ca}, Settings(redis_url=server.url, ssl_ca_certs=ca)
+        )
     finally:
         server.stop()

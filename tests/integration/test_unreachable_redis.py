@@ -25,13 +25,23 @@ def chordflow(*args: str, url: str) -> tuple[subprocess.CompletedProcess[str], f
     env = {**os.environ, "PYTHONPATH": str(REPO), "CHORDFLOW_REDIS_URL": url}
     env.pop("CHORDFLOW_DEBUG", None)
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "orchestration", *args], check=False, env=env, cwd=REPO,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "orchestration", *args],
+        check=False,
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     return result, time.monotonic() - started
 
 
-@pytest.mark.parametrize("args", [("status", "r1"), ("cancel", "r1"), ("submit", str(QUICKSTART))],
-                         ids=["status", "cancel", "submit"])
+@pytest.mark.parametrize(
+    "args",
+    [("status", "r1"), ("cancel", "r1"), ("submit", str(QUICKSTART))],
+    ids=["status", "cancel", "submit"],
+)
 def test_a_closed_port_fails_fast_with_the_password_masked(args):
     port = free_port()  # free now: nothing listens there
     result, took = chordflow(*args, url=f"redis://:{PASSWORD}@127.0.0.1:{port}/0")
@@ -43,12 +53,15 @@ def test_a_closed_port_fails_fast_with_the_password_masked(args):
     assert "unexpected" not in output and "Traceback" not in output
 
 
-@pytest.mark.parametrize(("url", "why"), [
-    ("redis//x", "no scheme"),
-    ("http://x", "the scheme is http://"),
-    ("redis://host:notaport", "the port 'notaport' is not a number"),
-    (f"redis://:{PASSWORD}@host:99999/0", "the port '99999' is not a number"),
-])
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("redis//x", "no scheme"),
+        ("http://x", "the scheme is http://"),
+        ("redis://host:notaport", "the port 'notaport' is not a number"),
+        (f"redis://:{PASSWORD}@host:99999/0", "the port '99999' is not a number"),
+    ],
+)
 @pytest.mark.parametrize("args", [("status", "r1"), ("submit", str(QUICKSTART))], ids=["status", "submit"])
 def test_a_malformed_url_is_exit_2_saying_what_is_wrong(url, why, args):
     result, took = chordflow(*args, url=url)

@@ -15,8 +15,8 @@ import pytest
 
 from orchestration.api import Client
 from orchestration.fleet.embedded import RedisServer
-from orchestration.settings import Settings
 from orchestration.language.validation import validate_data
+from orchestration.settings import Settings
 
 from .conftest import Cluster, pipeline, wait_until
 
@@ -42,8 +42,9 @@ def worker_with(secret_cluster):
     started = []
 
     def start(env: dict[str, str] | None = None, concurrency: int = 2):
-        worker = secret_cluster.start_worker(hostname=f"policy{len(secret_cluster.workers)}", env=env,
-                                             concurrency=concurrency)
+        worker = secret_cluster.start_worker(
+            hostname=f"policy{len(secret_cluster.workers)}", env=env, concurrency=concurrency
+        )
         started.append(worker)
         return worker
 
@@ -61,15 +62,24 @@ def _everything_a_user_sees(cluster: Cluster, run_id: str) -> str:
 def test_a_shell_stage_does_not_see_the_workers_redis_password(secret_cluster, worker_with):
     worker_with()
     assert PASSWORD in os.environ.get("CHORDFLOW_REDIS_URL", "") or PASSWORD in secret_cluster.server.url
-    result = secret_cluster.run(pipeline(
-        "no-secrets",
-        {"id": "printenv", "run": ["printenv", "CHORDFLOW_REDIS_URL"], "critical": False,
-         "retry": {"max_attempts": 1}},
-        {"id": "dump", "run": ["env"]},
-        {"id": "ours", "run": ["printenv", "CHORDFLOW_RUN_ID", "CHORDFLOW_STAGE_ID", "MINE"],
-         "env": {"MINE": "given"}},
-        fail_fast=False,
-    ))
+    result = secret_cluster.run(
+        pipeline(
+            "no-secrets",
+            {
+                "id": "printenv",
+                "run": ["printenv", "CHORDFLOW_REDIS_URL"],
+                "critical": False,
+                "retry": {"max_attempts": 1},
+            },
+            {"id": "dump", "run": ["env"]},
+            {
+                "id": "ours",
+                "run": ["printenv", "CHORDFLOW_RUN_ID", "CHORDFLOW_STAGE_ID", "MINE"],
+                "env": {"MINE": "given"},
+            },
+            fail_fast=False,
+        )
+    )
     stages = result.stage_results
     assert stages["printenv"]["state"] == "failed"  # printenv: no such variable, exit 1
     assert stages["printenv"]["error"]["exit_code"] == 1
@@ -81,10 +91,16 @@ def test_a_shell_stage_does_not_see_the_workers_redis_password(secret_cluster, w
 
 def test_a_worker_with_shell_disabled_fails_the_stage_with_a_clear_error(secret_cluster, worker_with):
     worker_with({"CHORDFLOW_SHELL_ENABLED": "false"})
-    result = secret_cluster.run(pipeline(
-        "shell-off", {"id": "leak", "run": ["printenv", "CHORDFLOW_REDIS_URL"],
-                      "retry": {"max_attempts": 3, "backoff": "fixed", "delay": 0.1}},
-    ))
+    result = secret_cluster.run(
+        pipeline(
+            "shell-off",
+            {
+                "id": "leak",
+                "run": ["printenv", "CHORDFLOW_REDIS_URL"],
+                "retry": {"max_attempts": 3, "backoff": "fixed", "delay": 0.1},
+            },
+        )
+    )
     assert result.status == "failed"
     stage = result.stage_results["leak"]
     assert stage["attempts"] == 1  # a policy refusal is not retried
@@ -96,13 +112,15 @@ def test_a_worker_with_shell_disabled_fails_the_stage_with_a_clear_error(secret_
 
 def test_a_worker_with_an_allowlist_runs_only_those_programs(secret_cluster, worker_with):
     worker_with({"CHORDFLOW_SHELL_ALLOW": json.dumps(["echo", shutil.which("true")])})
-    result = secret_cluster.run(pipeline(
-        "shell-allow",
-        {"id": "ok", "run": ["echo", "allowed"]},
-        {"id": "ok_path", "run": [shutil.which("true")]},
-        {"id": "no", "run": ["sh", "-c", "echo not allowed"], "critical": False},
-        fail_fast=False,
-    ))
+    result = secret_cluster.run(
+        pipeline(
+            "shell-allow",
+            {"id": "ok", "run": ["echo", "allowed"]},
+            {"id": "ok_path", "run": [shutil.which("true")]},
+            {"id": "no", "run": ["sh", "-c", "echo not allowed"], "critical": False},
+            fail_fast=False,
+        )
+    )
     stages = result.stage_results
     assert stages["ok"]["output"]["stdout"] == "allowed"
     assert stages["ok_path"]["state"] == "succeeded"
@@ -112,17 +130,30 @@ def test_a_worker_with_an_allowlist_runs_only_those_programs(secret_cluster, wor
 
 
 def test_output_logs_and_context_values_are_capped(secret_cluster, worker_with):
-    worker_with({"CHORDFLOW_SHELL_OUTPUT_TAIL_LINES": "20", "CHORDFLOW_LOG_LINES_CAP": "30",
-                 "CHORDFLOW_CONTEXT_VALUE_CAP_BYTES": "1000"})
-    result = secret_cluster.run(pipeline(
-        "caps",
-        {"id": "seq", "run": ["seq", "1", "300000"]},
-        {"id": "yes", "run": ["yes"], "timeout": 2, "retry": {"max_attempts": 1}, "critical": False},
-        {"id": "chatty", "uses": "test.chatty", "params": {"lines": 500}},
-        {"id": "big_ctx", "uses": "test.context_writer", "params": {"key": "blob", "value": "x" * 5000},
-         "critical": False, "retry": {"max_attempts": 2, "backoff": "fixed", "delay": 0.1}},
-        fail_fast=False,
-    ), timeout=90)
+    worker_with(
+        {
+            "CHORDFLOW_SHELL_OUTPUT_TAIL_LINES": "20",
+            "CHORDFLOW_LOG_LINES_CAP": "30",
+            "CHORDFLOW_CONTEXT_VALUE_CAP_BYTES": "1000",
+        }
+    )
+    result = secret_cluster.run(
+        pipeline(
+            "caps",
+            {"id": "seq", "run": ["seq", "1", "300000"]},
+            {"id": "yes", "run": ["yes"], "timeout": 2, "retry": {"max_attempts": 1}, "critical": False},
+            {"id": "chatty", "uses": "test.chatty", "params": {"lines": 500}},
+            {
+                "id": "big_ctx",
+                "uses": "test.context_writer",
+                "params": {"key": "blob", "value": "x" * 5000},
+                "critical": False,
+                "retry": {"max_attempts": 2, "backoff": "fixed", "delay": 0.1},
+            },
+            fail_fast=False,
+        ),
+        timeout=90,
+    )
     stages = result.stage_results
     seq = stages["seq"]["output"]
     assert seq["stdout"].splitlines() == [str(i) for i in range(299981, 300001)]
@@ -157,7 +188,9 @@ def _gone(pid: int) -> bool:
 def test_cancel_kills_the_shell_command_of_a_running_attempt(secret_cluster, worker_with, tmp_path):
     worker_with()
     pid_file = tmp_path / "child.pid"
-    spec_data = pipeline("cancel-shell", {"id": "long", "run": ["sh", "-c", f"echo $$ > {pid_file}; exec sleep 300"]})
+    spec_data = pipeline(
+        "cancel-shell", {"id": "long", "run": ["sh", "-c", f"echo $$ > {pid_file}; exec sleep 300"]}
+    )
     handle = secret_cluster.client.submit(validate_data(spec_data))
     wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), timeout=30)
     pid = int(pid_file.read_text())
@@ -173,13 +206,17 @@ def test_cancel_kills_the_shell_command_of_a_running_attempt(secret_cluster, wor
     assert _gone(pid)
 
 
-def test_a_fan_out_over_more_items_than_the_fleet_allows_fails_with_a_clear_error(secret_cluster, worker_with):
+def test_a_fan_out_over_more_items_than_the_fleet_allows_fails_with_a_clear_error(
+    secret_cluster, worker_with
+):
     worker_with({"CHORDFLOW_MAX_FANOUT_ITEMS": "5"})
-    result = secret_cluster.run(pipeline(
-        "too-many-items",
-        {"id": "src", "uses": "noop", "params": {"output": list(range(6))}},
-        {"id": "each", "uses": "noop", "needs": ["src"], "for_each": "src"},
-    ))
+    result = secret_cluster.run(
+        pipeline(
+            "too-many-items",
+            {"id": "src", "uses": "noop", "params": {"output": list(range(6))}},
+            {"id": "each", "uses": "noop", "needs": ["src"], "for_each": "src"},
+        )
+    )
     assert result.status == "failed"
     error = result.stage_results["each"]["error"]
     assert error["type"] == "FanOutError" and "the limit is 5" in error["message"]
@@ -190,12 +227,14 @@ def test_a_condition_that_would_run_forever_fails_within_its_step_budget(secret_
     worker_with()
     started = time.monotonic()
     # Built so that validation's static checks pass; the run-time budget stops it.
-    result = secret_cluster.run(pipeline(
-        "slow-condition",
-        {"id": "src", "uses": "noop", "params": {"output": list(range(10_000))}},
-        {"id": "c", "uses": "noop", "needs": ["src"],
-         "when": "len(str([outputs.src] * 100)) > 0"},
-    ), timeout=60)
+    result = secret_cluster.run(
+        pipeline(
+            "slow-condition",
+            {"id": "src", "uses": "noop", "params": {"output": list(range(10_000))}},
+            {"id": "c", "uses": "noop", "needs": ["src"], "when": "len(str([outputs.src] * 100)) > 0"},
+        ),
+        timeout=60,
+    )
     assert time.monotonic() - started < 30
     assert result.status == "failed"
     error = result.stage_results["c"]["error"]

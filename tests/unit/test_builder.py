@@ -9,10 +9,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orchestration.language.builder import Pipeline, dump
 from orchestration.cli.files import available_templates
 from orchestration.errors import InvalidPipeline
 from orchestration.graph.resolve import resolve
+from orchestration.language.builder import Pipeline, dump
 from orchestration.language.spec import PipelineSpec, Resources, RetryPolicy
 from orchestration.language.validation import load_pipeline
 
@@ -68,8 +68,9 @@ def test_order_based_file_round_trips_to_the_same_plan():
 def test_retry_fields_set_to_their_default_survive():
     # max_attempts: 1 and backoff: exponential equal the model defaults; dropping them
     # (exclude_defaults) would let defaults.retry's 5 attempts and fixed backoff win.
-    pipeline = (Pipeline("p", defaults={"retry": {"max_attempts": 5, "backoff": "fixed"}})
-                .add("a", "noop", retry={"max_attempts": 1, "backoff": "exponential"}))
+    pipeline = Pipeline("p", defaults={"retry": {"max_attempts": 5, "backoff": "fixed"}}).add(
+        "a", "noop", retry={"max_attempts": 1, "backoff": "exponential"}
+    )
     again = Pipeline.from_text(pipeline.to_yaml(), env=NO_ENV).spec
     node = resolve(again).node("a")
     assert node.retry == {"max_attempts": 1, "backoff": "exponential"}
@@ -77,41 +78,84 @@ def test_retry_fields_set_to_their_default_survive():
 
 
 def test_strings_that_look_like_other_things_stay_strings():
-    tricky = ["1e-3", "2024-01-01", "true", "yes", "on", "null", "~", "", "0x10", "1:30", "010", "<<", "=",
-              "${HOME}", "$${HOME}", "a ${X:-y} b", "- item", "key: value", "#comment", "'quoted'",
-              "line\nbreak", " padded ", "\ttab", "ünïcödé ✓", "\u2028", "\x85"]
+    tricky = [
+        "1e-3",
+        "2024-01-01",
+        "true",
+        "yes",
+        "on",
+        "null",
+        "~",
+        "",
+        "0x10",
+        "1:30",
+        "010",
+        "<<",
+        "=",
+        "${HOME}",
+        "$${HOME}",
+        "a ${X:-y} b",
+        "- item",
+        "key: value",
+        "#comment",
+        "'quoted'",
+        "line\nbreak",
+        " padded ",
+        "\ttab",
+        "ünïcödé ✓",
+        "\u2028",
+        "\x85",
+    ]
     pipeline = Pipeline("tricky", variables={f"v{i}": t for i, t in enumerate(tricky)})
-    pipeline.add("a", "noop", params={t: t for t in tricky}, run=["echo", *tricky],
-                 when="variables.v0 == '${not interpolated}'")
+    pipeline.add(
+        "a",
+        "noop",
+        params={t: t for t in tricky},
+        run=["echo", *tricky],
+        when="variables.v0 == '${not interpolated}'",
+    )
     spec = pipeline.spec
     assert spec.stage("a").params["${HOME}"] == "${HOME}"  # a builder's strings are literal
     round_trips(spec)
 
 
 def test_builder_matches_the_same_pipeline_written_as_a_file():
-    built = (Pipeline("docs", version="1")
-             .add("ingest", "docs.ingest", params={"source": "./documents"})
-             .add("parse", "docs.parse", needs=["ingest"], for_each="ingest")
-             .add("embed", "docs.embed", needs="parse", resources=Resources(gpu=1),
-                  retry=RetryPolicy(max_attempts=2), timeout="5m"))
-    from_file = Pipeline.from_text("""
+    built = (
+        Pipeline("docs", version="1")
+        .add("ingest", "docs.ingest", params={"source": "./documents"})
+        .add("parse", "docs.parse", needs=["ingest"], for_each="ingest")
+        .add(
+            "embed",
+            "docs.embed",
+            needs="parse",
+            resources=Resources(gpu=1),
+            retry=RetryPolicy(max_attempts=2),
+            timeout="5m",
+        )
+    )
+    from_file = Pipeline.from_text(
+        """
 name: docs
 version: "1"
 stages:
   - {id: ingest, uses: docs.ingest, params: {source: ./documents}}
   - {id: parse, uses: docs.parse, needs: [ingest], for_each: ingest}
   - {id: embed, uses: docs.embed, needs: [parse], resources: {gpu: 1}, retry: {max_attempts: 2}, timeout: 5m}
-""", env=NO_ENV)
+""",
+        env=NO_ENV,
+    )
     assert_same(built.spec, from_file.spec)
     assert resolve(built.spec).node("embed").queue == "gpu"
 
 
 def test_builder_reports_every_problem_at_once():
-    pipeline = (Pipeline("bad")
-                .add("a", "noop", needs=["c"])
-                .add("b", "noop", needs=["a", "ghost"])
-                .add("c", "noop", needs=["b"], timeout="5 parsecs")
-                .add("d", "noop", retyr=3))
+    pipeline = (
+        Pipeline("bad")
+        .add("a", "noop", needs=["c"])
+        .add("b", "noop", needs=["a", "ghost"])
+        .add("c", "noop", needs=["b"], timeout="5 parsecs")
+        .add("d", "noop", retyr=3)
+    )
     with pytest.raises(InvalidPipeline) as caught:
         _ = pipeline.spec
     text = [str(p) for p in caught.value.problems]
@@ -146,19 +190,34 @@ def test_save_chooses_the_format_by_suffix(tmp_path):
 ids = st.from_regex(r"[a-z][a-z0-9_]{0,6}", fullmatch=True)
 names = st.from_regex(r"[a-z][a-z0-9]{0,5}", fullmatch=True)
 texts = st.text(max_size=12)
-scalars = (st.none() | st.booleans() | st.integers(-(2**53), 2**53)
-           | st.floats(allow_nan=False, allow_infinity=False) | texts)
-values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3)
-                      | st.dictionaries(texts, inner, max_size=3), max_leaves=8)
-durations = (st.floats(0, 1e6, allow_nan=False) | st.integers(0, 10**6)
-             | st.builds(lambda n, u: f"{n}{u}", st.integers(0, 30), st.sampled_from(["ms", "s", "m", "h", "d"])))
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53), 2**53)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | texts
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(texts, inner, max_size=3),
+    max_leaves=8,
+)
+durations = (
+    st.floats(0, 1e6, allow_nan=False)
+    | st.integers(0, 10**6)
+    | st.builds(lambda n, u: f"{n}{u}", st.integers(0, 30), st.sampled_from(["ms", "s", "m", "h", "d"]))
+)
 
 
 @st.composite
 def policies(draw):
     fields = {
-        "max_attempts": st.integers(1, 10), "backoff": st.sampled_from(["fixed", "linear", "exponential"]),
-        "delay": durations, "multiplier": st.floats(0.1, 10), "max_delay": durations, "jitter": st.booleans(),
+        "max_attempts": st.integers(1, 10),
+        "backoff": st.sampled_from(["fixed", "linear", "exponential"]),
+        "delay": durations,
+        "multiplier": st.floats(0.1, 10),
+        "max_delay": durations,
+        "jitter": st.booleans(),
         "retry_on": st.lists(st.sampled_from(["OSError", "TimeoutError", "KeyError"]), max_size=2),
         "give_up_on": st.lists(st.sampled_from(["ValueError", "TypeError"]), max_size=2),
     }
@@ -183,12 +242,18 @@ def builders(draw):
     if named:
         top["retry_policies"] = named
     if draw(st.booleans()):
-        top["defaults"] = {k: v for k, v in {
-            "retry": draw(st.none() | policies() | (st.sampled_from(sorted(named)) if named else st.none())),
-            "timeout": draw(st.none() | durations),
-            "queue": draw(st.none() | st.sampled_from(["cpu", "gpu", "highmem"])),
-            "estimate": draw(st.none() | durations),
-        }.items() if v is not None}
+        top["defaults"] = {
+            k: v
+            for k, v in {
+                "retry": draw(
+                    st.none() | policies() | (st.sampled_from(sorted(named)) if named else st.none())
+                ),
+                "timeout": draw(st.none() | durations),
+                "queue": draw(st.none() | st.sampled_from(["cpu", "gpu", "highmem"])),
+                "estimate": draw(st.none() | durations),
+            }.items()
+            if v is not None
+        }
     if draw(st.booleans()):
         top["fail_fast"] = draw(st.booleans())
     if draw(st.booleans()):
@@ -218,36 +283,55 @@ def builders(draw):
         if draw(st.booleans()):
             fields["retry"] = draw(policies() | (st.sampled_from(sorted(named)) if named else policies()))
         if draw(st.booleans()):
-            fields["resources"] = draw(st.fixed_dictionaries(
-                {}, optional={"cpu": st.integers(1, 64), "memory_gb": st.floats(0.5, 512), "gpu": st.integers(0, 4)}))
+            fields["resources"] = draw(
+                st.fixed_dictionaries(
+                    {},
+                    optional={
+                        "cpu": st.integers(1, 64),
+                        "memory_gb": st.floats(0.5, 512),
+                        "gpu": st.integers(0, 4),
+                    },
+                )
+            )
         if draw(st.booleans()):
             fields["queue"] = draw(st.sampled_from(["cpu", "gpu", "highmem"]))
         if draw(st.booleans()):
-            fields["when"] = draw(st.sampled_from(
-                [f"outputs[{draw(st.sampled_from(stage_ids))!r}] is not null", "true",
-                 "len(outputs) >= 0 and not false"]
-                + [f"variables.{v} == 1" for v in variables]))
+            fields["when"] = draw(
+                st.sampled_from(
+                    [
+                        f"outputs[{draw(st.sampled_from(stage_ids))!r}] is not null",
+                        "true",
+                        "len(outputs) >= 0 and not false",
+                    ]
+                    + [f"variables.{v} == 1" for v in variables]
+                )
+            )
         if draw(st.booleans()):
             fields["critical"] = draw(st.booleans())
         if draw(st.booleans()):
-            fields["fallback"] = draw(st.sampled_from(
-                ["last_success", {"uses": "noop"}, {"output": None}, {"output": {"rows": []}}]))
+            fields["fallback"] = draw(
+                st.sampled_from(
+                    ["last_success", {"uses": "noop"}, {"output": None}, {"output": {"rows": []}}]
+                )
+            )
         if draw(st.booleans()):
             fields["cache"] = draw(st.just({}) | st.builds(lambda t: {"ttl": t}, durations))
         if draw(st.booleans()):
             fields["estimate"] = draw(durations)
         fan = draw(st.sampled_from(["none", "matrix", "for_each"] if needs else ["none", "matrix"]))
         if fan == "matrix":
-            fields["matrix"] = draw(st.dictionaries(names, st.lists(scalars, min_size=1, max_size=3),
-                                                    min_size=1, max_size=2))
+            fields["matrix"] = draw(
+                st.dictionaries(names, st.lists(scalars, min_size=1, max_size=3), min_size=1, max_size=2)
+            )
         elif fan == "for_each":
             fields["for_each"] = draw(st.sampled_from(needs))
         if fan != "none" and draw(st.booleans()):
             fields["max_concurrency"] = draw(st.integers(1, 64))
         if index == len(stage_ids) - 1 and index and draw(st.booleans()):
             fields["enabled"] = False  # nothing needs the last stage, so dropping it is always valid
-        pipeline.add(sid, draw(st.none() | st.sampled_from(["noop", "sleep", "shell", "team.stages:fn"])),
-                     **fields)
+        pipeline.add(
+            sid, draw(st.none() | st.sampled_from(["noop", "sleep", "shell", "team.stages:fn"])), **fields
+        )
     return pipeline
 
 

@@ -72,8 +72,12 @@ def test_design_example_validates_and_lists_unverified_types():
     result = run("validate", MARKET_EXAMPLE)
     assert result.exit_code == 0, result.output
     assert "ok: 5 stages" in result.stdout
-    for type_name in ("market.stages:fetch_data", "market.stages:compute_metrics", "market.stages:train",
-                      "market.stages:report"):
+    for type_name in (
+        "market.stages:fetch_data",
+        "market.stages:compute_metrics",
+        "market.stages:train",
+        "market.stages:report",
+    ):
         assert type_name in result.stdout
     assert "  shell " not in result.stdout  # built in, so verified
 
@@ -86,7 +90,10 @@ def test_design_example_plan_routes_by_resources_and_marks_a_correct_critical_pa
     assert stages["train"]["queue"] == "gpu"
     assert stages["train"]["matrix_instances"] == 4
     assert {sid: s["queue"] for sid, s in stages.items() if sid not in ("metrics", "train")} == {
-        "data": "cpu", "scenarios": "cpu", "report": "cpu"}
+        "data": "cpu",
+        "scenarios": "cpu",
+        "report": "cpu",
+    }
     assert stages["metrics"]["for_each"] == "scenarios"
     assert stages["scenarios"]["timeout_s"] == 600 and stages["data"]["timeout_s"] == 3600
     assert stages["data"]["retry"]["max_attempts"] == 5 and stages["data"]["retry"]["jitter"] is True
@@ -105,7 +112,9 @@ def test_plan_table_shows_order_queues_policies_and_makespan():
 
 
 def test_critical_path_of_a_branching_pipeline(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         name: branches
         stages:
           - {id: a, uses: noop, estimate: 1}
@@ -113,7 +122,8 @@ def test_critical_path_of_a_branching_pipeline(tmp_path):
           - {id: fast, uses: noop, needs: [a], estimate: 1}
           - {id: join, uses: noop, needs: [fast, slow], estimate: 1}
           - {id: side, uses: noop, estimate: 2}
-    """)
+    """,
+    )
     plan = run_json("plan", path)
     assert plan["critical_path"] == ["a", "slow", "join"]
     assert plan["makespan_s"] == 7
@@ -128,7 +138,13 @@ def test_order_based_file_plans_as_a_chain_by_order():
     plan = run_json("plan", ORDER_BASED)
     stages = {s["id"]: s for s in plan["stages"]}
     assert "legacy_export" not in stages  # enabled: false
-    assert [s["id"] for s in plan["stages"]] == ["setup", "validate_input", "fetch_prices", "compute", "notify"]
+    assert [s["id"] for s in plan["stages"]] == [
+        "setup",
+        "validate_input",
+        "fetch_prices",
+        "compute",
+        "notify",
+    ]
     assert stages["validate_input"]["level"] == stages["fetch_prices"]["level"] == 1  # equal order: parallel
     assert stages["validate_input"]["needs"] == stages["fetch_prices"]["needs"] == ["setup"]
     assert stages["compute"]["needs"] == ["validate_input", "fetch_prices"]
@@ -142,7 +158,9 @@ def test_order_based_file_plans_as_a_chain_by_order():
 
 
 def test_order_not_file_position_decides(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         name: shuffled
         stages:
           - {id: last, uses: noop, order: 30}
@@ -150,7 +168,8 @@ def test_order_not_file_position_decides(tmp_path):
           - {id: off, uses: noop, order: 15, enabled: false}
           - {id: middle_a, uses: noop, order: 20}
           - {id: middle_b, uses: noop, order: 20}
-    """)
+    """,
+    )
     stages = {s["id"]: s for s in run_json("plan", path)["stages"]}
     assert set(stages) == {"first", "middle_a", "middle_b", "last"}
     assert stages["middle_a"]["needs"] == stages["middle_b"]["needs"] == ["first"]
@@ -159,8 +178,6 @@ def test_order_not_file_position_decides(tmp_path):
 
 
 # --- reporting problems ------------------------------------------------------------------------
-
-
 
 
 def test_three_mistakes_are_all_reported_with_stage_and_line(tmp_path):
@@ -204,7 +221,9 @@ def test_json_output_of_an_invalid_file_lists_problems(tmp_path):
 
 
 def test_unknown_keys_get_did_you_mean(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         name: typos
         varaibles: {mode: weekly}
         stages:
@@ -214,7 +233,8 @@ def test_unknown_keys_get_did_you_mean(tmp_path):
             timout: 5m
           - id: b
             uses: noop
-    """)
+    """,
+    )
     result = run("validate", path)
     assert result.exit_code == 2
     out = result.output
@@ -224,7 +244,9 @@ def test_unknown_keys_get_did_you_mean(tmp_path):
 
 
 def test_every_cycle_is_printed_as_a_path(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         name: two-cycles
         stages:
           - {id: a, uses: noop, needs: [b]}
@@ -233,7 +255,8 @@ def test_every_cycle_is_printed_as_a_path(tmp_path):
           - {id: x, uses: noop, needs: [z]}
           - {id: y, uses: noop, needs: [x]}
           - {id: z, uses: noop, needs: [y, ok]}
-    """)
+    """,
+    )
     result = run("validate", path)
     assert result.exit_code == 2
     cycles = [line for line in result.output.splitlines() if "dependency cycle" in line]
@@ -243,12 +266,15 @@ def test_every_cycle_is_printed_as_a_path(tmp_path):
 
 
 def test_set_overrides_variables(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         name: routed
         variables: {lane: cpu}
         stages:
           - {id: a, uses: noop, queue: "${lane}"}
-    """)
+    """,
+    )
     assert run_json("plan", path)["stages"][0]["queue"] == "cpu"
     assert run_json("plan", path, "--set", "lane=gpu")["stages"][0]["queue"] == "gpu"
     result = run("plan", path, "--set", "lane=nowhere")
@@ -263,11 +289,14 @@ def test_select_and_only(tmp_path):
 
 
 def test_problem_text_with_brackets_is_printed_verbatim(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         name: markup
         stages:
           - {id: a, uses: noop, needs: "[bold]b[/bold]"}
-    """)
+    """,
+    )
     result = run("validate", path)
     assert result.exit_code == 2
     assert "needs '[bold]b[/bold]'" in result.output
@@ -297,10 +326,19 @@ HOSTILE = {
     "50-megabytes": (_huge, "the limit is 10 MiB"),
     "deep-nesting": (lambda: "name: deep\nstages: " + "[" * 10_000 + "]" * 10_000 + "\n", "nested more than"),
     "non-utf8": (lambda: b"name: bad\nstages:\n  - id: a\n    uses: \xff\xfe\n", "not UTF-8"),
-    "python-tag": (lambda: "name: evil\nstages:\n  - id: a\n    uses: noop\n"
-                   "    params: !!python/object/apply:os.system ['x']\n", "is not allowed"),
-    "code-in-condition": (lambda: "name: evil\nstages:\n  - id: a\n    uses: noop\n"
-                          "    when: \"__import__('os').system('x')\"\n", "__import__"),
+    "python-tag": (
+        lambda: (
+            "name: evil\nstages:\n  - id: a\n    uses: noop\n"
+            "    params: !!python/object/apply:os.system ['x']\n"
+        ),
+        "is not allowed",
+    ),
+    "code-in-condition": (
+        lambda: (
+            "name: evil\nstages:\n  - id: a\n    uses: noop\n    when: \"__import__('os').system('x')\"\n"
+        ),
+        "__import__",
+    ),
 }
 
 
@@ -314,8 +352,15 @@ def test_hostile_file_is_refused_quickly_and_cleanly(tmp_path, kind):
         content = make()
         path.write_bytes(content if isinstance(content, bytes) else content.encode())
     marker = tmp_path / "x"  # what os.system('x') would have needed to run
-    proc = subprocess.run([sys.executable, "-m", "orchestration", "validate", str(path)],
-                          check=False, capture_output=True, text=True, timeout=10, cwd=tmp_path, env=ENV)
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestration", "validate", str(path)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=10,
+        cwd=tmp_path,
+        env=ENV,
+    )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 2, output
     assert "Traceback" not in output
@@ -325,8 +370,15 @@ def test_hostile_file_is_refused_quickly_and_cleanly(tmp_path, kind):
 
 
 def test_console_script_entry_runs_as_a_module():
-    proc = subprocess.run([sys.executable, "-m", "orchestration", "validate", str(MARKET_EXAMPLE)],
-                          check=False, capture_output=True, text=True, timeout=30, cwd=REPO, env=ENV)
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestration", "validate", str(MARKET_EXAMPLE)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+        env=ENV,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "ok: 5 stages" in proc.stdout
 
@@ -370,7 +422,7 @@ def test_templates_have_the_design_shapes():
     daily = run_json("plan", TEMPLATES["daily-chain"][1])
     assert [s["id"] for s in daily["stages"]] == ["data", "scenarios", "metrics", "assessment"]
     assert all(s["level"] == i for i, s in enumerate(daily["stages"]))
-    assert "schedule: \"0 19 * * *\"" in TEMPLATES["daily-chain"][1].read_text()
+    assert 'schedule: "0 19 * * *"' in TEMPLATES["daily-chain"][1].read_text()
 
     dag = {s["id"]: s for s in run_json("plan", TEMPLATES["analysis-dag"][1])["stages"]}
     fan = [s for s in dag.values() if s["for_each"]]
@@ -379,7 +431,14 @@ def test_templates_have_the_design_shapes():
     assert len({s["level"] for s in dag.values()}) < len(dag)  # parallel branches
 
     docs = run_json("plan", TEMPLATES["document-processing"][1])
-    assert [s["id"] for s in docs["stages"]] == ["ingest", "parse", "normalize", "extract", "embed", "build_graph"]
+    assert [s["id"] for s in docs["stages"]] == [
+        "ingest",
+        "parse",
+        "normalize",
+        "extract",
+        "embed",
+        "build_graph",
+    ]
     assert {s["id"]: s["queue"] for s in docs["stages"]}["embed"] == "gpu"
 
     playbook = run_json("plan", TEMPLATES["script-playbook"][1])["stages"]
@@ -424,14 +483,21 @@ def test_graph_of_an_invalid_file_exits_2(tmp_path):
     assert result.exit_code == 2 and "Traceback" not in result.output
 
 
-@pytest.mark.parametrize("policy, text", [
-    (RetryPolicy(), "none"),
-    (RetryPolicy(max_attempts=3, backoff="exponential", delay=2, max_delay=60), "3× exponential 2s→1m"),
-    (RetryPolicy(max_attempts=3, delay=2), "3× exponential 2s ×2"),
-    (RetryPolicy(max_attempts=2, backoff="fixed", delay=5), "2× fixed 5s"),
-    (RetryPolicy(max_attempts=4, backoff="linear", delay=1, max_delay=10, jitter=True, retry_on=["OSError"]),
-     "4× linear 1s→10s jitter on OSError"),
-])
+@pytest.mark.parametrize(
+    "policy, text",
+    [
+        (RetryPolicy(), "none"),
+        (RetryPolicy(max_attempts=3, backoff="exponential", delay=2, max_delay=60), "3× exponential 2s→1m"),
+        (RetryPolicy(max_attempts=3, delay=2), "3× exponential 2s ×2"),
+        (RetryPolicy(max_attempts=2, backoff="fixed", delay=5), "2× fixed 5s"),
+        (
+            RetryPolicy(
+                max_attempts=4, backoff="linear", delay=1, max_delay=10, jitter=True, retry_on=["OSError"]
+            ),
+            "4× linear 1s→10s jitter on OSError",
+        ),
+    ],
+)
 def test_retry_policies_are_described(policy, text):
     assert describe_retry(policy) == text
 

@@ -8,10 +8,10 @@ from importlib import resources
 
 import pytest
 
-from orchestration.errors import CommitRefused, FailStage, OutputTooLarge, RedisRefusedWrite, RetryStage
 from orchestration.engine.retries import Verdict, decide
-from orchestration.language.spec import RetryPolicy
 from orchestration.engine.states import KEPT_ON_RETRY, TERMINAL, RunStatus, State, lua_prelude
+from orchestration.errors import CommitRefused, FailStage, OutputTooLarge, RedisRefusedWrite, RetryStage
+from orchestration.language.spec import RetryPolicy
 
 THREE = RetryPolicy(max_attempts=3, backoff="fixed", delay=2)
 
@@ -31,8 +31,9 @@ def test_without_a_fallback_the_stage_fails_and_a_critical_one_cascades(critical
     assert decide(THREE, ValueError("x"), 3, has_fallback=False, critical=critical).verdict is verdict
 
 
-@pytest.mark.parametrize("exc", [FailStage("no"), CommitRefused("rows is not a number"),
-                                 OutputTooLarge("r", "s", 10, 1)])
+@pytest.mark.parametrize(
+    "exc", [FailStage("no"), CommitRefused("rows is not a number"), OutputTooLarge("r", "s", 10, 1)]
+)
 def test_errors_that_never_retry(exc):
     d = decide(THREE, exc, 1, has_fallback=False, critical=True)
     assert d.verdict is Verdict.FAIL_AND_CASCADE and not d.retryable
@@ -42,15 +43,21 @@ def test_retry_stage_retries_whatever_retry_on_says_with_its_own_delay():
     policy = RetryPolicy(max_attempts=2, retry_on=["ConnectionError"])
     d = decide(policy, RetryStage("again", delay_s=0.5), 1, has_fallback=False, critical=True)
     assert (d.verdict, d.delay_s) == (Verdict.RETRY, 0.5)
-    assert decide(policy, RetryStage("again"), 2, has_fallback=False, critical=True).verdict \
+    assert (
+        decide(policy, RetryStage("again"), 2, has_fallback=False, critical=True).verdict
         is Verdict.FAIL_AND_CASCADE
+    )
 
 
 def test_retry_on_and_give_up_on_decide_by_class_name():
     policy = RetryPolicy(max_attempts=5, retry_on=["ConnectionError"], give_up_on=["ConnectionRefusedError"])
-    assert decide(policy, ConnectionResetError(), 1, has_fallback=False, critical=True).verdict is Verdict.RETRY
-    assert decide(policy, ConnectionRefusedError(), 1, has_fallback=False, critical=True).verdict \
+    assert (
+        decide(policy, ConnectionResetError(), 1, has_fallback=False, critical=True).verdict is Verdict.RETRY
+    )
+    assert (
+        decide(policy, ConnectionRefusedError(), 1, has_fallback=False, critical=True).verdict
         is Verdict.FAIL_AND_CASCADE
+    )
     assert decide(policy, KeyError("k"), 1, has_fallback=False, critical=False).verdict is Verdict.FAIL
 
 
@@ -58,8 +65,10 @@ def test_redis_refusing_a_write_is_retried_by_policy_like_any_error():
     exc = RedisRefusedWrite("OOM command not allowed when used memory > 'maxmemory'")
     assert "out of memory" in str(exc)
     assert decide(THREE, exc, 1, has_fallback=False, critical=True).verdict is Verdict.RETRY
-    assert decide(RetryPolicy(max_attempts=1), exc, 1, has_fallback=False, critical=True).verdict \
+    assert (
+        decide(RetryPolicy(max_attempts=1), exc, 1, has_fallback=False, critical=True).verdict
         is Verdict.FAIL_AND_CASCADE
+    )
 
 
 def test_jitter_draws_within_the_policy_bounds():
@@ -81,7 +90,15 @@ def test_no_script_spells_a_state_by_hand():
     """Scripts use S.X / R.X from the prelude, so a state's name lives only in states.py."""
     lua = resources.files("orchestration.engine").joinpath("lua")
     names = "|".join(s.value for s in State)
-    for script in ("begin.lua", "finish.lua", "retry.lua", "renew.lua", "fanout.lua", "reopen.lua", "control.lua"):
+    for script in (
+        "begin.lua",
+        "finish.lua",
+        "retry.lua",
+        "renew.lua",
+        "fanout.lua",
+        "reopen.lua",
+        "control.lua",
+    ):
         text = lua.joinpath(script).read_text(encoding="utf-8")
         code = "\n".join(line.split("--")[0] for line in text.splitlines())
         assert not re.search(rf"'({names})'", code), script

@@ -21,9 +21,9 @@ def test_the_critical_row_says_a_failed_non_critical_stages_dependents_run():
     when_false = re.split(r"`true`:", meaning, maxsplit=1)[0]
     assert "`false`" in when_false
     assert "dependents still run" in when_false
-    assert "`null`" in when_false                       # what they read as its output
-    assert "does not fail" in when_false                # the run
-    assert "status" in when_false and "failed" in when_false   # status shows it failed, with its error
+    assert "`null`" in when_false  # what they read as its output
+    assert "does not fail" in when_false  # the run
+    assert "status" in when_false and "failed" in when_false  # status shows it failed, with its error
     assert "upstream_failed" not in when_false
     assert "continue_on_error" in when_false
 

@@ -7,13 +7,13 @@ import time
 
 import pytest
 
-from orchestration.language import expressions
 from orchestration.errors import InvalidPipeline
-from orchestration.language.loader import parse_override
 from orchestration.graph.resolve import resolve
-from orchestration.settings import Settings
+from orchestration.language import expressions
+from orchestration.language.loader import parse_override
 from orchestration.language.spec import Limits, PipelineSpec
 from orchestration.language.validation import load_pipeline_text, validate_data
+from orchestration.settings import Settings
 
 
 def problems(data, **kwargs) -> str:
@@ -39,8 +39,11 @@ def test_limits_default_to_the_settings_defaults():
 
 
 def test_a_variable_never_adds_an_argument():
-    spec = load_pipeline_text('name: p\nstages:\n  - id: a\n    run: "touch out-${name}"\n',
-                              overrides={"name": "x INJECTED"}, env={})
+    spec = load_pipeline_text(
+        'name: p\nstages:\n  - id: a\n    run: "touch out-${name}"\n',
+        overrides={"name": "x INJECTED"},
+        env={},
+    )
     assert resolve(spec).node("a").run == ("touch", "out-x INJECTED")
 
 
@@ -55,11 +58,16 @@ def test_matrix_instances_are_refused_before_expansion():
     message = problems(stage(matrix=axes))
     assert time.monotonic() - started < 2
     assert "max_matrix_instances" in message and "stage 'a'" in message
-    assert "max_matrix_instances" in problems(stage(matrix={"x": [1, 2, 3]}), limits=Limits(max_matrix_instances=2))
+    assert "max_matrix_instances" in problems(
+        stage(matrix={"x": [1, 2, 3]}), limits=Limits(max_matrix_instances=2)
+    )
 
 
 def test_stages_after_expansion_are_counted():
-    data = {"name": "p", "stages": [{"id": f"s{i}", "uses": "noop", "matrix": {"x": [1, 2, 3]}} for i in range(4)]}
+    data = {
+        "name": "p",
+        "stages": [{"id": f"s{i}", "uses": "noop", "matrix": {"x": [1, 2, 3]}} for i in range(4)],
+    }
     assert "12 stages once matrices are expanded" in problems(data, limits=Limits(max_stages=10))
     validate_data(data, limits=Limits(max_stages=12))
 
@@ -74,8 +82,16 @@ def test_max_concurrency_is_capped_by_max_fanout_items():
     assert "max_fanout_items" in problems(stage(matrix={"x": [1]}, max_concurrency=10**6))
 
 
-@pytest.mark.parametrize("condition", ["len(str([[1]*99999]*99999)) > 0", "'ab' * 1000000 == ''",
-                                       "[1] * variables.n == []", "2 ** 100 > 0", "99999999999999999999 > 0"])
+@pytest.mark.parametrize(
+    "condition",
+    [
+        "len(str([[1]*99999]*99999)) > 0",
+        "'ab' * 1000000 == ''",
+        "[1] * variables.n == []",
+        "2 ** 100 > 0",
+        "99999999999999999999 > 0",
+    ],
+)
 def test_conditions_that_allocate_without_bound_are_refused_at_validation(condition):
     data = stage(when=condition)
     data["variables"] = {"n": 3}
@@ -93,13 +109,16 @@ def test_condition_evaluation_is_bounded():
     with pytest.raises(ValueError, match="condition_max_steps"):
         expressions.evaluate("1 + 1 + 1 + 1 + 1 == 5", max_steps=3)
     assert time.monotonic() - started < 5
-    assert expressions.evaluate("outputs.a == [1, 2] and max(outputs.a) == 2 and '-' * 3 == '---'",
-                                outputs={"a": [1, 2]})
+    assert expressions.evaluate(
+        "outputs.a == [1, 2] and max(outputs.a) == 2 and '-' * 3 == '---'", outputs={"a": [1, 2]}
+    )
 
 
 def test_integers_beyond_max_integer_are_refused():
     assert "max_integer" in problems(stage(params={"n": [1, {"m": 2**60}]}))
-    message = text_problems("name: p\nstages:\n  - id: a\n    uses: noop\n    params: {n: " + "1" * 100_000 + "}\n")
+    message = text_problems(
+        "name: p\nstages:\n  - id: a\n    uses: noop\n    params: {n: " + "1" * 100_000 + "}\n"
+    )
     assert "100,000 digits" in message and "max_integer" in message and len(message) < 500
 
 
@@ -129,8 +148,9 @@ def test_numbers_where_text_is_expected_become_text():
     assert spec.stages[0].run == ("seq", "1", "0.5") and spec.stages[0].env == {"A": "1"}
 
 
-@pytest.mark.parametrize("fields", [{"run": ["seq", True]}, {"run": ["seq"], "env": {"A": None}},
-                                    {"run": ["seq", [1]]}])
+@pytest.mark.parametrize(
+    "fields", [{"run": ["seq", True]}, {"run": ["seq"], "env": {"A": None}}, {"run": ["seq", [1]]}]
+)
 def test_other_values_where_text_is_expected_are_problem_lines(fields):
     message = problems({"name": "p", "stages": [{"id": "a", **fields}]})
     assert "is not text" in message
@@ -147,7 +167,9 @@ def test_webhooks_only_http_and_https(url):
 
 
 def test_webhook_timeout_is_capped_and_include_takes_only_traceback():
-    assert "webhook_timeout_cap_s" in problems({**stage(), "webhooks": [{"url": "https://x/", "timeout": "1w"}]})
+    assert "webhook_timeout_cap_s" in problems(
+        {**stage(), "webhooks": [{"url": "https://x/", "timeout": "1w"}]}
+    )
     spec = validate_data({**stage(), "webhooks": [{"url": "https://x/", "include": ["traceback"]}]})
     assert spec.webhooks[0].include == ("traceback",)
     assert spec.model_copy().webhooks[0].include == ("traceback",)

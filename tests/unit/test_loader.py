@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orchestration.language import loader
 from orchestration.errors import InvalidPipeline, Problem
+from orchestration.language import loader
 from orchestration.language.loader import Document, load_document, load_text, parse_override
 
 PIPELINE = """\

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestration.language.builder import Pipeline
 from orchestration.graph.render import CRITICAL_COLOUR, STATE_COLOURS, to_dot, to_mermaid
 from orchestration.graph.resolve import resolve
+from orchestration.language.builder import Pipeline
 from orchestration.language.validation import load_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,16 +48,22 @@ def test_dot_has_every_stage_edge_fan_out_and_the_critical_path(market):
     assert text.startswith('digraph "market-weekly" {') and text.rstrip().endswith("}")
     names = node_names(text, market)
     edges = re.findall(r"^\s+(s\d+) -> (s\d+)( \[.*\])?;$", text, re.MULTILINE)
-    assert {(a, b) for a, b, _ in edges} == {(names[need], names[n.id]) for n in market.nodes for need in n.needs}
+    assert {(a, b) for a, b, _ in edges} == {
+        (names[need], names[n.id]) for n in market.nodes for need in n.needs
+    }
     assert re.search(r'label="train\\nmarket.stages:train\\nmatrix ×4".*peripheries=2', text)
     assert text.count("penwidth=3") == 5 + 4  # every node and edge of the chain
 
 
 def test_only_critical_edges_are_emphasised():
-    graph = resolve(Pipeline("p")
-                    .add("a", "noop", estimate=1).add("slow", "noop", needs="a", estimate=5)
-                    .add("fast", "noop", needs="a", estimate=1).add("join", "noop", needs=["fast", "slow"])
-                    .spec)
+    graph = resolve(
+        Pipeline("p")
+        .add("a", "noop", estimate=1)
+        .add("slow", "noop", needs="a", estimate=5)
+        .add("fast", "noop", needs="a", estimate=1)
+        .add("join", "noop", needs=["fast", "slow"])
+        .spec
+    )
     mermaid = to_mermaid(graph)
     names = node_names(mermaid, graph)
     assert f"{names['a']} ==> {names['slow']}" in mermaid
@@ -70,8 +76,13 @@ def test_only_critical_edges_are_emphasised():
 
 
 def test_nodes_are_coloured_by_state(market):
-    states = {"data": "succeeded", "scenarios": "succeeded", "metrics": "running", "train": "queued",
-              "report": "upstream_failed"}
+    states = {
+        "data": "succeeded",
+        "scenarios": "succeeded",
+        "metrics": "running",
+        "train": "queued",
+        "report": "upstream_failed",
+    }
     mermaid = to_mermaid(market, states)
     names = node_names(mermaid, market)
     assert f"classDef succeeded fill:{STATE_COLOURS['succeeded']}" in mermaid
@@ -84,8 +95,18 @@ def test_nodes_are_coloured_by_state(market):
 
 
 def test_every_state_has_its_own_colour():
-    expected = {"pending", "queued", "running", "retrying", "succeeded", "failed", "skipped", "cancelled",
-                "upstream_failed", "fallback"}
+    expected = {
+        "pending",
+        "queued",
+        "running",
+        "retrying",
+        "succeeded",
+        "failed",
+        "skipped",
+        "cancelled",
+        "upstream_failed",
+        "fallback",
+    }
     assert set(STATE_COLOURS) == expected
     assert len(set(STATE_COLOURS.values())) == len(expected)
 

@@ -21,20 +21,19 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from orchestration.cli import _common as cli_module
-from orchestration.engine import hooks
-from orchestration.engine import redis_url
-from orchestration.graph import render
 from orchestration.api import Client
+from orchestration.cli import _common as cli_module
 from orchestration.cli.main import cli
-from orchestration.fleet.embedded import RedisServer, free_port
-from orchestration.errors import RunNotFound
+from orchestration.engine import hooks, redis_url
 from orchestration.engine.hook_sender import HookSender
-from orchestration.graph.resolve import resolve
-from orchestration.settings import Settings
-from orchestration.language.spec import Webhook
 from orchestration.engine.store import connect
+from orchestration.errors import RunNotFound
+from orchestration.fleet.embedded import RedisServer, free_port
+from orchestration.graph import render
+from orchestration.graph.resolve import resolve
+from orchestration.language.spec import Webhook
 from orchestration.language.validation import load_pipeline
+from orchestration.settings import Settings
 
 HOSTILE = "[red]x[/red]\x1b[2J"  # rich markup, then "clear the screen"
 SHOWN = "[red]x[/red]\\x1b[2J"  # what must be printed instead: the literal text
@@ -89,22 +88,31 @@ def hostile_run(server, tmp_path) -> Iterator[str]:
     hostile file or stage would leave them), cancelled so `watch` reads it to its end."""
     settings = Settings(redis_url=server.url)
     file = tmp_path / "p.yaml"
-    file.write_text(textwrap.dedent("""\
+    file.write_text(
+        textwrap.dedent("""\
         name: plain
         stages:
           - {id: a, uses: shell, run: [echo, hi]}
-    """), encoding="utf-8")
+    """),
+        encoding="utf-8",
+    )
     client = Client(settings)
     run_id = client.submit(load_pipeline(file, {}, settings=settings), check_types=False).run_id
     store, keys = client.store, client.store.keys
     store.r.hset(keys.run(run_id), "pipeline", HOSTILE)
-    store.r.hset(keys.stage(run_id, "a"), mapping={
-        "host": f"host{HOSTILE}", "attempt": "1",
-        "error": json.dumps({"type": "Boom", "message": f"[bold]boom[/bold]{HOSTILE}"}),
-    })
+    store.r.hset(
+        keys.stage(run_id, "a"),
+        mapping={
+            "host": f"host{HOSTILE}",
+            "attempt": "1",
+            "error": json.dumps({"type": "Boom", "message": f"[bold]boom[/bold]{HOSTILE}"}),
+        },
+    )
     store.append_logs(run_id, "a", [f"out {HOSTILE} \x9b31mred\x1b]0;title\x07", "second\tline"])
-    store.r.xadd(keys.events(run_id), {"t": f"{time.time():.3f}", "kind": "stage", "stage": "a",
-                                       "state": HOSTILE, "host": "h\x1b[1A"})
+    store.r.xadd(
+        keys.events(run_id),
+        {"t": f"{time.time():.3f}", "kind": "stage", "stage": "a", "state": HOSTILE, "host": "h\x1b[1A"},
+    )
     assert client.cancel(run_id) == "cancelled"
     yield run_id
 
@@ -116,8 +124,9 @@ def wide(monkeypatch):
         monkeypatch.setattr(console, "_width", 400)
 
 
-@pytest.mark.parametrize("args", [["runs"], ["status", "{run}"], ["logs", "{run}"], ["logs", "{run}", "a"],
-                                  ["watch", "{run}"]])
+@pytest.mark.parametrize(
+    "args", [["runs"], ["status", "{run}"], ["logs", "{run}"], ["logs", "{run}", "a"], ["watch", "{run}"]]
+)
 def test_commands_print_user_text_literally(server, hostile_run, wide, args):
     argv = [arg.format(run=hostile_run) for arg in args]
     result = CliRunner().invoke(cli, argv, env={"CHORDFLOW_REDIS_URL": server.url})
@@ -138,15 +147,18 @@ def test_commands_print_user_text_literally(server, hostile_run, wide, args):
 # -- Redis URLs ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("url", "why"), [
-    ("redis//x", "no scheme"),
-    ("http://x", "scheme is http://"),
-    ("redis://host:notaport", "port 'notaport'"),
-    ("redis://host:70000/0", "port '70000'"),
-    ("redis://host/abc", "database 'abc'"),
-    ("redis://", "no host"),
-    ("", "empty"),
-])
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("redis//x", "no scheme"),
+        ("http://x", "scheme is http://"),
+        ("redis://host:notaport", "port 'notaport'"),
+        ("redis://host:70000/0", "port '70000'"),
+        ("redis://host/abc", "database 'abc'"),
+        ("redis://", "no host"),
+        ("", "empty"),
+    ],
+)
 def test_malformed_urls_say_what_is_wrong(url, why):
     with pytest.raises(redis_url.InvalidRedisUrl, match=why) as caught:
         redis_url.check(url)
@@ -154,8 +166,13 @@ def test_malformed_urls_say_what_is_wrong(url, why):
 
 
 def test_well_formed_urls_pass_and_are_shown_without_password():
-    for url in ("redis://localhost", "redis://:pw@h:6380/2", "rediss://u:pw@h/0", "unix:///tmp/r.sock",
-                "redis://[::1]:6379/0"):
+    for url in (
+        "redis://localhost",
+        "redis://:pw@h:6380/2",
+        "rediss://u:pw@h/0",
+        "unix:///tmp/r.sock",
+        "redis://[::1]:6379/0",
+    ):
         assert redis_url.check(url) == url
     assert redis_url.shown(f"redis://:{PASSWORD}@db.example:6380/2") == "redis://***@db.example:6380/2"
     assert redis_url.shown("redis://db.example") == "redis://db.example:6379/0"
@@ -176,7 +193,14 @@ def test_a_malformed_url_is_exit_2(url, args):
 
 def test_an_unreachable_redis_is_exit_1_within_the_limit_with_the_password_masked():
     url = f"redis://:{PASSWORD}@127.0.0.1:{free_port()}/3"
-    for args in (["status", "r1"], ["cancel", "r1"], ["runs"], ["logs", "r1"], ["stages"], ["schedule", "list"]):
+    for args in (
+        ["status", "r1"],
+        ["cancel", "r1"],
+        ["runs"],
+        ["logs", "r1"],
+        ["stages"],
+        ["schedule", "list"],
+    ):
         started = time.monotonic()
         result = CliRunner().invoke(cli, args, env={"CHORDFLOW_REDIS_URL": url})
         assert time.monotonic() - started < 5, args
@@ -195,8 +219,9 @@ def test_a_silent_redis_fails_within_redis_timeout_s():
         listener.listen(16)
         url = f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
         started = time.monotonic()
-        result = CliRunner().invoke(cli, ["status", "r1"],
-                                    env={"CHORDFLOW_REDIS_URL": url, "CHORDFLOW_REDIS_TIMEOUT_S": "1"})
+        result = CliRunner().invoke(
+            cli, ["status", "r1"], env={"CHORDFLOW_REDIS_URL": url, "CHORDFLOW_REDIS_TIMEOUT_S": "1"}
+        )
         took = time.monotonic() - started
     assert result.exit_code == 1, result.output
     assert "cannot reach Redis at" in result.output
@@ -217,8 +242,12 @@ def test_workers_keep_their_patient_client(server):
 # -- webhooks ---------------------------------------------------------------------------------
 
 
-EVENT = {"kind": "stage_error", "run_id": "r1", "stage_id": "a",
-         "error": {"type": "Boom", "message": "no", "traceback": "Traceback (most recent call last): ..."}}
+EVENT = {
+    "kind": "stage_error",
+    "run_id": "r1",
+    "stage_id": "a",
+    "error": {"type": "Boom", "message": "no", "traceback": "Traceback (most recent call last): ..."},
+}
 
 
 @pytest.fixture
@@ -283,8 +312,9 @@ def _sender(webhooks: list[Webhook] | None) -> HookSender:
 def test_the_sender_refuses_other_schemes_with_a_logged_error(caplog, monkeypatch):
     opened: list[str] = []
     monkeypatch.setattr(hooks, "post", lambda hook, payload, total: opened.append(hook.url))
-    hook = Webhook.model_construct(url=f"ftp://user:{PASSWORD}@files.example/x", events=("*",), timeout=1.0,
-                                   headers={}, include=())
+    hook = Webhook.model_construct(
+        url=f"ftp://user:{PASSWORD}@files.example/x", events=("*",), timeout=1.0, headers={}, include=()
+    )
     with caplog.at_level(logging.ERROR, logger="chordflow.hooks"):
         _sender([hook]).deliver(dict(EVENT))
     assert opened == []

@@ -9,8 +9,8 @@ import pytest
 
 from orchestration.errors import InvalidPipeline
 from orchestration.graph.resolve import resolve
-from orchestration.settings import Settings
 from orchestration.language.validation import load_pipeline_text, validate_data
+from orchestration.settings import Settings
 
 from .samples import THREE_MISTAKES
 
@@ -94,8 +94,13 @@ def test_every_cycle_is_a_path():
 
 
 def test_conditions_cannot_run_code():
-    for condition in ("__import__('os').system('x')", "item.__class__", "open('/etc/passwd')",
-                      "[x for x in outputs]", "lambda: 1"):
+    for condition in (
+        "__import__('os').system('x')",
+        "item.__class__",
+        "open('/etc/passwd')",
+        "[x for x in outputs]",
+        "lambda: 1",
+    ):
         found = problems(f"""\
             name: evil
             stages:
@@ -107,13 +112,16 @@ def test_conditions_cannot_run_code():
 
 
 def test_resources_no_configured_queue_serves():
-    found = problems("""\
+    found = problems(
+        """\
         name: routed
         stages:
           - {id: a, uses: noop, resources: {gpu: 1}}
           - {id: b, uses: noop, queue: special}
           - {id: c, uses: noop, resources: {memory_gb: 4}}
-        """, settings=Settings(queues=("cpu",)))
+        """,
+        settings=Settings(queues=("cpu",)),
+    )
     assert len(found) == 2
     assert found[0].startswith("p.yaml:3: stage 'a': resources {'gpu': 1} (queue 'gpu') is not served")
     assert found[1].startswith("p.yaml:4: stage 'b': queue 'special' is not served")
@@ -134,10 +142,20 @@ def test_resources_pick_the_queue():
     assert queues == {"small": "cpu", "big": "highmem", "gpu": "gpu", "pinned": "highmem", "plain": "cpu"}
 
 
-@pytest.mark.parametrize("written, seconds", [
-    ("90", 90), ("0.5", 0.5), ("250ms", 0.25), ("30s", 30), ("5m", 300), ("1h", 3600), ("1h30m", 5400),
-    ("1d", 86400), ("1w", 604800),
-])
+@pytest.mark.parametrize(
+    "written, seconds",
+    [
+        ("90", 90),
+        ("0.5", 0.5),
+        ("250ms", 0.25),
+        ("30s", 30),
+        ("5m", 300),
+        ("1h", 3600),
+        ("1h30m", 5400),
+        ("1d", 86400),
+        ("1w", 604800),
+    ],
+)
 def test_durations(written, seconds):
     spec = load(f"""\
         name: d
@@ -183,10 +201,20 @@ def test_variables_read_the_environment_and_set_overrides_them():
         """
     spec = load(text)
     assert spec.variables == {"mode": "weekly", "root": "./out"}
-    assert spec.stage("a").params == {"mode": "weekly", "path": "./out/weekly", "days": "7", "literal": "${mode}"}
+    assert spec.stage("a").params == {
+        "mode": "weekly",
+        "path": "./out/weekly",
+        "days": "7",
+        "literal": "${mode}",
+    }
     assert spec.stage("a").when == "variables.mode == 'weekly'"  # conditions are not interpolated
     spec = load(text, env={"MODE": "daily"}, overrides={"root": "/data", "days": 30})
-    assert spec.stage("a").params == {"mode": "daily", "path": "/data/daily", "days": 30, "literal": "${mode}"}
+    assert spec.stage("a").params == {
+        "mode": "daily",
+        "path": "/data/daily",
+        "days": 30,
+        "literal": "${mode}",
+    }
 
 
 def test_unresolved_references_are_all_reported():
@@ -233,17 +261,24 @@ def test_top_level_retry_block_becomes_the_default_policy():
         stages:
           - {id: a, uses: noop}
         """)
-    assert resolve(spec).node("a").retry == {"max_attempts": 3, "delay": 1, "backoff": "fixed", "max_delay": 9}
+    assert resolve(spec).node("a").retry == {
+        "max_attempts": 3,
+        "delay": 1,
+        "backoff": "fixed",
+        "max_delay": 9,
+    }
 
 
 def test_a_disabled_stage_passes_its_needs_on():
-    graph = resolve(load("""\
+    graph = resolve(
+        load("""\
         name: x
         stages:
           - {id: a, uses: noop}
           - {id: b, uses: noop, needs: [a], enabled: false}
           - {id: c, uses: noop, needs: [b]}
-        """))
+        """)
+    )
     assert [n.id for n in graph.nodes] == ["a", "c"]
     assert graph.node("c").needs == ("a",)
 
@@ -263,4 +298,5 @@ def test_data_without_lines_is_reported_without_lines():
     with pytest.raises(InvalidPipeline) as caught:
         validate_data({"name": "x", "stages": [{"id": "a", "needs": ["zz"]}]}, source="builder")
     assert [str(p) for p in caught.value.problems] == [
-        "builder: stage 'a': needs 'zz', which is not a stage in this pipeline"]
+        "builder: stage 'a': needs 'zz', which is not a stage in this pipeline"
+    ]

@@ -34,8 +34,9 @@ class _Store:
 
 
 def _ctx(settings: Settings | None = None, run: list[str] | None = None, **kw: Any) -> StageContext:
-    return StageContext(_Store(settings or Settings()), "r1", "s1", 1, {}, {},
-                        run=tuple(run) if run else None, **kw)
+    return StageContext(
+        _Store(settings or Settings()), "r1", "s1", 1, {}, {}, run=tuple(run) if run else None, **kw
+    )
 
 
 def test_disabled_shell_fails_the_stage_and_says_how_to_enable_it():
@@ -83,7 +84,11 @@ def test_stage_environment_withholds_chordflow_variables(monkeypatch):
     env = stage_environment(Settings(), ctx)
     assert "CHORDFLOW_REDIS_URL" not in env and "CHORDFLOW_TEAM" not in env
     assert env["HOME_LIKE"] == "kept" and env["MINE"] == "1"
-    assert env["CHORDFLOW_RUN_ID"] == "r1" and env["CHORDFLOW_STAGE_ID"] == "s1" and env["CHORDFLOW_ATTEMPT"] == "1"
+    assert (
+        env["CHORDFLOW_RUN_ID"] == "r1"
+        and env["CHORDFLOW_STAGE_ID"] == "s1"
+        and env["CHORDFLOW_ATTEMPT"] == "1"
+    )
     passed = stage_environment(Settings(stage_env_pass=("CHORDFLOW_TEAM",)), ctx)
     assert passed["CHORDFLOW_TEAM"] == "blue" and "CHORDFLOW_REDIS_URL" not in passed
 
@@ -129,7 +134,9 @@ def test_log_lines_are_capped_with_one_line_counting_the_rest():
         ctx.log.warning("line %s", i)
     ctx.log_lines.extend(["more", "and more"])
     assert len(ctx.log_lines) == 4
-    assert ctx.log_lines[-1].startswith("… 9 more log lines not kept") and "log_lines_cap" in ctx.log_lines[-1]
+    assert (
+        ctx.log_lines[-1].startswith("… 9 more log lines not kept") and "log_lines_cap" in ctx.log_lines[-1]
+    )
 
 
 def test_a_context_value_over_the_cap_fails_with_its_key_size_and_cap():
