@@ -16,11 +16,11 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv /opt/chordflow
 WORKDIR /src
 # Only what `pip install .` needs: the project metadata (pyproject names
-# README.md as the readme) and the two packages it lists.
-COPY pyproject.toml README.md ./
+# README.md as the readme), the exact versions to install, and the two packages.
+COPY pyproject.toml README.md constraints.txt ./
 COPY orchestration ./orchestration
 COPY workers ./workers
-RUN /opt/chordflow/bin/pip install . \
+RUN /opt/chordflow/bin/pip install -c constraints.txt . \
     && /opt/chordflow/bin/chordflow --help > /dev/null
 
 FROM ${PYTHON_IMAGE}

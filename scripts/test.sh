@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install what the tests need (pinned) into .venv and run the whole suite.
+# Install what the tests need (the exact versions in constraints.txt) into .venv, check lint,
+# format and types (ruff, mypy), then run the whole suite.
 #   bash scripts/test.sh [pytest args...]
 # Needs Python 3.11. As root it also installs Debian's chromium (the run-page test) and
 # iproute2 (the multi-host chaos tests); without them those tests skip and say why.
@@ -10,7 +11,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[test]'
+.venv/bin/python -m pip install --quiet -c constraints.txt -e '.[test,dev]'
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   missing=()
   command -v chromium >/dev/null || missing+=(chromium)
@@ -20,4 +21,8 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
 fi
+echo "ruff check, ruff format --check, mypy"
+.venv/bin/ruff check orchestration workers tests benchmarks
+.venv/bin/ruff format --check orchestration workers tests benchmarks
+.venv/bin/mypy orchestration workers
 exec .venv/bin/python -m pytest -q "$@"
