@@ -17,7 +17,7 @@ from orchestration.engine.celeryconfig import client_app
 from orchestration.engine.dispatch import Dispatcher, signature_of
 from orchestration.engine.registry import BUILTIN_TYPES
 from orchestration.engine.store import RUN_FINAL, RunStore, connect
-from orchestration.errors import ChordflowError, InvalidPipeline, Problem
+from orchestration.errors import ChordflowError, InvalidPipeline, Problem, RunNotFound, RunTimeout
 from orchestration.graph.resolve import RunGraph, resolve
 from orchestration.language.ids import check_idempotency_key, check_run_id
 from orchestration.language.spec import PipelineSpec
@@ -230,7 +230,7 @@ class Client:
                 if status in RUN_FINAL:
                     return status
             if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"run {run_id} did not finish within {timeout_s}s (it is {status})")
+                raise RunTimeout(run_id, timeout_s, status)
 
     def result(self, run_id: str) -> PipelineResult:
         check_run_id(run_id)
@@ -255,9 +255,11 @@ class Client:
 
     def runs(self, limit: int = 20, pipeline: str | None = None) -> Iterator[dict[str, str]]:
         for run_id in self.store.recent_runs(limit, pipeline):
-            record = self.store.r.hgetall(self.store.keys.run(run_id))
-            if record:
-                yield record
+            try:
+                record = self.store.run(run_id)
+            except RunNotFound:  # expired since it was listed
+                continue
+            yield record
 
 
 class RunHandle:

@@ -1,17 +1,35 @@
-"""Errors raised by the coordinator side.
+"""Every error Chordflow raises on purpose, in one tree, with the command line's exit code:
+2 for invalid input (nothing was done), 1 for every other error, as for a run that failed
+(0 is success). A stage's errors end an attempt, not a command: the worker records them.
 
-ChordflowError
-├── InvalidPipeline        the pipeline file or builder input is wrong (exit 2)
-│   └── SelectionError     a --select expression is wrong or matches nothing
-├── InvalidId              a run id, stage id or idempotency key of the wrong shape (exit 2)
-├── RunNotFound            no run with that id in the store
-├── StoreError             Redis refused or lost a write the run depends on
-│   └── RedisRefusedWrite  Redis is out of memory or read-only: an attempt's commit was refused
-├── OutputTooLarge         a stage returned more than the output cap
-├── RetryStage             a stage asks for another attempt
-├── FailStage              a stage fails for good, no retry
-│   └── CommitRefused      the commit's checks refused what the attempt wrote (nothing was written)
-└── StageTimeout           a stage ran past its timeout
+ChordflowError                 1  the root; raised as such for what has no class of its own
+├── InvalidInput               2  what the user gave is wrong; nothing was done
+│   ├── InvalidPipeline        2  the pipeline (file, builder, --set) is wrong: every problem
+│   │   └── SelectionError     2  a --select expression is wrong or selects nothing
+│   ├── InvalidId              2  a run id, stage id or idempotency key of the wrong shape
+│   ├── ScheduleError          2  a schedule's cron expression, interval or name is wrong
+│   └── InvalidRedisUrl        2  CHORDFLOW_REDIS_URL is not a Redis URL (engine/redis_url.py)
+├── RedisUnreachable           1  a command could not reach its Redis (engine/redis_url.py)
+├── WebhookRefused             1  a webhook URL or redirect that is not http(s): never opened
+                                  (engine/hooks.py; logged by the hook sender, not retried)
+├── RunNotFound                1  no run with that id in the store (wrong id, or expired)
+├── RunTimeout                 1  a run did not finish within the time waited for it
+├── LocalFleetError            1  the private Redis or worker of a local run did not start
+└── StageError                    how an attempt of a stage ended, recorded as its error
+    ├── RetryStage                the stage asks for another attempt
+    ├── FailStage                 the stage fails for good, no retry
+    │   ├── CommitRefused         the commit's checks refused what the attempt wrote
+    │   ├── ShellDisabled         the worker's policy turns `shell` off (workers/builtins.py)
+    │   ├── ProgramNotAllowed     the program is not in `shell_allow` (workers/builtins.py)
+    │   └── ContextValueTooLarge  a shared context value over its cap (workers/context.py)
+    ├── OutputTooLarge            the output is over the output cap (never retried)
+    ├── StageTimeout              the stage ran past its timeout
+    ├── ShellError                a `shell` stage's command exited non-zero
+    └── RedisRefusedWrite         Redis refused the attempt's commit (out of memory, read-only)
+
+Some also derive from the built-in error callers may already catch (InvalidId and
+InvalidRedisUrl and WebhookRefused: ValueError; RunTimeout: TimeoutError; LocalFleetError and ShellError:
+RuntimeError), and a retry policy's `retry_on` may name either.
 """
 
 from __future__ import annotations
@@ -39,15 +57,22 @@ class Problem:
 
 
 class ChordflowError(Exception):
-    """Base of every error Chordflow raises on purpose."""
+    """Base of every error Chordflow raises on purpose; `exit_code` is the command line's."""
 
     exit_code = 1
 
 
-class InvalidPipeline(ChordflowError):
-    """The pipeline is wrong; carries every problem found, not just the first."""
+# -- invalid input (exit 2) ------------------------------------------------------------------
+
+
+class InvalidInput(ChordflowError):
+    """What the user gave is wrong, and nothing was done (exit code 2)."""
 
     exit_code = 2
+
+
+class InvalidPipeline(InvalidInput):
+    """The pipeline is wrong; carries every problem found, not just the first."""
 
     def __init__(self, problems: list[Problem] | Problem | str, source: str | None = None):
         if isinstance(problems, str):
@@ -64,10 +89,15 @@ class SelectionError(InvalidPipeline):
     """A --select expression is malformed or selects nothing."""
 
 
-class InvalidId(ChordflowError, ValueError):
-    """A run id, stage id or idempotency key that is not of the allowed shape (exit code 2)."""
+class InvalidId(InvalidInput, ValueError):
+    """A run id, stage id or idempotency key that is not of the allowed shape."""
 
-    exit_code = 2
+
+class ScheduleError(InvalidInput):
+    """A schedule's cron expression, interval or name is wrong."""
+
+
+# -- runs and the fleet (exit 1) ----------------------------------------------------------------
 
 
 class RunNotFound(ChordflowError):
@@ -78,26 +108,26 @@ class RunNotFound(ChordflowError):
         super().__init__(f"no run '{run_id}' in the store (wrong id, or its TTL expired)")
 
 
-class StoreError(ChordflowError):
-    """Redis refused or lost a write the run depends on."""
+class RunTimeout(ChordflowError, TimeoutError):
+    """Run `run_id` did not finish within the time waited for it (it goes on)."""
+
+    def __init__(self, run_id: str, timeout_s: float | None, status: str):
+        self.run_id, self.status = run_id, status
+        super().__init__(f"run {run_id} did not finish within {timeout_s}s (it is {status})")
 
 
-class RedisRefusedWrite(StoreError):
-    """Redis refused an attempt's writes: it is at `maxmemory` (OOM) or a read-only replica."""
-
-    def __init__(self, reason: str):
-        lowered = reason.lower()
-        if "maxmemory" in lowered or "oom" in lowered or "memory" in lowered:
-            what = (
-                "Redis is out of memory (used memory is over its maxmemory) and refused the "
-                "stage's commit; free memory or raise maxmemory, then `chordflow retry RUN`"
-            )
-        else:
-            what = "Redis refused the stage's commit (it is read-only: a replica, or a failover under way)"
-        super().__init__(f"{what}: {reason}")
+class LocalFleetError(ChordflowError, RuntimeError):
+    """The private Redis or worker of a local run (`chordflow submit FILE` with no Redis) did not start."""
 
 
-class OutputTooLarge(ChordflowError):
+# -- how an attempt of a stage ended (recorded as the stage's error) -------------------------------
+
+
+class StageError(ChordflowError):
+    """An attempt of a stage ended with this; the worker records it as the stage's error."""
+
+
+class OutputTooLarge(StageError):
     """A stage output exceeds the configured cap."""
 
     def __init__(self, run_id: str, stage_id: str, size: int, cap: int):
@@ -110,7 +140,7 @@ class OutputTooLarge(ChordflowError):
         )
 
 
-class RetryStage(ChordflowError):
+class RetryStage(StageError):
     """Raised by a stage to ask for another attempt, whatever its policy's retry_on says."""
 
     def __init__(self, message: str = "the stage asked to be retried", delay_s: float | None = None):
@@ -118,7 +148,7 @@ class RetryStage(ChordflowError):
         super().__init__(message)
 
 
-class FailStage(ChordflowError):
+class FailStage(StageError):
     """Raised by a stage to fail for good, with no further attempt."""
 
 
@@ -127,9 +157,34 @@ class CommitRefused(FailStage):
     number, a metric that is not finite); nothing of the attempt was written."""
 
 
-class StageTimeout(ChordflowError):
+class StageTimeout(StageError):
     """A stage ran past its timeout (a shell stage reports exit code 124)."""
 
     def __init__(self, message: str, returncode: int | None = 124):
         self.returncode = returncode  # the killed command's, as `timeout(1)` reports it
         super().__init__(message)
+
+
+class ShellError(StageError, RuntimeError):
+    """A `shell` stage's command exited non-zero; `returncode` is its exit code."""
+
+    def __init__(self, argv: list[str], exit_code: int, stderr_tail: str):
+        self.returncode = exit_code
+        super().__init__(
+            f"{argv[0]} exited with code {exit_code}" + (f": {stderr_tail}" if stderr_tail else "")
+        )
+
+
+class RedisRefusedWrite(StageError):
+    """Redis refused an attempt's writes: it is at `maxmemory` (OOM) or a read-only replica."""
+
+    def __init__(self, reason: str):
+        lowered = reason.lower()
+        if "maxmemory" in lowered or "oom" in lowered or "memory" in lowered:
+            what = (
+                "Redis is out of memory (used memory is over its maxmemory) and refused the "
+                "stage's commit; free memory or raise maxmemory, then `chordflow retry RUN`"
+            )
+        else:
+            what = "Redis refused the stage's commit (it is read-only: a replica, or a failover under way)"
+        super().__init__(f"{what}: {reason}")

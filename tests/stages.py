@@ -9,8 +9,7 @@ from typing import Any
 
 import redis
 
-from orchestration import RetryPolicy, stage
-from orchestration.engine import hooks
+from orchestration import RetryPolicy, hooks, stage
 
 _client: redis.Redis | None = None
 

@@ -20,7 +20,8 @@ from orchestration.fleet.schedules import register_scheduled_task
 from orchestration.settings import Settings
 
 from . import builtins as _builtins  # noqa: F401  (registers shell, noop, sleep, fail)
-from .execution import LeaseKeeper, WorkerEnv, execute
+from .execution import WorkerEnv, execute
+from .lease import LeaseKeeper
 from .unknown import install_unknown_task_handler
 
 log = logging.getLogger("chordflow.worker")

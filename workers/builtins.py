@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from typing import IO, Any
 
 from orchestration.engine.registry import stage
-from orchestration.errors import FailStage, StageTimeout
+from orchestration.errors import FailStage, ShellError, StageTimeout
 from orchestration.settings import Settings
 
 from .context import StageContext
@@ -49,16 +49,6 @@ _RAISABLE = {
         "MemoryError",
     )
 }
-
-
-class ShellError(RuntimeError):
-    """A shell stage's command exited non-zero."""
-
-    def __init__(self, argv: list[str], exit_code: int, stderr_tail: str):
-        self.returncode = exit_code
-        super().__init__(
-            f"{argv[0]} exited with code {exit_code}" + (f": {stderr_tail}" if stderr_tail else "")
-        )
 
 
 class ShellDisabled(FailStage):

@@ -33,7 +33,8 @@ from orchestration.fleet.fleetview import FleetView, fleet_view
 from orchestration.graph import render
 from orchestration.graph.resolve import Node, RunGraph, resolve
 from orchestration.language.durations import format_duration
-from orchestration.language.spec import Backoff, PipelineSpec, RetryPolicy
+from orchestration.language.options import Backoff, RetryPolicy
+from orchestration.language.spec import PipelineSpec
 
 # -- validate ---------------------------------------------------------------------------------
 

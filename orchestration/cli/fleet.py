@@ -27,10 +27,9 @@ from orchestration.cli._common import (
 from orchestration.engine import redis_url
 from orchestration.engine.celeryconfig import client_app
 from orchestration.engine.store import connect
-from orchestration.errors import InvalidPipeline, Problem
+from orchestration.errors import InvalidPipeline, Problem, ScheduleError
 from orchestration.fleet import health as health_checks
 from orchestration.fleet.schedules import (
-    ScheduleError,
     add_schedule,
     beat_app,
     list_schedules,

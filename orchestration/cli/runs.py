@@ -30,6 +30,7 @@ from orchestration.cli._common import (
     settings_from_env,
 )
 from orchestration.engine import redis_url
+from orchestration.engine.store import connect
 from orchestration.fleet.embedded import RedisServer, WorkerProcess, wait_for_workers
 from orchestration.graph.render import term
 from orchestration.graph.resolve import resolve
@@ -50,13 +51,9 @@ def embedded_fleet(settings: Settings, concurrency: int | None = None) -> Iterat
             hostname="local",
             loglevel="WARNING",
         ).start()
-        wait_for_workers(
-            Client(settings.model_copy(update={"redis_url": server.url})).store.r,
-            settings.key_prefix,
-            1,
-            timeout_s=60,
-        )
-        yield settings.model_copy(update={"redis_url": server.url})
+        fleet = settings.model_copy(update={"redis_url": server.url})
+        wait_for_workers(connect(fleet), settings.key_prefix, 1, timeout_s=60)
+        yield fleet
     finally:
         if worker is not None:
             worker.stop()

@@ -43,6 +43,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from orchestration.engine import hooks
+from orchestration.engine.protocol import HookEntry, Store
 from orchestration.engine.store import RunStore, connect
 from orchestration.errors import RunNotFound
 from orchestration.settings import Settings
@@ -56,7 +57,7 @@ BLOCK_MS = 1000
 class HookSender(threading.Thread):
     """One per worker main process: reads the hooks outbox and delivers each entry."""
 
-    def __init__(self, settings: Settings, consumer: str, store: RunStore | None = None):
+    def __init__(self, settings: Settings, consumer: str, store: Store | None = None):
         super().__init__(daemon=True, name="chordflow-hooks")
         self.settings, self.consumer = settings, consumer
         self.stop = threading.Event()
@@ -68,14 +69,10 @@ class HookSender(threading.Thread):
         self.touch_every = max(0.5, settings.hook_claim_idle_s / 4)
 
     @property
-    def store(self) -> RunStore:
+    def store(self) -> Store:
         if self._store is None:
             self._store = RunStore(connect(self.settings), self.settings)
         return self._store
-
-    @property
-    def key(self) -> str:
-        return self.store.keys.hooks()
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> None:
@@ -98,40 +95,25 @@ class HookSender(threading.Thread):
     def tick(self, block_ms: int = BLOCK_MS) -> int:
         """Deliver what is due: entries left idle by dead senders, then new ones (waiting up to
         `block_ms` for some). Returns how many entries were handled."""
-        r = self.store.r
         self._ensure_group()
         handled = 0
         now = time.monotonic()
         if now >= self._next_claim:
             self._next_claim = now + min(10.0, self.touch_every)
             handled += self._deliver_all(self._reclaim())
-        reply = r.xreadgroup(GROUP, self.consumer, {self.key: ">"}, count=BATCH, block=block_ms)
-        for _stream, entries in _streams(reply):
-            handled += self._deliver_all(entries)
-        return handled
+        return handled + self._deliver_all(self.store.read_hooks(GROUP, self.consumer, BATCH, block_ms))
 
     def _ensure_group(self) -> None:
         if self._group_ready:
             return
-        try:
-            self.store.r.xgroup_create(self.key, GROUP, id="0", mkstream=True)
-        except Exception as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        self.store.create_hook_group(GROUP)
         self._group_ready = True
 
-    def _reclaim(self) -> list[tuple[str | None, dict[str, str] | None]]:
+    def _reclaim(self) -> list[HookEntry]:
         """Take over the entries pending on other senders for longer than the claim time."""
-        r = self.store.r
         idle_ms = int(self.settings.hook_claim_idle_s * 1000)
-        claimed: list[tuple[str | None, dict[str, str] | None]] = []
-        cursor = "0-0"
-        for _ in range(10):  # at most 10 pages of BATCH per tick
-            reply = r.xautoclaim(self.key, GROUP, self.consumer, idle_ms, start_id=cursor, count=BATCH)
-            cursor, entries = reply[0], reply[1]
-            claimed += entries
-            if cursor in ("0-0", b"0-0") or not entries:
-                break
+        # at most 10 pages of BATCH per tick
+        claimed = self.store.claim_idle_hooks(GROUP, self.consumer, idle_ms, BATCH, pages=10)
         for entry_id, _fields in claimed:
             if entry_id is not None:
                 log.info(
@@ -139,24 +121,12 @@ class HookSender(threading.Thread):
                     self.consumer,
                     entry_id,
                 )
-        self._forget_gone_consumers()
+        # Drop consumers of dead senders from the group: nothing pending and quiet for long.
+        quiet_ms = max(3600.0, 10 * self.settings.hook_claim_idle_s) * 1000
+        self.store.forget_hook_consumers(GROUP, keep=self.consumer, quiet_ms=quiet_ms)
         return claimed
 
-    def _forget_gone_consumers(self) -> None:
-        """Drop consumers of dead senders from the group: nothing pending and quiet for long."""
-        r = self.store.r
-        quiet_ms = max(3600.0, 10 * self.settings.hook_claim_idle_s) * 1000
-        for consumer in r.xinfo_consumers(self.key, GROUP):
-            name = consumer.get("name")
-            if (
-                name != self.consumer
-                and int(consumer.get("pending", 0)) == 0
-                and int(consumer.get("idle", 0)) > quiet_ms
-            ):
-                r.xgroup_delconsumer(self.key, GROUP, name)
-
-    def _deliver_all(self, entries: Sequence[tuple[str | None, dict[str, str] | None]]) -> int:
-        r = self.store.r
+    def _deliver_all(self, entries: Sequence[HookEntry]) -> int:
         self._inflight = [entry_id for entry_id, _ in entries if entry_id is not None]
         self._touched = time.monotonic()
         handled = 0
@@ -168,10 +138,7 @@ class HookSender(threading.Thread):
                 if event is not None:
                     # A Redis error propagates: the entry stays pending and is taken over later.
                     self.deliver(event)
-                pipe = r.pipeline(transaction=False)
-                pipe.xack(self.key, GROUP, entry_id)
-                pipe.xdel(self.key, entry_id)
-                pipe.execute()
+                self.store.ack_hook(GROUP, entry_id)
                 self._inflight.remove(entry_id)
                 handled += 1
         finally:
@@ -278,7 +245,7 @@ class HookSender(threading.Thread):
             return
         self._touched = time.monotonic()
         try:
-            self.store.r.xclaim(self.key, GROUP, self.consumer, 0, self._inflight, justid=True)
+            self.store.hold_hooks(GROUP, self.consumer, self._inflight)
         except Exception:
             log.debug("hook sender: could not touch pending events", exc_info=True)
 
@@ -298,18 +265,6 @@ def _traceback(exc: BaseException) -> str:
     """`exc`'s traceback to end a log line, any user:password of a URL in it masked (a log
     handler's own `exc_info` formatting would print them)."""
     return "\n" + hooks.mask("".join(traceback.format_exception(exc)).rstrip())
-
-
-def _streams(reply: Any) -> list[tuple[str, list[tuple[str | None, dict[str, str] | None]]]]:
-    """XREADGROUP's reply as [(stream, entries)], whichever shape the client returned."""
-    if not reply:
-        return []
-    if isinstance(reply, dict):  # RESP3
-        return [
-            (stream, list(entries[0] if entries and isinstance(entries[0], list) else entries))
-            for stream, entries in reply.items()
-        ]
-    return [(stream, list(entries)) for stream, entries in reply]
 
 
 __all__ = ["GROUP", "HookSender"]

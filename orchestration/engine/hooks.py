@@ -32,7 +32,8 @@ from typing import Any
 from tenacity import retry, retry_if_exception, stop_before_delay, wait_exponential
 
 from orchestration.engine.redis_url import mask
-from orchestration.language.spec import Webhook, webhook_url_problem
+from orchestration.errors import ChordflowError
+from orchestration.language.options import Webhook, webhook_url_problem
 
 log = logging.getLogger("chordflow.hooks")
 KINDS = ("stage_start", "stage_complete", "stage_error", "run_complete", "run_paused", "run_resumed")
@@ -98,7 +99,7 @@ def wants(hook: Webhook, payload: Mapping[str, Any]) -> bool:
 OPTIONAL = ("traceback",)  # what a payload carries only when the webhook's `include` names it
 
 
-class WebhookRefused(ValueError):
+class WebhookRefused(ChordflowError, ValueError):
     """A webhook URL that is not http:// or https://: never opened (and never retried)."""
 
 

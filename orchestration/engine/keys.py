@@ -2,11 +2,39 @@
 
 All keys share one configurable prefix. A run's keys are listed by
 `run_keys()` so the TTL set when a run ends reaches every one of them.
+
+The members of the outbox and of the leases set name a stage (or one item of a
+fan-out): `encode_member` writes them, `decode_member` reads them, and the Lua
+scripts get their `outbox_member` from `lua_members()`, built from the same
+separator.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
+
+SEP = "|"  # ids never hold it (language/ids.py)
+
+
+def encode_member(run_id: str, stage_id: str, item: int | None = None, *, lease: bool = False) -> str:
+    """An outbox member, '<run>|<stage>'; a leases member (`lease`, or an item), '<run>|<stage>|<item>'
+    with the item empty for a whole stage."""
+    if item is None and not lease:
+        return f"{run_id}{SEP}{stage_id}"
+    return f"{run_id}{SEP}{stage_id}{SEP}{'' if item is None else item}"
+
+
+def decode_member(member: str) -> tuple[str, str, int | None]:
+    """(run id, stage id, item or None) of an outbox or leases member."""
+    run_id, stage_id, *rest = member.split(SEP)
+    item = rest[0] if rest else ""
+    return run_id, stage_id, int(item) if item else None
+
+
+def lua_members() -> str:
+    """Lua source of `outbox_member(run_id, stage_id)`, what `encode_member(run_id, stage_id)` makes."""
+    return f"local function outbox_member(run_id, stage_id) return run_id .. '{SEP}' .. stage_id end\n"
 
 
 class Keys:
@@ -58,6 +86,10 @@ class Keys:
         """List: a stage's captured output lines."""
         return f"{self.prefix}:run:{run_id}:logs:{stage_id}"
 
+    def unit(self, run_id: str, stage_id: str, item: int | None) -> str:
+        """The hash of one attempt's unit: the stage hash, or for an item its stage's items hash."""
+        return self.items(run_id, stage_id) if item is not None else self.stage(run_id, stage_id)
+
     def parked(self, run_id: str) -> str:
         """Set: messages that arrived while the run was paused, re-sent on resume."""
         return f"{self.prefix}:run:{run_id}:parked"
@@ -87,6 +119,16 @@ class Keys:
         """Sorted set: a pipeline's run ids by submit time."""
         return f"{self.prefix}:pipeline:{name}:runs"
 
+    def pipeline_runs_pattern(self) -> str:
+        """A SCAN pattern matching every `pipeline_runs` key (the prefix's glob characters escaped)."""
+        head, tail = self.pipeline_runs("\0").split("\0")
+        return re.sub(r"([*?\[\]\\])", r"\\\1", head) + "*" + tail
+
+    def pipeline_of(self, key: str) -> str:
+        """The pipeline name in a `pipeline_runs` key."""
+        head, tail = self.pipeline_runs("\0").split("\0")
+        return key[len(head) : -len(tail)]
+
     def idempotency(self, key: str) -> str:
         """String: the run id submitted under an idempotency key."""
         return f"{self.prefix}:idem:{key}"
@@ -115,6 +157,22 @@ class Keys:
     def health_probe(self) -> str:
         """String: the write probe of `chordflow health` (a short TTL)."""
         return f"{self.prefix}:health:probe"
+
+    def health_oldest(self) -> str:
+        """Hash: broker queue list name -> JSON {tag, seen} of the message a health check saw at its head."""
+        return f"{self.prefix}:health:oldest"
+
+    def redbeat_prefix(self) -> str:
+        """RedBeat's key prefix: schedule entries are '<prefix>:redbeat:<name>'."""
+        return f"{self.prefix}:redbeat:"
+
+    def redbeat_lock(self) -> str:
+        """String: the lock of the one `chordflow beat` that fires schedules."""
+        return f"{self.redbeat_prefix()}:lock"
+
+    def schedule_outcomes(self) -> str:
+        """Hash: schedule name -> JSON of its last firing (tick, run_id or error, at)."""
+        return f"{self.prefix}:schedules:last"
 
     def cache(self, key: str) -> str:
         """String: a cached stage output (JSON), with the stage's cache TTL."""

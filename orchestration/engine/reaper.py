@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import logging
 
-from redis.lock import Lock
-
 from orchestration.engine.compiler import item_signatures, stage_signature
 from orchestration.engine.dispatch import Dispatcher
-from orchestration.engine.store import RunStore
+from orchestration.engine.protocol import Store
 from orchestration.errors import RunNotFound
 from orchestration.graph.resolve import Node, RunGraph
 
@@ -27,15 +25,9 @@ log = logging.getLogger("chordflow.reaper")
 
 
 class Reaper:
-    def __init__(self, store: RunStore, dispatcher: Dispatcher, identity: str):
+    def __init__(self, store: Store, dispatcher: Dispatcher, identity: str):
         self.store, self.dispatcher = store, dispatcher
-        self.lock = Lock(
-            store.r,
-            store.keys.reaper_lock(),
-            timeout=max(5.0, store.settings.lease_s),
-            blocking=False,
-            thread_local=False,
-        )
+        self.lock = store.reaper_lock(timeout_s=max(5.0, store.settings.lease_s))
         self.identity = identity
 
     def tick(self) -> int:
@@ -53,35 +45,24 @@ class Reaper:
         now_ms = int(store.server_time() * 1000)
         lease_ms = int(store.settings.lease_s * 1000)
         sent = 0
-        for member in store.r.zrangebyscore(store.keys.leases(), 0, now_ms, start=0, num=limit):
-            run_id, stage_id, item_text = member.split("|")
-            item = int(item_text) if item_text else None
-            unit = store.r.hmget(
-                store.unit_key(run_id, stage_id, item),
-                *(f"{'' if item is None else f'{item}:'}{f}" for f in ("state", "lease_exp", "attempt")),
-            )
-            state, lease_exp, attempt = unit
-            if state == "running" and int(lease_exp or 0) > now_ms:
+        for run_id, stage_id, item in store.expired_leases(now_ms, limit):
+            state, lease_exp_ms, attempt = store.lease_state(run_id, stage_id, item)
+            if state == "running" and lease_exp_ms > now_ms:
                 continue
-            run_status = store.r.hget(store.keys.run(run_id), "status")
-            if state != "running" or run_status not in ("running", "paused"):
-                store.r.zrem(store.keys.leases(), member)  # ended, or its run did (a revoked item)
+            if state != "running" or store.run_status(run_id) not in ("running", "paused"):
+                store.release_lease(run_id, stage_id, item)  # ended, or its run did (a revoked item)
                 continue
             try:
                 node = store.graph(run_id).node(stage_id)
             except (RunNotFound, KeyError):
-                store.r.zrem(store.keys.leases(), member)
+                store.release_lease(run_id, stage_id, item)
                 continue
             # Look again after one more lease: if this send is lost too, it is sent again.
-            store.r.zadd(store.keys.leases(), {member: now_ms + lease_ms}, xx=True)
+            store.defer_lease(run_id, stage_id, item, now_ms + lease_ms)
             log.warning(
-                "lease of %s/%s item %s expired; sending attempt %s",
-                run_id,
-                stage_id,
-                item,
-                int(attempt or 1) + 1,
+                "lease of %s/%s item %s expired; sending attempt %s", run_id, stage_id, item, attempt + 1
             )
-            self.dispatcher.send([stage_signature(run_id, node, int(attempt or 1) + 1, item)])
+            self.dispatcher.send([stage_signature(run_id, node, attempt + 1, item)])
             sent += 1
         return sent
 
@@ -89,20 +70,16 @@ class Reaper:
         store = self.store
         horizon = store.server_time() - store.settings.outbox_grace_s
         sent = 0
-        for member in store.r.zrangebyscore(store.keys.outbox(), 0, horizon, start=0, num=limit):
-            run_id, stage_id = member.split("|")
-            state = store.r.hget(store.keys.states(run_id), stage_id)
-            if state in ("queued", "running") and store.r.hget(store.keys.run(run_id), "status") in (
-                "running",
-                "paused",
-            ):
+        for run_id, stage_id in store.unsent(horizon, limit):
+            state = store.stage_state(run_id, stage_id)
+            if state in ("queued", "running") and store.run_status(run_id) in ("running", "paused"):
                 try:
                     graph = store.graph(run_id)
                 except RunNotFound:
-                    store.r.zrem(store.keys.outbox(), member)
+                    store.sent(run_id, [stage_id])
                     continue
                 sent += self._resend(run_id, graph, graph.node(stage_id), state)
-            store.r.zrem(store.keys.outbox(), member)
+            store.sent(run_id, [stage_id])
         return sent
 
     def _resend(self, run_id: str, graph: RunGraph, node: Node, state: str) -> int:
@@ -116,14 +93,9 @@ class Reaper:
             return 1
         if not node.fans_out:
             return 0  # running: it was sent
-        store = self.store
-        total = int(store.r.hget(store.keys.stage(run_id, node.id), "items_total") or 0)
+        total = self.store.items_total(run_id, node.id)
         window = min(total, node.max_concurrency or total)
-        states = (
-            store.r.hmget(store.keys.items(run_id, node.id), *(f"{i}:state" for i in range(window)))
-            if window
-            else []
-        )
+        states = self.store.item_states(run_id, node.id, range(window))
         unstarted = [i for i, item_state in enumerate(states) if item_state is None]
         if unstarted:
             log.warning(

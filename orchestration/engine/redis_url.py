@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
-from orchestration.errors import ChordflowError
+from orchestration.errors import ChordflowError, InvalidInput
 
 SCHEMES = ("redis", "rediss", "unix")
 FORM = "redis://[[user]:password@]host[:port][/db] (rediss:// for TLS, unix:///path/to/socket)"
@@ -29,10 +29,8 @@ FORM = "redis://[[user]:password@]host[:port][/db] (rediss:// for TLS, unix:///p
 _CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s]*@")
 
 
-class InvalidRedisUrl(ChordflowError, ValueError):
+class InvalidRedisUrl(InvalidInput, ValueError):
     """CHORDFLOW_REDIS_URL is not a Redis URL (exit code 2)."""
-
-    exit_code = 2
 
 
 class RedisUnreachable(ChordflowError):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
 
-from orchestration.language.spec import RetryPolicy
+from orchestration.language.options import RetryPolicy
 
 ENTRY_POINT_GROUP = "chordflow.stages"
 BUILTIN_TYPES = ("shell", "noop", "sleep", "fail")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from orchestration.errors import FailStage, OutputTooLarge, RetryStage
-from orchestration.language.spec import Backoff, RetryPolicy
+from orchestration.language.options import Backoff, RetryPolicy
 
 DEFAULT_POLICY = RetryPolicy(max_attempts=1)
 

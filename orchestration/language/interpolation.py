@@ -28,12 +28,10 @@ import json
 import re
 import shlex
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from orchestration.errors import InvalidPipeline, Problem
-
-if TYPE_CHECKING:  # the loader imports this module; at run time a Document is only read
-    from orchestration.language.loader import Document, PathT
+from orchestration.language.yaml_reader import Document, PathT
 
 _REF = re.compile(r"\$\$\{|\$\{([^}]*)(\}?)")
 _NAME_DEFAULT = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.DOTALL)

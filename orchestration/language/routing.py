@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orchestration.language.spec import Resources
+from orchestration.language.options import Resources
 from orchestration.settings import Settings
 
 

@@ -1,280 +1,23 @@
-"""The pipeline file as frozen pydantic models.
+"""The pipeline file as frozen pydantic models: a pipeline and its stages.
 
-Checks on one field live here; checks across stages live in `validation.py`.
-Keys that order-based tools use (`order`, `max_retries`, `continue_on_error`,
-`metadata`, `error_handling`, ...) are accepted and mapped onto the canonical
-fields before validation, so a loaded model always has one shape and
+Checks on one field live here (the blocks a stage carries, in `options.py`); checks across
+stages live in `validation.py`. Keys that order-based tools use (`order`, `max_retries`,
+`continue_on_error`, `metadata`, `error_handling`, ...) are accepted and mapped onto the
+canonical fields before validation, so a loaded model always has one shape and
 file → model → file → model is lossless.
 """
 
 from __future__ import annotations
 
-import math
 import shlex
-from dataclasses import dataclass
-from enum import StrEnum
-from typing import TYPE_CHECKING, Annotated, Any, Literal
-from urllib.parse import urlsplit
+from typing import Any
 
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    SerializerFunctionWrapHandler,
-    ValidationInfo,
-    WithJsonSchema,
-    field_validator,
-    model_serializer,
-    model_validator,
-)
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from orchestration.language.durations import describe_seconds, parse_duration
+from orchestration.language.fields import DURATION_SCHEMA, Duration, Model, as_text, extend_schema, shown
 from orchestration.language.ids import is_stage_id
-
-if TYPE_CHECKING:
-    from orchestration.settings import Settings
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one pipeline file may ask for, checked when it is validated (docs/pipeline-file.md, "Limits").
-
-    Built from the fleet's Settings (`Limits.from_settings`); the defaults are the settings' defaults.
-    `validate_data`/`load_pipeline` pass it to the models as pydantic context (`{"limits": ...}`), so
-    the limits apply to files and builders, never to a stored run graph read back.
-    """
-
-    max_stages: int = 20_000
-    max_matrix_instances: int = 1_000
-    max_fanout_items: int = 100_000
-    max_duration_s: float = 30 * 86400.0
-    max_integer: int = 2**53
-    condition_max_steps: int = 10_000
-    webhook_timeout_cap_s: float = 60.0
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Limits:
-        return cls(**{name: getattr(settings, name) for name in cls.__dataclass_fields__})
-
-
-def limits_of(info: ValidationInfo | None) -> Limits | None:
-    """The Limits a validation was given as context, None when it was given none (a stored graph)."""
-    context = info.context if info is not None else None
-    limits = context.get("limits") if isinstance(context, dict) else None
-    return limits if isinstance(limits, Limits) else None
-
-
-def _bounded_duration(value: Any, info: ValidationInfo) -> float:
-    seconds = parse_duration(value)
-    limits = limits_of(info)
-    if limits is not None and seconds > limits.max_duration_s:
-        raise ValueError(
-            f"{shown(value)} is longer than the limit of {describe_seconds(limits.max_duration_s)} "
-            f"(max_duration_s = {limits.max_duration_s:g})"
-        )
-    return seconds
-
-
-def shown(value: Any, width: int = 40) -> str:
-    """`value` for a problem line, cut short: a 100,000-digit integer must not fill the terminal."""
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
-        digits = int(value.bit_length() * math.log10(2)) + 1  # str() of a huge int may itself refuse
-        return f"an integer of about {digits:,} digits"
-    text = (
-        {True: "true", False: "false", None: "null"}.get(value, None)
-        if value is None or isinstance(value, bool)
-        else repr(value)
-    )
-    assert text is not None
-    return text if len(text) <= width else f"{text[:width]}... ({len(text):,} characters)"
-
-
-def as_text(value: Any) -> Any:
-    """A number where text is expected (`run: [seq, 1]`, `env: {A: 1}`) becomes its text, as GitHub
-    Actions and docker compose do; true/false/null, lists and mappings are left for validation to refuse."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if isinstance(value, float) and not math.isfinite(value):
-            return value
-        if isinstance(value, int) and value.bit_length() > 128:
-            return value  # left for the max_integer check to refuse
-        return str(value)
-    return value
-
-
-DURATION_SCHEMA: dict[str, Any] = {
-    "anyOf": [
-        {"type": "number", "minimum": 0},
-        {"type": "string", "pattern": r"^\s*(\d+(\.\d+)?\s*(ms|s|m|h|d|w)?\s*)+$"},
-    ],
-    "description": "seconds, or a number with a unit: 250ms, 30s, 5m, 1h, 1d, 1h30m",
-}
-Duration = Annotated[float, BeforeValidator(_bounded_duration), Field(ge=0), WithJsonSchema(DURATION_SCHEMA)]
-"""Seconds; the file may say `30s`, `5m`, `1h` or a number (at most Limits.max_duration_s when validated)."""
-
-
-def _extend_schema(
-    extra: dict[str, Any], shorthands: dict[str, Any] | None = None, required_in: dict[str, str] | None = None
-):
-    """Describe in the JSON Schema what the before-validators accept: compatibility keys and shorthands.
-
-    `required_in` names required fields that may come from a block instead (name from metadata).
-    """
-
-    def patch(schema: dict[str, Any]) -> None:
-        for name, block in (required_in or {}).items():
-            if name in schema.get("required", []):
-                schema["required"].remove(name)
-                schema["anyOf"] = [{"required": [name]}, {"required": [block]}]
-        properties = schema.setdefault("properties", {})
-        properties.update(extra)
-        for name, alternative in (shorthands or {}).items():
-            if name in properties:
-                properties[name] = {"anyOf": [properties[name], alternative]}
-
-    return patch
-
-
-class Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
-
-
-class Backoff(StrEnum):
-    FIXED = "fixed"
-    LINEAR = "linear"
-    EXPONENTIAL = "exponential"
-
-
-class RetryPolicy(Model):
-    """How often and how soon a failed stage is tried again.
-
-    `max_attempts` counts the first attempt: 3 means up to two retries.
-    `retry_on` empty means every exception is retryable unless `give_up_on` names it.
-    """
-
-    max_attempts: int = Field(1, ge=1, le=1000)
-    backoff: Backoff = Backoff.EXPONENTIAL
-    delay: Duration = 1.0
-    multiplier: float = Field(2.0, gt=0)
-    max_delay: Duration | None = None
-    jitter: bool = False
-    retry_on: tuple[str, ...] = ()
-    give_up_on: tuple[str, ...] = ()
-
-    def merged_over(self, base: RetryPolicy) -> RetryPolicy:
-        """This policy's explicitly set fields over `base`'s."""
-        return base.model_copy(update={k: getattr(self, k) for k in self.model_fields_set})
-
-
-class Resources(Model):
-    """What one instance of a stage needs from its machine."""
-
-    cpu: float | None = Field(None, gt=0)
-    memory_gb: float | None = Field(None, gt=0)
-    gpu: int = Field(0, ge=0)
-
-
-class Cache(Model):
-    """Reuse an earlier output with the same type, version, params and inputs."""
-
-    ttl: Duration = 86400.0
-
-
-class Fallback(Model):
-    """Used when retries are exhausted: another stage type, a constant, or the last success."""
-
-    uses: str | None = None
-    output: Any = None
-    last_success: bool = False
-
-    @model_validator(mode="before")
-    @classmethod
-    def _shorthand(cls, data: Any) -> Any:
-        if data == "last_success":
-            return {"last_success": True}
-        if isinstance(data, str):
-            raise ValueError(
-                f"fallback {data!r} is not understood: use 'last_success', "
-                "{uses: TYPE} or {output: VALUE}"
-            )
-        return data
-
-    @model_validator(mode="after")
-    def _one_kind(self) -> Fallback:
-        kinds = [self.uses is not None, "output" in self.model_fields_set, self.last_success]
-        if sum(kinds) != 1:
-            raise ValueError("a fallback is exactly one of: last_success, {uses: TYPE}, {output: VALUE}")
-        return self
-
-    @model_serializer(mode="wrap")
-    def _one_key(self, handler: SerializerFunctionWrapHandler) -> Any:
-        """Dumped as its one kind, whatever the dump leaves out: `{output: null}` is a constant
-        fallback of null ("use null"), and its `output` is what makes it one, so it is written even
-        by a dump without defaults (the stored RunGraph is dumped with `exclude_defaults`), and a
-        `{uses: TYPE}` is never written with an `output: null` beside it. So every dump reads back."""
-        data = handler(self)
-        if not isinstance(data, dict):
-            return data
-        if self.last_success:
-            return {"last_success": True}
-        if self.uses is not None:
-            return {"uses": data.get("uses", self.uses)}
-        return {"output": data.get("output")}
-
-
-def webhook_url_problem(url: str) -> str | None:
-    """Why `url` cannot be a webhook (only http:// and https:// URLs with a host), or None.
-    Validation refuses such a file; delivery checks again (hooks.refusal), for stored runs."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-    except ValueError as exc:
-        return f"it is not a URL ({exc})"
-    if parts.scheme.lower() not in ("http", "https"):
-        return f"its scheme is {parts.scheme or 'missing'}, and only http:// and https:// are delivered"
-    if not host:
-        return "it names no host"
-    return None
-
-
-class Webhook(Model):
-    """An HTTP POST of each matching event's JSON."""
-
-    url: str
-    events: tuple[str, ...] = ("run_complete",)
-    timeout: Duration = 5.0
-    headers: dict[str, str] = Field(default_factory=dict)
-    include: tuple[Literal["traceback"], ...] = ()
-    """What payloads carry beyond the default: `traceback` (left out unless included)."""
-
-    @field_validator("url")
-    @classmethod
-    def _http_only(cls, value: str) -> str:
-        why = webhook_url_problem(value)
-        if why is not None:
-            raise ValueError(f"{shown(value)} is not an http:// or https:// URL: {why}")
-        return value
-
-    @field_validator("timeout")
-    @classmethod
-    def _timeout_cap(cls, value: float, info: ValidationInfo) -> float:
-        limits = limits_of(info)
-        if limits is not None and value > limits.webhook_timeout_cap_s:
-            raise ValueError(
-                f"{describe_seconds(value)} is longer than the limit of "
-                f"{describe_seconds(limits.webhook_timeout_cap_s)} "
-                f"(webhook_timeout_cap_s = {limits.webhook_timeout_cap_s:g})"
-            )
-        return value
-
-
-class LoggingConfig(Model):
-    """Accepted from order-based files; the level applies to worker logs of the run."""
-
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    console: bool = True
-    file: str | None = None
-    format: str | None = None
+from orchestration.language.limits import limits_of
+from orchestration.language.options import Cache, Fallback, LoggingConfig, Resources, RetryPolicy, Webhook
 
 
 def _retries_to_policy(retries: Any, delay: Any = None) -> dict[str, Any]:
@@ -302,7 +45,7 @@ class Stage(Model):
     model_config = ConfigDict(
         frozen=True,
         extra="forbid",
-        json_schema_extra=_extend_schema(
+        json_schema_extra=extend_schema(
             {
                 "continue_on_error": {
                     "type": "boolean",
@@ -450,7 +193,7 @@ class PipelineSpec(Model):
     model_config = ConfigDict(
         frozen=True,
         extra="forbid",
-        json_schema_extra=_extend_schema(
+        json_schema_extra=extend_schema(
             {
                 "metadata": {
                     "type": "object",

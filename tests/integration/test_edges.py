@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from orchestration.cli.main import cli
 from orchestration.fleet.embedded import RedisServer, WorkerProcess
 from orchestration.graph.resolve import RunGraph
-from orchestration.language.spec import Fallback
+from orchestration.language.options import Fallback
 from orchestration.language.validation import validate_data
 
 from .conftest import ARTIFACTS, ROOT, Cluster, pipeline, wait_until

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from orchestration.api import Client
+from orchestration.engine.store import connect
 from orchestration.fleet.embedded import RedisServer
 from orchestration.settings import Settings
 
@@ -78,7 +79,7 @@ def _run_through(server: RedisServer, tmp_path: Path, env: dict[str, str], setti
     cluster = Cluster(server, tmp_path)
     cluster.settings = settings
     cluster.client = Client(settings)
-    cluster.redis = cluster.client.store.r
+    cluster.redis = connect(settings)  # a client of its own, with the password (and TLS)
     try:
         cluster.start_worker(hostname="secure", env=env)
         result = cluster.run(

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from orchestration.api import Client
+from orchestration.engine.store import connect
 from orchestration.fleet.embedded import RedisServer
 from orchestration.language.validation import validate_data
 from orchestration.settings import Settings
@@ -30,7 +31,7 @@ def secret_cluster(tmp_path_factory) -> Iterator[Cluster]:
         cluster = Cluster(server, tmp_path_factory.mktemp("policy"))
         cluster.settings = Settings(redis_url=server.url)
         cluster.client = Client(cluster.settings)
-        cluster.redis = cluster.client.store.r
+        cluster.redis = connect(cluster.settings)  # a client of its own, with the password
         try:
             yield cluster
         finally:

@@ -13,7 +13,8 @@ from orchestration.cli.files import available_templates
 from orchestration.errors import InvalidPipeline
 from orchestration.graph.resolve import resolve
 from orchestration.language.builder import Pipeline, dump
-from orchestration.language.spec import PipelineSpec, Resources, RetryPolicy
+from orchestration.language.options import Resources, RetryPolicy
+from orchestration.language.spec import PipelineSpec
 from orchestration.language.validation import load_pipeline
 
 REPO = Path(__file__).resolve().parents[2]

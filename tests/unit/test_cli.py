@@ -16,7 +16,7 @@ from jsonschema import Draft202012Validator
 
 from orchestration.cli.files import available_templates, describe_retry
 from orchestration.cli.main import cli, main
-from orchestration.language.spec import RetryPolicy
+from orchestration.language.options import RetryPolicy
 
 from .samples import THREE_MISTAKES
 

@@ -11,7 +11,7 @@ import pytest
 from orchestration.engine.retries import Verdict, decide
 from orchestration.engine.states import KEPT_ON_RETRY, TERMINAL, RunStatus, State, lua_prelude
 from orchestration.errors import CommitRefused, FailStage, OutputTooLarge, RedisRefusedWrite, RetryStage
-from orchestration.language.spec import RetryPolicy
+from orchestration.language.options import RetryPolicy
 
 THREE = RetryPolicy(max_attempts=3, backoff="fixed", delay=2)
 

@@ -10,8 +10,9 @@ import pytest
 from orchestration.errors import InvalidPipeline
 from orchestration.graph.resolve import resolve
 from orchestration.language import expressions
+from orchestration.language.limits import Limits
 from orchestration.language.loader import parse_override
-from orchestration.language.spec import Limits, PipelineSpec
+from orchestration.language.spec import PipelineSpec
 from orchestration.language.validation import load_pipeline_text, validate_data
 from orchestration.settings import Settings
 

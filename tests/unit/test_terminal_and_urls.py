@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from click.testing import CliRunner
 
 from orchestration.api import Client
@@ -26,12 +27,13 @@ from orchestration.cli import _common as cli_module
 from orchestration.cli.main import cli
 from orchestration.engine import hooks, redis_url
 from orchestration.engine.hook_sender import HookSender
+from orchestration.engine.keys import Keys
 from orchestration.engine.store import connect
 from orchestration.errors import RunNotFound
 from orchestration.fleet.embedded import RedisServer, free_port
 from orchestration.graph import render
 from orchestration.graph.resolve import resolve
-from orchestration.language.spec import Webhook
+from orchestration.language.options import Webhook
 from orchestration.language.validation import load_pipeline
 from orchestration.settings import Settings
 
@@ -98,9 +100,10 @@ def hostile_run(server, tmp_path) -> Iterator[str]:
     )
     client = Client(settings)
     run_id = client.submit(load_pipeline(file, {}, settings=settings), check_types=False).run_id
-    store, keys = client.store, client.store.keys
-    store.r.hset(keys.run(run_id), "pipeline", HOSTILE)
-    store.r.hset(
+    store, keys = client.store, Keys(settings.key_prefix)
+    raw = redis.Redis.from_url(server.url, decode_responses=True)  # to forge what a stage could write
+    raw.hset(keys.run(run_id), "pipeline", HOSTILE)
+    raw.hset(
         keys.stage(run_id, "a"),
         mapping={
             "host": f"host{HOSTILE}",
@@ -109,10 +112,11 @@ def hostile_run(server, tmp_path) -> Iterator[str]:
         },
     )
     store.append_logs(run_id, "a", [f"out {HOSTILE} \x9b31mred\x1b]0;title\x07", "second\tline"])
-    store.r.xadd(
+    raw.xadd(
         keys.events(run_id),
         {"t": f"{time.time():.3f}", "kind": "stage", "stage": "a", "state": HOSTILE, "host": "h\x1b[1A"},
     )
+    raw.close()
     assert client.cancel(run_id) == "cancelled"
     yield run_id
 

@@ -1,5 +1,6 @@
 -- Helpers every script shares; loaded after the state names (S, R, TERMINAL, ...) that
--- orchestration/states.py generates, and before the script itself.
+-- engine/states.py generates and `outbox_member(run_id, stage_id)` from engine/keys.py, and
+-- before the script itself (engine/scripts.py puts them together).
 local function clock()
   -- Redis's clock: (milliseconds, seconds as text with 3 decimals, whole seconds)
   local t = redis.call('TIME')

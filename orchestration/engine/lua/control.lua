@@ -1,7 +1,7 @@
 -- Run control: cancel, pause, resume.
 -- KEYS: 1 run, 2 states, 3 events, 4 parked, 5 hooks outbox,
---       6... with cancel: the stage hash then the items hash of each stage in ARGV[5], in order
--- ARGV: 1 op, 2 (unused), 3 run id, 4 pipeline name, 5 with cancel: JSON array of the stage ids
+--       6... with cancel: the stage hash then the items hash of each stage in ARGV[4], in order
+-- ARGV: 1 op, 2 run id, 3 pipeline name, 4 with cancel: JSON array of the stage ids
 -- cancel -> {'ok', task ids to revoke} ; pause -> {'ok'} ; resume -> {'ok', parked payloads}
 -- or {'noop', status} when the run is not in a state the op applies to.
 -- Each change also enqueues its hook event (run_complete with status 'cancelled', run_paused,
@@ -14,10 +14,10 @@ local function event(state)
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', EVENTS_MAXLEN, '*', 't', now, 'kind', 'run', 'state', state)
 end
 local function hook(kind, run_status)
-  local pipeline = ARGV[4]
+  local pipeline = ARGV[3]
   if pipeline == nil or pipeline == '' then pipeline = redis.call('HGET', KEYS[1], 'pipeline') or '' end
   redis.call('XADD', KEYS[5], 'MAXLEN', '~', HOOKS_MAXLEN, '*', 'e',
-    cjson.encode({kind = kind, run_id = ARGV[3], pipeline = pipeline, status = run_status}))
+    cjson.encode({kind = kind, run_id = ARGV[2], pipeline = pipeline, status = run_status}))
 end
 
 if op == 'pause' then
@@ -37,7 +37,7 @@ elseif op == 'resume' then
 elseif op == 'cancel' then
   if not RUN_ACTIVE[status] then return {'noop', status} end
   local hash_of, items_of = {}, {}
-  for i, sid in ipairs(cjson.decode(ARGV[5] or '[]')) do
+  for i, sid in ipairs(cjson.decode(ARGV[4] or '[]')) do
     hash_of[sid] = KEYS[4 + 2 * i]
     items_of[sid] = KEYS[5 + 2 * i]
   end

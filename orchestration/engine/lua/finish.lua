@@ -191,7 +191,7 @@ if stage_outcome ~= S.FAILED or not A.critical then
     local left = redis.call('HINCRBY', KEYS[8], child, -1)
     if left <= 0 and redis.call('HGET', KEYS[2], child) == S.PENDING and RUN_ACTIVE[run_status] then
       redis.call('HSET', KEYS[2], child, S.QUEUED)
-      redis.call('ZADD', KEYS[11], now_s, A.run_id .. '|' .. child)
+      redis.call('ZADD', KEYS[11], now_s, outbox_member(A.run_id, child))
       ready[#ready + 1] = child
     end
   end

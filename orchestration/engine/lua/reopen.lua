@@ -3,12 +3,12 @@
 -- goes back to pending with a fresh attempt count, its previous record kept in 'history'.
 -- A fan-out stage keeps the items that succeeded (with their outputs): only the others run again.
 -- KEYS: 1 run, 2 states, 3 pending, 4 events, 5 outbox,
---       6... the stage hash then the items hash of each stage, in the order of ARGV[3]'s keys
--- ARGV: 1 (unused), 2 run id, 3 needs: JSON [[stage, [needs...]], ...]
+--       6... the stage hash then the items hash of each stage, in the order of ARGV[2]'s keys
+-- ARGV: 1 run id, 2 needs: JSON [[stage, [needs...]], ...]
 -- Returns {'ok', stages to send now} or {'noop', status}
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= R.FAILED and status ~= R.CANCELLED then return {'noop', tostring(status)} end
-local needs_list = cjson.decode(ARGV[3])
+local needs_list = cjson.decode(ARGV[2])
 local needs, hash_of, items_of = {}, {}, {}
 for i, entry in ipairs(needs_list) do
   needs[entry[1]] = entry[2]
@@ -57,7 +57,7 @@ for sid, _ in pairs(rerun) do
   redis.call('HSET', KEYS[3], sid, left)
   if left == 0 then
     redis.call('HSET', KEYS[2], sid, S.QUEUED)
-    redis.call('ZADD', KEYS[5], now_s, ARGV[2] .. '|' .. sid)
+    redis.call('ZADD', KEYS[5], now_s, outbox_member(ARGV[1], sid))
     ready[#ready + 1] = sid
   else
     redis.call('HSET', KEYS[2], sid, S.PENDING)

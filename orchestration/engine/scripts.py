@@ -1,0 +1,56 @@
+"""The Lua scripts of `lua/`, loaded with what they share and registered on a client.
+
+Each script's source is: the state names (`states.lua_prelude`), the outbox member
+encoding (`keys.lua_members`), the shared helpers (`lua/_common.lua`), then the script.
+Every key a script touches comes in KEYS; ARGV carries values only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+import redis
+
+from orchestration.engine.keys import lua_members
+from orchestration.engine.states import lua_prelude
+
+
+def source(name: str, allow_oom: bool = False) -> str:
+    """The full source of script `name` (e.g. 'begin.lua').
+
+    `allow_oom` marks it runnable when Redis is at `maxmemory` (Redis 7's script flags): only
+    for the small bookkeeping writes that let an attempt end and a run finish under memory
+    pressure (begin, retry, a failure's commit), never for outputs or context values.
+    """
+    lua = resources.files("orchestration.engine").joinpath("lua")
+    body = (
+        lua_prelude()
+        + lua_members()
+        + lua.joinpath("_common.lua").read_text(encoding="utf-8")
+        + lua.joinpath(name).read_text(encoding="utf-8")
+    )
+    return ("#!lua flags=allow-oom\n" + body) if allow_oom else body
+
+
+class Script:
+    """A script that may also run under Redis's memory limit (`allow-oom`, Redis 7's script
+    flags), falling back to the plain script on a Redis older than 7, which has no flags."""
+
+    def __init__(self, client: redis.Redis, name: str):
+        self._plain = client.register_script(source(name))
+        self._oom: Any = client.register_script(source(name, allow_oom=True))
+
+    def __call__(self, keys: Sequence[str], args: Sequence[Any], allow_oom: bool = False) -> Any:
+        if allow_oom and self._oom is not None:
+            try:
+                return self._oom(keys=keys, args=args)
+            except redis.ResponseError as exc:
+                if "near '#'" not in str(exc) and "shebang" not in str(exc).lower():
+                    raise
+                self._oom = None  # Redis < 7: no script flags
+        return self._plain(keys=keys, args=args)
+
+
+__all__ = ["Script", "source"]

@@ -1,0 +1,298 @@
+"""Every change of a stage's or a run's state, each one Lua script (`lua/*.lua`).
+
+A transition checks before it writes and is fenced by the attempt's token, so a
+duplicate delivery or a late commit changes nothing. Every key a script touches
+is passed in KEYS, built by `keys.Keys`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from orchestration.engine.keys import encode_member
+from orchestration.engine.reads import RunReads
+from orchestration.engine.scripts import Script, source
+from orchestration.graph.resolve import RunGraph
+from orchestration.settings import Settings
+
+
+@dataclass
+class Commit:
+    """What finish.lua decided."""
+
+    verdict: str  # ok | item | stale | late
+    finalized: bool
+    run_status: str
+    ready: list[str] = field(default_factory=list)
+    revoke: list[str] = field(default_factory=list)
+    next_item: int | None = None
+    reason: str = ""  # why, when the verdict is 'invalid' (nothing was written)
+
+
+class Transitions(RunReads):
+    """The run store's transitions: each method runs one script (begin, renew, retry, finish,
+    start_fanout, control; reopen clears the run's TTLs first)."""
+
+    def __init__(self, client: redis.Redis, settings: Settings):
+        super().__init__(client, settings)
+        self._begin = Script(client, "begin.lua")
+        self._renew = client.register_script(source("renew.lua"))
+        self._retry = Script(client, "retry.lua")
+        self._finish = Script(client, "finish.lua")
+        self._fanout = client.register_script(source("fanout.lua"))
+        self._control = client.register_script(source("control.lua"))
+        self._reopen = client.register_script(source("reopen.lua"))
+
+    def begin(
+        self,
+        run_id: str,
+        stage_id: str,
+        item: int | None,
+        attempt: int,
+        host: str,
+        queue: str,
+        task_id: str,
+        payload: str,
+        read: Sequence[str] = (),
+        notify: Sequence[str] = (),
+    ) -> list[Any]:
+        """Start an attempt; with 'run' comes its token and the JSON outputs of the `read` stages.
+
+        `notify`: hook entries (JSON) enqueued with the start, for the hook senders."""
+        k = self.keys
+        args = {
+            "stage": stage_id,
+            "item": item,
+            "attempt": attempt,
+            "host": host,
+            "queue": queue,
+            "task_id": task_id,
+            "lease_ms": int(self.settings.lease_s * 1000),
+            "max_crashes": self.settings.max_deliveries,
+            "payload": payload,
+            "lease": encode_member(run_id, stage_id, item, lease=True),
+            "reads": list(read),
+            "notify": list(notify),
+        }
+        return self._begin(
+            keys=[
+                k.run(run_id),
+                k.states(run_id),
+                k.unit(run_id, stage_id, item),
+                k.events(run_id),
+                k.parked(run_id),
+                k.leases(),
+                k.outputs(run_id),
+                k.hooks(),
+            ],
+            args=[json.dumps(args, separators=(",", ":"))],
+            allow_oom=True,
+        )
+
+    def renew(self, run_id: str, stage_id: str, item: int | None, token: str) -> bool:
+        """Extend the attempt's lease by `settings.lease_s`; False when the attempt lost it (stop)."""
+        k = self.keys
+        prefix = "" if item is None else f"{item}:"
+        return bool(
+            self._renew(
+                keys=[k.unit(run_id, stage_id, item), k.leases()],
+                args=[
+                    prefix,
+                    token,
+                    int(self.settings.lease_s * 1000),
+                    encode_member(run_id, stage_id, item, lease=True),
+                ],
+            )
+        )
+
+    def retry(
+        self,
+        run_id: str,
+        stage_id: str,
+        item: int | None,
+        token: str,
+        error: Mapping[str, Any],
+        next_attempt: int,
+        delay_s: float,
+        park: bool,
+        payload: str,
+        notify: Sequence[str] = (),
+    ) -> bool:
+        """Record a failed attempt that will be tried again after `delay_s`; with `park`, its message
+        (`payload`) waits in the delay set. False when the attempt no longer holds the stage."""
+        k = self.keys
+        res = self._retry(
+            keys=[
+                k.unit(run_id, stage_id, item),
+                k.states(run_id),
+                k.events(run_id),
+                k.delayed(),
+                k.leases(),
+                k.hooks(),
+            ],
+            args=[
+                stage_id,
+                "" if item is None else item,
+                token,
+                json.dumps(error),
+                next_attempt,
+                int(delay_s * 1000),
+                "1" if park else "0",
+                payload,
+                encode_member(run_id, stage_id, item, lease=True),
+                *notify,
+            ],
+            allow_oom=True,
+        )
+        return bool(res[0] == "ok")
+
+    def finish(
+        self,
+        run_id: str,
+        graph: RunGraph,
+        stage_id: str,
+        item: int | None,
+        token: str,
+        outcome: str,
+        output_json: str = "",
+        error: Mapping[str, Any] | None = None,
+        context_writes: Sequence[tuple[str, str, str]] = (),
+        metrics: Mapping[str, float] | None = None,
+        children: Sequence[str] = (),
+        descendants: Sequence[str] = (),
+        cache_key: str | None = None,
+        cache_ttl_s: float = 0,
+        cached: bool = False,
+        notify: Sequence[str] = (),
+        run_hook: bool = False,
+    ) -> Commit:
+        """Commit an attempt's end (or, with token '', a stage's end decided outside any attempt).
+
+        The script checks everything before it writes: a verdict 'invalid' wrote nothing, and
+        `Commit.reason` says why. A failure's commit may run when Redis is at maxmemory."""
+        k = self.keys
+        node = graph.node(stage_id)
+        failing = outcome == "failed"
+        others: list[str] = []
+        if failing and node.critical:
+            others = (
+                [n.id for n in graph.nodes if n.id != stage_id]
+                if graph.fail_fast
+                else [sid for sid in descendants if sid != stage_id]
+            )
+        args = {
+            "stage": stage_id,
+            "item": item,
+            "token": token,
+            "outcome": outcome,
+            "output": output_json,
+            "error": json.dumps(error) if error else "",
+            "context": [list(w) for w in context_writes],
+            "metrics": [[name, repr(float(v))] for name, v in (metrics or {}).items()],
+            "children": list(children),
+            "descendants": list(descendants),
+            "others": others,
+            "critical": node.critical,
+            "fail_fast": graph.fail_fast,
+            "lease": encode_member(run_id, stage_id, item, lease=True),
+            "windowed": bool(node.max_concurrency),
+            "run_id": run_id,
+            "cache_ttl": cache_ttl_s if cache_key else 0,
+            "cached": cached,
+            "notify": list(notify),
+            "run_hook": run_hook,
+            "pipeline": graph.name,
+            "fanout_cap": self.settings.fanout_output_cap_bytes if item is not None else 0,
+        }
+        keys = [
+            k.run(run_id),
+            k.states(run_id),
+            k.unit(run_id, stage_id, item),
+            k.events(run_id),
+            k.outputs(run_id),
+            k.context(run_id),
+            k.metrics(run_id),
+            k.pending(run_id),
+            k.stage(run_id, stage_id),
+            k.leases(),
+            k.outbox(),
+            k.hooks(),
+            k.cache(cache_key) if cache_key else k.run(run_id),
+        ]
+        for sid in others:
+            keys += [k.stage(run_id, sid), k.items(run_id, sid)]
+        # A failure that writes nothing of its own may be committed at maxmemory, so the run ends.
+        verdict, finalized, status, ready, revoke, next_item = self._finish(
+            keys=keys,
+            args=[json.dumps(args, separators=(",", ":"))],
+            allow_oom=failing and not context_writes and not metrics,
+        )
+        if verdict == "invalid":
+            return Commit(verdict, False, "", reason=status)
+        return Commit(
+            verdict,
+            bool(finalized),
+            status,
+            list(ready),
+            list(revoke),
+            int(next_item) if next_item != "" else None,
+        )
+
+    def start_fanout(
+        self, run_id: str, stage_id: str, total: int, window: int, queue: str
+    ) -> list[int] | None:
+        """Start a fan-out stage once. Returns the items to send first ([] when every item was kept
+        by a retried run), or None when this call did not start it."""
+        k = self.keys
+        res = self._fanout(
+            keys=[
+                k.states(run_id),
+                k.stage(run_id, stage_id),
+                k.events(run_id),
+                k.run(run_id),
+                k.items(run_id, stage_id),
+            ],
+            args=[stage_id, total, window, queue],
+        )
+        if res[0] == 0:
+            return None
+        if res[0] == 2:
+            return []
+        return [int(i) for i in res[1:]] if len(res) > 1 else list(range(window))
+
+    def control(self, run_id: str, op: str, pipeline: str = "") -> tuple[str, list[str]]:
+        """cancel, pause or resume the run; its hook event (run_complete 'cancelled', run_paused,
+        run_resumed) goes to the hooks outbox in the same step. `pipeline` defaults to the run's."""
+        k = self.keys
+        keys = [k.run(run_id), k.states(run_id), k.events(run_id), k.parked(run_id), k.hooks()]
+        stage_ids: list[str] = []
+        if op == "cancel":
+            stage_ids = [n.id for n in self.graph(run_id).nodes]
+            for sid in stage_ids:
+                keys += [k.stage(run_id, sid), k.items(run_id, sid)]
+        verdict, payload = self._control(keys=keys, args=[op, run_id, pipeline, json.dumps(stage_ids)])
+        return verdict, list(payload) if isinstance(payload, list) else [payload]
+
+    def reopen(self, run_id: str, graph: RunGraph) -> tuple[str, list[str]]:
+        """Put a failed or cancelled run back to running from its point of failure."""
+        k = self.keys
+        pipe = self._r.pipeline(transaction=False)
+        for key in k.run_keys(run_id, [n.id for n in graph.nodes]):
+            pipe.persist(key)
+        pipe.execute()
+        keys = [k.run(run_id), k.states(run_id), k.pending(run_id), k.events(run_id), k.outbox()]
+        for n in graph.nodes:
+            keys += [k.stage(run_id, n.id), k.items(run_id, n.id)]
+        verdict, detail = self._reopen(
+            keys=keys,
+            args=[run_id, json.dumps([[n.id, list(n.needs)] for n in graph.nodes])],
+        )
+        return verdict, list(detail) if isinstance(detail, list) else [detail]
+
+
+__all__ = ["Commit", "Transitions"]

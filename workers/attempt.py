@@ -1,0 +1,338 @@
+"""One attempt of one stage (or fan-out item), from its token to its one commit.
+
+condition → cache → the stage function → exactly one commit: `succeed`, `skip` or `fail`
+(which asks `retries.decide` for a retry, the fallback or the failure). A commit that Redis
+refuses (out of memory, read-only) becomes the attempt's failure; when even that is refused,
+the lease runs out and the reaper sends the stage again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import traceback
+from typing import TYPE_CHECKING, Any
+
+import redis
+from celery.exceptions import SoftTimeLimitExceeded
+
+from orchestration.engine import hooks
+from orchestration.engine.cache import cache_key
+from orchestration.engine.compiler import stage_signature
+from orchestration.engine.dispatch import payload
+from orchestration.engine.registry import StageType
+from orchestration.engine.retries import Verdict, decide, resolve_policy
+from orchestration.engine.states import State
+from orchestration.engine.store import Commit, RunStore
+from orchestration.errors import CommitRefused, FailStage, OutputTooLarge, RedisRefusedWrite, StageTimeout
+from orchestration.graph.resolve import Node, RunGraph
+from orchestration.language import expressions
+
+from .context import StageContext
+
+if TYPE_CHECKING:
+    from .execution import WorkerEnv
+
+log = logging.getLogger("chordflow.worker")
+TRACEBACK_TAIL = 2000
+
+
+def error_record(exc: BaseException, attempt: int, retryable: bool) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "type": type(exc).__name__,
+        "message": str(exc)[:2000],
+        "retryable": retryable,
+        "attempt": attempt,
+        "traceback": "".join(traceback.format_exception(exc))[-TRACEBACK_TAIL:],
+    }
+    if isinstance(exc, StageTimeout):
+        record.update(timeout=True, exit_code=exc.returncode)
+    elif (code := getattr(exc, "returncode", None)) is not None:
+        record["exit_code"] = code
+    return record
+
+
+def refused_write(exc: redis.RedisError) -> bool:
+    """Redis answered but will not write: out of memory, or a read-only replica."""
+    return isinstance(exc, (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError)) or (
+        isinstance(exc, redis.ResponseError)
+        and any(word in str(exc) for word in ("OOM", "maxmemory", "READONLY", "read only replica"))
+    )
+
+
+class Attempt:
+    """One attempt of one stage (or item), from its token to its one commit.
+
+    `succeed`, `skip` and `fail` are the only ways out, and each commits once through
+    `_commit`; `fail` asks `retries.decide` what the failure leads to."""
+
+    def __init__(
+        self,
+        env: WorkerEnv,
+        stage_type: StageType,
+        graph: RunGraph,
+        node: Node,
+        run_id: str,
+        item: int | None,
+        attempt: int,
+        token: str,
+        ctx: StageContext,
+        event: dict[str, Any],
+    ):
+        self.env, self.stage_type, self.graph, self.node = env, stage_type, graph, node
+        self.run_id, self.item, self.attempt, self.token = run_id, item, attempt, token
+        self.ctx, self.event = ctx, event
+        self.cache_key: str | None = None
+        self._logs_stored = False
+
+    def store_logs(self) -> None:
+        """Store the attempt's log lines, once: before its commit, so that whoever sees the stage
+        (or the run) end also finds its logs."""
+        if self._logs_stored:
+            return
+        self._logs_stored = True
+        try:
+            self.env.store.append_logs(self.run_id, self.node.id, self.ctx.log_lines)
+        except redis.RedisError as exc:
+            log.warning("could not store the log lines of %s/%s: %s", self.run_id, self.node.id, exc)
+
+    # -- the attempt ---------------------------------------------------------------------------
+    def perform(self, verdict: str, rest: list[Any]) -> str:
+        node, ctx, store = self.node, self.ctx, self.env.store
+        if verdict == "poison":
+            error = {
+                "type": "PoisonMessage",
+                "retryable": False,
+                "attempt": self.attempt,
+                "message": f"the worker running this stage died {rest[1]} times; the message is quarantined",
+            }
+            return self._end_failed(error)
+        if node.when and (self.item is None or expressions.reads_item(node.when)):
+            try:
+                go = expressions.evaluate(
+                    node.when,
+                    variables=self.graph.variables,
+                    outputs=ctx.inputs,
+                    context=store.context(self.run_id),
+                    matrix=ctx.matrix or None,
+                    item=ctx.item,
+                    max_steps=self.env.settings.condition_max_steps,
+                )
+            except ValueError as exc:
+                return self.fail(FailStage(str(exc)), kind="ConditionError")
+            if not go:
+                return self.skip()
+        if node.cache is not None and not self.graph.no_cache:
+            self.cache_key = cache_key(
+                self.stage_type.name, self.stage_type.version, node.params, ctx.inputs, ctx.item, node.run
+            )
+            hit = store.cached_output(self.cache_key)
+            if hit is not None:
+                return self.succeed(hit, cached=True)
+        try:
+            result = self.stage_type.func(ctx, **node.params)
+            output_json = json.dumps(result, separators=(",", ":"))
+        except SoftTimeLimitExceeded:
+            return self.fail(
+                StageTimeout(
+                    f"stage '{node.id}' ran past its timeout of {node.timeout_s:g}s", returncode=None
+                )
+            )
+        except Exception as exc:  # noqa: BLE001  the stage's own failure: retry, fallback or fail, by policy
+            if isinstance(exc, TypeError) and "JSON serializable" in str(exc):
+                exc = FailStage(f"stage '{node.id}' returned a value that is not JSON: {exc}")
+            return self.fail(exc)
+        if len(output_json) > self.env.settings.output_cap_bytes:
+            return self.fail(
+                OutputTooLarge(self.run_id, node.id, len(output_json), self.env.settings.output_cap_bytes)
+            )
+        return self.succeed(output_json)
+
+    # -- the ways out --------------------------------------------------------------------------
+    def succeed(self, output_json: str, cached: bool = False) -> str:
+        commit = self._commit(
+            State.SUCCEEDED,
+            output_json,
+            cached=cached,
+            announce=("stage_complete", {"state": "succeeded", "cached": cached}),
+        )
+        if isinstance(commit, str):
+            return commit
+        return "cache hit" if cached else "succeeded"
+
+    def skip(self) -> str:
+        commit = self._commit(State.SKIPPED, "null", announce=("stage_complete", {"state": "skipped"}))
+        return commit if isinstance(commit, str) else "skipped"
+
+    def fail(self, exc: BaseException, kind: str | None = None) -> str:
+        node = self.node
+        policy = resolve_policy(self.stage_type.retry, node.retry_policy)
+        decision = decide(
+            policy, exc, self.attempt, has_fallback=node.fallback is not None, critical=node.critical
+        )
+        error = error_record(exc, self.attempt, decision.retryable)
+        if kind:
+            error["type"] = kind
+        if decision.verdict is Verdict.RETRY:
+            return self.retry(decision.delay_s, error)
+        if decision.verdict is Verdict.FALLBACK:
+            try:
+                output_json = json.dumps(self._fallback_output(), separators=(",", ":"))
+            except Exception as fallback_exc:  # noqa: BLE001
+                error["fallback_error"] = f"{type(fallback_exc).__name__}: {fallback_exc}"
+            else:
+                commit = self._commit(State.FALLBACK, output_json, error, announce=self._error_event(error))
+                return commit if isinstance(commit, str) else "fallback"
+        return self._end_failed(error)
+
+    def retry(self, delay_s: float, error: dict[str, Any]) -> str:
+        env, node = self.env, self.node
+        park = delay_s > env.settings.delay_set_threshold_s
+        message = payload(self.run_id, node.id, self.attempt + 1, self.item)
+        announce = hooks.entry(
+            "stage_error",
+            {**self.event, "error": error, "will_retry": True, "delay_s": delay_s},
+            self.graph.webhooks,
+        )
+        self.store_logs()
+        try:
+            held = env.store.retry(
+                self.run_id,
+                node.id,
+                self.item,
+                self.token,
+                error,
+                self.attempt + 1,
+                delay_s,
+                park,
+                message,
+                [announce] if announce else [],
+            )
+        except redis.RedisError as exc:
+            return self._lost(exc)
+        if held and not park:
+            env.dispatcher.send(
+                [stage_signature(self.run_id, node, self.attempt + 1, self.item, countdown=delay_s)]
+            )
+        return f"retrying in {delay_s:.2f}s"
+
+    def _end_failed(self, error: dict[str, Any]) -> str:
+        """Commit the stage's failure; the commit script cascades it by the node's `critical` and
+        the run's fail_fast, as `decide` said (FAIL or FAIL_AND_CASCADE)."""
+        commit = self._commit(State.FAILED, "", error, announce=self._error_event(error))
+        return commit if isinstance(commit, str) else f"failed: {error['type']}"
+
+    def _error_event(self, error: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        return "stage_error", {"error": error, "will_retry": False}
+
+    # -- the one commit ------------------------------------------------------------------------
+    def _commit(
+        self,
+        outcome: State,
+        output_json: str = "",
+        error: dict[str, Any] | None = None,
+        cached: bool = False,
+        announce: tuple[str, dict[str, Any]] | None = None,
+    ) -> Commit | str:
+        """Commit this attempt; a str says why nothing was committed (for the worker log).
+
+        A commit whose checks refuse what the attempt wrote, or that Redis refuses (out of
+        memory, read-only), becomes this attempt's failure, decided by the policy like any other."""
+        env, graph, node, ctx = self.env, self.graph, self.node, self.ctx
+        notify = []
+        if announce is not None:
+            entry = hooks.entry(announce[0], {**self.event, **announce[1]}, graph.webhooks)
+            if entry:
+                notify.append(entry)
+        self.store_logs()
+        try:
+            commit = env.store.finish(
+                self.run_id,
+                graph,
+                node.id,
+                self.item,
+                self.token,
+                outcome,
+                output_json,
+                error,
+                context_writes=ctx.context.writes,
+                metrics=ctx.metrics.values,
+                children=env.dispatcher.children(self.run_id, graph, node.id),
+                descendants=env.dispatcher.blocked_by(self.run_id, graph, node.id, outcome),
+                cache_key=self.cache_key if outcome is State.SUCCEEDED and not cached else None,
+                cache_ttl_s=node.cache.ttl if node.cache is not None else 0,
+                cached=cached,
+                notify=notify,
+                run_hook=hooks.entry("run_complete", {"run_id": self.run_id}, graph.webhooks) is not None,
+            )
+        except redis.RedisError as exc:
+            if not refused_write(exc) or (outcome is State.FAILED and error and error.get("commit_refused")):
+                return self._lost(exc)
+            return self._refused(RedisRefusedWrite(str(exc)))
+        if commit.verdict == "invalid":
+            return self._refused(CommitRefused(commit.reason))
+        if commit.verdict in ("stale", "late"):
+            log.warning(
+                "commit of %s/%s item %s refused (%s): a newer attempt holds it",
+                self.run_id,
+                node.id,
+                self.item,
+                commit.verdict,
+            )
+            return f"{commit.verdict}: not committed"
+        try:
+            env.dispatcher.advance(self.run_id, graph, commit, node.id)
+        except redis.RedisError as exc:  # committed; what it made ready is in the outbox for the reaper
+            log.warning(
+                "run %s: could not send what %s made ready (%s); the reaper will", self.run_id, node.id, exc
+            )
+        return commit
+
+    def _refused(self, exc: BaseException) -> str:
+        """The commit wrote nothing: fail the attempt (by policy), without its writes."""
+        log.error("commit of %s/%s item %s refused: %s", self.run_id, self.node.id, self.item, exc)
+        self.ctx.context.writes.clear()
+        self.ctx.metrics.values.clear()
+        self.cache_key = None
+        node = self.node
+        policy = resolve_policy(self.stage_type.retry, node.retry_policy)
+        decision = decide(policy, exc, self.attempt, has_fallback=False, critical=node.critical)
+        error = error_record(exc, self.attempt, decision.retryable)
+        error["commit_refused"] = True
+        if decision.verdict is Verdict.RETRY:
+            return self.retry(decision.delay_s, error)
+        return self._end_failed(error)
+
+    def _lost(self, exc: BaseException) -> str:
+        log.error(
+            "stage %s/%s item %s: Redis refused even the failure's commit (%s); the lease will run out "
+            "and the reaper will send the stage again",
+            self.run_id,
+            self.node.id,
+            self.item,
+            exc,
+        )
+        return f"not committed: {type(exc).__name__}"
+
+    # -- fallback ------------------------------------------------------------------------------
+    def _fallback_output(self) -> Any:
+        """The output a fallback supplies: a constant, the last success's, or another stage type's."""
+        fallback = self.node.fallback
+        assert fallback is not None
+        if fallback.last_success:
+            return _last_success(self.env.store, self.graph, self.node.id, self.run_id)
+        if fallback.uses is not None:
+            other = self.env.registry.get(fallback.uses)
+            if other is None:
+                raise LookupError(f"fallback type '{fallback.uses}' is not registered in this worker")
+            return other.func(self.ctx, **self.node.params)
+        return fallback.output
+
+
+def _last_success(store: RunStore, graph: RunGraph, stage_id: str, run_id: str) -> Any:
+    for other in store.recent_runs(limit=200, pipeline=graph.name):
+        if other != run_id and store.run_status(other) == "succeeded":
+            value = store.output(other, stage_id)
+            if value is not None:
+                return value
+    return None
