@@ -245,6 +245,7 @@ class Attempt:
             if entry:
                 notify.append(entry)
         self.store_logs()
+        children = env.dispatcher.children(self.run_id, graph, node.id)
         try:
             commit = env.store.finish(
                 self.run_id,
@@ -257,7 +258,11 @@ class Attempt:
                 error,
                 context_writes=ctx.context.writes,
                 metrics=ctx.metrics.values,
-                children=env.dispatcher.children(self.run_id, graph, node.id),
+                children=children,
+                messages=env.dispatcher.messages(self.run_id, graph, children),
+                next_message=env.dispatcher.next_item_template(self.run_id, node)
+                if self.item is not None
+                else None,
                 descendants=env.dispatcher.blocked_by(self.run_id, graph, node.id, outcome),
                 cache_key=self.cache_key if outcome is State.SUCCEEDED and not cached else None,
                 cache_ttl_s=node.cache.ttl if node.cache is not None else 0,

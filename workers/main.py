@@ -197,7 +197,7 @@ def run_worker(
         nodename,
         "--loglevel",
         loglevel,
-        "-E",
+        # no -E: task events cost every stage three messages; Flower turns them on when it runs
         "--without-mingle",
         "--without-gossip",
         "--pool",

@@ -86,7 +86,11 @@ def flower(port: int, address: str, flower_args: tuple[str, ...]) -> int:
             err=True,
         )
     argv = ["flower", f"--port={port}", f"--address={address}", *flower_args]
-    return client_app(settings).start(argv=argv) or EXIT_OK
+    app = client_app(settings)
+    # Workers send task events only while someone watches: turn them on in the live workers now
+    # (Flower itself does so every 5 s, for the workers that start later).
+    app.control.enable_events()
+    return app.start(argv=argv) or EXIT_OK
 
 
 @click.command()

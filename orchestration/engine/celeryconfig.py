@@ -1,7 +1,8 @@
 """Celery configuration shared by the submitting client and the workers.
 
 Strict on purpose: JSON only, every queue declared, a message to an unknown
-queue fails loudly, acks late, a lost worker's message is requeued, prefetch 1.
+queue fails loudly, acks late, a lost worker's message is requeued, prefetch 1, task events
+only while Flower runs.
 """
 
 from __future__ import annotations
@@ -39,9 +40,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "task_acks_on_failure_or_timeout": True,
         "worker_prefetch_multiplier": 1,
-        "worker_send_task_events": True,
-        # Workers send task events (-E) for Flower; "sent" events would cost every dispatch a
-        # round trip, and our own event stream already records each state change.
+        # No task events unless someone watches: Flower turns them on in every worker it sees
+        # (`enable_events`, at its start and every 5 s); our own event stream records each state
+        # change anyway. "sent" events would cost every dispatch a round trip.
+        "worker_send_task_events": False,
         "task_send_sent_event": False,
         "worker_hijack_root_logger": False,
         "broker_connection_retry_on_startup": True,

@@ -15,6 +15,7 @@ from typing import Any
 from celery import Celery, Signature
 
 from orchestration.engine.compiler import item_signatures, stage_signature
+from orchestration.engine.messages import ITEM, stage_message
 from orchestration.engine.store import Commit, RunStore
 from orchestration.graph.resolve import Node, RunGraph
 from orchestration.language import expressions
@@ -59,6 +60,21 @@ class Dispatcher:
                 self._topology.clear()
             topo = self._topology[run_id] = children_of(graph.deps())
         return topo
+
+    # -- what a commit enqueues itself (engine/messages.py) -------------------------------------
+    def messages(self, run_id: str, graph: RunGraph, stage_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
+        """{stage: (queue, broker text)} of the stages among `stage_ids` a commit can enqueue when it
+        makes them ready: every one but a fan-out, which is started here (`_start_fanout`)."""
+        found = {}
+        for sid in stage_ids:
+            node = graph.node(sid)
+            if not node.fans_out:
+                found[sid] = (node.queue, stage_message(run_id, node))
+        return found
+
+    def next_item_template(self, run_id: str, node: Node) -> tuple[str, str] | None:
+        """(queue, template) of the next item of a windowed fan-out, for its items' commits."""
+        return (node.queue, stage_message(run_id, node, 1, ITEM)) if node.max_concurrency else None
 
     # -- sending ------------------------------------------------------------------------------
     def send(self, signatures: Iterable[Signature]) -> None:
@@ -162,14 +178,15 @@ class Dispatcher:
         if total == 0:
             return [], self._close(run_id, graph, node, "succeeded", output="[]")
         window = min(total, node.max_concurrency or total)
-        first = self.store.start_fanout(run_id, node.id, total, window, node.queue)
-        if first is None:
+        template = stage_message(run_id, node, 1, ITEM)
+        first = self.store.start_fanout(run_id, node.id, total, window, node.queue, template)
+        if first is None or first.enqueued:
             return [], []
-        if not first:  # a retried run kept every item: the stage ends from their outputs
+        if not first.items:  # a retried run kept every item: the stage ends from their outputs
             kept = self.store.items(run_id, node.id)
             output = "[" + ",".join(kept.get(i, {}).get("output") or "null" for i in range(total)) + "]"
             return [], self._close(run_id, graph, node, "succeeded", output=output)
-        return item_signatures(run_id, node, first), []
+        return item_signatures(run_id, node, first.items), []
 
     def fail_stage(self, run_id: str, stage_id: str, error: dict[str, Any]) -> bool:
         """Fail a stage that no attempt holds (decided outside a worker's attempt), keep its error,

@@ -145,6 +145,12 @@ class Keys:
         """Sorted set: '<run>|<stage>|<item>' by lease expiry (Redis clock), read by the reaper."""
         return f"{self.prefix}:leases"
 
+    @staticmethod
+    def broker_queue(queue: str) -> str:
+        """List: the broker's queue `queue` (kombu's Redis transport keeps priority 0 under the queue's
+        own name, unprefixed); commits LPUSH the messages of the stages they make ready."""
+        return queue
+
     def outbox(self) -> str:
         """Sorted set: '<run>|<stage>' made ready but not yet confirmed sent, by time (Redis clock)."""
         return f"{self.prefix}:outbox"

@@ -14,7 +14,7 @@ from orchestration.graph.resolve import RunGraph
 from orchestration.settings import Settings
 
 if TYPE_CHECKING:
-    from orchestration.engine.transitions import Commit
+    from orchestration.engine.transitions import Commit, FanoutStart
 
 #: An entry of the hooks outbox: (entry id, fields); a claimed id whose entry is gone has None.
 HookEntry = tuple[str | None, dict[str, str] | None]
@@ -113,10 +113,12 @@ class Store(Protocol):
         cached: bool = False,
         notify: Sequence[str] = (),
         run_hook: bool = False,
+        messages: Mapping[str, tuple[str, str]] | None = None,
+        next_message: tuple[str, str] | None = None,
     ) -> Commit: ...
     def start_fanout(
-        self, run_id: str, stage_id: str, total: int, window: int, queue: str
-    ) -> list[int] | None: ...
+        self, run_id: str, stage_id: str, total: int, window: int, queue: str, template: str = ""
+    ) -> FanoutStart | None: ...
     def control(self, run_id: str, op: str, pipeline: str = "") -> tuple[str, list[str]]: ...
     def reopen(self, run_id: str, graph: RunGraph) -> tuple[str, list[str]]: ...
     def expire_run(self, run_id: str, graph: RunGraph) -> None: ...

@@ -1,7 +1,8 @@
 """The Lua scripts of `lua/`, loaded with what they share and registered on a client.
 
 Each script's source is: the state names (`states.lua_prelude`), the outbox member
-encoding (`keys.lua_members`), the shared helpers (`lua/_common.lua`), then the script.
+encoding (`keys.lua_members`), the item mark of message templates (`messages.ITEM`), the
+shared helpers (`lua/_common.lua`), then the script.
 Every key a script touches comes in KEYS; ARGV carries values only.
 """
 
@@ -14,6 +15,7 @@ from typing import Any
 import redis
 
 from orchestration.engine.keys import lua_members
+from orchestration.engine.messages import ITEM
 from orchestration.engine.states import lua_prelude
 
 
@@ -28,6 +30,7 @@ def source(name: str, allow_oom: bool = False) -> str:
     body = (
         lua_prelude()
         + lua_members()
+        + f"local ITEM_MARK = '{ITEM}'\n"
         + lua.joinpath("_common.lua").read_text(encoding="utf-8")
         + lua.joinpath(name).read_text(encoding="utf-8")
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 
@@ -32,6 +32,14 @@ class Commit:
     revoke: list[str] = field(default_factory=list)
     next_item: int | None = None
     reason: str = ""  # why, when the verdict is 'invalid' (nothing was written)
+
+
+class FanoutStart(NamedTuple):
+    """How a fan-out started: the items the caller must send first (none when every item was kept
+    by a retried run), or `enqueued` when the script enqueued them itself."""
+
+    items: list[int]
+    enqueued: bool = False
 
 
 class Transitions(RunReads):
@@ -170,11 +178,17 @@ class Transitions(RunReads):
         cached: bool = False,
         notify: Sequence[str] = (),
         run_hook: bool = False,
+        messages: Mapping[str, tuple[str, str]] | None = None,
+        next_message: tuple[str, str] | None = None,
     ) -> Commit:
         """Commit an attempt's end (or, with token '', a stage's end decided outside any attempt).
 
         The script checks everything before it writes: a verdict 'invalid' wrote nothing, and
-        `Commit.reason` says why. A failure's commit may run when Redis is at maxmemory."""
+        `Commit.reason` says why. A failure's commit may run when Redis is at maxmemory.
+
+        `messages` ({child: (queue, broker text)}) are enqueued by the script for the children it
+        makes ready, and `next_message` ((queue, template)) for a windowed fan-out's next item:
+        those need no sending after the commit (engine/messages.py)."""
         k = self.keys
         node = graph.node(stage_id)
         failing = outcome == "failed"
@@ -185,7 +199,7 @@ class Transitions(RunReads):
                 if graph.fail_fast
                 else [sid for sid in descendants if sid != stage_id]
             )
-        args = {
+        args: dict[str, Any] = {
             "stage": stage_id,
             "item": item,
             "token": token,
@@ -209,6 +223,15 @@ class Transitions(RunReads):
             "pipeline": graph.name,
             "fanout_cap": self.settings.fanout_output_cap_bytes if item is not None else 0,
         }
+        queues: list[str] = []
+
+        def queue_no(name: str) -> int:  # 1-based, into the queue keys after the others' keys
+            if name not in queues:
+                queues.append(name)
+            return queues.index(name) + 1
+
+        args["messages"] = {child: [queue_no(q), text] for child, (q, text) in (messages or {}).items()}
+        args["next"] = [queue_no(next_message[0]), next_message[1]] if next_message else None
         keys = [
             k.run(run_id),
             k.states(run_id),
@@ -226,6 +249,7 @@ class Transitions(RunReads):
         ]
         for sid in others:
             keys += [k.stage(run_id, sid), k.items(run_id, sid)]
+        keys += [k.broker_queue(q) for q in queues]
         # A failure that writes nothing of its own may be committed at maxmemory, so the run ends.
         verdict, finalized, status, ready, revoke, next_item = self._finish(
             keys=keys,
@@ -244,10 +268,11 @@ class Transitions(RunReads):
         )
 
     def start_fanout(
-        self, run_id: str, stage_id: str, total: int, window: int, queue: str
-    ) -> list[int] | None:
-        """Start a fan-out stage once. Returns the items to send first ([] when every item was kept
-        by a retried run), or None when this call did not start it."""
+        self, run_id: str, stage_id: str, total: int, window: int, queue: str, template: str = ""
+    ) -> FanoutStart | None:
+        """Start a fan-out stage once; None when this call did not start it. With an item message
+        `template` (engine/messages.py) the script enqueues the first items itself, atomically
+        with the start."""
         k = self.keys
         res = self._fanout(
             keys=[
@@ -256,14 +281,17 @@ class Transitions(RunReads):
                 k.events(run_id),
                 k.run(run_id),
                 k.items(run_id, stage_id),
+                k.broker_queue(queue),
             ],
-            args=[stage_id, total, window, queue],
+            args=[stage_id, total, window, queue, template],
         )
         if res[0] == 0:
             return None
         if res[0] == 2:
-            return []
-        return [int(i) for i in res[1:]] if len(res) > 1 else list(range(window))
+            return FanoutStart([])
+        if res[0] == 3:
+            return FanoutStart([], enqueued=True)
+        return FanoutStart([int(i) for i in res[1:]] if len(res) > 1 else list(range(window)))
 
     def control(self, run_id: str, op: str, pipeline: str = "") -> tuple[str, list[str]]:
         """cancel, pause or resume the run; its hook event (run_complete 'cancelled', run_paused,
@@ -295,4 +323,4 @@ class Transitions(RunReads):
         return verdict, list(detail) if isinstance(detail, list) else [detail]
 
 
-__all__ = ["Commit", "Transitions"]
+__all__ = ["Commit", "FanoutStart", "Transitions"]

@@ -1,10 +1,12 @@
 -- Start a fan-out stage: record its item count and window, once.
--- KEYS: 1 states, 2 stage hash, 3 events, 4 run, 5 items hash
--- ARGV: 1 stage id, 2 items total, 3 window, 4 queue
+-- KEYS: 1 states, 2 stage hash, 3 events, 4 run, 5 items hash, 6 the broker's queue list
+-- ARGV: 1 stage id, 2 items total, 3 window, 4 queue, 5 the item message template ('' = none;
+--       engine/messages.py: ITEM_MARK stands for the item's index)
 -- Returns {0} if this call did not start it (not queued, or the run is not running);
 -- {1} when it started and items 0 .. window-1 are to be sent; {1, i, j, ...} when items kept
 -- by a retried run are skipped and these are the first to send; {2} when every item was kept
--- (the caller commits the stage from the kept outputs).
+-- (the caller commits the stage from the kept outputs); {3} when it started and enqueued the
+-- first items itself, from the template (atomically with the start: nothing is left to send).
 if redis.call('HGET', KEYS[4], 'status') ~= R.RUNNING then return {0} end
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= S.QUEUED then return {0} end
 local total, window = tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -30,5 +32,20 @@ redis.call('HSET', KEYS[2], 'state', S.RUNNING, 'items_total', total, 'items_don
   'next_item', next_item, 'started_at', now, 'queue', ARGV[4], 'attempt', 1, 'items_bytes', kept_bytes)
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', EVENTS_MAXLEN, '*', 't', now, 'kind', 'stage', 'stage', ARGV[1],
   'state', S.RUNNING, 'items', ARGV[2])
+if ARGV[5] ~= '' then
+  if #first == 0 and done == 0 then
+    for i = 0, window - 1 do first[#first + 1] = i end
+  end
+  local batch = {}
+  for _, i in ipairs(first) do
+    batch[#batch + 1] = string.gsub(ARGV[5], ITEM_MARK, tostring(i))
+    if #batch == 500 then
+      redis.call('LPUSH', KEYS[6], unpack(batch))
+      batch = {}
+    end
+  end
+  if #batch > 0 then redis.call('LPUSH', KEYS[6], unpack(batch)) end
+  return {3}
+end
 if #first > 0 then return {1, unpack(first)} end
 return {1}

@@ -9,7 +9,8 @@
 --       5 outputs, 6 context, 7 metrics, 8 pending, 9 stage hash, 10 leases, 11 outbox,
 --       12 hooks stream, 13 cache entry (any key when A.cache_ttl is 0),
 --       14... the stage hash then the items hash of each stage in A.others, in order
---       (the stages this commit may close besides its own: upstream_failed, fail-fast)
+--       (the stages this commit may close besides its own: upstream_failed, fail-fast),
+--       then the broker's queue lists named by A.queues, in order
 -- ARGV: 1 JSON object A:
 --   stage, item (number or null), token ('' = a commit decided outside any attempt),
 --   outcome (succeeded | skipped | failed | fallback), output (JSON text or ''),
@@ -17,8 +18,14 @@
 --   metrics ([[name, delta]]), children, descendants, others (stage ids), critical, fail_fast,
 --   lease (member of the leases set), windowed, run_id, cache_ttl (s, 0 = no cache),
 --   cached (a cache hit), notify (hook entries to enqueue), run_hook (enqueue run_complete),
---   pipeline, fanout_cap (bytes a fan-out's assembled output may reach; 0 = no cap)
+--   pipeline, fanout_cap (bytes a fan-out's assembled output may reach; 0 = no cap),
+--   queues (names of the queue lists passed in KEYS), messages ({child: [queue #, message]}:
+--   the broker text of a child's message, engine/messages.py), next ([queue #, template] of a
+--   windowed fan-out's next item, ITEM standing for its index)
+-- A child with a message is enqueued here when it becomes ready, atomically with the commit;
+-- a child without one (a fan-out, which Python starts) goes to the outbox and the ready list.
 -- Returns {verdict, finalized, run status, ready children, task ids to revoke, next item or ''}
+--   (next item: only when A.next did not come, so the caller must send it)
 --   verdict: ok | item | stale | late | invalid (then 3rd element is the reason)
 local A = cjson.decode(ARGV[1])
 local stage, token, outcome = A.stage, A.token, A.outcome
@@ -48,6 +55,14 @@ for i, sid in ipairs(A.others or {}) do
 end
 hash_of[stage] = KEYS[9]
 items_of[stage] = KEYS[3]
+local queue_base = 13 + 2 * #(A.others or {})
+local messages = A.messages or {}
+if type(messages) ~= 'table' then messages = {} end
+local function enqueue(spec, index)
+  local text = spec[2]
+  if index then text = string.gsub(text, ITEM_MARK, index) end
+  redis.call('LPUSH', KEYS[queue_base + spec[1]], text)
+end
 
 local context = {}  -- key -> value after this commit's own writes, as text
 for i, w in ipairs(A.context or {}) do
@@ -149,7 +164,9 @@ if item ~= '' then
       while n < total and KEPT_ON_RETRY[redis.call('HGET', KEYS[3], n .. ':state')] do
         n = redis.call('HINCRBY', KEYS[9], 'next_item', 1) - 1
       end
-      if n < total then next_item = tostring(n) end
+      if n < total then
+        if A.next and A.next ~= cjson.null then enqueue(A.next, tostring(n)) else next_item = tostring(n) end
+      end
     end
     if done < total then return {'item', 0, R.RUNNING, {}, {}, next_item} end
     local parts = {}
@@ -191,8 +208,12 @@ if stage_outcome ~= S.FAILED or not A.critical then
     local left = redis.call('HINCRBY', KEYS[8], child, -1)
     if left <= 0 and redis.call('HGET', KEYS[2], child) == S.PENDING and RUN_ACTIVE[run_status] then
       redis.call('HSET', KEYS[2], child, S.QUEUED)
-      redis.call('ZADD', KEYS[11], now_s, outbox_member(A.run_id, child))
-      ready[#ready + 1] = child
+      if messages[child] then
+        enqueue(messages[child])
+      else
+        redis.call('ZADD', KEYS[11], now_s, outbox_member(A.run_id, child))
+        ready[#ready + 1] = child
+      end
     end
   end
 else
