@@ -1,10 +1,13 @@
-"""Plain Celery tasks for `bench_execution.py`: the baseline Chordflow is compared with.
+"""Plain Celery tasks for `bench_execution.py`'s same-settings baseline.
 
 The worker imports this module (`python -m workers --import benchmarks.plain_tasks`,
 with the repository root on PYTHONPATH). `shared_task` attaches each task to every
 Celery app, so these run in the same worker processes, from the same queue and the
 same Redis, with the same configuration (acks late, prefetch 1, JSON, task events)
 as Chordflow's own `stage.<type>` tasks.
+
+(The default-settings baseline, plain Celery with its own worker and Celery's defaults, is
+`benchmarks/plain_app.py`.)
 
 The benchmark process sends them by name (`app.signature("bench.noop")`), so it never
 needs to import this module.
@@ -13,6 +16,7 @@ needs to import this module.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import redis
@@ -43,4 +47,11 @@ def noop_result(value: Any = None) -> Any:
 @shared_task(name="bench.push", ignore_result=True)
 def push(key: str, value: str = "done") -> None:
     """RPUSH `value` to `key`: the end-of-run signal the benchmark BLPOPs, and a lattice node's 'I am done'."""
+    _redis().rpush(key, value)
+
+
+@shared_task(name="bench.sleep_push", ignore_result=True)
+def sleep_push(seconds: float, key: str, value: str = "done") -> None:
+    """Sleep `seconds`, then RPUSH `value` to `key` (a node of the skewed DAG)."""
+    time.sleep(seconds)
     _redis().rpush(key, value)
