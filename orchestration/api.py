@@ -141,6 +141,13 @@ class Client:
         if verdict != "ok":
             return f"not resumed: the run is {parked[0]}"
         self.dispatcher.send(signature_of(p, self.store) for p in parked)
+        # A fan-out made ready while the run was paused was not started (it waits in the outbox):
+        # start it now rather than when the reaper finds it.
+        graph = self.store.graph(run_id)
+        states = self.store.states(run_id)
+        waiting = [n.id for n in graph.nodes if n.fans_out and states.get(n.id) == "queued"]
+        if waiting:
+            self.dispatcher.dispatch(run_id, graph, waiting)
         return "resumed"
 
     def retry(self, run_id: str) -> str:

@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     max_stages: int = Field(20_000, description="stages in one pipeline, after matrix expansion")
     max_matrix_instances: int = Field(1_000, description="instances of one matrix stage")
     max_fanout_items: int = Field(100_000, description="items of one for_each stage (checked when it starts)")
+    fanout_chunk: int = Field(
+        8, ge=1, le=1000, description="consecutive fan-out items one message carries at most (1: one each)"
+    )
     max_duration_s: float = Field(30 * 86400.0, description="the longest duration a file may give")
     max_integer: int = Field(2**53, description="the largest integer magnitude a file may give")
     condition_max_steps: int = Field(10_000, description="evaluation steps one `when:` may take")

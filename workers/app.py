@@ -20,7 +20,7 @@ from orchestration.fleet.schedules import register_scheduled_task
 from orchestration.settings import Settings
 
 from . import builtins as _builtins  # noqa: F401  (registers shell, noop, sleep, fail)
-from .execution import WorkerEnv, execute
+from .execution import MAX_CHUNK, WorkerEnv, execute, execute_chunk
 from .lease import LeaseKeeper
 from .unknown import install_unknown_task_handler
 
@@ -91,6 +91,7 @@ def _register(app: Celery, stage_type: StageType, env: Any) -> None:
         stage_id: Any = None,
         attempt: Any = 1,
         item: Any = None,
+        count: Any = 1,
         *extra: Any,
         **kwextra: Any,
     ) -> str:
@@ -99,10 +100,17 @@ def _register(app: Celery, stage_type: StageType, env: Any) -> None:
             or kwextra
             or not isinstance(run_id, str)
             or not isinstance(stage_id, str)
-            or not isinstance(attempt, int)
-            or isinstance(attempt, bool)
-            or not (item is None or (isinstance(item, int) and not isinstance(item, bool)))
+            or not _is_int(attempt)
+            or not (item is None or _is_int(item))
+            or not _is_int(count)
+            or not (count == 1 or (item is not None and 1 < count <= MAX_CHUNK))
         ):
             log.error("refusing malformed message %s for %s", self.request.id, stage_type.task_name)
             return "refused: malformed message"
+        if count > 1:
+            return execute_chunk(env(), stage_type, self.request.id, run_id, stage_id, item, count)
         return execute(env(), stage_type, self.request.id, run_id, stage_id, attempt, item)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -78,6 +78,36 @@ def execute(
         return f"redis error: {type(exc).__name__}"
 
 
+MAX_CHUNK = 1000  # items one message may carry (settings.fanout_chunk is at most this)
+
+
+def execute_chunk(
+    env: WorkerEnv, stage_type: StageType, task_id: str, run_id: str, stage_id: str, first: int, count: int
+) -> str:
+    """Run the fan-out items `first .. first+count-1` one message carries, one after another, each
+    its own attempt (begin, lease, one commit) as if it had come alone.
+
+    Their leases are claimed first, and kept by the lease keeper until each item begins: if this
+    worker dies before an item began, its claim runs out and the reaper sends it on its own."""
+    items = list(range(first, first + count))
+    try:
+        env.store.claim(run_id, stage_id, items)
+    except redis.RedisError as exc:
+        log.warning(
+            "could not claim items %s of %s/%s (%s); running them anyway", items, run_id, stage_id, exc
+        )
+    env.leases.claim(run_id, stage_id, items)
+    outcomes: dict[str, int] = {}
+    try:
+        for item in items:
+            env.leases.unclaim(run_id, stage_id, item)  # from here its own lease, or its commit
+            outcome = execute(env, stage_type, task_id, run_id, stage_id, 1, item)
+            outcomes[outcome.split(":")[0]] = outcomes.get(outcome.split(":")[0], 0) + 1
+    finally:
+        env.leases.unclaim(run_id, stage_id, *items)
+    return ", ".join(f"{n} {what}" for what, n in outcomes.items())
+
+
 def _execute(
     env: WorkerEnv,
     stage_type: StageType,

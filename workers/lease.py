@@ -29,6 +29,7 @@ class LeaseKeeper:
     def __init__(self, store: RunStore, interval_s: float):
         self._store, self._interval = store, interval_s
         self._held: dict[tuple[str, str, int | None, str], tuple[StageContext, float]] = {}
+        self._claimed: dict[tuple[str, str], set[int]] = {}  # items of a chunk not begun yet
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
@@ -46,11 +47,33 @@ class LeaseKeeper:
         with self._lock:
             self._held.pop((run_id, stage_id, item, token), None)
 
+    def claim(self, run_id: str, stage_id: str, items: list[int]) -> None:
+        """Keep the claims of a chunk's items (store.claim) until each begins or is unclaimed."""
+        with self._lock:
+            self._claimed.setdefault((run_id, stage_id), set()).update(items)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, daemon=True, name="chordflow-leases")
+                self._thread.start()
+
+    def unclaim(self, run_id: str, stage_id: str, *items: int) -> None:
+        with self._lock:
+            claimed = self._claimed.get((run_id, stage_id))
+            if claimed is not None:
+                claimed.difference_update(items)
+                if not claimed:
+                    del self._claimed[(run_id, stage_id)]
+
     def _loop(self) -> None:
         while True:
             time.sleep(self._interval)
             with self._lock:
                 held = list(self._held.items())
+                claimed = [(key, sorted(items)) for key, items in self._claimed.items()]
+            for (run_id, stage_id), items in claimed:
+                try:
+                    self._store.claim(run_id, stage_id, items)
+                except Exception:  # noqa: BLE001  Redis unreachable: the claims lapse, the reaper resends
+                    log.warning("could not keep the claims of %s/%s", run_id, stage_id)
             for key, (ctx, last_renewed) in held:
                 try:
                     renewed = self._store.renew(*key)

@@ -86,7 +86,7 @@ class UnknownTaskHandler:
         if ids is None:
             log.error("dropping malformed stage message %s for %s", task_id, name)
             return "dropped: malformed"
-        run_id, stage_id, attempt, item = ids
+        run_id, stage_id, attempt, items = ids
         store, dispatcher = self._parts()
         try:
             node = store.graph(run_id).node(stage_id)
@@ -108,9 +108,10 @@ class UnknownTaskHandler:
             return "failed" if failed else "dropped: the stage has ended"
         if name != task_name(served_as):
             # Named by its module:function reference: send it under the name its workers registered.
-            sig = stage_signature(run_id, node.model_copy(update={"type": served_as}), attempt, item)
+            renamed = node.model_copy(update={"type": served_as})
             with self.app.producer_or_acquire() as producer:
-                sig.apply_async(producer=producer)
+                for item in items:
+                    stage_signature(run_id, renamed, attempt, item).apply_async(producer=producer)
             log.warning(
                 "stage %s/%s: type %r sent again as %r, for %s",
                 run_id,
@@ -124,7 +125,8 @@ class UnknownTaskHandler:
         # pause (through the delay set the workers drain), so while that worker is busy the message
         # does not circle between the workers that lack its type. It waits like any queued stage,
         # until that worker takes it or stops announcing the type (then it fails as unserved).
-        store.delay(payload(run_id, stage_id, attempt, item), REDELIVERY_DELAY_S)
+        for item in items:  # a chunk of fan-out items goes back one item per message
+            store.delay(payload(run_id, stage_id, attempt, item), REDELIVERY_DELAY_S)
         log.warning(
             "stage %s/%s: type %r is not served here but by %s; queued again in %gs",
             run_id,
@@ -166,9 +168,9 @@ def served_by(
     return found, hosts
 
 
-def _stage_args(message: Any) -> tuple[str, str, int, int | None] | None:
-    """(run_id, stage_id, attempt, item) of a stage message (protocol 2 body: args, kwargs, embed),
-    or None when they are not all there and well formed."""
+def _stage_args(message: Any) -> tuple[str, str, int, list[int | None]] | None:
+    """(run_id, stage_id, attempt, the items it carries: [item], or a chunk's) of a stage message
+    (protocol 2 body: args, kwargs, embed), or None when they are not all there and well formed."""
     try:
         body = message.decode()
     except (KombuError, AttributeError, ValueError, TypeError):
@@ -178,17 +180,22 @@ def _stage_args(message: Any) -> tuple[str, str, int, int | None] | None:
     args, kwargs = body[0], body[1]
     if not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict):
         return None
-    names = ("run_id", "stage_id", "attempt", "item")
-    values: dict[str, Any] = {"attempt": 1, "item": None, **dict(zip(names, args)), **kwargs}
-    run_id, stage_id, attempt, item = (values.get(n) for n in names)
+    names = ("run_id", "stage_id", "attempt", "item", "count")
+    values: dict[str, Any] = {"attempt": 1, "item": None, "count": 1, **dict(zip(names, args)), **kwargs}
+    run_id, stage_id, attempt, item, count = (values.get(n) for n in names)
     if len(args) > len(names) or set(kwargs) - set(names):
         return None
     if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 1:
         return None
     if not (item is None or (isinstance(item, int) and not isinstance(item, bool))):
         return None
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1 or (count > 1 and item is None):
+        return None
+    items: list[int | None] = (
+        [item] if count == 1 or item is None else list(range(item, item + min(count, 1000)))
+    )
     try:
-        return check_run_id(run_id), check_stage_id(stage_id), attempt, item
+        return check_run_id(run_id), check_stage_id(stage_id), attempt, items
     except InvalidId:
         return None
 

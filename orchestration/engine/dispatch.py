@@ -15,7 +15,7 @@ from typing import Any
 from celery import Celery, Signature
 
 from orchestration.engine.compiler import item_signatures, stage_signature
-from orchestration.engine.messages import ITEM, stage_message
+from orchestration.engine.messages import COUNT, ITEM, stage_message
 from orchestration.engine.store import Commit, RunStore
 from orchestration.graph.resolve import Node, RunGraph
 from orchestration.language import expressions
@@ -62,14 +62,18 @@ class Dispatcher:
         return topo
 
     # -- what a commit enqueues itself (engine/messages.py) -------------------------------------
-    def messages(self, run_id: str, graph: RunGraph, stage_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
-        """{stage: (queue, broker text)} of the stages among `stage_ids` a commit can enqueue when it
-        makes them ready: every one but a fan-out, which is started here (`_start_fanout`)."""
+    def messages(
+        self, run_id: str, graph: RunGraph, stage_ids: Iterable[str]
+    ) -> dict[str, tuple[str, str, bool]]:
+        """{stage: (queue, broker text, front)} of the stages among `stage_ids` a commit can enqueue
+        when it makes them ready: every one but a fan-out, which is started here (`_start_fanout`).
+        A stage on the critical path (by the stages' estimates) goes to the front of its queue, so
+        short side branches ready at the same moment do not delay the whole run."""
         found = {}
         for sid in stage_ids:
             node = graph.node(sid)
             if not node.fans_out:
-                found[sid] = (node.queue, stage_message(run_id, node))
+                found[sid] = (node.queue, stage_message(run_id, node), node.on_critical_path)
         return found
 
     def next_item_template(self, run_id: str, node: Node) -> tuple[str, str] | None:
@@ -95,13 +99,16 @@ class Dispatcher:
             for sid in pending:
                 node = graph.node(sid)
                 if node.fans_out:
-                    sigs, ready = self._start_fanout(run_id, graph, node)
+                    started = self._start_fanout(run_id, graph, node)
+                    if started is None:
+                        continue  # the run is paused: it stays in the outbox (see Reaper.unsent)
+                    sigs, ready = started
                     batch += sigs
                     more += ready
                 else:
                     batch.append(stage_signature(run_id, node))
+                sent.append(sid)
             self.send(batch)
-            sent += pending
             pending = more
         # Only now, with every message handed to the broker, is the outbox entry done;
         # a dispatcher that dies before this line is covered by the reaper.
@@ -121,11 +128,14 @@ class Dispatcher:
             self.store.expire_run(run_id, graph)
 
     # -- fan-out --------------------------------------------------------------------------------
-    def _start_fanout(self, run_id: str, graph: RunGraph, node: Node) -> tuple[list[Signature], list[str]]:
+    def _start_fanout(
+        self, run_id: str, graph: RunGraph, node: Node
+    ) -> tuple[list[Signature], list[str]] | None:
         """Decide the items of a fan-out stage and send the first window of them.
 
         Returns (item messages, stages made ready when the stage ends at once: skipped,
-        empty, or failing because its for_each input is not a list).
+        empty, or failing because its for_each input is not a list), or None when the run is
+        paused: then the fan-out starts once it is resumed.
         """
         outputs = self.store.outputs(run_id, node.reads)
         if node.when and not expressions.reads_item(node.when):
@@ -178,8 +188,11 @@ class Dispatcher:
         if total == 0:
             return [], self._close(run_id, graph, node, "succeeded", output="[]")
         window = min(total, node.max_concurrency or total)
-        template = stage_message(run_id, node, 1, ITEM)
-        first = self.store.start_fanout(run_id, node.id, total, window, node.queue, template)
+        chunk = chunk_size(total, node, self.store.settings.fanout_chunk)
+        template = stage_message(run_id, node, 1, ITEM, COUNT if chunk > 1 else 1)
+        first = self.store.start_fanout(run_id, node.id, total, window, node.queue, template, chunk)
+        if first is None and self.store.run_status(run_id) == "paused":
+            return None
         if first is None or first.enqueued:
             return [], []
         if not first.items:  # a retried run kept every item: the stage ends from their outputs
@@ -242,6 +255,15 @@ class Dispatcher:
 
 def _error(kind: str, message: str) -> dict[str, Any]:
     return {"type": kind, "message": message, "retryable": False}
+
+
+def chunk_size(total: int, node: Node, most: int) -> int:
+    """How many consecutive items one message of a fan-out carries: up to `most`
+    (CHORDFLOW_FANOUT_CHUNK), and few enough that the items still spread over 16 messages or more.
+    A windowed fan-out (max_concurrency) sends one item per message: its window counts items."""
+    if node.max_concurrency or most <= 1:
+        return 1
+    return max(1, min(most, total // 16))
 
 
 def payload(run_id: str, stage_id: str, attempt: int, item: int | None) -> str:

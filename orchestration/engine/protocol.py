@@ -81,6 +81,7 @@ class Store(Protocol):
         notify: Sequence[str] = (),
     ) -> list[Any]: ...
     def renew(self, run_id: str, stage_id: str, item: int | None, token: str) -> bool: ...
+    def claim(self, run_id: str, stage_id: str, items: Sequence[int]) -> None: ...
     def retry(
         self,
         run_id: str,
@@ -113,11 +114,18 @@ class Store(Protocol):
         cached: bool = False,
         notify: Sequence[str] = (),
         run_hook: bool = False,
-        messages: Mapping[str, tuple[str, str]] | None = None,
+        messages: Mapping[str, tuple[str, str, bool]] | None = None,
         next_message: tuple[str, str] | None = None,
     ) -> Commit: ...
     def start_fanout(
-        self, run_id: str, stage_id: str, total: int, window: int, queue: str, template: str = ""
+        self,
+        run_id: str,
+        stage_id: str,
+        total: int,
+        window: int,
+        queue: str,
+        template: str = "",
+        chunk: int = 1,
     ) -> FanoutStart | None: ...
     def control(self, run_id: str, op: str, pipeline: str = "") -> tuple[str, list[str]]: ...
     def reopen(self, run_id: str, graph: RunGraph) -> tuple[str, list[str]]: ...

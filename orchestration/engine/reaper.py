@@ -3,6 +3,8 @@
 - An attempt whose lease expired (its worker was SIGKILLed, frozen or cut off)
   is sent again as the next attempt; its old holder can no longer commit
   (fencing), and `begin.lua` counts the crash, quarantining a poison message.
+- A fan-out item that a chunk message claimed but that never began (the worker died
+  while running the chunk's earlier items) is sent on its own when its claim runs out.
 - A stage made ready whose message was never confirmed sent (the submitter or
   a worker died between the commit and the send) is sent again, and so are the
   first items of a fan-out whose dispatcher died after starting it. Duplicates
@@ -49,6 +51,10 @@ class Reaper:
             state, lease_exp_ms, attempt = store.lease_state(run_id, stage_id, item)
             if state == "running" and lease_exp_ms > now_ms:
                 continue
+            if state is None and item is not None and store.stage_state(run_id, stage_id) == "running":
+                # An item a chunk message claimed and never began (its worker died first): it is
+                # sent on its own, as its first attempt.
+                state, attempt = "running", 0
             if state != "running" or store.run_status(run_id) not in ("running", "paused"):
                 store.release_lease(run_id, stage_id, item)  # ended, or its run did (a revoked item)
                 continue
@@ -72,6 +78,8 @@ class Reaper:
         sent = 0
         for run_id, stage_id in store.unsent(horizon, limit):
             state = store.stage_state(run_id, stage_id)
+            if state == "queued" and store.run_status(run_id) == "paused":
+                continue  # a fan-out made ready while its run is paused: started after the resume
             if state in ("queued", "running") and store.run_status(run_id) in ("running", "paused"):
                 try:
                     graph = store.graph(run_id)

@@ -15,7 +15,7 @@ from typing import Any
 import redis
 
 from orchestration.engine.keys import lua_members
-from orchestration.engine.messages import ITEM
+from orchestration.engine.messages import COUNT, ITEM
 from orchestration.engine.states import lua_prelude
 
 
@@ -30,7 +30,7 @@ def source(name: str, allow_oom: bool = False) -> str:
     body = (
         lua_prelude()
         + lua_members()
-        + f"local ITEM_MARK = '{ITEM}'\n"
+        + f"local ITEM_MARK, COUNT_MARK = '{ITEM}', '{COUNT}'\n"
         + lua.joinpath("_common.lua").read_text(encoding="utf-8")
         + lua.joinpath(name).read_text(encoding="utf-8")
     )

@@ -50,6 +50,7 @@ class Transitions(RunReads):
         super().__init__(client, settings)
         self._begin = Script(client, "begin.lua")
         self._renew = client.register_script(source("renew.lua"))
+        self._claim = client.register_script(source("claim.lua"))
         self._retry = Script(client, "retry.lua")
         self._finish = Script(client, "finish.lua")
         self._fanout = client.register_script(source("fanout.lua"))
@@ -118,6 +119,14 @@ class Transitions(RunReads):
             )
         )
 
+    def claim(self, run_id: str, stage_id: str, items: Sequence[int]) -> None:
+        """Hold the leases of fan-out items a chunk message carries, until each begins (and keep
+        holding them: called again by the lease keeper). If the worker dies first, the claims run
+        out and the reaper sends each item that never began on its own."""
+        if items:
+            members = [encode_member(run_id, stage_id, i, lease=True) for i in items]
+            self._claim(keys=[self.keys.leases()], args=[int(self.settings.lease_s * 1000), *members])
+
     def retry(
         self,
         run_id: str,
@@ -178,7 +187,7 @@ class Transitions(RunReads):
         cached: bool = False,
         notify: Sequence[str] = (),
         run_hook: bool = False,
-        messages: Mapping[str, tuple[str, str]] | None = None,
+        messages: Mapping[str, tuple[str, str, bool]] | None = None,
         next_message: tuple[str, str] | None = None,
     ) -> Commit:
         """Commit an attempt's end (or, with token '', a stage's end decided outside any attempt).
@@ -186,8 +195,9 @@ class Transitions(RunReads):
         The script checks everything before it writes: a verdict 'invalid' wrote nothing, and
         `Commit.reason` says why. A failure's commit may run when Redis is at maxmemory.
 
-        `messages` ({child: (queue, broker text)}) are enqueued by the script for the children it
-        makes ready, and `next_message` ((queue, template)) for a windowed fan-out's next item:
+        `messages` ({child: (queue, broker text, front)}) are enqueued by the script for the children
+        it makes ready (`front`: first in line, for the critical path), and `next_message` ((queue,
+        template)) for a windowed fan-out's next item:
         those need no sending after the commit (engine/messages.py)."""
         k = self.keys
         node = graph.node(stage_id)
@@ -230,7 +240,9 @@ class Transitions(RunReads):
                 queues.append(name)
             return queues.index(name) + 1
 
-        args["messages"] = {child: [queue_no(q), text] for child, (q, text) in (messages or {}).items()}
+        args["messages"] = {
+            child: [queue_no(q), text, front] for child, (q, text, front) in (messages or {}).items()
+        }
         args["next"] = [queue_no(next_message[0]), next_message[1]] if next_message else None
         keys = [
             k.run(run_id),
@@ -268,11 +280,18 @@ class Transitions(RunReads):
         )
 
     def start_fanout(
-        self, run_id: str, stage_id: str, total: int, window: int, queue: str, template: str = ""
+        self,
+        run_id: str,
+        stage_id: str,
+        total: int,
+        window: int,
+        queue: str,
+        template: str = "",
+        chunk: int = 1,
     ) -> FanoutStart | None:
         """Start a fan-out stage once; None when this call did not start it. With an item message
         `template` (engine/messages.py) the script enqueues the first items itself, atomically
-        with the start."""
+        with the start, `chunk` consecutive items at most per message."""
         k = self.keys
         res = self._fanout(
             keys=[
@@ -283,7 +302,7 @@ class Transitions(RunReads):
                 k.items(run_id, stage_id),
                 k.broker_queue(queue),
             ],
-            args=[stage_id, total, window, queue, template],
+            args=[stage_id, total, window, queue, template, chunk],
         )
         if res[0] == 0:
             return None

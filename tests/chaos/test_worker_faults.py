@@ -87,3 +87,39 @@ def test_frozen_worker_late_commit_is_refused(chaos_cluster):
     assert final["stages"]["work"]["host"] == other
     assert final["metrics"] == {"done": 1}
     assert cluster.count(handle.run_id, "work") == 2
+
+
+def test_sigkilled_worker_mid_chunk_its_unbegun_items_run_elsewhere(chaos_cluster):
+    # Given a fan-out of 64 items, 4 consecutive items per message (CHORDFLOW_FANOUT_CHUNK, 64 // 16)
+    cluster = chaos_cluster
+    workers = _two_workers(cluster)
+    handle = cluster.client.submit(
+        validate_data(
+            pipeline(
+                "kill-chunk",
+                {"id": "items", "uses": "noop", "params": {"output": list(range(64))}},
+                {
+                    "id": "each",
+                    "uses": "test.slow_counted",
+                    "params": {"seconds": 0.3},
+                    "for_each": "items",
+                    "needs": ["items"],
+                },
+            )
+        )
+    )
+    # When the worker that started the first item is SIGKILLed, with the rest of its chunk not begun
+    victim = _host_of_first_start(cluster, handle.run_id, "each")
+    killed_at = time.monotonic()
+    workers[victim].kill()
+    # Then the items it held (the one it ran, and those its message carried but it never began) run
+    # on the survivor within a lease, not after the broker's one-hour visibility timeout, and every
+    # item is committed exactly once
+    result = handle.wait(timeout=90)
+    assert result.status == "succeeded", result.stage_results
+    assert time.monotonic() - killed_at < 60
+    assert result.metrics == {"done": 64}
+    survivor = "host-b" if victim == "host-a" else "host-a"
+    assert len(result.outputs["each"]) == 64
+    assert result.outputs["each"].count(survivor) >= 64 - 4
+    assert cluster.count(handle.run_id, "each") <= 64 + 1  # at most the killed item ran twice

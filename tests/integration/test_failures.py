@@ -181,6 +181,30 @@ def test_pause_then_resume(cluster):
     assert cluster.count(handle.run_id, "second") == 1 and cluster.count(handle.run_id, "third") == 1
 
 
+def test_a_fan_out_made_ready_while_its_run_is_paused_starts_after_resume(cluster):
+    # Given a run paused while the stage a fan-out needs is running
+    spec = validate_data(
+        pipeline(
+            "pause-fanout",
+            {"id": "first", "uses": "test.record", "params": {"seconds": 1, "output": [1, 2, 3]}},
+            {"id": "each", "uses": "test.record", "for_each": "first", "needs": ["first"]},
+        )
+    )
+    handle = cluster.client.submit(spec)
+    wait_until(lambda: cluster.client.status(handle.run_id)["stages"]["first"]["state"] == "running")
+    assert cluster.client.pause(handle.run_id) == "paused"
+    # When `first` succeeds during the pause (the fan-out is made ready, and must not start)
+    wait_until(lambda: cluster.client.status(handle.run_id)["stages"]["first"]["state"] == "succeeded")
+    time.sleep(0.5)
+    assert cluster.client.status(handle.run_id)["stages"]["each"]["state"] == "queued"
+    assert cluster.count(handle.run_id, "each") == 0
+    # Then after resume the fan-out runs its three items and the run succeeds
+    assert cluster.client.resume(handle.run_id) == "resumed"
+    result = handle.wait(timeout=30)
+    assert result.status == "succeeded", result.stage_results
+    assert cluster.count(handle.run_id, "each") == 3
+
+
 def test_idempotency_key_returns_the_same_run(cluster):
     spec = validate_data(pipeline("idem", {"id": "a", "uses": "test.record"}))
     first = cluster.client.submit(spec, idempotency_key="nightly-2026-11-23")

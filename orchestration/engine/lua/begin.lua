@@ -19,14 +19,15 @@ if run_status ~= R.RUNNING then return {'drop', 'run is ' .. run_status} end
 local item = ''
 if A.item ~= nil and A.item ~= cjson.null then item = tostring(A.item) end
 local p = field_prefix(item)
-local state = redis.call('HGET', KEYS[3], p .. 'state')
+local unit = redis.call('HMGET', KEYS[3], p .. 'state', p .. 'attempt', p .. 'lease_exp')
+local state = unit[1]
 if TERMINAL[state] then return {'dup', 'already ' .. state} end
 if item ~= '' and redis.call('HGET', KEYS[2], A.stage) ~= S.RUNNING then
   return {'drop', 'stage is ' .. tostring(redis.call('HGET', KEYS[2], A.stage))}
 end
 
 local attempt = tonumber(A.attempt)
-local current = tonumber(redis.call('HGET', KEYS[3], p .. 'attempt') or '0')
+local current = tonumber(unit[2] or '0')
 if attempt < current then return {'dup', 'attempt ' .. attempt .. ' is superseded by ' .. current} end
 
 local now_ms, now = clock()
@@ -34,7 +35,7 @@ local crashes = 0
 if state == S.RUNNING then
   -- Someone holds or held this attempt. A live lease means a duplicate delivery;
   -- an expired one means its worker died: count it, and quarantine a poison message.
-  local lease_exp = tonumber(redis.call('HGET', KEYS[3], p .. 'lease_exp') or '0')
+  local lease_exp = tonumber(unit[3] or '0')
   if lease_exp > now_ms and attempt == current then return {'dup', 'running elsewhere'} end
   crashes = redis.call('HINCRBY', KEYS[3], p .. 'crashes', 1)
 end
@@ -43,7 +44,7 @@ local token = redis.call('HINCRBY', KEYS[1], 'fence', 1)
 redis.call('HSET', KEYS[3], p .. 'state', S.RUNNING, p .. 'token', token, p .. 'attempt', attempt,
   p .. 'host', A.host, p .. 'queue', A.queue, p .. 'task_id', A.task_id, p .. 'started_at', now,
   p .. 'lease_exp', now_ms + A.lease_ms)
-redis.call('HDEL', KEYS[3], p .. 'finished_at')
+if state then redis.call('HDEL', KEYS[3], p .. 'finished_at') end  -- an earlier attempt's end
 if item == '' then redis.call('HSET', KEYS[2], A.stage, S.RUNNING) end
 redis.call('ZADD', KEYS[6], now_ms + A.lease_ms, A.lease)
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'kind', 'stage', 'stage', A.stage, 'item', item,

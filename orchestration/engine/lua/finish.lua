@@ -19,9 +19,10 @@
 --   lease (member of the leases set), windowed, run_id, cache_ttl (s, 0 = no cache),
 --   cached (a cache hit), notify (hook entries to enqueue), run_hook (enqueue run_complete),
 --   pipeline, fanout_cap (bytes a fan-out's assembled output may reach; 0 = no cap),
---   queues (names of the queue lists passed in KEYS), messages ({child: [queue #, message]}:
---   the broker text of a child's message, engine/messages.py), next ([queue #, template] of a
---   windowed fan-out's next item, ITEM standing for its index)
+--   messages ({child: [queue #, message, front]}: the broker text of a child's message,
+--   engine/messages.py; its queue is the #th list after the others' keys; `front`: a stage on
+--   the critical path goes to the front of its queue, the others to the back), next ([queue #,
+--   template] of a windowed fan-out's next item, ITEM standing for its index)
 -- A child with a message is enqueued here when it becomes ready, atomically with the commit;
 -- a child without one (a fan-out, which Python starts) goes to the outbox and the ready list.
 -- Returns {verdict, finalized, run status, ready children, task ids to revoke, next item or ''}
@@ -42,10 +43,8 @@ if token == '' then
     return refuse('stale')  -- an attempt holds it: only that attempt commits it
   end
 else
-  if redis.call('HGET', KEYS[3], p .. 'token') ~= token
-      or redis.call('HGET', KEYS[3], p .. 'state') ~= S.RUNNING then
-    return refuse('stale')
-  end
+  local held = redis.call('HMGET', KEYS[3], p .. 'token', p .. 'state')
+  if held[1] ~= token or held[2] ~= S.RUNNING then return refuse('stale') end
 end
 
 local hash_of, items_of = {}, {}
@@ -61,7 +60,8 @@ if type(messages) ~= 'table' then messages = {} end
 local function enqueue(spec, index)
   local text = spec[2]
   if index then text = string.gsub(text, ITEM_MARK, index) end
-  redis.call('LPUSH', KEYS[queue_base + spec[1]], text)
+  -- kombu's consumer pops from the right: RPUSH puts a message first in line, LPUSH last
+  redis.call(spec[3] and 'RPUSH' or 'LPUSH', KEYS[queue_base + spec[1]], text)
 end
 
 local context = {}  -- key -> value after this commit's own writes, as text
@@ -99,9 +99,11 @@ for _, m in ipairs(A.metrics or {}) do
   metric_values[#metric_values + 1] = {m[1], delta}
 end
 local item_bytes = 0
+local fanout = {}  -- an item's stage: {bytes of the items' outputs so far, items total}
+if item ~= '' then fanout = redis.call('HMGET', KEYS[9], 'items_bytes', 'items_total') end
 if item ~= '' and A.output ~= '' and (A.fanout_cap or 0) > 0 then
   item_bytes = #A.output + 1
-  local so_far = tonumber(redis.call('HGET', KEYS[9], 'items_bytes') or '0')
+  local so_far = tonumber(fanout[1] or '0')
   if so_far + item_bytes > A.fanout_cap then
     return refuse('invalid', 'the fan-out\'s assembled output would be over ' .. A.fanout_cap
       .. ' bytes (CHORDFLOW_FANOUT_OUTPUT_CAP_BYTES): its items have returned ' .. so_far
@@ -135,9 +137,11 @@ local function notify(entry)
 end
 
 if token ~= '' then
-  redis.call('HSET', KEYS[3], p .. 'state', outcome, p .. 'finished_at', now)
+  local fields = {p .. 'state', outcome, p .. 'finished_at', now}
+  if A.error ~= '' then fields[#fields + 1] = p .. 'error'; fields[#fields + 1] = A.error end
+  if item ~= '' and A.output ~= '' then fields[#fields + 1] = p .. 'output'; fields[#fields + 1] = A.output end
+  redis.call('HSET', KEYS[3], unpack(fields))
   redis.call('ZREM', KEYS[10], A.lease)
-  if A.error ~= '' then redis.call('HSET', KEYS[3], p .. 'error', A.error) end
 elseif A.error ~= '' then
   redis.call('HSET', KEYS[9], 'error', A.error)  -- decided outside an attempt: keep why
 end
@@ -152,12 +156,12 @@ for _, entry in ipairs(A.notify or {}) do notify(entry) end
 local stage_outcome, stage_output = outcome, A.output
 local next_item = ''
 if item ~= '' then
-  if A.output ~= '' then redis.call('HSET', KEYS[3], p .. 'output', A.output) end
+  if token == '' and A.output ~= '' then redis.call('HSET', KEYS[3], p .. 'output', A.output) end
   if item_bytes > 0 then redis.call('HINCRBY', KEYS[9], 'items_bytes', item_bytes) end
   event('kind', 'item', 'stage', stage, 'item', item, 'state', outcome)
   if outcome ~= S.FAILED then
     local done = redis.call('HINCRBY', KEYS[9], 'items_done', 1)
-    local total = tonumber(redis.call('HGET', KEYS[9], 'items_total'))
+    local total = tonumber(fanout[2])
     if A.windowed then
       -- the next item not yet done (a retried run keeps the items that succeeded)
       local n = redis.call('HINCRBY', KEYS[9], 'next_item', 1) - 1
