@@ -9,15 +9,23 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from orchestration.engine.celeryconfig import client_app
+from orchestration.engine.dependencies import run_extra, unmet
 from orchestration.engine.dispatch import Dispatcher, signature_of
 from orchestration.engine.registry import BUILTIN_TYPES
-from orchestration.engine.store import RUN_FINAL, RunStore, connect
-from orchestration.errors import ChordflowError, InvalidPipeline, Problem, RunNotFound, RunTimeout
+from orchestration.engine.store import RUN_FINAL, RunStore, connect, new_run_id
+from orchestration.errors import (
+    ChordflowError,
+    DependenciesNotMet,
+    InvalidPipeline,
+    Problem,
+    RunNotFound,
+    RunTimeout,
+)
 from orchestration.graph.resolve import RunGraph, resolve
 from orchestration.language.ids import check_idempotency_key, check_run_id
 from orchestration.language.spec import PipelineSpec
@@ -56,7 +64,14 @@ class Client:
         check_types: bool = True,
         idempotency_key: str | None = None,
         no_cache: bool = False,
+        force: bool = False,
+        triggered_by: str | None = None,
+        chain: str | None = None,
     ) -> RunHandle:
+        """Start a run of `spec`. Its `depends_on` and `requires` are checked first: when some are not
+        met, DependenciesNotMet (exit code 4) names each, unless `force` (the run record then keeps
+        that it was forced, and what was not met). `triggered_by` (a run id) and `chain` (a chain id)
+        are kept in the run record, for `status` and the run page."""
         if idempotency_key is not None:
             check_idempotency_key(idempotency_key)
         graph = resolve(spec, self.settings, selection, only)
@@ -64,10 +79,24 @@ class Client:
             graph = graph.model_copy(update={"no_cache": True})
         if check_types:
             graph = self.check_types(graph)
+        missing = unmet(self.store, spec)
+        if missing and not force:
+            earlier = self.store.idempotent_run(idempotency_key) if idempotency_key else None
+            if earlier is None or self.store.run_status(earlier) is None:
+                raise DependenciesNotMet(spec.name, missing)
+            return RunHandle(self, earlier)  # submitted under this key before: the same run
+        upstream = self.store.run_fields([triggered_by], ["pipeline"])[0][0] if triggered_by else None
         run_id, created = self.store.create_run(
             graph,
             idempotency_key=idempotency_key,
-            extra={"max_age_s": spec.max_age} if spec.max_age else None,
+            extra=run_extra(
+                spec,
+                forced=force,
+                unmet_lines=missing,
+                triggered_by=triggered_by,
+                triggered_by_pipeline=upstream,
+                chain=chain,
+            ),
         )
         if created:
             self.dispatcher.dispatch(run_id, graph, [n.id for n in graph.nodes if not n.needs])
@@ -108,6 +137,69 @@ class Client:
         if problems:
             raise InvalidPipeline(problems)
         return graph.model_copy(update={"nodes": tuple(nodes)})
+
+    # -- dependencies on other pipelines -------------------------------------------------------
+    def unmet_dependencies(self, spec: PipelineSpec) -> list[str]:
+        """One line per `depends_on`/`requires` of `spec` not met now, with its last status and age
+        (`data-daily: last success 31 h ago, older than 26 h`); empty when it may start."""
+        return unmet(self.store, spec)
+
+    def wait_for_dependencies(
+        self,
+        spec: PipelineSpec,
+        timeout_s: float | None = None,
+        poll_s: float = 5.0,
+        on_wait: Callable[[list[str]], None] | None = None,
+    ) -> None:
+        """Block until `spec`'s dependencies are met (`on_wait` sees what is missing whenever that
+        changes); DependenciesNotMet if they still are not after `timeout_s`."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        shown: list[str] = []
+        while True:
+            missing = unmet(self.store, spec)
+            if not missing:
+                return
+            if on_wait is not None and missing != shown:
+                on_wait(missing)
+            shown = missing
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise DependenciesNotMet(spec.name, missing)
+            time.sleep(poll_s if left is None else min(poll_s, left))
+
+    def skip(
+        self,
+        spec: PipelineSpec,
+        reason: str,
+        idempotency_key: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Record a run of `spec` that is not started (a scheduled tick whose dependencies are not
+        met): status `skipped`, with `reason`, listed by `runs`. Returns its run id (with an
+        idempotency key already used, that key's run)."""
+        graph = resolve(spec, self.settings)
+        run_id, _ = self.store.create_skipped_run(
+            graph, new_run_id(), reason, idempotency_key, {**run_extra(spec), **(extra or {})}
+        )
+        return run_id
+
+    def origin(self, run_id: str) -> dict[str, Any]:
+        """Where a run came from, as far as it says: `triggered_by` {run_id, pipeline}, `forced`
+        {unmet: [...]}, `chain`, `schedule`, and `skipped` (the reason it was not started)."""
+        check_run_id(run_id)
+        names = ["triggered_by", "triggered_by_pipeline", "forced", "unmet", "chain", "schedule", "reason"]
+        got = dict(zip(names, self.store.run_fields([run_id], names)[0]))
+        out: dict[str, Any] = {}
+        if got["triggered_by"]:
+            out["triggered_by"] = {"run_id": got["triggered_by"], "pipeline": got["triggered_by_pipeline"]}
+        if got["forced"]:
+            out["forced"] = {"unmet": json.loads(got["unmet"] or "[]")}
+        for name in ("chain", "schedule"):
+            if got[name]:
+                out[name] = got[name]
+        if got["reason"]:
+            out["skipped"] = got["reason"]
+        return out
 
     def handle(self, run_id: str) -> RunHandle:
         check_run_id(run_id)
@@ -209,32 +301,43 @@ class Client:
         run_id: str,
         timeout_s: float | None = None,
         on_event: Callable[[dict[str, str]], None] | None = None,
+        on_tick: Callable[[], None] | None = None,
+        tick_s: float = 1.0,
     ) -> str:
-        """Block until the run ends (reading its event stream); returns its final status."""
+        """Block until the run ends; returns its final status.
+
+        Reads the run's event stream to its real end: an end that a later `retry` reopened is read
+        past, so `on_event` sees every event from the first, across retries. `on_tick` is called
+        after every read, at least every `tick_s` seconds (a screen that redraws on a timer)."""
         check_run_id(run_id)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         after = "0-0"
         status = self.store.run(run_id).get("status", "")
         if status in RUN_FINAL and on_event is None:
             return status
+        last_run_state = ""  # the state of the last run event read
+        batch = 1000
         while True:
-            block = 1000 if deadline is None else max(1, min(1000, int((deadline - time.monotonic()) * 1000)))
-            events = self.store.events(run_id, after, block_ms=block)
+            wait_ms = max(10, int(tick_s * 1000))
+            if deadline is not None:
+                wait_ms = max(1, min(wait_ms, int((deadline - time.monotonic()) * 1000)))
+            events = self.store.events(run_id, after, block_ms=wait_ms, count=batch)
             for eid, event in events:
                 after = eid
                 if on_event:
                     on_event(event)
-                # An end of the run that a retry has since reopened is not its end: keep reading.
-                if (
-                    event.get("kind") == "run"
-                    and event.get("state") in RUN_FINAL
-                    and self.store.run(run_id).get("status") in RUN_FINAL
-                ):
-                    return event["state"]
-            if not events:
-                # Quiet for a second: the stream may have expired with the run, look at the record.
+                if event.get("kind") == "run":
+                    last_run_state = event.get("state", "")
+            if on_tick:
+                on_tick()
+            # Read up to the stream's end (as of now), the last run event ends the run only if the
+            # record agrees: a `retry` reopens the record and appends 'running' to the stream at once
+            # (one script), so a final event then a reopened record means more events are coming.
+            # A run whose stream expired (or was trimmed) ends by its record.
+            if len(events) < batch and (last_run_state in RUN_FINAL or not events):
                 status = self.store.run(run_id).get("status", "")
-                if status in RUN_FINAL:
+                ended = status in RUN_FINAL and (last_run_state == status or not events)
+                if ended and not self.store.events(run_id, after, count=1):
                     return status
             if deadline is not None and time.monotonic() >= deadline:
                 raise RunTimeout(run_id, timeout_s, status)

@@ -1,19 +1,24 @@
 """Every error Chordflow raises on purpose, in one tree, with the command line's exit code:
-2 for invalid input (nothing was done), 1 for every other error, as for a run that failed
-(0 is success). A stage's errors end an attempt, not a command: the worker records them.
+2 for invalid input (nothing was done), 3 when a wait for a run timed out (the run goes on),
+4 when a pipeline's dependencies are not met (it was not started), 1 for every other error,
+as for a run that failed (0 is success). A stage's errors end an attempt, not a command: the
+worker records them.
 
 ChordflowError                 1  the root; raised as such for what has no class of its own
 ├── InvalidInput               2  what the user gave is wrong; nothing was done
 │   ├── InvalidPipeline        2  the pipeline (file, builder, --set) is wrong: every problem
 │   │   └── SelectionError     2  a --select expression is wrong or selects nothing
 │   ├── InvalidId              2  a run id, stage id or idempotency key of the wrong shape
+│   ├── StageNotFound          2  a stage id the run does not have (`logs RUN STAGE`)
 │   ├── ScheduleError          2  a schedule's cron expression, interval or name is wrong
 │   └── InvalidRedisUrl        2  CHORDFLOW_REDIS_URL is not a Redis URL (engine/redis_url.py)
+├── DependenciesNotMet         4  a pipeline's depends_on/requires are not met: not started
+                                  (engine/dependencies.py; `submit --force` runs it anyway)
 ├── RedisUnreachable           1  a command could not reach its Redis (engine/redis_url.py)
 ├── WebhookRefused             1  a webhook URL or redirect that is not http(s): never opened
                                   (engine/hooks.py; logged by the hook sender, not retried)
 ├── RunNotFound                1  no run with that id in the store (wrong id, or expired)
-├── RunTimeout                 1  a run did not finish within the time waited for it
+├── RunTimeout                 3  a run did not finish within the time waited for it (it goes on)
 ├── LocalFleetError            1  the private Redis or worker of a local run did not start
 └── StageError                    how an attempt of a stage ended, recorded as its error
     ├── RetryStage                the stage asks for another attempt
@@ -34,6 +39,7 @@ RuntimeError), and a retry policy's `retry_on` may name either.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 
 
@@ -93,6 +99,17 @@ class InvalidId(InvalidInput, ValueError):
     """A run id, stage id or idempotency key that is not of the allowed shape."""
 
 
+class StageNotFound(InvalidInput):
+    """Run `run_id` has no stage `stage_id`; the message names the close ones and its stages."""
+
+    def __init__(self, run_id: str, stage_id: str, stage_ids: list[str]):
+        self.run_id, self.stage_id = run_id, stage_id
+        close = difflib.get_close_matches(stage_id, stage_ids, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        shown = ", ".join(stage_ids[:20]) + (f", … {len(stage_ids) - 20} more" if len(stage_ids) > 20 else "")
+        super().__init__(f"run {run_id} has no stage '{stage_id}'{hint}; its stages: {shown}")
+
+
 class ScheduleError(InvalidInput):
     """A schedule's cron expression, interval or name is wrong."""
 
@@ -109,15 +126,34 @@ class RunNotFound(ChordflowError):
 
 
 class RunTimeout(ChordflowError, TimeoutError):
-    """Run `run_id` did not finish within the time waited for it (it goes on)."""
+    """Run `run_id` did not finish within the time waited for it (it goes on): exit code 3."""
+
+    exit_code = 3
 
     def __init__(self, run_id: str, timeout_s: float | None, status: str):
         self.run_id, self.status = run_id, status
-        super().__init__(f"run {run_id} did not finish within {timeout_s}s (it is {status})")
+        super().__init__(
+            f"run {run_id} did not finish within {timeout_s}s (it is {status or 'running'}; it goes on: "
+            f"`chordflow watch {run_id}` follows it)"
+        )
 
 
 class LocalFleetError(ChordflowError, RuntimeError):
     """The private Redis or worker of a local run (`chordflow submit FILE` with no Redis) did not start."""
+
+
+class DependenciesNotMet(ChordflowError):
+    """Pipeline `pipeline` was not started: its `unmet` depends_on/requires, one line each (exit code 4)."""
+
+    exit_code = 4
+
+    def __init__(self, pipeline: str, unmet: list[str]):
+        self.pipeline, self.unmet = pipeline, unmet
+        lines = "\n".join(f"  {line}" for line in unmet)
+        super().__init__(
+            f"dependencies of '{pipeline}' are not met, so it was not started "
+            f"(--force runs it anyway, --wait-for-deps waits for them):\n{lines}"
+        )
 
 
 # -- how an attempt of a stage ended (recorded as the stage's error) -------------------------------

@@ -7,6 +7,7 @@ passed in; nothing reads the environment after that.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 from pathlib import Path
@@ -23,28 +24,38 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         None, description="redis:// or rediss:// URL; unset means an embedded Redis"
     )
-    key_prefix: str = "chordflow"
-    queues: tuple[str, ...] = ("cpu", "gpu", "highmem")
-    cpu_queue: str = "cpu"
-    gpu_queue: str = "gpu"
-    highmem_queue: str = "highmem"
-    highmem_threshold_gb: float = 16.0
-    output_cap_bytes: int = 1024 * 1024
-    run_ttl_s: float = 7 * 86400.0
-    lease_s: float = 15.0
-    heartbeat_s: float = 3.0
-    max_deliveries: int = 5
-    visibility_timeout_s: float = 3600.0
-    delay_set_threshold_s: float = 3.0
-    chain_segment: int = 50
-    worker_ttl_s: float = 30.0
+    key_prefix: str = Field("chordflow", description="prefix of every Redis key Chordflow writes")
+    queues: tuple[str, ...] = Field(("cpu", "gpu", "highmem"), description="the queues that exist")
+    cpu_queue: str = Field("cpu", description="queue of stages that ask for no GPU and little memory")
+    gpu_queue: str = Field("gpu", description="queue of stages that ask for a GPU")
+    highmem_queue: str = Field(
+        "highmem", description="queue of stages that ask for highmem_threshold_gb or more"
+    )
+    highmem_threshold_gb: float = Field(
+        16.0, description="memory (GB) from which a stage goes to the highmem queue"
+    )
+    output_cap_bytes: int = Field(1024 * 1024, description="JSON size of one stage output")
+    run_ttl_s: float = Field(
+        7 * 86400.0, description="a finished run's keys (and its attempts' logs) are kept this long"
+    )
+    lease_s: float = Field(
+        15.0, description="a running attempt's lease; the reaper re-sends it when it lapses"
+    )
+    heartbeat_s: float = Field(3.0, description="how often a worker renews its leases and publishes itself")
+    max_deliveries: int = Field(5, description="a message whose worker died this many times is quarantined")
+    visibility_timeout_s: float = Field(3600.0, description="the broker's visibility timeout")
+    delay_set_threshold_s: float = Field(
+        3.0, description="retry delays longer than this wait in the Redis delay set, not as a broker ETA"
+    )
+    chain_segment: int = Field(50, description="stages of a chain sent ahead in one message batch")
+    worker_ttl_s: float = Field(30.0, description="a worker not heard from this long is no longer live")
     outbox_grace_s: float = Field(10.0, description="a ready stage unsent this long is sent by the reaper")
-    flower_basic_auth: str | None = None
-    imports: tuple[str, ...] = ()
+    flower_basic_auth: str | None = Field(None, description="user:password that `chordflow flower` asks for")
+    imports: tuple[str, ...] = Field((), description="modules every worker imports (stage types)")
     result_backend: str | None = Field(
         None, description="only for plain Celery tasks beside ours (benchmarks)"
     )
-    ssl_cert_reqs: str = "required"
+    ssl_cert_reqs: str = Field("required", description="rediss://: required, optional or none")
     ssl_ca_certs: str | None = Field(
         None, description="CA bundle that signed the rediss:// server's certificate"
     )
@@ -70,9 +81,22 @@ class Settings(BaseSettings):
         "withheld by default (every CHORDFLOW_* variable is withheld)",
     )
     shell_timeout_s: float = Field(3600.0, description="a shell stage's timeout when the file sets none")
-    shell_output_tail_lines: int = Field(200, description="lines of a shell stage's stdout/stderr kept")
-    shell_output_tail_bytes: int = Field(64 * 1024, description="bytes of a shell stage's stdout/stderr kept")
-    log_lines_cap: int = Field(10_000, description="log lines kept per attempt; the rest are counted")
+    shell_output_tail_lines: int = Field(
+        200,
+        description="lines of a shell stage's stdout/stderr kept in its output (its log has them all, "
+        "up to `log_lines_cap`)",
+    )
+    shell_output_tail_bytes: int = Field(
+        64 * 1024,
+        description="bytes of a shell stage's stdout/stderr kept in its output; a longer line is cut to its end",
+    )
+    log_lines_cap: int = Field(
+        10_000, description="log lines kept per attempt (the last ones); the earlier ones are counted"
+    )
+    log_line_bytes: int = Field(16 * 1024, description="a longer log line is cut to its end")
+    log_flush_s: float = Field(
+        0.2, description="a stage's log lines are sent to Redis in a batch this often while it runs"
+    )
 
     # -- limits checked when a file is validated ----------------------------------------------------
     max_stages: int = Field(20_000, description="stages in one pipeline, after matrix expansion")
@@ -92,6 +116,13 @@ class Settings(BaseSettings):
     )
     webhook_timeout_cap_s: float = Field(60.0, description="the longest `timeout` a webhook may have")
     redis_timeout_s: float = Field(5.0, description="CLI commands give up on an unreachable Redis after this")
+
+    # -- the run page (`chordflow dashboard`) ------------------------------------------------------
+    dashboard_token: str | None = Field(
+        None,
+        description="token the run page's cancel, pause, resume and retry buttons must send; "
+        "unset: the page is read-only",
+    )
 
     @field_validator("shell_allow", "stage_env_pass", mode="before")
     @classmethod
@@ -113,5 +144,22 @@ class Settings(BaseSettings):
             loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
             if not isinstance(loaded, dict):
                 raise ValueError(f"{path}: the config file must be a mapping of settings")
+            check_config_keys(loaded, path)
             file_values = {k: v for k, v in loaded.items() if f"CHORDFLOW_{k.upper()}" not in os.environ}
         return cls(**{**file_values, **{k: v for k, v in overrides.items() if v is not None}})
+
+
+def check_config_keys(values: dict[Any, Any], source: str) -> None:
+    """Refuse a config file key that is no setting (a typo such as `redis-url`), naming the known ones."""
+    known = sorted(Settings.model_fields)
+    unknown = [str(key) for key in values if key not in Settings.model_fields]
+    if not unknown:
+        return
+    hints = []
+    for key in unknown:
+        close = difflib.get_close_matches(key.replace("-", "_").lower(), known, n=1, cutoff=0.6)
+        hints.append(f"'{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+    raise ValueError(
+        f"{source}: unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(hints)}; "
+        f"the known settings are: {', '.join(known)} (docs/cli.md#configuration)"
+    )

@@ -25,4 +25,6 @@ echo "ruff check, ruff format --check, mypy"
 .venv/bin/ruff check orchestration workers tests benchmarks
 .venv/bin/ruff format --check orchestration workers tests benchmarks
 .venv/bin/mypy orchestration workers
+echo "benchmark smoke: a small fan-out and lattice against plain Celery (fails on > 2x the targets)"
+.venv/bin/python benchmarks/smoke.py
 exec .venv/bin/python -m pytest -q "$@"

@@ -22,6 +22,7 @@ from orchestration.settings import Settings
 from . import builtins as _builtins  # noqa: F401  (registers shell, noop, sleep, fail)
 from .execution import MAX_CHUNK, WorkerEnv, execute, execute_chunk
 from .lease import LeaseKeeper
+from .outcome import AttemptFailed, task_outcome
 from .unknown import install_unknown_task_handler
 
 log = logging.getLogger("chordflow.worker")
@@ -84,6 +85,7 @@ def _register(app: Celery, stage_type: StageType, env: Any) -> None:
         reject_on_worker_lost=True,
         ignore_result=True,
         typing=False,
+        throws=(AttemptFailed,),  # a failed attempt: one INFO line in the worker log (outcome.py)
     )
     def run_stage(
         self: Any,
@@ -109,7 +111,8 @@ def _register(app: Celery, stage_type: StageType, env: Any) -> None:
             return "refused: malformed message"
         if count > 1:
             return execute_chunk(env(), stage_type, self.request.id, run_id, stage_id, item, count)
-        return execute(env(), stage_type, self.request.id, run_id, stage_id, attempt, item)
+        # FAILURE or RETRY in Flower for a failed or retried attempt, after its commit (outcome.py)
+        return task_outcome(execute(env(), stage_type, self.request.id, run_id, stage_id, attempt, item))
 
 
 def _is_int(value: Any) -> bool:

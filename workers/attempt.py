@@ -29,6 +29,7 @@ from orchestration.graph.resolve import Node, RunGraph
 from orchestration.language import expressions
 
 from .context import StageContext
+from .livelog import remember_ending
 
 if TYPE_CHECKING:
     from .execution import WorkerEnv
@@ -85,16 +86,19 @@ class Attempt:
         self.cache_key: str | None = None
         self._logs_stored = False
 
-    def store_logs(self) -> None:
-        """Store the attempt's log lines, once: before its commit, so that whoever sees the stage
-        (or the run) end also finds its logs."""
+    def store_logs(self, outcome: str = "", error: dict[str, Any] | None = None) -> None:
+        """Send the rest of the attempt's log lines (livelog.py) with its END marker, once: before its
+        commit, so that whoever sees the stage (or the run) end also finds all of its logs. A quiet
+        attempt sends nothing. The outcome is remembered for the task's state in Flower (app.py)."""
+        if outcome:
+            remember_ending(outcome, error)
         if self._logs_stored:
             return
         self._logs_stored = True
-        try:
-            self.env.store.append_logs(self.run_id, self.node.id, self.ctx.log_lines)
-        except redis.RedisError as exc:
-            log.warning("could not store the log lines of %s/%s: %s", self.run_id, self.node.id, exc)
+        ending: dict[str, Any] = {"outcome": outcome, "host": self.env.hostname}
+        if error:
+            ending["error"] = f"{error.get('type')}: {error.get('message', '')}"[:500]
+        self.ctx.log_sink.close(ending)
 
     # -- the attempt ---------------------------------------------------------------------------
     def perform(self, verdict: str, rest: list[Any]) -> str:
@@ -194,7 +198,7 @@ class Attempt:
             {**self.event, "error": error, "will_retry": True, "delay_s": delay_s},
             self.graph.webhooks,
         )
-        self.store_logs()
+        self.store_logs("retrying", error)
         try:
             held = env.store.retry(
                 self.run_id,
@@ -244,7 +248,7 @@ class Attempt:
             entry = hooks.entry(announce[0], {**self.event, **announce[1]}, graph.webhooks)
             if entry:
                 notify.append(entry)
-        self.store_logs()
+        self.store_logs("cache hit" if cached else str(outcome.value), error)
         children = env.dispatcher.children(self.run_id, graph, node.id)
         try:
             commit = env.store.finish(

@@ -6,7 +6,8 @@ allowlist of programs (`shell_allow`); its process gets the worker's
 environment without the worker's `CHORDFLOW_*` variables (they carry the Redis
 password) unless `stage_env_pass` names them; it has a default timeout
 (`shell_timeout_s`); its output is read as it comes and only a tail is kept
-(`shell_output_tail_lines`, `shell_output_tail_bytes`), with the totals noted.
+(`shell_output_tail_lines`, `shell_output_tail_bytes`) in its output, with the totals;
+every line also goes to the attempt's live log as it is read (STDOUT, STDERR).
 Its timeout, the attempt's cancellation, an exception in the pool process and
 a SIGTERM to it (how `cancel` revokes a running task) kill its whole process
 group; a timeout reports exit code 124.
@@ -24,7 +25,7 @@ import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import IO, Any
 
@@ -106,8 +107,12 @@ def shell(ctx: StageContext, argv: list[str] | None = None, check: bool = True, 
         if ctx.timeout_s is not None
         else (settings.shell_timeout_s if settings.shell_timeout_s > 0 else None)
     )
-    out = OutputTail(settings.shell_output_tail_lines, settings.shell_output_tail_bytes)
-    err = OutputTail(settings.shell_output_tail_lines, settings.shell_output_tail_bytes)
+    out = OutputTail(
+        settings.shell_output_tail_lines, settings.shell_output_tail_bytes, _to_log(ctx, "STDOUT")
+    )
+    err = OutputTail(
+        settings.shell_output_tail_lines, settings.shell_output_tail_bytes, _to_log(ctx, "STDERR")
+    )
     proc = subprocess.Popen(
         command,
         executable=executable,
@@ -127,7 +132,13 @@ def shell(ctx: StageContext, argv: list[str] | None = None, check: bool = True, 
         pump.start()
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     timed_out = cancelled = False
-    with _group_dies_with_this_process(proc.pid):
+
+    def last_words() -> None:  # a SIGTERM (cancel): send the lines read so far before dying
+        for pump in pumps:
+            pump.join(timeout=0.3)
+        ctx.log_sink.flush_soon(timeout_s=1.0)
+
+    with _group_dies_with_this_process(proc.pid, last_words):
         try:
             while True:
                 try:
@@ -148,16 +159,6 @@ def shell(ctx: StageContext, argv: list[str] | None = None, check: bool = True, 
             for pump in pumps:
                 pump.join(timeout=5)
     out_lines, err_lines = out.lines(), err.lines()
-    ctx.log_lines.extend(out_lines)
-    ctx.log_lines.extend(f"[stderr] {line}" for line in err_lines)
-    for name, tail in (("stdout", out), ("stderr", err)):
-        if tail.lines_dropped:
-            ctx.log_lines.append(
-                f"[{name}] … {tail.lines_dropped:,} more line{'s' if tail.lines_dropped != 1 else ''} not kept "
-                f"({tail.lines_total:,} lines, {tail.bytes_total:,} bytes in all; this worker keeps the last "
-                f"{settings.shell_output_tail_lines:,} lines and at most {settings.shell_output_tail_bytes:,} bytes: "
-                f"shell_output_tail_lines, shell_output_tail_bytes)"
-            )
     if timed_out:
         where = (
             "its timeout"
@@ -245,14 +246,36 @@ def stage_environment(settings: Settings, ctx: StageContext) -> dict[str, str]:
     return env
 
 
+def _to_log(ctx: StageContext, level: str) -> Callable[[list[bytes]], None]:
+    """Send a chunk's complete lines to the attempt's log as they come (at most its cap per chunk:
+    the stream would keep no more; the rest are counted)."""
+    sink = ctx.log_sink
+
+    def send(lines: list[bytes]) -> None:
+        if len(lines) > sink.cap:
+            sink.skip(len(lines) - sink.cap)
+            lines = lines[-sink.cap :]
+        sink.add_many(
+            (
+                (line[:-1] if line.endswith(b"\r") else line).decode("utf-8", errors="replace")
+                for line in lines
+            ),
+            level,
+        )
+
+    return send
+
+
 class OutputTail:
     """The last `max_lines` lines (and at most `max_bytes` bytes) of a stream, read as it comes; totals counted.
 
     Memory stays bounded whatever the command writes: a line longer than `max_bytes`, even
-    one that never ends, keeps only its last `max_bytes` bytes."""
+    one that never ends, keeps only its last `max_bytes` bytes. `sink`, if given, gets every
+    complete line (cut the same way) as it is read: the live log."""
 
-    def __init__(self, max_lines: int, max_bytes: int):
+    def __init__(self, max_lines: int, max_bytes: int, sink: Callable[[list[bytes]], None] | None = None):
         self.max_lines, self.max_bytes = max(0, max_lines), max(0, max_bytes)
+        self.sink = sink
         self._kept: deque[bytes] = deque()
         self._kept_bytes = 0
         self._partial = b""
@@ -285,6 +308,8 @@ class OutputTail:
             complete[0] = first
             self._partial, self._partial_cut = b"", False
             self.lines_total += len(complete)
+            if self.sink is not None:
+                self.sink([self._cut(line, False) for line in complete])
             for line in complete[-self.max_lines :] if self.max_lines else ():
                 self._keep(line)
         self._partial += rest
@@ -297,8 +322,11 @@ class OutputTail:
     def close(self) -> None:
         if self._partial or self._partial_cut:
             self.lines_total += 1
+            last = self._cut(self._partial, self._partial_cut)
             if self.max_lines:
-                self._keep(self._cut(self._partial, self._partial_cut))
+                self._keep(last)
+            if self.sink is not None:
+                self.sink([last])
             self._partial, self._partial_cut = b"", False
 
     def _cut(self, line: bytes, cut: bool) -> bytes:
@@ -331,8 +359,9 @@ def _kill_group(pgid: int) -> None:
 
 
 @contextmanager
-def _group_dies_with_this_process(pgid: int) -> Iterator[None]:
-    """While the command runs, a SIGTERM to this process kills the command's group first.
+def _group_dies_with_this_process(pgid: int, last_words: Callable[[], None] | None = None) -> Iterator[None]:
+    """While the command runs, a SIGTERM to this process kills the command's group first (then
+    `last_words`: the attempt's log lines read so far are sent).
 
     `cancel` revokes a running task with SIGTERM, which a prefork pool process takes with the
     default action (it dies at once, running no `finally`); the command runs in its own session,
@@ -346,6 +375,8 @@ def _group_dies_with_this_process(pgid: int) -> Iterator[None]:
 
     def on_sigterm(signum: int, frame: Any) -> None:
         _kill_group(pgid)
+        if last_words is not None:
+            last_words()
         if callable(previous):
             previous(signum, frame)
         elif previous != signal.SIG_IGN:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import click
 
 from orchestration.settings import Settings
@@ -17,7 +20,12 @@ from .main import run_worker
 @click.option("--hostname", "-n", help="Name recorded on every stage this worker runs.")
 @click.option("--gpus", type=int, help="GPUs to use (default: CUDA_VISIBLE_DEVICES or nvidia-smi).")
 @click.option("--memory-gb", type=float, help="Memory to advertise (default: the machine's).")
-@click.option("--import", "imports", multiple=True, help="Module that registers stage types (repeatable).")
+@click.option(
+    "--import",
+    "imports",
+    multiple=True,
+    help="Module that registers stage types (repeatable); found from the current directory too.",
+)
 @click.option(
     "--pool",
     type=click.Choice(["prefork", "threads", "solo"]),
@@ -40,6 +48,10 @@ def worker(
 ) -> None:
     """Serve stages from this machine's queues."""
     settings = Settings.load()
+    if (imports or settings.imports) and "" not in sys.path and os.getcwd() not in sys.path:
+        # `--import mystages` finds ./mystages.py, as Celery's -A does (the console script's own
+        # sys.path has its bin directory first, not the current one)
+        sys.path.insert(0, os.getcwd())
     if not settings.redis_url:
         raise click.UsageError("set CHORDFLOW_REDIS_URL to the Redis the pipeline runs on")
     code = run_worker(

@@ -5,22 +5,30 @@ same script that records its output: a retried or duplicated attempt never
 double-counts. Reads see what earlier stages committed, plus this attempt's
 own writes.
 
+Log lines (`ctx.log`) go to the attempt's log stream while the stage runs
+(livelog.py), formatted and with their level.
+
 Limits (worker settings, docs/security.md): one context value's JSON is at most
-`context_value_cap_bytes`, and an attempt keeps at most `log_lines_cap` log
-lines (the rest are counted, and one last line says how many were dropped).
+`context_value_cap_bytes`; an attempt's log stream keeps its last `log_lines_cap`
+lines, each cut to `log_line_bytes`.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import sys
 import threading
+import traceback
 from collections.abc import Mapping
-from typing import Any, Self
+from typing import Any
 
 from orchestration.engine.store import RunStore
 from orchestration.errors import FailStage
 from orchestration.settings import Settings
+
+from .livelog import AttemptLog
 
 
 class ContextValueTooLarge(FailStage):
@@ -83,50 +91,34 @@ class Metrics:
         self.add(name, value)
 
 
-class LogLines(list):
-    """An attempt's log lines, at most `cap` of them; past that, one last line counts the rest.
-
-    A plain list to its readers (the attempt's end stores it as is); `append` and `extend`
-    keep the first `cap` lines and replace the rest by "… N more log lines not kept"."""
-
-    def __init__(self, cap: int):
-        super().__init__()
-        self.cap = max(0, int(cap))
-        self.dropped = 0
-
-    def append(self, line: Any) -> None:
-        if self.dropped == 0 and len(self) < self.cap:
-            super().append(line)
-            return
-        self.dropped += 1
-        note = (
-            f"… {self.dropped:,} more log line{'s' if self.dropped != 1 else ''} not kept "
-            f"(this worker keeps {self.cap:,} per attempt: log_lines_cap)"
-        )
-        if self.dropped == 1:
-            super().append(note)
-        else:
-            self[-1] = note
-
-    def extend(self, lines: Any) -> None:
-        for line in lines:
-            self.append(line)
-
-    def __iadd__(self, lines: Any) -> Self:  # type: ignore[override,misc]
-        self.extend(lines)
-        return self
-
-
 class StageLog(logging.LoggerAdapter):
-    """A logger whose lines also go to the run's logs for `chordflow logs`."""
+    """`ctx.log`: a logger whose lines also go to the attempt's log stream, formatted (`"%s items",
+    n` is stored as `3 items`), with their level, at every level (the worker's own log shows what
+    its log level lets through, each line prefixed with the run and stage)."""
 
-    def __init__(self, logger: logging.Logger, lines: list[str], prefix: str):
+    def __init__(self, logger: logging.Logger, sink: AttemptLog, prefix: str):
         super().__init__(logger, {})
-        self._lines, self._prefix = lines, prefix
+        self._sink, self._prefix = sink, prefix
 
-    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
-        self._lines.append(str(msg))
-        return f"{self._prefix} {msg}", kwargs
+    def log(self, level: int, msg: Any, *args: Any, **kwargs: Any) -> None:
+        record = logging.LogRecord(self.logger.name, level, "", 0, msg, args, None)
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):  # arguments that do not fit the format: keep both
+            message = f"{msg} {args!r}"
+        text = message
+        exc_info = kwargs.get("exc_info")
+        if exc_info:
+            if isinstance(exc_info, BaseException):
+                exc_info = (type(exc_info), exc_info, exc_info.__traceback__)
+            elif not isinstance(exc_info, tuple):
+                exc_info = sys.exc_info()
+            if exc_info[0] is not None:
+                text += "\n" + "".join(traceback.format_exception(*exc_info)).rstrip()
+        self._sink.add(text, logging.getLevelName(level))
+        if self.isEnabledFor(level):
+            kwargs.setdefault("stacklevel", 2)
+            self.logger.log(level, "%s %s", self._prefix, message, **kwargs)
 
 
 class StageContext:
@@ -156,11 +148,23 @@ class StageContext:
         self.settings = _settings(store)  # the worker's settings: its policy for built-ins and limits
         self.context = SharedContext(store, run_id)
         self.metrics = Metrics()
-        self.log_lines: list[str] = LogLines(self.settings.log_lines_cap)
+        write = getattr(store, "write_attempt_log", None)
+        self.log_sink = AttemptLog(
+            functools.partial(write, run_id, stage_id, item_index, attempt) if callable(write) else None,
+            cap=self.settings.log_lines_cap,
+            line_chars=self.settings.log_line_bytes,
+            flush_s=self.settings.log_flush_s,
+            begin=f"attempt {attempt}",
+        )
         self.log = StageLog(
-            logging.getLogger(f"chordflow.stage.{stage_id}"), self.log_lines, f"[{run_id}/{stage_id}]"
+            logging.getLogger(f"chordflow.stage.{stage_id}"), self.log_sink, f"[{run_id}/{stage_id}]"
         )
         self._cancelled = threading.Event()
+
+    @property
+    def log_lines(self) -> list[str]:
+        """The lines not sent yet (without a store: the attempt's last `log_lines_cap` lines)."""
+        return self.log_sink.lines()
 
     def cancelled(self) -> bool:
         """True once this attempt lost its lease or the run was cancelled: stop soon."""

@@ -1,7 +1,9 @@
 """What every `chordflow` command shares: printing, exit codes, options, and reading a file.
 
-Exit codes: 0 ok, 1 failed (a run failed, Redis refused, an unexpected error), 2 invalid input
-(a pipeline problem, a bad option, a malformed run id, stage id or idempotency key). An
+Exit codes (docs/cli.md): 0 ok (a run succeeded), 1 failed (a run failed or was cancelled, Redis
+refused, an unexpected error), 2 invalid input (a pipeline problem, a bad option, a malformed run
+id, stage id or idempotency key, a stage the run does not have), 3 timed out waiting for a run
+(`--timeout`: the run goes on), 130 interrupted (Ctrl-C while following: the run goes on). An
 `InvalidPipeline` prints every problem, one per line as `file:line: stage 'x': message`; no
 error prints a traceback unless CHORDFLOW_DEBUG=1.
 
@@ -17,7 +19,7 @@ import os
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import redis
@@ -33,7 +35,10 @@ from orchestration.language.spec import PipelineSpec
 from orchestration.language.validation import load_pipeline
 from orchestration.settings import Settings
 
-EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+if TYPE_CHECKING:
+    from orchestration.api import Client
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_TIMEOUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 console = Console(soft_wrap=True)
 errors = Console(stderr=True, soft_wrap=True)
@@ -57,6 +62,27 @@ def print_json(data: Any) -> int:
     (JSON escapes C0 controls itself; DEL and C1 controls are escaped here too.)"""
     click.echo(json.dumps(data, indent=2, ensure_ascii=False).translate(_C1))
     return EXIT_OK
+
+
+def print_json_line(data: Any) -> None:
+    """Print `data` as one line of JSON (a stream of objects: `logs --json`, `watch --json`)."""
+    click.echo(json.dumps(data, ensure_ascii=False, separators=(",", ":")).translate(_C1))
+
+
+def stopped_following(run_id: str, goes_on: bool = True) -> int:
+    """Say what Ctrl-C while following a run did (and did not do); return EXIT_INTERRUPTED."""
+    if goes_on:
+        say(
+            f"stopped following run {run_id}; the run goes on "
+            f"(`chordflow watch {run_id}` follows it again, `chordflow cancel {run_id}` stops it)",
+            err=True,
+        )
+    else:
+        say(
+            f"stopped: run {run_id} ends with this command (it ran on a private Redis and local workers)",
+            err=True,
+        )
+    return EXIT_INTERRUPTED
 
 
 def report_error(exc: ChordflowError, as_json: bool = False) -> int:
@@ -176,3 +202,11 @@ def version() -> str:
         return metadata.version("chordflow")
     except metadata.PackageNotFoundError:
         return "unknown"
+
+
+def client_from_env() -> Client:
+    """A client of CHORDFLOW_REDIS_URL (checked: exit 2 if malformed). Built inside a command,
+    its Redis client fails fast (`redis_url.fail_fast`)."""
+    from orchestration.api import Client  # here: commands without Redis do not load the client
+
+    return Client(redis_settings())

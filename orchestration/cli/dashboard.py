@@ -1,25 +1,41 @@
-"""`chordflow dashboard`: a read-only web page of runs and one run's DAG, served by the standard library.
+"""`chordflow dashboard`: a web page of runs and one run's DAG, served by the standard library.
 
-    server = serve(settings, port=0)          # started in a daemon thread
+    server = serve(settings, port=0, token="...")   # started in a daemon thread
     url = f"http://127.0.0.1:{server.server_address[1]}/#run=<run id>"
     server.shutdown(); server.server_close()
 
-Routes (GET only):
-    /                  the page (dashboard.html: inline CSS and JS, no external assets)
-    /api/runs          newest first; ?limit=N (1-500, default 50) and ?pipeline=NAME
-    /api/runs/<id>     Client.status() plus the graph: nodes (level, needs), edges, levels
+Routes:
+    GET  /                              the page (dashboard.html: inline CSS and JS, no external assets)
+    GET  /api/runs                      newest first; ?limit=N (1-500, default 50) and ?pipeline=NAME
+    GET  /api/runs/<id>                 the run (runview.run_view: each stage's attempts) plus the graph
+                                        (nodes, edges, levels), the timeline (every attempt, on its
+                                        host), where the run came from (`origin`), and for a run of a
+                                        chain the chain's runs
+    GET  /api/runs/<id>/items?stage=S   a fan-out stage's items: state, host, attempts
+    GET  /api/runs/<id>/logs?stage=S[&item=I][&attempt=N][&after=ID]
+                                        the attempts of S that logged, and the lines of one after ID
+    GET  /api/session                   whether actions are on, and the CSRF token to send with them
+    POST /api/runs/<id>/<action>        cancel, pause, resume, retry
 
-The page polls the JSON endpoints every second with fetch() and draws the DAG as
-inline SVG. Every piece of run data is put in the page as text (textContent,
-setAttribute), never as markup: stage ids, errors and outputs are user data.
+The page polls the JSON endpoints every second with fetch() and draws the DAG and the timeline
+as inline SVG. Every piece of run data is put in the page as text (textContent, setAttribute),
+never as markup: stage ids, errors, log lines and outputs are user data.
+
+Actions need the token the dashboard was started with (`--token`, or `dashboard_token` in the
+settings); without one the page is read-only and every POST is refused. A POST must carry the
+token (`X-Chordflow-Token`), the CSRF token of this server (`X-CSRF-Token`, from /api/session,
+which another site's page cannot read) and a JSON content type, and come from this page's own
+origin (`Origin`, `Sec-Fetch-Site`): a page elsewhere cannot make a browser act for it.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import re
+import secrets
 import socket
 import threading
 import time
@@ -43,72 +59,24 @@ from orchestration.cli._common import (
     settings_from_env,
     unreachable,
 )
+from orchestration.cli.dashboard_data import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    item_list,
+    log_view,
+    run_detail,
+    run_list,
+)
 from orchestration.engine import redis_url
+from orchestration.engine.attempts import AttemptHistory
 from orchestration.engine.store import connect
 from orchestration.errors import ChordflowError, InvalidId, RunNotFound
 from orchestration.settings import Settings
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8765
-DEFAULT_LIMIT, MAX_LIMIT = 50, 500
-PREVIEW_CHARS = 400  # outputs and context can be up to the output cap each; the page shows a preview
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
-RUN_NUMBERS = ("created_at", "started_at", "finished_at", "total", "remaining")
-
-
-# -- data -------------------------------------------------------------------------------------
-
-
-def _number(value: str | None) -> float | None:
-    try:
-        return float(value) if value not in (None, "") else None
-    except ValueError:
-        return None
-
-
-def _preview(value: Any) -> str | None:
-    if value is None:
-        return None
-    text = json.dumps(value, ensure_ascii=False, default=str)
-    return text if len(text) <= PREVIEW_CHARS else text[:PREVIEW_CHARS] + "…"
-
-
-def run_list(client: Client, limit: int = DEFAULT_LIMIT, pipeline: str | None = None) -> list[dict[str, Any]]:
-    """The newest `limit` runs (of `pipeline`, if given) as small records; times in epoch seconds."""
-    runs = []
-    for record in client.runs(limit, pipeline):
-        row: dict[str, Any] = {
-            key: record.get(key) for key in ("run_id", "pipeline", "version", "status", "failed_stage")
-        }
-        row.update({key: _number(record.get(key)) for key in RUN_NUMBERS})
-        runs.append(row)
-    return runs
-
-
-def run_detail(client: Client, run_id: str) -> dict[str, Any]:
-    """`Client.status(run_id)` with the DAG: nodes in topological order, edges and levels.
-
-    Outputs and the context are cut to a preview: the page polls this every second."""
-    status = client.status(run_id)
-    graph = client.store.graph(run_id)
-    for stage in status["stages"].values():
-        stage["output"] = _preview(stage.get("output"))
-    status["context"] = _preview(status.get("context") or None)
-    status["nodes"] = [
-        {
-            "id": n.id,
-            "level": n.level,
-            "needs": list(n.needs),
-            "type": n.type,
-            "queue": n.queue,
-            "critical": n.critical,
-            "on_critical_path": n.on_critical_path,
-            "fans_out": n.fans_out,
-        }
-        for n in graph.nodes
-    ]
-    status["edges"] = [{"from": need, "to": n.id} for n in graph.nodes for need in n.needs]
-    status["levels"] = {n.id: n.level for n in graph.nodes}
-    return status
+ACTIONS = ("cancel", "pause", "resume", "retry")
+HISTORIES = 32  # runs whose attempt history the server keeps, read incrementally
 
 
 # -- HTTP -------------------------------------------------------------------------------------
@@ -141,12 +109,17 @@ class BadRequest(ValueError):
 
 
 class DashboardServer(ThreadingHTTPServer):
-    """One shared Client (thread-safe: a Redis connection pool) for every request thread."""
+    """One shared Client (thread-safe: a Redis connection pool) for every request thread; the
+    action token (None: read-only), this server's CSRF token, and the runs' attempt histories."""
 
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], client: Client):
+    def __init__(self, address: tuple[str, int], client: Client, token: str | None = None):
         self.client = client
+        self.token = token or None
+        self.csrf = secrets.token_urlsafe(24)
+        self.histories: dict[str, AttemptHistory] = {}
+        self.history_lock = threading.Lock()
         self.page = _page()
         self.csp = _csp(self.page)
         if ":" in address[0]:
@@ -156,6 +129,15 @@ class DashboardServer(ThreadingHTTPServer):
     @cached_property
     def loopback(self) -> bool:
         return self.server_address[0] in LOOPBACK_NAMES
+
+    def history(self, run_id: str) -> AttemptHistory:
+        """The run's attempt history as last read (call with `history_lock` held): the next read
+        takes only the events that are new since."""
+        history = self.histories.pop(run_id, None) or AttemptHistory()
+        if len(self.histories) >= HISTORIES:
+            self.histories.pop(next(iter(self.histories)))
+        self.histories[run_id] = history  # the most recent last
+        return history
 
 
 class DashboardHandler(BaseHTTPRequestHandler):
@@ -172,16 +154,97 @@ class DashboardHandler(BaseHTTPRequestHandler):
                 self._send(HTTPStatus.OK, self.server.page, "text/html; charset=utf-8")
             elif url.path == "/api/runs":
                 self._json(self._runs(parse_qs(url.query)))
+            elif url.path == "/api/session":
+                self._json({"actions": self.server.token is not None, "csrf": self.server.csrf})
             elif url.path.startswith("/api/runs/") and len(url.path) > len("/api/runs/"):
-                self._json(run_detail(self.server.client, unquote(url.path[len("/api/runs/") :])))
+                self._run_get(unquote(url.path[len("/api/runs/") :]), parse_qs(url.query))
             else:
                 self._json({"error": f"no such page: {url.path}"}, HTTPStatus.NOT_FOUND)
+        except KeyError as exc:
+            self._json({"error": f"no stage {exc} in this run"}, HTTPStatus.NOT_FOUND)
         except RunNotFound as exc:
             self._json({"error": f"no run {exc} in this Redis (it may have expired)"}, HTTPStatus.NOT_FOUND)
         except (BadRequest, InvalidId) as exc:
             self._json({"error": str(exc)}, HTTPStatus.BAD_REQUEST)
         except redis.RedisError as exc:
             self._json({"error": f"cannot read Redis: {exc}"}, HTTPStatus.SERVICE_UNAVAILABLE)
+
+    def _run_get(self, rest: str, query: dict[str, list[str]]) -> None:
+        run_id, _, sub = rest.partition("/")
+        stage = query.get("stage", [""])[0]
+        if not sub:
+            with self.server.history_lock:
+                self._json(run_detail(self.server.client, run_id, self.server.history(run_id)))
+        elif sub == "items" and stage:
+            with self.server.history_lock:
+                self._json(item_list(self.server.client, run_id, stage, self.server.history(run_id)))
+        elif sub == "logs" and stage:
+            after = query.get("after", [""])[0]
+            log = log_view(
+                self.server.client,
+                run_id,
+                stage,
+                _whole(query, "item"),
+                _whole(query, "attempt"),
+                after if re.fullmatch(r"\d+-\d+", after) else None,
+            )
+            self._json(log)
+        else:
+            self._json({"error": f"no such page: /api/runs/{rest}"}, HTTPStatus.NOT_FOUND)
+
+    def do_POST(self) -> None:
+        """An action on a run, if the token, the CSRF token and the origin say it is this page's."""
+        url = urlsplit(self.path)
+        parts = url.path.strip("/").split("/")
+        if not self._host_allowed():
+            self._json({"error": "this dashboard only answers to localhost"}, HTTPStatus.FORBIDDEN)
+            return
+        if len(parts) != 4 or parts[:2] != ["api", "runs"] or parts[3] not in ACTIONS:
+            self._json({"error": f"no such action: {url.path}"}, HTTPStatus.NOT_FOUND)
+            return
+        refused = self._refusal()
+        if refused:
+            self._json({"error": refused}, HTTPStatus.FORBIDDEN)
+            return
+        run_id, action = unquote(parts[2]), parts[3]
+        try:
+            outcome = getattr(self.server.client, action)(run_id)
+        except RunNotFound as exc:
+            self._json({"error": f"no run {exc} in this Redis (it may have expired)"}, HTTPStatus.NOT_FOUND)
+            return
+        except InvalidId as exc:
+            self._json({"error": str(exc)}, HTTPStatus.BAD_REQUEST)
+            return
+        except redis.RedisError as exc:
+            self._json({"error": f"cannot reach Redis: {exc}"}, HTTPStatus.SERVICE_UNAVAILABLE)
+            return
+        ok = outcome in ("cancelled", "paused", "resumed", "retrying")
+        self.log_message("%s %s: %s", action, run_id, outcome)
+        body = {"run_id": run_id, "action": action, "ok": ok, "outcome": outcome}
+        self._json(body, HTTPStatus.OK if ok else HTTPStatus.CONFLICT)
+
+    def _refusal(self) -> str | None:
+        """Why this POST may not act (None: it may)."""
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(min(length, 65536))  # the body says nothing the path does not
+        if self.server.token is None:
+            return "this dashboard is read-only: start it with --token (or set dashboard_token) to act"
+        if (self.headers.get("Content-Type") or "").split(";")[0].strip() != "application/json":
+            return "an action is a POST of application/json"
+        host = (self.headers.get("Host") or "").strip().lower()
+        origin = (self.headers.get("Origin") or "").strip().lower()
+        if origin and urlsplit(origin).netloc != host:
+            return "an action must come from this dashboard's own page"
+        if (self.headers.get("Sec-Fetch-Site") or "same-origin") not in ("same-origin", "none"):
+            return "an action must come from this dashboard's own page"
+        if not hmac.compare_digest(self.headers.get("X-CSRF-Token") or "", self.server.csrf):
+            return "missing or stale CSRF token: reload the page"
+        if not hmac.compare_digest(
+            (self.headers.get("X-Chordflow-Token") or "").encode(), self.server.token.encode()
+        ):
+            return "wrong or missing token"
+        return None
 
     def _runs(self, query: dict[str, list[str]]) -> dict[str, Any]:
         raw = query.get("limit", [str(DEFAULT_LIMIT)])[0]
@@ -222,16 +285,30 @@ class DashboardHandler(BaseHTTPRequestHandler):
             super().log_request(code, size)
 
 
-def make_server(settings: Settings, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> DashboardServer:
-    """Bind (port 0 picks a free one) without serving yet; raises OSError if the port is taken."""
+def _whole(query: dict[str, list[str]], name: str) -> int | None:
+    raw = query.get(name, [""])[0]
+    if raw == "":
+        return None
+    if not raw.isdigit() or len(raw) > 9:
+        raise BadRequest(f"{name} must be a whole number, not {raw!r}")
+    return int(raw)
+
+
+def make_server(
+    settings: Settings, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, token: str | None = None
+) -> DashboardServer:
+    """Bind (port 0 picks a free one) without serving yet; raises OSError if the port is taken.
+    `token` (else `settings.dashboard_token`) turns the actions on."""
     if not settings.redis_url:
         raise ValueError("no Redis URL configured (set CHORDFLOW_REDIS_URL)")
-    return DashboardServer((host, port), Client(settings))
+    return DashboardServer((host, port), Client(settings), token or settings.dashboard_token)
 
 
-def serve(settings: Settings, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> ThreadingHTTPServer:
+def serve(
+    settings: Settings, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, token: str | None = None
+) -> ThreadingHTTPServer:
     """Start the dashboard in a daemon thread and return its server (stop: shutdown(), server_close())."""
-    server = make_server(settings, host, port)
+    server = make_server(settings, host, port, token)
     threading.Thread(target=server.serve_forever, name="chordflow-dashboard", daemon=True).start()
     return server
 
@@ -241,8 +318,8 @@ def serve(settings: Settings, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
     "--host",
     default=DEFAULT_HOST,
     show_default=True,
-    help="Address to listen on. The page is read-only and has no login: anyone who can reach "
-    "it sees every run's stages, errors and outputs.",
+    help="Address to listen on (loopback by default). The page has no login: anyone who can reach "
+    "it sees every run's stages, errors, logs and outputs.",
 )
 @click.option(
     "--port",
@@ -251,21 +328,29 @@ def serve(settings: Settings, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
     type=click.IntRange(0, 65535),
     help="Port to listen on (0: any free port).",
 )
-def dashboard_command(host: str, port: int) -> None:
-    """Serve a web page of recent runs and each run's DAG, refreshed every second."""
+@click.option(
+    "--token",
+    envvar="CHORDFLOW_DASHBOARD_TOKEN",
+    help="Turn on the page's cancel, pause, resume and retry buttons; they must send this token "
+    "(default: the dashboard_token setting). Without one the page is read-only.",
+)
+def dashboard_command(host: str, port: int, token: str | None) -> None:
+    """Serve a web page of recent runs and each run's DAG, timeline, items and live logs, refreshed
+    every second; with a token, its buttons cancel, pause, resume and retry runs."""
     settings = settings_from_env()
     if not settings.redis_url:
         say("error: set CHORDFLOW_REDIS_URL to the Redis your runs live in", err=True)
         raise click.exceptions.Exit(EXIT_INVALID)
     _check_redis(settings)
     try:
-        server = make_server(settings, host, port)
+        server = make_server(settings, host, port, token)
     except OSError as exc:
         say(f"error: cannot listen on {host}:{port}: {exc.strerror or exc} (pick another --port)", err=True)
         raise click.exceptions.Exit(EXIT_FAILED) from None
     bound_host, bound_port = str(server.server_address[0]), int(server.server_address[1])
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-    say(f"Chordflow dashboard on http://{shown}:{bound_port}/ (Ctrl-C to stop)")
+    mode = "actions need the token" if server.token else "read-only: --token turns the actions on"
+    say(f"Chordflow dashboard on http://{shown}:{bound_port}/ ({mode}; Ctrl-C to stop)")
     try:
         server.serve_forever()
     except KeyboardInterrupt:

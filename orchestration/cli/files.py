@@ -1,4 +1,5 @@
-"""Commands on a pipeline file that need no Redis: validate, plan, graph, schema, templates, init."""
+"""Commands on a pipeline file that need no Redis: validate, plan, graph, schema, templates, init.
+(`graph RUN` draws a run instead, from the configured Redis.)"""
 
 from __future__ import annotations
 
@@ -20,19 +21,24 @@ from orchestration.cli._common import (
     json_option,
     load_graph,
     load_spec,
+    only_option,
     pipeline_options,
     print_json,
+    redis_settings,
     say,
+    select_option,
     set_option,
     settings_from_env,
 )
 from orchestration.engine.registry import BUILTIN_TYPES, ENTRY_POINT_GROUP
 from orchestration.engine.retries import resolve_policy
+from orchestration.engine.store import RunStore, connect
 from orchestration.fleet import history
 from orchestration.fleet.fleetview import FleetView, fleet_view
 from orchestration.graph import render
 from orchestration.graph.resolve import Node, RunGraph, resolve
 from orchestration.language.durations import format_duration
+from orchestration.language.ids import check_run_id
 from orchestration.language.options import Backoff, RetryPolicy
 from orchestration.language.spec import PipelineSpec
 
@@ -229,14 +235,35 @@ def available_templates() -> dict[str, tuple[str, Path]]:
     return found
 
 
+def _run_graph(run_id: str) -> tuple[RunGraph, dict[str, str]]:
+    """A run's graph and its stages' states, from the configured Redis."""
+    check_run_id(run_id)
+    settings = redis_settings()
+    store = RunStore(connect(settings), settings)
+    return store.graph(run_id), store.states(run_id)
+
+
 @click.command("graph")
-@pipeline_options
-@click.option("--format", "fmt", type=click.Choice(["mermaid", "dot"]), default="mermaid", show_default=True)
+@click.argument("source", metavar="FILE|RUN")
+@set_option
+@select_option
+@only_option
+@click.option(
+    "--format", "fmt", type=click.Choice(["mermaid", "dot", "svg"]), default="mermaid", show_default=True
+)
 @command
-def graph_command(file: Path, sets: tuple[str, ...], select: str | None, only: bool, fmt: str) -> int:
-    """Print the pipeline's graph as Mermaid or Graphviz DOT."""
-    graph = load_graph(file, sets, select, only)
-    click.echo(render.to_mermaid(graph) if fmt == "mermaid" else render.to_dot(graph), nl=False)
+def graph_command(source: str, sets: tuple[str, ...], select: str | None, only: bool, fmt: str) -> int:
+    """Print a pipeline's graph (FILE) or a run's, coloured by each stage's state (RUN), as Mermaid,
+    Graphviz DOT or SVG. An argument that is no file is read as a run id."""
+    states: dict[str, str] | None = None
+    if Path(source).exists() or Path(source).suffix in (".yaml", ".yml", ".json"):
+        graph = load_graph(Path(source), sets, select, only)
+    else:
+        if sets or select or only:
+            raise click.UsageError("--set, --select and --only apply to a FILE, not to a run")
+        graph, states = _run_graph(source)
+    drawn = {"mermaid": render.to_mermaid, "dot": render.to_dot, "svg": render.to_svg}[fmt](graph, states)
+    click.echo(drawn, nl=False)
     return EXIT_OK
 
 

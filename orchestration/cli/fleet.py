@@ -11,6 +11,7 @@ from typing import Any
 import click
 from rich.table import Table
 
+from orchestration.api import Client
 from orchestration.cli._common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -276,4 +277,43 @@ def _resources(info: dict[str, Any]) -> str:
     return f"{machine.get('cpus', '?')} cpu, {machine.get('memory_gb', '?')} GB, {machine.get('gpus', 0)} gpu"
 
 
-COMMANDS = (flower, beat, schedule, health)
+@click.command()
+@json_option
+@command
+def stages(as_json: bool) -> int:
+    """Stage types served by live workers (name, version, queue, retry policy, workers)."""
+    workers = Client(redis_settings()).store.live_workers()
+    types: dict[str, dict[str, Any]] = {}
+    for host, info in workers.items():
+        for t in info.get("types", []):
+            entry = types.setdefault(t["name"], {**t, "workers": [], "queues": set()})
+            entry["workers"].append(host)
+            entry["queues"].update(info.get("queues", []))
+    rows = [{**t, "queues": sorted(t["queues"])} for t in sorted(types.values(), key=lambda t: t["name"])]
+    if as_json:
+        print_json(rows)
+        return EXIT_OK
+    if not rows:
+        say("no live workers", err=True)
+        return EXIT_FAILED
+    table = Table("type", "version", "ref", "retry", "queues", "workers")
+    for t in rows:
+        retry = ", ".join(f"{k}={v}" for k, v in (t["retry"] or {}).items()) or "none"
+        table.add_row(
+            *(
+                term(cell)
+                for cell in (
+                    t["name"],
+                    t["version"],
+                    t["ref"],
+                    retry,
+                    ",".join(t["queues"]),
+                    ",".join(t["workers"]),
+                )
+            )
+        )
+    console.print(table)
+    return EXIT_OK
+
+
+COMMANDS = (flower, beat, schedule, health, stages)

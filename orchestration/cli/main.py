@@ -1,6 +1,6 @@
 """The `chordflow` command line: the group, its commands, and the console script.
 
-Each command module (`files`, `runs`, `fleet`, `dashboard`) lists its commands in `COMMANDS`;
+Each command module (`files`, `runs`, `logs`, `control`, `fleet`, `pipelines`, `dashboard`) lists its commands in `COMMANDS`;
 this module adds them to `cli`, then the commands other installed packages declare in the
 `chordflow.commands` entry-point group (the worker package adds `chordflow worker` that way,
 so nothing here imports it). Exit codes and shared helpers: `_common.py`.
@@ -15,7 +15,7 @@ from importlib import metadata
 
 import click
 
-from orchestration.cli import dashboard, files, fleet, runs
+from orchestration.cli import control, dashboard, files, fleet, logs, pipelines, runs
 from orchestration.cli._common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -90,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return result if isinstance(result, int) else EXIT_OK
 
 
-for _module in (files, runs, fleet, dashboard):
+for _module in (files, runs, logs, control, fleet, pipelines, dashboard):
     for _command in _module.COMMANDS:
         cli.add_command(_command)
 

@@ -1,11 +1,18 @@
 """Following a run on the terminal: a live table on a TTY, one line per event otherwise.
 
+The live table redraws on a timer (4 times a second: the elapsed time, the ETA and the
+running stages' durations tick even when nothing happens) and re-reads the run after events:
+an event that comes while the last read is recent marks the table stale, and the next tick
+reads it, so the last event is never dropped. It disappears when the run ends (the summary
+table is printed once, after it). It reads the run's stream to its real end, across `retry`.
+
 Every name, id, host and error shown comes from a pipeline file or a stage: each goes to the
 terminal as a `Text` made terminal-safe (`render.term`), never as rich markup, and no control
 character of it reaches the terminal."""
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import datetime
 from typing import Any
@@ -16,6 +23,9 @@ from rich.table import Table
 from rich.text import Text
 
 from orchestration.api import Client
+from orchestration.cli._common import console, say
+from orchestration.cli.runview import run_view
+from orchestration.engine.attempts import AttemptHistory
 from orchestration.engine.store import RUN_FINAL, TERMINAL
 from orchestration.graph.render import term
 
@@ -31,21 +41,51 @@ STATE_STYLE = {
     "upstream_failed": "red",
     "cancelled": "red",
 }
+REFRESH_PER_S = 4
+READ_EVERY_S = 0.25  # the run is read again at most this often after events
+READ_ANYWAY_S = 2.0  # ... and at least this often (a heartbeat for what no event tells)
+
+
+def _clock(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+def detail_of(s: dict[str, Any]) -> str:
+    """A stage's detail cell: its items, its error while current, a cache hit, its retry."""
+    parts = []
+    if "items_total" in s:
+        parts.append(f"{s['items_done']}/{s['items_total']} items")
+    if s.get("cached"):
+        parts.append("cache hit")
+    error = s.get("error")
+    if error:
+        text = f"{error.get('type')}: {error.get('message', '')}"
+        if s["state"] == "retrying":
+            text = f"will retry after {text}"
+        elif s["state"] == "fallback":
+            text = f"fallback after {text}"
+        parts.append(text)
+    return " · ".join(parts)[:100]
 
 
 def status_table(status: dict[str, Any], now: float | None = None) -> Table:
+    """The run as a table: each stage's state, attempts (×N), host, queue, time and detail."""
     now = now or time.time()
     stages = status["stages"]
     done = sum(1 for s in stages.values() if s["state"] in TERMINAL)
     total = max(1, len(stages))
-    elapsed = (status.get("finished_at") or now) - (status.get("created_at") or now)
+    elapsed = max(0.0, (status.get("finished_at") or now) - (status.get("created_at") or now))
     eta = ""
     if 0 < done < total and status["status"] not in RUN_FINAL:
-        eta = f" · ETA {elapsed / done * (total - done):.0f}s"
+        eta = f" · ETA {_clock(elapsed / done * (total - done))}"
     table = Table(
         title=term(
             f"{status['pipeline']} · run {status['run_id']} · {status['status']} · "
-            f"{done}/{total} stages ({100 * done // total}%) · {elapsed:.1f}s{eta}"
+            f"{done}/{total} stages ({100 * done // total}%) · {_clock(elapsed)}{eta}"
         ),
         title_justify="left",
     )
@@ -53,21 +93,18 @@ def status_table(status: dict[str, Any], now: float | None = None) -> Table:
         table.add_column(column)
     for sid, s in stages.items():
         started, finished = s.get("started_at"), s.get("finished_at")
-        took = f"{(finished or now) - started:.2f}s" if started else ""
-        detail = ""
-        if "items_total" in s:
-            detail = f"{s['items_done']}/{s['items_total']} items"
-        if s.get("error"):
-            detail = f"{s['error'].get('type')}: {s['error'].get('message', '')}"[:80]
+        took = f"{max(0.0, (finished or now) - started):.2f}s" if started else ""
+        tries = s.get("tries", s.get("attempts") or 0)
+        attempts = f"×{tries}" if tries > 1 else str(tries or "")
         style = STATE_STYLE.get(s["state"], "")
         table.add_row(
             term(sid),
             term(s["state"], style=style),
-            str(s["attempts"] or ""),
+            attempts,
             term(s.get("host") or ""),
             term(s.get("queue") or ""),
             took,
-            term(detail),
+            term(detail_of(s)),
         )
     return table
 
@@ -76,7 +113,7 @@ def event_line(event: dict[str, str]) -> str:
     """One line of a non-TTY `follow` (raw: print it with `event_text`)."""
     stamp = datetime.fromtimestamp(float(event.get("t", time.time()))).strftime("%H:%M:%S.%f")[:-3]
     if event.get("kind") == "run":
-        return f"{stamp}  run {event.get('state')}"
+        return f"{stamp}  run {event.get('state')}" + (" (retry)" if event.get("retry") else "")
     where = event.get("stage", "")
     if event.get("item"):
         where += f"[{event['item']}]"
@@ -93,6 +130,33 @@ def event_text(event: dict[str, str]) -> Text:
     return term(event_line(event))
 
 
+class Screen:
+    """What the live table shows: the run as last read, re-read on ticks after events."""
+
+    def __init__(self, client: Client, run_id: str):
+        self.client, self.run_id = client, run_id
+        self.history = AttemptHistory()
+        self.view = run_view(client, run_id, history=self.history)
+        self.read_at = time.monotonic()
+        self.stale = False
+
+    def on_event(self, _: dict[str, str]) -> None:
+        self.stale = True
+
+    def on_tick(self) -> None:
+        since = time.monotonic() - self.read_at
+        if (self.stale and since >= READ_EVERY_S) or since >= READ_ANYWAY_S:
+            self.read()
+
+    def read(self) -> None:
+        self.stale = False
+        self.read_at = time.monotonic()
+        self.view = run_view(self.client, self.run_id, history=self.history)
+
+    def table(self) -> Table:
+        return status_table(self.view)
+
+
 def follow(
     client: Client, run_id: str, console: Console, timeout_s: float | None = None, items: bool = False
 ) -> str:
@@ -104,15 +168,25 @@ def follow(
                 console.print(event_text(event), highlight=False)
 
         return client.follow(run_id, timeout_s, on_event=show)
-    last = 0.0
-    with Live(status_table(client.status(run_id)), console=console, refresh_per_second=4) as live:
+    screen = Screen(client, run_id)
+    with Live(
+        console=console,
+        get_renderable=screen.table,
+        refresh_per_second=REFRESH_PER_S,
+        transient=True,  # the summary after it prints the final table once
+    ):
+        return client.follow(
+            run_id, timeout_s, on_event=screen.on_event, on_tick=screen.on_tick, tick_s=READ_EVERY_S
+        )
 
-        def refresh(_: dict[str, str]) -> None:
-            nonlocal last
-            if time.monotonic() - last > 0.25:
-                last = time.monotonic()
-                live.update(status_table(client.status(run_id)))
 
-        final = client.follow(run_id, timeout_s, on_event=refresh)
-        live.update(status_table(client.status(run_id)))
-    return final
+def print_summary(status: dict[str, Any], outputs: bool) -> None:
+    """The table of a run that ended, its outputs (with `outputs`), metrics and final status."""
+    console.print(status_table(status))
+    if outputs:
+        for sid, stage in status["stages"].items():
+            if stage["output"] is not None:
+                say(f"{sid}: {json.dumps(stage['output'])[:300]}")
+    if status["metrics"]:
+        say("metrics: " + ", ".join(f"{k}={v}" for k, v in status["metrics"].items()))
+    say(f"run {status['run_id']} {status['status']}")

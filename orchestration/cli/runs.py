@@ -1,9 +1,12 @@
-"""Commands that run pipelines and read runs: submit, status, watch, runs, logs, cancel,
-pause, resume, stages. (`worker` is the worker package's, see `main.py`.)"""
+"""Commands that run pipelines and read runs: submit, status, watch, runs. (`logs` is in
+`logs.py`, cancel/pause/resume/retry in `control.py`, `worker` is the worker package's.)
+
+Every read command's `--json` is typed (runview.to_json): numbers, ISO 8601 times, nested
+objects. Exit codes: 0 succeeded, 1 failed, 2 invalid input, 3 timed out waiting, 130 Ctrl-C
+while following (the run goes on): docs/cli.md."""
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Iterator
@@ -13,28 +16,34 @@ from typing import Any
 
 import click
 from rich.table import Table
+from rich.text import Text
 
 from orchestration.api import Client
 from orchestration.cli import progress
 from orchestration.cli._common import (
     EXIT_FAILED,
     EXIT_OK,
+    client_from_env,
     command,
     console,
     json_option,
     load_spec,
     pipeline_options,
     print_json,
-    redis_settings,
+    print_json_line,
     say,
     settings_from_env,
+    stopped_following,
 )
+from orchestration.cli.runview import iso, run_record, run_view, to_json
 from orchestration.engine import redis_url
+from orchestration.engine.states import RunStatus
 from orchestration.engine.store import connect
 from orchestration.fleet.embedded import RedisServer, WorkerProcess, wait_for_workers
 from orchestration.graph.render import term
 from orchestration.graph.resolve import resolve
-from orchestration.language.ids import check_idempotency_key, check_run_id, check_stage_id
+from orchestration.language.durations import parse_duration
+from orchestration.language.ids import check_idempotency_key, check_run_id
 from orchestration.settings import Settings
 
 
@@ -60,12 +69,6 @@ def embedded_fleet(settings: Settings, concurrency: int | None = None) -> Iterat
         server.stop()
 
 
-def client_from_env() -> Client:
-    """A client of CHORDFLOW_REDIS_URL (checked: exit 2 if malformed). Built inside a command,
-    its Redis client fails fast (`redis_url.fail_fast`)."""
-    return Client(redis_settings())
-
-
 @click.command()
 @pipeline_options
 @click.option("--follow", "-f", is_flag=True, help="Show progress live; exit 1 if the run fails.")
@@ -75,9 +78,17 @@ def client_from_env() -> Client:
 @click.option(
     "--idempotency-key", metavar="KEY", help="A repeated submit with the same key returns the same run."
 )
-@click.option("--timeout", type=float, help="With --follow/--wait: give up waiting after this many seconds.")
+@click.option(
+    "--timeout",
+    type=float,
+    help="With --follow/--wait: stop waiting after this many seconds (exit 3; the run goes on).",
+)
 @click.option("--items", is_flag=True, help="With --follow: show fan-out items too.")
 @click.option("--no-cache", is_flag=True, help="Run every stage even if a cached output exists.")
+@click.option("--force", is_flag=True, help="Run even if its depends_on/requires are not met (recorded).")
+@click.option(
+    "--wait-for-deps", is_flag=True, help="Wait until its depends_on/requires are met (at most --timeout)."
+)
 @json_option
 @command
 def submit(
@@ -93,9 +104,13 @@ def submit(
     timeout: float | None,
     items: bool,
     no_cache: bool,
+    force: bool,
+    wait_for_deps: bool,
     as_json: bool,
 ) -> int:
-    """Run a pipeline. Without CHORDFLOW_REDIS_URL, runs it on a private Redis and local workers."""
+    """Run a pipeline. Without CHORDFLOW_REDIS_URL, runs it on a private Redis and local workers.
+
+    Exit 4 when its depends_on/requires are not met (each named, with its last status and age)."""
     if idempotency_key is not None:
         check_idempotency_key(idempotency_key)
     settings = settings_from_env()
@@ -126,6 +141,7 @@ def submit(
                 as_json,
                 no_cache,
                 show_outputs=True,
+                force=force,
             )
     redis_url.check(settings.redis_url)  # exit 2 for a malformed URL, before any connection
     return _submit_and_show(
@@ -141,6 +157,8 @@ def submit(
         as_json,
         no_cache,
         quiet=wait and not follow,
+        force=force,
+        wait_for_deps=wait_for_deps,
     )
 
 
@@ -158,225 +176,203 @@ def _submit_and_show(
     no_cache: bool,
     quiet: bool = False,
     show_outputs: bool = False,
+    force: bool = False,
+    wait_for_deps: bool = False,
 ) -> int:
+    if wait_for_deps and not force:
+
+        def waiting(unmet: list[str]) -> None:
+            say("waiting for dependencies:\n" + "\n".join(f"  {line}" for line in unmet), err=True)
+
+        client.wait_for_dependencies(spec, timeout, on_wait=None if as_json else waiting)
     handle = client.submit(
-        spec, selection=select, only=only, check_types=not no_check, idempotency_key=key, no_cache=no_cache
+        spec,
+        selection=select,
+        only=only,
+        check_types=not no_check,
+        idempotency_key=key,
+        no_cache=no_cache,
+        force=force,
     )
     if not follow:
         print_json({"run_id": handle.run_id}) if as_json else say(handle.run_id)
         return EXIT_OK
     if not as_json:
         say(f"run {handle.run_id} submitted")
-    if as_json or quiet:
-        final = client.follow(handle.run_id, timeout)
-    else:
-        final = progress.follow(client, handle.run_id, console, timeout, items)
-    status = client.status(handle.run_id)
+    try:
+        if as_json or quiet:
+            final = client.follow(handle.run_id, timeout)
+        else:
+            final = progress.follow(client, handle.run_id, console, timeout, items)
+    except KeyboardInterrupt:  # show_outputs: the embedded fleet, which stops with this command
+        return stopped_following(handle.run_id, goes_on=not show_outputs)
+    status = run_view(client, handle.run_id)
     if as_json:
-        print_json(status)
+        print_json(to_json(status))
     else:
-        _print_summary(status, show_outputs)
+        progress.print_summary(status, show_outputs)
     return EXIT_OK if final == "succeeded" else EXIT_FAILED
 
 
-def _print_summary(status: dict[str, Any], outputs: bool) -> None:
-    console.print(progress.status_table(status))
-    if outputs:
-        for sid, stage in status["stages"].items():
-            if stage["output"] is not None:
-                say(f"{sid}: {json.dumps(stage['output'])[:300]}")
-    if status["metrics"]:
-        say("metrics: " + ", ".join(f"{k}={v}" for k, v in status["metrics"].items()))
-    say(f"run {status['run_id']} {status['status']}")
+def _when(t: float | None) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(t)) if t else ""
+
+
+def attempts_table(status: dict[str, Any], items: bool = False) -> Table:
+    """Every attempt of every stage (and item, with `items`): start, end, host, outcome, error."""
+    table = Table(title=Text("attempts"), title_justify="left")
+    for column in ("stage", "attempt", "host", "started", "ended", "took", "outcome", "error"):
+        table.add_column(column)
+    for sid, stage in status["stages"].items():
+        rows = [(sid, a) for a in stage.get("attempt_history", [])]
+        if items:
+            rows += [
+                (f"{sid}[{i['index']}]", a) for i in stage.get("items", []) for a in i["attempt_history"]
+            ]
+        for where, a in rows:
+            error = a.get("error") or {}
+            took = a.get("duration_s")
+            table.add_row(
+                term(where),
+                f"{a['attempt']}" + (f" (retry {a['round']})" if a.get("round") else ""),
+                term(a.get("host") or ""),
+                _when(a.get("started_at")),
+                _when(a.get("finished_at")),
+                f"{took:.2f}s" if took is not None else "",
+                term(a["outcome"], style=progress.STATE_STYLE.get(a["outcome"], "")),
+                term(f"{error.get('type')}: {error.get('message', '')}"[:120] if error else ""),
+            )
+    return table
 
 
 @click.command()
 @click.argument("run_id")
+@click.option("--items", is_flag=True, help="List each fan-out item too (state, host, attempts).")
 @json_option
 @command
-def status(run_id: str, as_json: bool) -> int:
-    """A run's state and, per stage, state, attempts, host, queue, times, error and output."""
+def status(run_id: str, items: bool, as_json: bool) -> int:
+    """A run's state and, per stage, state, attempts (each: host, start, end, outcome, error),
+    queue, times, error and output."""
     check_run_id(run_id)
-    data = client_from_env().status(run_id)
+    client = client_from_env()
+    data = run_view(client, run_id, items=items)
+    origin = client.origin(run_id)  # triggered_by, forced, chain, schedule, skipped
     if as_json:
-        print_json(data)
+        print_json({**to_json(data), **({"origin": origin} if origin else {})})
     else:
-        _print_summary(data, outputs=False)
+        progress.print_summary(data, outputs=False)
+        console.print(attempts_table(data, items))
+        for line in _origin_lines(origin):
+            say(line)
     return EXIT_OK if data["status"] != "failed" else EXIT_FAILED
 
 
+def _origin_lines(origin: dict[str, Any]) -> list[str]:
+    """Where a run came from (`Client.origin`), for `status`."""
+    lines = []
+    if "triggered_by" in origin:
+        by = origin["triggered_by"]
+        lines.append(f"triggered by run {by['run_id']} of {by['pipeline'] or '?'}")
+    if "forced" in origin:
+        unmet = origin["forced"]["unmet"]
+        lines.append("forced: " + ("; ".join(unmet) if unmet else "its dependencies were met anyway"))
+    if "chain" in origin:
+        lines.append(f"chain {origin['chain']} (`chordflow chain status {origin['chain']}`)")
+    if "skipped" in origin:
+        lines.append(f"skipped, not started: {origin['skipped']}")
+    return lines
+
+
+def _watch_json(client: Client, run_id: str, timeout: float | None) -> str:
+    """`watch --json`: one JSON object per event as it comes (typed), then the run's status."""
+
+    def emit(event: dict[str, str]) -> None:
+        typed: dict[str, Any] = {k: v for k, v in event.items() if k not in ("t", "attempt", "error")}
+        typed["t"] = iso(float(event["t"])) if event.get("t") else None
+        if event.get("attempt"):
+            typed["attempt"] = int(event["attempt"])
+        if event.get("error"):
+            typed["error"] = to_json({"error": event["error"]})["error"]
+        print_json_line({"event": typed})
+
+    final = client.follow(run_id, timeout, on_event=emit)
+    print_json_line({"status": to_json(run_view(client, run_id))})
+    return final
+
+
 @click.command()
 @click.argument("run_id")
-@click.option("--timeout", type=float)
+@click.option("--timeout", type=float, help="Stop after this many seconds (exit 3; the run goes on).")
 @click.option("--items", is_flag=True, help="Show fan-out items too.")
+@json_option
 @command
-def watch(run_id: str, timeout: float | None, items: bool) -> int:
-    """Follow a run live until it ends; exit 1 if it fails."""
+def watch(run_id: str, timeout: float | None, items: bool, as_json: bool) -> int:
+    """Follow a run live until it really ends (across `retry`); exit 0 if it succeeded, 1 if not.
+
+    With --json: one JSON object per line, {"event": ...} as each comes, then {"status": ...}."""
     check_run_id(run_id)
     client = client_from_env()
     client.handle(run_id)
-    final = progress.follow(client, run_id, console, timeout, items)
-    _print_summary(client.status(run_id), outputs=False)
+    try:
+        if as_json:
+            final = _watch_json(client, run_id, timeout)
+            return EXIT_OK if final == "succeeded" else EXIT_FAILED
+        final = progress.follow(client, run_id, console, timeout, items)
+    except KeyboardInterrupt:
+        return stopped_following(run_id)
+    progress.print_summary(run_view(client, run_id), outputs=False)
     return EXIT_OK if final == "succeeded" else EXIT_FAILED
+
+
+def _since(_: click.Context, __: click.Parameter, value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 @click.command()
 @click.option("--pipeline", help="Only runs of this pipeline.")
-@click.option("--status", "state", help="Only runs in this state.")
-@click.option("--since", type=float, help="Only runs submitted in the last N seconds.")
-@click.option("--limit", default=20, show_default=True)
+@click.option(
+    "--status", "state", type=click.Choice([s.value for s in RunStatus]), help="Only runs in this state."
+)
+@click.option(
+    "--since",
+    callback=_since,
+    metavar="DURATION",
+    help="Only runs submitted in the last DURATION (90, 30m, 1h, 2d).",
+)
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10_000))
 @json_option
 @command
 def runs(pipeline: str | None, state: str | None, since: float | None, limit: int, as_json: bool) -> int:
     """Recent runs, newest first."""
     records = []
-    horizon = time.time() - since if since else 0
+    horizon = time.time() - since if since is not None else 0
     for record in client_from_env().runs(limit if not (state or since) else limit * 10, pipeline):
-        if (state and record.get("status") != state) or float(record.get("created_at", 0)) < horizon:
+        typed = run_record(record)
+        if (state and typed["status"] != state) or (typed["created_at"] or 0) < horizon:
             continue
-        records.append(record)
+        records.append(typed)
         if len(records) >= limit:
             break
     if as_json:
-        print_json(
-            [
-                {
-                    k: record.get(k)
-                    for k in (
-                        "run_id",
-                        "pipeline",
-                        "version",
-                        "status",
-                        "created_at",
-                        "finished_at",
-                        "failed_stage",
-                    )
-                }
-                for record in records
-            ]
-        )
+        print_json(to_json(records))
         return EXIT_OK
     table = Table("run", "pipeline", "status", "submitted", "took")
     for r in records:
-        created = float(r.get("created_at", 0))
-        took = f"{float(r['finished_at']) - created:.1f}s" if r.get("finished_at") else ""
+        took = f"{r['duration_s']:.1f}s" if r.get("duration_s") is not None else ""
         table.add_row(
             term(r["run_id"]),
-            term(r.get("pipeline", "")),
-            term(r.get("status", "")),
-            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created)),
+            term(r.get("pipeline") or ""),
+            term(r.get("status") or ""),
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created_at"] or 0)),
             took,
         )
     console.print(table)
     return EXIT_OK
 
 
-@click.command()
-@click.argument("run_id")
-@click.argument("stage_id", required=False)
-@command
-def logs(run_id: str, stage_id: str | None) -> int:
-    """Captured output of a run's stages (shell output, ctx.log lines)."""
-    check_run_id(run_id)
-    if stage_id is not None:
-        check_stage_id(stage_id)
-    client = client_from_env()
-    graph = client.store.graph(run_id)
-    for node in graph.nodes:
-        if stage_id and node.id != stage_id:
-            continue
-        lines = client.store.logs(run_id, node.id)
-        if lines or stage_id:
-            say(f"== {node.id}")
-            for line in lines:
-                say(line)
-    return EXIT_OK
-
-
-def _control(op: str, run_id: str) -> int:
-    check_run_id(run_id)
-    client = client_from_env()
-    outcome = getattr(client, op)(run_id)
-    say(f"run {run_id}: {outcome}")
-    return EXIT_OK if outcome in ("cancelled", "paused", "resumed", "retrying") else EXIT_FAILED
-
-
-@click.command()
-@click.argument("run_id")
-@command
-def cancel(run_id: str) -> int:
-    """Cancel a run: revoke what runs, cancel what waits."""
-    return _control("cancel", run_id)
-
-
-@click.command()
-@click.argument("run_id")
-@command
-def pause(run_id: str) -> int:
-    """Pause a run: nothing new starts; running stages finish."""
-    return _control("pause", run_id)
-
-
-@click.command()
-@click.argument("run_id")
-@command
-def resume(run_id: str) -> int:
-    """Resume a paused run."""
-    return _control("resume", run_id)
-
-
-@click.command("retry")
-@click.argument("run_id")
-@click.option("--follow", "-f", is_flag=True, help="Follow the run until it ends.")
-@command
-def retry_command(run_id: str, follow: bool) -> int:
-    """Run a failed run again from the point of failure, reusing every output that succeeded."""
-    code = _control("retry", run_id)
-    if code or not follow:
-        return code
-    client = client_from_env()
-    final = progress.follow(client, run_id, console)
-    _print_summary(client.status(run_id), outputs=False)
-    return EXIT_OK if final == "succeeded" else EXIT_FAILED
-
-
-@click.command()
-@json_option
-@command
-def stages(as_json: bool) -> int:
-    """Stage types served by live workers (name, version, queue, retry policy, workers)."""
-    workers = client_from_env().store.live_workers()
-    types: dict[str, dict[str, Any]] = {}
-    for host, info in workers.items():
-        for t in info.get("types", []):
-            entry = types.setdefault(t["name"], {**t, "workers": [], "queues": set()})
-            entry["workers"].append(host)
-            entry["queues"].update(info.get("queues", []))
-    rows = [{**t, "queues": sorted(t["queues"])} for t in sorted(types.values(), key=lambda t: t["name"])]
-    if as_json:
-        print_json(rows)
-        return EXIT_OK
-    if not rows:
-        say("no live workers", err=True)
-        return EXIT_FAILED
-    table = Table("type", "version", "ref", "retry", "queues", "workers")
-    for t in rows:
-        retry = ", ".join(f"{k}={v}" for k, v in (t["retry"] or {}).items()) or "none"
-        table.add_row(
-            *(
-                term(cell)
-                for cell in (
-                    t["name"],
-                    t["version"],
-                    t["ref"],
-                    retry,
-                    ",".join(t["queues"]),
-                    ",".join(t["workers"]),
-                )
-            )
-        )
-    console.print(table)
-    return EXIT_OK
-
-
-COMMANDS = (submit, status, watch, runs, logs, cancel, pause, resume, retry_command, stages)
+COMMANDS = (submit, status, watch, runs)

@@ -4,15 +4,17 @@ The scripts that commit a transition add its event to the Redis stream `Keys.hoo
 (one field `e`, the event's JSON) when someone listens. Every worker's main process runs
 one `HookSender`, a consumer of the stream's group `senders`. For each entry it:
 
+0. for a run's end (`run_complete`): records it for its pipeline and assets and submits the
+   registered pipelines the success triggers, once per upstream run (`triggers.RunEnds`);
 1. runs the Python hooks registered for the entry's kind in this process, one at a time,
    each in a helper thread it waits for at most `settings.hook_timeout_s` (a hook still
    running then is left to finish on its own and a warning names it; a hook that raises
    is logged and ignored);
 2. POSTs the entry to every webhook of the run (from the run's stored graph; none if the
-   run is gone) that wants it: retried with backoff on network errors, timeouts, 5xx, 408
-   and 429, each POST bounded by the webhook's own timeout and the whole delivery by
-   `settings.webhook_total_s`; a delivery that still fails is logged, with any
-   user:password of its URL masked;
+   run is gone; for `pipeline_stale`, the registered pipeline's) that wants it: retried
+   with backoff on network errors, timeouts, 5xx, 408 and 429, each POST bounded by the
+   webhook's own timeout and the whole delivery by `settings.webhook_total_s`; a delivery
+   that still fails is logged, with any user:password of its URL masked;
 3. acknowledges and deletes the entry.
 
 Delivery is at least once: an entry stays pending on the sender that read it until that
@@ -42,7 +44,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from orchestration.engine import hooks
+from orchestration.engine import hooks, triggers
 from orchestration.engine.protocol import HookEntry, Store
 from orchestration.engine.store import RunStore, connect
 from orchestration.errors import RunNotFound
@@ -67,12 +69,23 @@ class HookSender(threading.Thread):
         self._touched = 0.0
         self._next_claim = 0.0
         self.touch_every = max(0.5, settings.hook_claim_idle_s / 4)
+        self._run_ends: triggers.RunEnds | None = None
+        triggers.announce_run_ends()  # in the worker's main process, before it forks its pool
 
     @property
     def store(self) -> Store:
         if self._store is None:
             self._store = RunStore(connect(self.settings), self.settings)
         return self._store
+
+    @property
+    def run_ends(self) -> triggers.RunEnds | None:
+        """What a run's end does besides hooks (record it, fire triggers); None on a store that is
+        not the Redis run store (tests that give the sender a stand-in)."""
+        store = self.store
+        if self._run_ends is None and isinstance(store, RunStore):
+            self._run_ends = triggers.RunEnds(store, self.settings)
+        return self._run_ends
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> None:
@@ -101,7 +114,16 @@ class HookSender(threading.Thread):
         if now >= self._next_claim:
             self._next_claim = now + min(10.0, self.touch_every)
             handled += self._deliver_all(self._reclaim())
+        self._check_stale()
         return handled + self._deliver_all(self.store.read_hooks(GROUP, self.consumer, BATCH, block_ms))
+
+    def _check_stale(self) -> None:
+        """Now and then, alert stale pipelines (`triggers.RunEnds.check_stale`); never stops delivery."""
+        try:
+            if self.run_ends is not None:
+                self.run_ends.check_stale()
+        except Exception as exc:  # noqa: BLE001 - logged; hooks go on being delivered
+            log.warning("hook sender: looking for stale pipelines failed: %s", hooks.mask(f"{exc}"))
 
     def _ensure_group(self) -> None:
         if self._group_ready:
@@ -147,9 +169,16 @@ class HookSender(threading.Thread):
 
     # -- one event -------------------------------------------------------------------------
     def deliver(self, event: dict[str, Any]) -> None:
-        """Run the Python hooks of the event's kind, then POST it to the run's webhooks that want it."""
+        """Run the Python hooks of the event's kind, then POST it to the run's webhooks that want it.
+
+        A run's end first goes to `run_ends` (record it, submit what it triggers); a Redis error
+        there propagates, so the entry stays pending and is delivered again."""
         kind, run_id = str(event.get("kind")), str(event.get("run_id"))
+        if kind == "run_complete" and self.run_ends is not None:
+            self.run_ends.handle(event)
         for fn in hooks.registered(kind):
+            if triggers.is_internal(fn):
+                continue
             name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
 
             def call(fn: hooks.Hook = fn) -> None:
@@ -174,7 +203,11 @@ class HookSender(threading.Thread):
                     _traceback(error),
                 )
         try:
-            webhooks = self.store.graph(run_id).webhooks
+            if kind == "pipeline_stale":  # no run: the registered pipeline's webhooks
+                ends = self.run_ends
+                webhooks = triggers.pipeline_webhooks(ends.store, str(event.get("pipeline"))) if ends else ()
+            else:
+                webhooks = self.store.graph(run_id).webhooks
         except RunNotFound:
             return
         total = self.settings.webhook_total_s

@@ -83,8 +83,20 @@ class Keys:
         return f"{self.prefix}:run:{run_id}:events"
 
     def logs(self, run_id: str, stage_id: str) -> str:
-        """List: a stage's captured output lines."""
+        """List: a stage's captured output lines, as workers before the per-attempt streams wrote them
+        (still read, so a rolling upgrade loses no logs)."""
         return f"{self.prefix}:run:{run_id}:logs:{stage_id}"
+
+    def log_stream(self, run_id: str, stage_id: str, item: int | None, attempt: int) -> str:
+        """Stream: the log lines of one attempt of a stage (or of one item), each with its time and
+        level, capped at `log_lines_cap` (engine/logs.py). A second run of the same attempt (its worker
+        died, or `retry` reran the run) appends after a `BEGIN` entry."""
+        return f"{self.prefix}:run:{run_id}:log:{stage_id}:{'' if item is None else item}:{attempt}"
+
+    def log_index(self, run_id: str, stage_id: str) -> str:
+        """Hash: '<item>:<attempt>' -> JSON of that attempt's log stream (lines sent, first and last
+        time, ended); lists the streams of a stage without a SCAN."""
+        return f"{self.prefix}:run:{run_id}:logindex:{stage_id}"
 
     def unit(self, run_id: str, stage_id: str, item: int | None) -> str:
         """The hash of one attempt's unit: the stage hash, or for an item its stage's items hash."""
@@ -107,7 +119,12 @@ class Keys:
             self.parked(run_id),
         ]
         for sid in stage_ids:
-            keys += [self.stage(run_id, sid), self.items(run_id, sid), self.logs(run_id, sid)]
+            keys += [
+                self.stage(run_id, sid),
+                self.items(run_id, sid),
+                self.logs(run_id, sid),
+                self.log_index(run_id, sid),
+            ]
         return keys
 
     # -- across runs -----------------------------------------------------------------------
@@ -128,6 +145,39 @@ class Keys:
         """The pipeline name in a `pipeline_runs` key."""
         head, tail = self.pipeline_runs("\0").split("\0")
         return key[len(head) : -len(tail)]
+
+    # -- pipelines that depend on pipelines (engine/records.py) --------------------------------
+    def registry(self) -> str:
+        """Hash: pipeline name -> JSON of its registered file ({spec, source, sets, added_at, origin})."""
+        return f"{self.prefix}:registry"
+
+    def triggered_by(self, upstream: str) -> str:
+        """Set: the registered pipelines whose `triggers` include `on_success_of: upstream`."""
+        return f"{self.prefix}:registry:triggers:{upstream}"
+
+    def pipeline_state(self, name: str) -> str:
+        """Hash: a pipeline's last run end and last success (run id, status, time), kept past its runs."""
+        return f"{self.prefix}:pipeline-state:{name}"
+
+    def assets(self) -> str:
+        """Hash: asset -> JSON {run_id, pipeline, at} of the last successful run that provided it."""
+        return f"{self.prefix}:assets"
+
+    def chain(self, chain_id: str) -> str:
+        """String: a chain of pipelines as JSON (its pipelines in order, their runs, its status)."""
+        return f"{self.prefix}:chain:{chain_id}"
+
+    def chains(self) -> str:
+        """Sorted set: chain id by start time."""
+        return f"{self.prefix}:chains"
+
+    def stale_alerts(self) -> str:
+        """Hash: pipeline -> the last success (run id, or 'never') its pipeline_stale event was sent for."""
+        return f"{self.prefix}:stale:alerted"
+
+    def stale_lock(self) -> str:
+        """String: the lock of the one hook sender that looks for stale pipelines at a time."""
+        return f"{self.prefix}:stale:lock"
 
     def idempotency(self, key: str) -> str:
         """String: the run id submitted under an idempotency key."""

@@ -32,6 +32,7 @@ class RunStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    SKIPPED = "skipped"  # never started: its dependencies on other pipelines were not met
 
 
 TERMINAL = frozenset(
@@ -39,7 +40,7 @@ TERMINAL = frozenset(
 )
 #: States whose output a retried run keeps (the stage or item is not run again).
 KEPT_ON_RETRY = frozenset({State.SUCCEEDED, State.SKIPPED, State.FALLBACK})
-RUN_FINAL = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED})
+RUN_FINAL = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.SKIPPED})
 RUN_ACTIVE = frozenset({RunStatus.RUNNING, RunStatus.PAUSED})
 
 

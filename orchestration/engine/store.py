@@ -7,7 +7,9 @@ The Redis connection is passed in, never global, and only the store uses it:
 callers name what they want (`protocol.Store` lists it all).
 
     reads.py        RunReads     queries of a run, its stages and the run indexes
+    logs.py         AttemptLogs  the attempts' live log streams
     transitions.py  Transitions  the Lua transitions (begin, finish, retry, ...)
+    records.py      PipelineRecords  pipelines across runs: registry, last ends, assets, chains
     store.py        RunStore     creating a run, and the bookkeeping around runs: the
                                  outbox, the leases, the delay set, the hooks outbox,
                                  the workers' heartbeats
@@ -27,7 +29,9 @@ from redis.lock import Lock
 from redis.retry import Retry
 
 from orchestration.engine.keys import decode_member, encode_member
+from orchestration.engine.logs import AttemptLogs
 from orchestration.engine.protocol import HookEntry
+from orchestration.engine.records import PipelineRecords
 from orchestration.engine.states import RUN_FINAL, TERMINAL
 from orchestration.engine.transitions import Commit, Transitions
 from orchestration.graph.resolve import RunGraph
@@ -95,8 +99,9 @@ def _tls(settings: Settings) -> dict[str, Any]:
     return options
 
 
-class RunStore(Transitions):
-    """The Redis run store (see the module docstring); it satisfies `protocol.Store`."""
+class RunStore(Transitions, AttemptLogs, PipelineRecords):
+    """The Redis run store (see the module docstring); it satisfies `protocol.Store`. Attempts' log
+    streams: `logs.AttemptLogs`; records of pipelines across runs: `records.PipelineRecords`."""
 
     # -- creating a run ----------------------------------------------------------------------
     def create_run(

@@ -3,8 +3,9 @@
 Unhealthy (a non-zero `chordflow health`) when Redis is unreachable, when it
 refuses writes (out of memory at `maxmemory`, or read-only) or its used memory
 is near `maxmemory`, when a queue holds work (waiting, delayed or delivered
-messages) that no live worker serves, or when a pipeline's last success is older
-than its `max_age`.
+messages) that no live worker serves, when a pipeline's last success is older
+than its `max_age` (or a registered `depends_on` max_age naming it), or when an
+asset was last provided longer ago than its providers' or a `requires` max_age.
 Redis without AOF or with an eviction policy is a loud warning, not a failure.
 
 The Celery Redis transport keeps each queue as lists (one per priority step)
@@ -30,6 +31,7 @@ from orchestration.engine.keys import Keys
 from orchestration.engine.protocol import Store
 from orchestration.engine.store import RunStore, connect
 from orchestration.errors import RunNotFound
+from orchestration.fleet.pipelines import AssetFreshness, registry_limits, stale_assets
 from orchestration.fleet.schedules import list_schedules
 from orchestration.settings import Settings
 
@@ -270,6 +272,9 @@ def max_ages(store: Store, settings: Settings) -> dict[str, tuple[float, float |
         raw = store.run_fields([str(newest[0])], ["max_age_s"])[0][0] if newest else None
         if raw:
             found[name] = (float(raw), first_at)
+    for name, (limit, registered_at) in registry_limits(store).items():  # max_age, depends_on's max_age
+        age, added = found.get(name, (limit, None))
+        found[name] = (min(age, limit), _earliest(added, registered_at, store.first_run_at(name)))
     return found
 
 
@@ -309,6 +314,7 @@ class HealthReport:
     workers: dict[str, dict[str, Any]] = field(default_factory=dict)
     queues: list[QueueReport] = field(default_factory=list)
     pipelines: list[Freshness] = field(default_factory=list)
+    assets: list[AssetFreshness] = field(default_factory=list)
 
     @property
     def healthy(self) -> bool:
@@ -323,6 +329,7 @@ class HealthReport:
             "workers": self.workers,
             "queues": [{**q.__dict__, "work": q.work} for q in self.queues],
             "pipelines": [p.__dict__ for p in self.pipelines],
+            "assets": [a.__dict__ for a in self.assets],
         }
 
 
@@ -357,6 +364,18 @@ def check(settings: Settings, timeout_s: float = 5.0) -> HealthReport:
             report.problems.append(
                 f"pipeline '{p.pipeline}' is stale: it {since} {p.age_s:.0f}s ago, "
                 f"more than its max_age of {p.max_age_s:g}s"
+            )
+    report.assets = stale_assets(store, store.server_time())
+    for a in report.assets:
+        if a.stale:
+            since = (
+                f"was last provided by {a.pipeline} ({a.run_id})"
+                if a.run_id
+                else "has never been provided, for"
+            )
+            report.problems.append(
+                f"asset '{a.asset}' is stale: it {since} {a.age_s:.0f}s ago, more than its max_age of "
+                f"{a.max_age_s:g}s"
             )
     return report
 

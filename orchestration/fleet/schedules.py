@@ -13,6 +13,11 @@ beat sends it. The run is submitted with the idempotency key
 `schedule:<name>:<tick>`, so a tick yields at most one run even if two beats
 fire it. RedBeat's lock already keeps a second beat waiting; the key makes a
 duplicate harmless anyway.
+
+A tick whose pipeline's `depends_on`/`requires` are not met is not started: it is
+recorded as a run with status `skipped` and the reason (`runs` lists it, `status`
+shows why), under the same key. Adding a schedule also registers its pipeline in
+the registry of pipelines (`fleet/registry.py`), so `chordflow pipelines` shows it.
 """
 
 from __future__ import annotations
@@ -35,7 +40,9 @@ from redbeat.schedulers import RedBeatScheduler, RedBeatSchedulerEntry, ensure_c
 from orchestration.api import Client
 from orchestration.engine.celeryconfig import client_app
 from orchestration.engine.keys import Keys
-from orchestration.errors import ChordflowError, ScheduleError
+from orchestration.engine.store import RunStore, connect
+from orchestration.errors import ChordflowError, DependenciesNotMet, ScheduleError
+from orchestration.fleet.registry import register
 from orchestration.language.durations import format_duration, parse_duration
 from orchestration.language.spec import PipelineSpec
 from orchestration.language.validation import validate_data
@@ -189,8 +196,11 @@ def add_schedule(
     sets: dict[str, Any] | None = None,
     source: str | None = None,
 ) -> tuple[str, bool]:
-    """Store (or replace) a schedule; returns (name, created). A replaced schedule keeps its last run time."""
+    """Store (or replace) a schedule; returns (name, created). A replaced schedule keeps its last run time.
+    Its pipeline is registered too (InvalidPipeline, before anything is stored, if that would make a
+    cycle of pipelines)."""
     name = check_name(name or spec.name)
+    register(RunStore(connect(settings), settings), spec, source, sets, origin=f"schedule {name}")
     app = beat_app(settings)
     entry = RedBeatSchedulerEntry(
         name,
@@ -299,7 +309,14 @@ def submit_tick(client: Client, name: str, tick: int, spec_data: dict[str, Any])
     outcome: dict[str, Any] = {"tick": tick, "at": round(time.time(), 3)}
     try:
         spec = validate_data(spec_data, source=f"schedule '{name}'", settings=client.settings)
-        outcome["run_id"] = client.submit(spec, idempotency_key=idempotency_key(name, tick)).run_id
+        key = idempotency_key(name, tick)
+        try:
+            outcome["run_id"] = client.submit(spec, idempotency_key=key).run_id
+        except DependenciesNotMet as exc:  # recorded as a skipped run, with why, listed by `runs`
+            reason = "dependencies not met: " + "; ".join(exc.unmet)
+            outcome["run_id"] = client.skip(spec, reason, key, {"schedule": name, "tick": tick})
+            outcome["skipped"] = reason
+            log.warning("schedule %s, tick %s: skipped (run %s): %s", name, tick, outcome["run_id"], reason)
     except ChordflowError as exc:
         outcome["error"] = str(exc)
         log.error("schedule %s, tick %s: not submitted: %s", name, tick, exc)

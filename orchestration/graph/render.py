@@ -1,4 +1,4 @@
-"""A run graph as a picture: Mermaid flowchart or Graphviz DOT text (`chordflow graph`).
+"""A run graph as a picture: Mermaid flowchart, Graphviz DOT text or SVG (`chordflow graph`).
 
 Nodes show the stage id and type, and how a stage fans out (`matrix ×4`,
 `for_each items`); edges run from a needed stage to the stage that needs it.
@@ -165,4 +165,97 @@ def to_dot(graph: RunGraph, states: Mapping[str, str] | None = None, direction: 
         style = f' [color="{CRITICAL_COLOUR}", penwidth=3]' if critical else ""
         out.append(f"    {names[need]} -> {names[stage]}{style};")
     out.append("}")
+    return "\n".join(out) + "\n"
+
+
+# -- SVG -----------------------------------------------------------------------------------
+
+SVG_NODE_W, SVG_NODE_H, SVG_COL_GAP, SVG_ROW_GAP, SVG_PAD = 190, 54, 70, 18, 16
+
+
+def _xml(text: object) -> str:
+    """Text for SVG content or a double-quoted attribute: markup characters as entities, controls
+    as visible escapes."""
+    escaped = terminal_safe(text, keep="")
+    return escaped.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+
+
+def svg_layout(graph: RunGraph) -> tuple[dict[str, tuple[float, float]], float, float]:
+    """Top-left corner of each node (columns by level, rows in topological order), and the size."""
+    columns: dict[int, list[str]] = {}
+    for node in graph.nodes:
+        columns.setdefault(node.level, []).append(node.id)
+    tallest = max((len(ids) for ids in columns.values()), default=1)
+    height = float(tallest * SVG_NODE_H + (tallest - 1) * SVG_ROW_GAP)
+    where: dict[str, tuple[float, float]] = {}
+    for level, ids in columns.items():
+        offset = (height - (len(ids) * SVG_NODE_H + (len(ids) - 1) * SVG_ROW_GAP)) / 2
+        for row, sid in enumerate(ids):
+            where[sid] = (
+                SVG_PAD + level * (SVG_NODE_W + SVG_COL_GAP),
+                SVG_PAD + offset + row * (SVG_NODE_H + SVG_ROW_GAP),
+            )
+    levels = max(columns, default=0) + 1
+    width = float(2 * SVG_PAD + levels * SVG_NODE_W + (levels - 1) * SVG_COL_GAP)
+    return where, width, 2 * SVG_PAD + height + 24
+
+
+def to_svg(graph: RunGraph, states: Mapping[str, str] | None = None) -> str:
+    """A standalone SVG picture of `graph` (no Graphviz needed); `states` fills nodes by stage state
+    and writes the state under the type. The critical path is drawn thick."""
+    states = states or {}
+    where, width, height = svg_layout(graph)
+    opening = (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}" '
+        f'viewBox="0 0 {width:.0f} {height:.0f}" font-family="Helvetica, Arial, sans-serif" font-size="12">'
+    )
+    arrow = (
+        '<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="8" markerHeight="8" '
+        'orient="auto"><path d="M 0 0 L 10 5 L 0 10 z" fill="#8a94a0"/></marker></defs>'
+    )
+    out = [
+        opening,
+        f"<title>{_xml(graph.name)} {_xml(graph.version)}</title>",
+        arrow,
+        '<rect width="100%" height="100%" fill="#ffffff"/>',
+    ]
+    for need, stage, critical in _edges(graph):
+        (x1, y1), (x2, y2) = where[need], where[stage]
+        a, b = (x1 + SVG_NODE_W, y1 + SVG_NODE_H / 2), (x2 - 2, y2 + SVG_NODE_H / 2)
+        middle = (a[0] + b[0]) / 2
+        colour, width_px = (CRITICAL_COLOUR, 2.5) if critical else ("#8a94a0", 1.3)
+        out.append(
+            f'<path d="M {a[0]:.1f} {a[1]:.1f} C {middle:.1f} {a[1]:.1f}, {middle:.1f} {b[1]:.1f}, '
+            f'{b[0]:.1f} {b[1]:.1f}" fill="none" stroke="{colour}" stroke-width="{width_px}" '
+            'marker-end="url(#arrow)"/>'
+        )
+    for node in graph.nodes:
+        x, y = where[node.id]
+        state = states.get(node.id)
+        fill = STATE_COLOURS.get(state or "", "#ffffff")
+        stroke = f'stroke="{CRITICAL_COLOUR}" stroke-width="3"' if node.on_critical_path else 'stroke="#555"'
+        lines = _lines(node, state)
+        out.append(f'<g data-stage="{_xml(node.id)}" data-state="{_xml(state or "")}">')
+        out.append(f"<title>{_xml(node.id)}</title>")
+        if node.fans_out:  # a stack of tasks
+            out.append(
+                f'<rect x="{x + 4:.1f}" y="{y + 4:.1f}" width="{SVG_NODE_W}" height="{SVG_NODE_H}" rx="8" '
+                f'fill="{fill}" stroke="#999"/>'
+            )
+        out.append(
+            f'<rect x="{x:.1f}" y="{y:.1f}" width="{SVG_NODE_W}" height="{SVG_NODE_H}" rx="8" fill="{fill}" {stroke}/>'
+        )
+        for number, text in enumerate(lines[:3]):
+            weight = ' font-weight="bold"' if number == 0 else ""
+            shown = text if len(text) <= 28 else text[:27] + "…"
+            out.append(f'<text x="{x + 10:.1f}" y="{y + 17 + number * 14:.1f}"{weight}>{_xml(shown)}</text>')
+        out.append("</g>")
+    used = [s for s in STATE_COLOURS if s in set(states.values())]
+    for number, state in enumerate(used):
+        lx = SVG_PAD + number * 110
+        out.append(
+            f'<rect x="{lx}" y="{height - 20:.0f}" width="12" height="12" fill="{STATE_COLOURS[state]}" stroke="#555"/>'
+            f'<text x="{lx + 16}" y="{height - 10:.0f}">{_xml(state)}</text>'
+        )
+    out.append("</svg>")
     return "\n".join(out) + "\n"

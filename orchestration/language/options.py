@@ -1,12 +1,15 @@
-"""The blocks a stage or a pipeline carries: retry policy, resources, cache, fallback, webhook, logging."""
+"""The blocks a stage or a pipeline carries: retry policy, resources, cache, fallback, webhook, logging,
+and a pipeline's links to other pipelines (depends_on, requires, triggers)."""
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
+    ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
     ValidationInfo,
@@ -147,6 +150,78 @@ class Webhook(Model):
                 f"(webhook_timeout_cap_s = {limits.webhook_timeout_cap_s:g})"
             )
         return value
+
+
+ASSET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,199}")
+
+
+def check_asset_name(value: Any) -> str:
+    """`value` if it can name an asset (what `provides` and `requires` name), else ValueError."""
+    if not isinstance(value, str) or not ASSET_NAME.fullmatch(value):
+        raise ValueError(
+            f"asset name {shown(value)} must be 1-200 letters, digits, '_', '.', ':', '/' or '-', "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+def _or_name(key: str) -> Any:
+    """Read a bare name as `{key: name}`, and say so in the JSON Schema."""
+
+    def before(data: Any) -> Any:
+        return {key: data} if isinstance(data, str) else data
+
+    def schema(schema: dict[str, Any]) -> None:
+        whole = dict(schema)
+        schema.clear()
+        schema["anyOf"] = [whole, {"type": "string", "description": f"shorthand for {{{key}: NAME}}"}]
+
+    return before, schema
+
+
+_DEPENDENCY = _or_name("pipeline")
+_REQUIREMENT = _or_name("asset")
+
+
+class PipelineDependency(Model):
+    """A pipeline this one needs: its last finished run must have succeeded, within `max_age`
+    (else within that pipeline's own registered `max_age`, if it has one)."""
+
+    model_config = ConfigDict(json_schema_extra=_DEPENDENCY[1])
+
+    pipeline: str = Field(min_length=1, max_length=200)
+    max_age: Duration | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return _DEPENDENCY[0](data)
+
+
+class AssetRequirement(Model):
+    """An asset this pipeline needs: a successful run must have provided it, within `max_age`
+    (else within the `max_age` of the registered pipelines that provide it, if they have one)."""
+
+    model_config = ConfigDict(json_schema_extra=_REQUIREMENT[1])
+
+    asset: str
+    max_age: Duration | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return _REQUIREMENT[0](data)
+
+    @field_validator("asset")
+    @classmethod
+    def _asset_name(cls, value: str) -> str:
+        return check_asset_name(value)
+
+
+class Trigger(Model):
+    """Submit this pipeline once for each successful run of `on_success_of`."""
+
+    on_success_of: str = Field(min_length=1, max_length=200)
 
 
 class LoggingConfig(Model):

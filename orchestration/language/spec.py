@@ -17,7 +17,18 @@ from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_v
 from orchestration.language.fields import DURATION_SCHEMA, Duration, Model, as_text, extend_schema, shown
 from orchestration.language.ids import is_stage_id
 from orchestration.language.limits import limits_of
-from orchestration.language.options import Cache, Fallback, LoggingConfig, Resources, RetryPolicy, Webhook
+from orchestration.language.options import (
+    AssetRequirement,
+    Cache,
+    Fallback,
+    LoggingConfig,
+    PipelineDependency,
+    Resources,
+    RetryPolicy,
+    Trigger,
+    Webhook,
+    check_asset_name,
+)
 
 
 def _retries_to_policy(retries: Any, delay: Any = None) -> dict[str, Any]:
@@ -243,9 +254,18 @@ class PipelineSpec(Model):
     fail_fast: bool = True
     schedule: str | None = None
     max_age: Duration | None = None
+    depends_on: tuple[PipelineDependency, ...] = ()
+    requires: tuple[AssetRequirement, ...] = ()
+    provides: tuple[str, ...] = ()
+    triggers: tuple[Trigger, ...] = ()
     webhooks: tuple[Webhook, ...] = ()
     logging: LoggingConfig | None = None
     stages: tuple[Stage, ...] = Field(min_length=1)
+
+    @field_validator("provides")
+    @classmethod
+    def _asset_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(check_asset_name(name) for name in value)
 
     @model_validator(mode="before")
     @classmethod

@@ -24,6 +24,7 @@ from orchestration.language.field_checks import (
     value_problems,
 )
 from orchestration.language.limits import Limits
+from orchestration.language.links import link_problems
 from orchestration.language.loader import gc_paused, load_document, load_text
 from orchestration.language.spec import PipelineSpec
 from orchestration.language.yaml_reader import Document
@@ -87,6 +88,7 @@ def validate_data(
         problems.extend(field_problems(exc, data, line_of, source))
     views = [StageView.of(i, raw, spec) for i, raw in enumerate(raw_stages(data))]
     problems.extend(cross_stage_problems(views, data, spec, line_of, source, settings, limits))
+    problems.extend(link_problems(data, line_of, source))
     if problems or spec is None:
         if not problems:  # pragma: no cover (every refusal names its field; a last line of defence)
             problems.append(Problem("the pipeline is not valid", source=source))

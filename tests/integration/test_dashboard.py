@@ -7,6 +7,7 @@ import re
 import shutil
 import struct
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 from html.parser import HTMLParser
@@ -15,8 +16,10 @@ from pathlib import Path
 import pytest
 
 from orchestration.cli.dashboard import serve
+from orchestration.language.validation import validate_data
 
-from .conftest import ARTIFACTS, pipeline
+from .cdp import Browser
+from .conftest import ARTIFACTS, pipeline, wait_until
 
 CHROMIUM = "/usr/bin/chromium"
 HOSTILE = "<b>bold</b> & <script>alert(1)</script>"
@@ -214,3 +217,143 @@ def test_browser_draws_the_dag_coloured_by_state(dashboard, tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert struct.unpack(">II", data[16:24]) == (1400, 900)
     assert len(data) > 20_000
+
+
+# -- actions, live logs, items and the timeline ------------------------------------------------------
+
+TOKEN = "let-me-act-7f3a"
+
+
+def post(url: str, headers: dict[str, str] | None = None, body: bytes = b"{}") -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=body, method="POST", headers=headers or {})
+    try:
+        with http.open(request, timeout=10) as res:
+            return res.status, json.loads(res.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def test_a_dashboard_without_a_token_is_read_only(dashboard):
+    base, result = dashboard
+    session = json.loads(get(f"{base}/api/session")[2])
+    assert session["actions"] is False
+    code, body = post(
+        f"{base}/api/runs/{result.run_id}/retry",
+        {
+            "Content-Type": "application/json",
+            "X-CSRF-Token": session["csrf"],
+            "X-Chordflow-Token": "anything",
+        },
+    )
+    assert code == 403 and "read-only" in body["error"]
+
+
+@pytest.fixture
+def running_run(cluster):
+    """A run whose fan-out is done and whose `long` stage prints three lines, then sleeps."""
+    spec = validate_data(
+        pipeline(
+            "dashboard-live",
+            {"id": "list", "uses": "noop", "params": {"output": ["a", "b", "c"]}},
+            {"id": "each", "uses": "noop", "needs": ["list"], "for_each": "list"},
+            {
+                "id": "long",
+                "needs": ["each"],
+                "run": [
+                    sys.executable,
+                    "-c",
+                    "import time\nfor i in range(3): print('tick', i, flush=True)\ntime.sleep(120)",
+                ],
+            },
+        )
+    )
+    handle = cluster.client.submit(spec)
+    yield handle.run_id
+    if cluster.client.store.run_status(handle.run_id) not in ("cancelled", "succeeded", "failed"):
+        cluster.client.cancel(handle.run_id)
+
+
+@pytest.fixture
+def acting(cluster):
+    server = serve(cluster.settings, port=0, token=TOKEN)
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_action_needs_the_token_the_csrf_token_json_and_this_origin(cluster, acting, running_run):
+    session = json.loads(get(f"{acting}/api/session")[2])
+    assert session["actions"] is True
+    good = {"Content-Type": "application/json", "X-CSRF-Token": session["csrf"], "X-Chordflow-Token": TOKEN}
+    url = f"{acting}/api/runs/{running_run}/pause"
+    for refused in (
+        {**good, "X-Chordflow-Token": "wrong"},
+        {k: v for k, v in good.items() if k != "X-Chordflow-Token"},
+        {k: v for k, v in good.items() if k != "X-CSRF-Token"},
+        {**good, "Content-Type": "text/plain"},  # what a cross-site form can send
+        {**good, "Origin": "http://evil.example"},
+        {**good, "Sec-Fetch-Site": "cross-site"},
+    ):
+        code, body = post(url, refused)
+        assert code == 403, (refused, body)
+    assert get(url)[0] == 404  # a GET never acts
+    assert cluster.client.store.run_status(running_run) == "running"
+    code, body = post(url, good)
+    assert code == 200 and body["outcome"] == "paused"
+    assert cluster.client.store.run_status(running_run) == "paused"
+    code, body = post(url, good)
+    assert code == 409 and body["outcome"].startswith("not paused")
+    assert post(f"{acting}/api/runs/{running_run}/resume", good)[1]["outcome"] == "resumed"
+
+
+def test_browser_shows_live_logs_items_and_timeline_then_cancels_the_run_with_the_token(
+    cluster, acting, running_run, tmp_path
+):
+    if not Path(CHROMIUM).exists():
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shots = {name: ARTIFACTS / f"dashboard-{name}.png" for name in ("live", "cancelled")}
+    for shot in shots.values():
+        shot.unlink(missing_ok=True)
+    wait_until(lambda: cluster.client.store.stage_state(running_run, "long") == "running", timeout=60)
+
+    browser = Browser(tmp_path / "profile")
+    try:
+        # Given the page of the running run
+        browser.open(f"{acting}/#run={running_run}")
+        browser.wait_for('document.querySelector(\'tr[data-stage="long"][data-state="running"]\') !== null')
+        # When the running stage is picked in the graph, its live log shows what it printed
+        browser.click('g.node[data-stage="long"]')
+        browser.wait_for("document.getElementById('loglines').textContent.includes('tick 2')")
+        assert "STDOUT" in browser.eval("document.getElementById('loglines').textContent")
+        # and the timeline has the attempts of its stages and items on the worker's host
+        assert browser.eval("document.querySelectorAll('#timeline g.bar').length") >= 5
+        assert "w0" in browser.eval("document.getElementById('timeline').textContent")
+        # and the fan-out lists its items with their state and host
+        browser.click('g.node[data-stage="each"]')
+        browser.wait_for("document.querySelectorAll('#items tr[data-state=\"succeeded\"]').length === 3")
+        assert browser.eval("document.getElementById('items').textContent").count("w0") == 3
+        browser.click('g.node[data-stage="long"]')
+        browser.wait_for("document.getElementById('loglines').textContent.includes('tick 0')")
+        browser.screenshot(shots["live"])
+
+        # When the operator types the token and presses Cancel (and confirms)
+        assert browser.eval("document.getElementById('act-cancel').disabled") is False
+        browser.type_into("#token", TOKEN)
+        browser.click("#act-cancel")
+
+        # Then the run is cancelled, in Redis and on the page
+        wait_until(lambda: cluster.client.store.run_status(running_run) == "cancelled", timeout=30)
+        assert browser.dialogs and running_run in browser.dialogs[0]
+        browser.wait_for("document.querySelector('#summary .badge[data-state=\"cancelled\"]') !== null")
+        browser.wait_for("document.getElementById('actmsg').textContent.includes('cancelled')")
+        assert browser.eval("document.getElementById('act-cancel').disabled") is True
+        browser.screenshot(shots["cancelled"])
+    finally:
+        browser.close()
+    # and the screenshots are real pictures of the page
+    for shot in shots.values():
+        data = shot.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000, shot

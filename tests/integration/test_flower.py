@@ -96,3 +96,71 @@ def test_flower_refuses_requests_without_the_basic_auth_password(flower):
     assert _get(f"{flower}/api/tasks", auth=None)[0] == 401
     assert _get(f"{flower}/api/tasks", auth="admin:wrong")[0] == 401
     assert _get(f"{flower}/", auth=None)[0] == 401
+
+
+def _run_tasks(flower: str, run_id: str) -> list[dict]:
+    status, body = _get(f"{flower}/api/tasks")
+    assert status == 200, body
+    return [t for t in json.loads(body).values() if run_id in str(t.get("args"))]
+
+
+def _task_events_flowing(cluster, flower: str) -> None:
+    """Flower turns task events on in the workers it sees (every few seconds): run a no-op until
+    Flower has seen one of its tasks end."""
+
+    def seen() -> bool:
+        result = cluster.run(pipeline("flower-warmup", {"id": "w", "uses": "noop"}))
+        try:
+            return bool(
+                wait_until(
+                    lambda: any(t["state"] == "SUCCESS" for t in _run_tasks(flower, result.run_id)),
+                    timeout=3,
+                    interval=0.3,
+                )
+            )
+        except AssertionError:
+            return False
+
+    wait_until(seen, timeout=60, interval=0.1)
+
+
+def test_flower_shows_failed_attempts_as_failure_and_retried_ones_as_retry(cluster, flower):
+    _task_events_flowing(cluster, flower)
+    # Given a stage that fails twice with its retry policy allowing two attempts
+    result = cluster.run(
+        pipeline(
+            "flower-failures",
+            {
+                "id": "shaky",
+                "uses": "fail",
+                "params": {"times": -1, "message": "no route to the database"},
+                "retry": {"max_attempts": 2, "backoff": "fixed", "delay": 0.1},
+            },
+        )
+    )
+    assert result.status == "failed"
+
+    # Then Flower's API has the first attempt as RETRY and the second as FAILURE, each with its error
+    def both() -> list[dict]:
+        tasks = _run_tasks(flower, result.run_id)
+        states = sorted(t["state"] for t in tasks)
+        return tasks if states == ["FAILURE", "RETRY"] and all(t.get("exception") for t in tasks) else []
+
+    tasks = {t["state"]: t for t in wait_until(both, timeout=30, interval=0.3)}
+    assert "RuntimeError: no route to the database (attempt 1)" in tasks["RETRY"]["exception"]
+    assert "RuntimeError: no route to the database (attempt 2)" in tasks["FAILURE"]["exception"]
+    assert all(t["name"] == "stage.fail" for t in tasks.values())
+
+    # and a stage that succeeds is still SUCCESS
+    ok = cluster.run(pipeline("flower-ok", {"id": "fine", "uses": "noop"}))
+    wait_until(
+        lambda: [t["state"] for t in _run_tasks(flower, ok.run_id)] == ["SUCCESS"], timeout=30, interval=0.3
+    )
+
+    # and the worker logged each as one INFO line, with no traceback for an ordinary stage failure
+    log = (ARTIFACTS / f"worker-{os.getpid()}-w0.log").read_text(errors="replace")
+    failed_task = tasks["FAILURE"]["uuid"]
+    lines = [line for line in log.splitlines() if failed_task in line]
+    assert lines and all("INFO/" in line for line in lines), lines
+    assert "raised expected: AttemptFailed" in "\n".join(lines)
+    assert "Traceback" not in log.split(failed_task, 1)[1].split("\n[", 2)[0]

@@ -309,3 +309,17 @@ def test_each_kind_of_violation_is_found(tmp_path: Path) -> None:
             ),
         ]
     )
+
+
+def test_the_store_protocol_has_exactly_the_public_methods_of_the_redis_store() -> None:
+    import inspect
+
+    from orchestration.engine.protocol import Store
+    from orchestration.engine.store import RunStore
+
+    public = {
+        name for name, value in inspect.getmembers(RunStore) if not name.startswith("_") and callable(value)
+    }
+    declared = {name for name in dir(Store) if not name.startswith("_")}
+    assert public - declared == set(), "RunStore methods missing from protocol.Store"
+    assert declared - public == set(), "protocol.Store names methods RunStore does not have"

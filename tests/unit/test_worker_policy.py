@@ -112,14 +112,15 @@ def test_output_tail_keeps_the_last_lines_within_the_byte_cap():
     assert endless.lines() == ["…xxxxxxxx"] and endless.lines_total == 1 and endless.bytes_total == 1_000_000
 
 
-def test_shell_output_is_a_capped_tail_with_totals_and_a_note_in_the_logs():
-    settings = Settings(shell_output_tail_lines=5, shell_output_tail_bytes=1000)
+def test_shell_output_is_a_capped_tail_with_totals_and_every_line_goes_to_the_log():
+    settings = Settings(shell_output_tail_lines=5, shell_output_tail_bytes=1000, log_lines_cap=50)
     ctx = _ctx(settings, run=[sys.executable, "-c", "for i in range(100000): print(i)"])
     result = shell(ctx)
     assert result["stdout"].splitlines() == [str(i) for i in range(99995, 100000)]
     assert result["stdout_lines_total"] == 100000
-    assert ctx.log_lines[-1].startswith("[stdout] … 99,995 more lines not kept")
-    assert len(ctx.log_lines) == 6
+    # every line went to the attempt's log as it was read; the log keeps its last log_lines_cap
+    assert ctx.log_lines == [str(i) for i in range(99950, 100000)]
+    assert ctx.log_sink.total == 100000 and ctx.log_sink.dropped == 99950
 
 
 def test_shell_default_timeout_comes_from_the_settings():
@@ -128,15 +129,12 @@ def test_shell_default_timeout_comes_from_the_settings():
         shell(ctx)
 
 
-def test_log_lines_are_capped_with_one_line_counting_the_rest():
+def test_log_lines_are_capped_keeping_the_last_and_counting_the_rest():
     ctx = _ctx(Settings(log_lines_cap=3))
     for i in range(10):
         ctx.log.warning("line %s", i)
-    ctx.log_lines.extend(["more", "and more"])
-    assert len(ctx.log_lines) == 4
-    assert (
-        ctx.log_lines[-1].startswith("… 9 more log lines not kept") and "log_lines_cap" in ctx.log_lines[-1]
-    )
+    assert ctx.log_lines == ["line 7", "line 8", "line 9"]
+    assert ctx.log_sink.total == 10 and ctx.log_sink.dropped == 7
 
 
 def test_a_context_value_over_the_cap_fails_with_its_key_size_and_cap():
