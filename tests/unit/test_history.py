@@ -72,3 +72,15 @@ def test_history_estimates_drive_the_critical_path_and_makespan():
     assert graph.makespan_s == pytest.approx(32.5)
     # A stage with no history keeps its default
     assert resolve(spec, estimates={"right": 30.0}).makespan_s == pytest.approx(32.0)
+
+
+def test_a_recorded_duration_of_zero_is_an_estimate_not_a_missing_one():
+    # a stage faster than the clock's millisecond has a recorded duration of 0.0
+    spec = validate_data(
+        {
+            "name": "quick",
+            "stages": [{"id": "a", "uses": "noop"}, {"id": "b", "uses": "noop", "needs": ["a"]}],
+        }
+    )
+    graph = resolve(spec, estimates={"a": 0.0, "b": 0.25})
+    assert graph.makespan_s == 0.25

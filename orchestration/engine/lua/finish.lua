@@ -187,7 +187,9 @@ local function close(sid, state)
   local prev = redis.call('HGET', KEYS[2], sid)
   if TERMINAL[prev] then return false end
   redis.call('HSET', KEYS[2], sid, state)
-  redis.call('HSET', hash_of[sid], 'state', state, 'finished_at', now)
+  if sid ~= stage or item ~= '' or token == '' then  -- else the attempt's own write above has them
+    redis.call('HSET', hash_of[sid], 'state', state, 'finished_at', now)
+  end
   remaining = redis.call('HINCRBY', KEYS[1], 'remaining', -1)
   event('kind', 'stage', 'stage', sid, 'state', state)
   return true
