@@ -17,6 +17,9 @@ import yaml
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+#: The most consecutive fan-out items one message may carry (a worker refuses a message with more).
+FANOUT_CHUNK_MAX = 1000
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CHORDFLOW_", extra="ignore", frozen=True)
@@ -103,7 +106,10 @@ class Settings(BaseSettings):
     max_matrix_instances: int = Field(1_000, description="instances of one matrix stage")
     max_fanout_items: int = Field(100_000, description="items of one for_each stage (checked when it starts)")
     fanout_chunk: int = Field(
-        8, ge=1, le=1000, description="consecutive fan-out items one message carries at most (1: one each)"
+        8,
+        ge=1,
+        le=FANOUT_CHUNK_MAX,
+        description="consecutive fan-out items one message carries at most (1: one each)",
     )
     max_duration_s: float = Field(30 * 86400.0, description="the longest duration a file may give")
     max_integer: int = Field(2**53, description="the largest integer magnitude a file may give")

@@ -17,10 +17,10 @@ from orchestration.engine.dispatch import Dispatcher
 from orchestration.engine.registry import ENTRY_POINT_GROUP, REGISTRY, Registry, StageType
 from orchestration.engine.store import RunStore, connect
 from orchestration.fleet.schedules import register_scheduled_task
-from orchestration.settings import Settings
+from orchestration.settings import FANOUT_CHUNK_MAX, Settings
 
 from . import builtins as _builtins  # noqa: F401  (registers shell, noop, sleep, fail)
-from .execution import MAX_CHUNK, WorkerEnv, execute, execute_chunk
+from .execution import WorkerEnv, execute, execute_chunk
 from .lease import LeaseKeeper
 from .outcome import AttemptFailed, task_outcome
 from .unknown import install_unknown_task_handler
@@ -105,7 +105,7 @@ def _register(app: Celery, stage_type: StageType, env: Any) -> None:
             or not _is_int(attempt)
             or not (item is None or _is_int(item))
             or not _is_int(count)
-            or not (count == 1 or (item is not None and 1 < count <= MAX_CHUNK))
+            or not (count == 1 or (item is not None and 1 < count <= FANOUT_CHUNK_MAX))
         ):
             log.error("refusing malformed message %s for %s", self.request.id, stage_type.task_name)
             return "refused: malformed message"

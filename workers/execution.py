@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,9 +79,6 @@ def execute(
         return f"redis error: {type(exc).__name__}"
 
 
-MAX_CHUNK = 1000  # items one message may carry (settings.fanout_chunk is at most this)
-
-
 def execute_chunk(
     env: WorkerEnv, stage_type: StageType, task_id: str, run_id: str, stage_id: str, first: int, count: int
 ) -> str:
@@ -97,12 +95,11 @@ def execute_chunk(
             "could not claim items %s of %s/%s (%s); running them anyway", items, run_id, stage_id, exc
         )
     env.leases.claim(run_id, stage_id, items)
-    outcomes: dict[str, int] = {}
+    outcomes: Counter[str] = Counter()
     try:
         for item in items:
             env.leases.unclaim(run_id, stage_id, item)  # from here its own lease, or its commit
-            outcome = execute(env, stage_type, task_id, run_id, stage_id, 1, item)
-            outcomes[outcome.split(":")[0]] = outcomes.get(outcome.split(":")[0], 0) + 1
+            outcomes[execute(env, stage_type, task_id, run_id, stage_id, 1, item).split(":")[0]] += 1
     finally:
         env.leases.unclaim(run_id, stage_id, *items)
     return ", ".join(f"{n} {what}" for what, n in outcomes.items())

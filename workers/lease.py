@@ -38,9 +38,7 @@ class LeaseKeeper:
     ) -> LeaseKeeper:
         with self._lock:
             self._held[(run_id, stage_id, item, token)] = (ctx, time.monotonic())
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._loop, daemon=True, name="chordflow-leases")
-                self._thread.start()
+            self._ensure_thread()
         return self
 
     def release(self, run_id: str, stage_id: str, item: int | None, token: str) -> None:
@@ -51,9 +49,7 @@ class LeaseKeeper:
         """Keep the claims of a chunk's items (store.claim) until each begins or is unclaimed."""
         with self._lock:
             self._claimed.setdefault((run_id, stage_id), set()).update(items)
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._loop, daemon=True, name="chordflow-leases")
-                self._thread.start()
+            self._ensure_thread()
 
     def unclaim(self, run_id: str, stage_id: str, *items: int) -> None:
         with self._lock:
@@ -62,6 +58,12 @@ class LeaseKeeper:
                 claimed.difference_update(items)
                 if not claimed:
                     del self._claimed[(run_id, stage_id)]
+
+    def _ensure_thread(self) -> None:
+        """Start the renewing thread if it is not running (the caller holds the lock)."""
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._loop, daemon=True, name="chordflow-leases")
+            self._thread.start()
 
     def _loop(self) -> None:
         while True:

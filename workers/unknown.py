@@ -36,7 +36,7 @@ from orchestration.engine.states import State
 from orchestration.engine.store import RunStore, connect
 from orchestration.errors import RunNotFound
 from orchestration.language.ids import InvalidId, check_run_id, check_stage_id
-from orchestration.settings import Settings
+from orchestration.settings import FANOUT_CHUNK_MAX, Settings
 
 log = logging.getLogger("chordflow.worker")
 
@@ -189,11 +189,11 @@ def _stage_args(message: Any) -> tuple[str, str, int, list[int | None]] | None:
         return None
     if not (item is None or (isinstance(item, int) and not isinstance(item, bool))):
         return None
-    if not isinstance(count, int) or isinstance(count, bool) or count < 1 or (count > 1 and item is None):
+    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= FANOUT_CHUNK_MAX:
         return None
-    items: list[int | None] = (
-        [item] if count == 1 or item is None else list(range(item, item + min(count, 1000)))
-    )
+    if count > 1 and item is None:
+        return None
+    items: list[int | None] = [item] if count == 1 or item is None else list(range(item, item + count))
     try:
         return check_run_id(run_id), check_stage_id(stage_id), attempt, items
     except InvalidId:
