@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: The most consecutive fan-out items one message may carry (a worker refuses a message with more).
@@ -123,6 +123,18 @@ class Settings(BaseSettings):
     webhook_timeout_cap_s: float = Field(60.0, description="the longest `timeout` a webhook may have")
     redis_timeout_s: float = Field(5.0, description="CLI commands give up on an unreachable Redis after this")
 
+    # -- fleet-wide limits (docs/pipeline-file.md, "Capacity and fleet-wide limits") ---------------
+    pools: Annotated[dict[str, Any], NoDecode] = Field(
+        default_factory=dict,
+        description='pools stages may name, as JSON: {"llm": 4, "vendor": {"size": 2, "rate_limit": "10/s"}}; '
+        "where a file declares one too, the tighter counts",
+    )
+    rate_limits: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description='fleet-wide start rate per stage type, as JSON: {"vendor.call": "5/s"}; '
+        "where a file sets one too, the tighter counts",
+    )
+
     # -- the run page (`chordflow dashboard`) ------------------------------------------------------
     dashboard_token: str | None = Field(
         None,
@@ -139,6 +151,28 @@ class Settings(BaseSettings):
             if text.startswith("["):
                 return json.loads(text)
             return tuple(part.strip() for part in text.split(",") if part.strip())
+        return value
+
+    @field_validator("pools", "rate_limits", mode="before")
+    @classmethod
+    def _json_mapping(cls, value: Any, info: ValidationInfo) -> Any:
+        """`CHORDFLOW_POOLS='{"llm": 4}'` (JSON text) or a mapping in the config file; the entries'
+        shapes are checked lightly here and fully where they are used (language/rates.py)."""
+        name = f"CHORDFLOW_{(info.field_name or '').upper()}"
+        if isinstance(value, str):
+            try:
+                value = json.loads(value) if value.strip() else {}
+            except ValueError as exc:
+                raise ValueError(f"{name} must be a JSON mapping ({exc})") from None
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ValueError(f"{name} must be a mapping of name to limit, got {type(value).__name__}")
+        for key, entry in value.items():
+            if info.field_name == "rate_limits" and not isinstance(entry, str):
+                raise ValueError(f'{name}: {key!r} must be a rate such as "5/s", got {entry!r}')
+            if info.field_name == "pools" and (isinstance(entry, bool) or not isinstance(entry, (int, dict))):
+                raise ValueError(
+                    f'{name}: {key!r} must be a size or {{"size": N, "rate_limit": "R"}}, got {entry!r}'
+                )
         return value
 
     @classmethod

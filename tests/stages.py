@@ -249,3 +249,27 @@ def chatty(ctx, lines: int = 100) -> int:
     for i in range(lines):
         ctx.log.warning(f"chatty line {i}")
     return lines
+
+
+@stage("test.span")
+def span(ctx, seconds: float = 0.5, tag: str = "spans", first_attempt_seconds: float | None = None) -> str:
+    """Record when this attempt ran, where, and with which GPUs (capacity tests), then sleep."""
+    start = time.time()
+    wait = first_attempt_seconds if first_attempt_seconds is not None and ctx.attempt == 1 else seconds
+    time.sleep(wait)
+    _redis().rpush(
+        f"test:{tag}",
+        json.dumps(
+            {
+                "run": ctx.run_id,
+                "stage": ctx.stage_id,
+                "item": ctx.item_index,
+                "start": start,
+                "end": time.time(),
+                "host": os.environ.get("CHORDFLOW_TEST_HOST", ""),
+                "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                "gpus": list(getattr(ctx, "gpus", [])),
+            }
+        ),
+    )
+    return "ok"

@@ -14,9 +14,11 @@ from celery import Celery
 
 from orchestration.engine.celeryconfig import celery_config
 from orchestration.engine.dispatch import Dispatcher
+from orchestration.engine.limits import Capacity
 from orchestration.engine.registry import ENTRY_POINT_GROUP, REGISTRY, Registry, StageType
 from orchestration.engine.store import RunStore, connect
 from orchestration.fleet.schedules import register_scheduled_task
+from orchestration.language.rates import settings_limits
 from orchestration.settings import FANOUT_CHUNK_MAX, Settings
 
 from . import builtins as _builtins  # noqa: F401  (registers shell, noop, sleep, fail)
@@ -39,8 +41,17 @@ def load_stage_modules(modules: Iterable[str]) -> None:
         ep.load()
 
 
-def create_app(settings: Settings, registry: Registry = REGISTRY, hostname: str | None = None) -> Celery:
+def create_app(
+    settings: Settings,
+    registry: Registry = REGISTRY,
+    hostname: str | None = None,
+    capacity: Capacity | None = None,
+) -> Celery:
+    """The worker's app; `capacity`: what this worker admits GPU and memory stages against
+    (engine/limits.py; a worker started by `run_worker` always has it)."""
     app = Celery("chordflow", set_as_current=False)
+    host = hostname or socket.gethostname()
+    pools, type_rates = settings_limits(settings)
     app.conf.update(celery_config(settings))
     state: dict[str, Any] = {}
 
@@ -56,9 +67,12 @@ def create_app(settings: Settings, registry: Registry = REGISTRY, hostname: str 
                     store,
                     dispatcher,
                     registry,
-                    hostname or socket.gethostname(),
+                    host,
                     _lease_keeper(settings),
                     {},
+                    capacity or Capacity(host, (), 0.0, 0),
+                    pools,
+                    type_rates,
                 ),
             )
         return state["env"]

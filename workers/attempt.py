@@ -20,6 +20,7 @@ from orchestration.engine import hooks
 from orchestration.engine.cache import cache_key
 from orchestration.engine.compiler import stage_signature
 from orchestration.engine.dispatch import payload
+from orchestration.engine.limits import Gate
 from orchestration.engine.registry import StageType
 from orchestration.engine.retries import Verdict, decide, resolve_policy
 from orchestration.engine.states import State
@@ -79,10 +80,13 @@ class Attempt:
         token: str,
         ctx: StageContext,
         event: dict[str, Any],
+        gate: Gate | None = None,
     ):
         self.env, self.stage_type, self.graph, self.node = env, stage_type, graph, node
         self.run_id, self.item, self.attempt, self.token = run_id, item, attempt, token
         self.ctx, self.event = ctx, event
+        # what the commit gives back of the stage's limits (engine/limits.py)
+        self.release = (gate, env.capacity) if gate is not None else None
         self.cache_key: str | None = None
         self._logs_stored = False
 
@@ -211,6 +215,7 @@ class Attempt:
                 park,
                 message,
                 [announce] if announce else [],
+                release=self.release,
             )
         except redis.RedisError as exc:
             return self._lost(exc)
@@ -273,6 +278,7 @@ class Attempt:
                 cached=cached,
                 notify=notify,
                 run_hook=hooks.entry("run_complete", {"run_id": self.run_id}, graph.webhooks) is not None,
+                release=self.release,
             )
         except redis.RedisError as exc:
             if not refused_write(exc) or (outcome is State.FAILED and error and error.get("commit_refused")):

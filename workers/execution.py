@@ -17,18 +17,23 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
 from orchestration.engine import hooks
 from orchestration.engine.dispatch import Dispatcher, payload
+from orchestration.engine.limits import Capacity, Gate, gate_for, holds_keys
 from orchestration.engine.registry import Registry, StageType
 from orchestration.engine.store import RunStore
 from orchestration.errors import RunNotFound
 from orchestration.graph.resolve import Node, RunGraph
+from orchestration.language.rates import PoolLimit, RateLimit
 from orchestration.settings import Settings
 
 from .attempt import Attempt
@@ -49,6 +54,19 @@ class WorkerEnv:
     hostname: str
     leases: LeaseKeeper
     fanout_inputs: dict[tuple[str, str], dict[str, Any]]
+    capacity: Capacity
+    pools: dict[str, PoolLimit] = field(default_factory=dict)  # this worker's settings (limits.py)
+    type_rates: dict[str, RateLimit] = field(default_factory=dict)
+    gates: dict[tuple[str, str], Gate | None] = field(default_factory=dict)
+
+    def gate(self, graph: RunGraph, node: Node, run_id: str) -> Gate | None:
+        """The stage's limits (None for most stages), worked out once per run and stage."""
+        key = (run_id, node.id)
+        if key not in self.gates:
+            if len(self.gates) > 256:
+                self.gates.clear()
+            self.gates[key] = gate_for(graph, node, run_id, self.pools, self.type_rates)
+        return self.gates[key]
 
 
 def execute(
@@ -145,6 +163,7 @@ def _execute(
     # The inputs come back with the token; a fan-out item reuses what its process parsed already.
     cached_inputs = env.fanout_inputs.get((run_id, stage_id)) if item is not None else None
     read = [] if cached_inputs is not None else node.reads
+    gate = env.gate(graph, node, run_id)
     verdict, *rest = store.begin(
         run_id,
         stage_id,
@@ -156,10 +175,13 @@ def _execute(
         payload(run_id, stage_id, attempt, item),
         read,
         [started] if started else [],
+        gate=(gate, env.capacity) if gate is not None else None,
     )
     if verdict not in ("run", "poison"):
+        # 'wait': its limits are full; the message waits in Redis, this delivery ends (limits.py)
         return f"{verdict}: {rest[0] if rest else ''}"
     token = str(rest[0])
+    devices = str(rest.pop()) if gate is not None else None
     if cached_inputs is None:
         cached_inputs = {sid: json.loads(raw) for sid, raw in zip(read, rest[-1])}
         if item is not None:
@@ -167,15 +189,37 @@ def _execute(
                 env.fanout_inputs.clear()
             env.fanout_inputs[(run_id, stage_id)] = cached_inputs
     ctx = _context(env, graph, node, run_id, attempt, item, cached_inputs)
-    run = Attempt(env, stage_type, graph, node, run_id, item, attempt, token, ctx, event)
+    run = Attempt(env, stage_type, graph, node, run_id, item, attempt, token, ctx, event, gate)
     # The lease is held from the token to the commit: nothing before the body (a condition,
     # a cache read) and nothing after it (the commit) can outlast it unnoticed.
-    env.leases.hold(run_id, stage_id, item, token, ctx)
+    holds = holds_keys(store.keys, gate, env.capacity) if gate is not None else ()
+    env.leases.hold(run_id, stage_id, item, token, ctx, holds)
     try:
-        return run.perform(verdict, rest)
+        if devices is None or gate is None or not gate.gpu:
+            return run.perform(verdict, rest)
+        with visible_devices(ctx, devices):
+            return run.perform(verdict, rest)
     finally:
         env.leases.release(run_id, stage_id, item, token)
         run.store_logs()  # if no commit stored them (a lost lease, Redis refusing everything)
+
+
+@contextmanager
+def visible_devices(ctx: StageContext, devices: str) -> Iterator[None]:
+    """The GPUs the stage was given: CUDA_VISIBLE_DEVICES in its environment (a shell stage's
+    process, and this process while a Python stage runs: a prefork pool runs one stage at a time)
+    and `ctx.gpus`."""
+    ctx.gpus = [d for d in devices.split(",") if d]
+    ctx.env["CUDA_VISIBLE_DEVICES"] = devices
+    before = os.environ.get("CUDA_VISIBLE_DEVICES")
+    os.environ["CUDA_VISIBLE_DEVICES"] = devices
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = before
 
 
 def _context(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 
 from orchestration.engine.store import RunStore
 
@@ -29,21 +30,32 @@ class LeaseKeeper:
     def __init__(self, store: RunStore, interval_s: float):
         self._store, self._interval = store, interval_s
         self._held: dict[tuple[str, str, int | None, str], tuple[StageContext, float]] = {}
+        self._limit_sets: dict[tuple[str, str, int | None, str], Sequence[str]] = {}  # limits' holds sets
         self._claimed: dict[tuple[str, str], set[int]] = {}  # items of a chunk not begun yet
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
     def hold(
-        self, run_id: str, stage_id: str, item: int | None, token: str, ctx: StageContext
+        self,
+        run_id: str,
+        stage_id: str,
+        item: int | None,
+        token: str,
+        ctx: StageContext,
+        holds: Sequence[str] = (),
     ) -> LeaseKeeper:
+        """Keep the attempt's lease, and its places in the `holds` sets of its limits."""
         with self._lock:
             self._held[(run_id, stage_id, item, token)] = (ctx, time.monotonic())
+            if holds:
+                self._limit_sets[(run_id, stage_id, item, token)] = holds
             self._ensure_thread()
         return self
 
     def release(self, run_id: str, stage_id: str, item: int | None, token: str) -> None:
         with self._lock:
             self._held.pop((run_id, stage_id, item, token), None)
+            self._limit_sets.pop((run_id, stage_id, item, token), None)
 
     def claim(self, run_id: str, stage_id: str, items: list[int]) -> None:
         """Keep the claims of a chunk's items (store.claim) until each begins or is unclaimed."""
@@ -78,7 +90,7 @@ class LeaseKeeper:
                     log.warning("could not keep the claims of %s/%s", run_id, stage_id)
             for key, (ctx, last_renewed) in held:
                 try:
-                    renewed = self._store.renew(*key)
+                    renewed = self._store.renew(*key, holds=self._limit_sets.get(key, ()))
                 except Exception:  # noqa: BLE001  Redis unreachable: the lease lapses on Redis's clock
                     log.warning("could not renew the lease of %s/%s", key[0], key[1])
                     if time.monotonic() - last_renewed > self._store.settings.lease_s and self._holds(key):

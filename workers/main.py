@@ -23,6 +23,7 @@ from celery import signals
 
 from orchestration.engine.dispatch import Dispatcher, signature_of
 from orchestration.engine.hook_sender import HookSender
+from orchestration.engine.limits import Capacity
 from orchestration.engine.reaper import Reaper
 from orchestration.engine.registry import REGISTRY
 from orchestration.engine.store import RunStore, connect
@@ -32,6 +33,7 @@ from orchestration.settings import Settings
 from .app import create_app, load_stage_modules
 
 log = logging.getLogger("chordflow.worker")
+TICK_S = 0.5  # the services' tick: heartbeats, the delay set, the reaper (every other tick)
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,17 @@ class Machine:
     cpus: int
     memory_gb: float
     gpus: int
+    devices: tuple[str, ...] = ()  # the GPUs' ids (CUDA_VISIBLE_DEVICES's, else 0..gpus-1)
+
+
+def gpu_devices(gpus: int) -> tuple[str, ...]:
+    """The ids of the GPUs a worker gives out: the first `gpus` of CUDA_VISIBLE_DEVICES when it is
+    set, else 0 .. gpus-1."""
+    visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")]
+    visible = [d for d in visible if d and d != "-1"]
+    if len(visible) >= gpus:
+        return tuple(visible[:gpus])
+    return tuple(str(i) for i in range(gpus))
 
 
 def detect_gpus() -> int:
@@ -57,10 +70,12 @@ def detect_gpus() -> int:
 
 
 def detect_machine(gpus: int | None = None, memory_gb: float | None = None) -> Machine:
+    count = gpus if gpus is not None else detect_gpus()
     return Machine(
         cpus=psutil.cpu_count() or 1,
         memory_gb=memory_gb if memory_gb is not None else round(psutil.virtual_memory().total / 2**30, 1),
-        gpus=gpus if gpus is not None else detect_gpus(),
+        gpus=count,
+        devices=gpu_devices(count),
     )
 
 
@@ -92,17 +107,21 @@ class Services(threading.Thread):
                 if ticks % max(1, int(self.settings.heartbeat_s / 0.5)) == 0:
                     store.publish_worker(self.hostname, self.info)
                 if self.drain:
-                    due = store.due_delayed()
+                    # what falls due before the next tick goes now, with the rest of its wait as a
+                    # countdown: a rate limit's slots are kept to the millisecond, not to the tick
+                    due = store.due_delayed(ahead_s=TICK_S)
                     if due:
                         with app.producer_or_acquire() as producer:
-                            for message in due:
-                                signature_of(message, store).apply_async(producer=producer)
+                            for message, wait_s in due:
+                                signature_of(message, store).apply_async(
+                                    producer=producer, countdown=wait_s if wait_s > 0.005 else None
+                                )
                     if ticks % 2 == 0:
                         reaper.tick()
             except Exception:
                 log.warning("worker services: Redis unavailable, retrying", exc_info=True)
             ticks += 1
-            self.stop.wait(0.5)
+            self.stop.wait(TICK_S)
         try:
             store.remove_worker(self.hostname)
         except Exception:
@@ -156,11 +175,14 @@ def run_worker(
         for module in imports or []:
             argv += ["--import", module]
         gpu_child = subprocess.Popen(argv)
-    if gpu_only or chosen == [settings.gpu_queue]:
-        concurrency = max(1, machine.gpus)
+    if (gpu_only or chosen == [settings.gpu_queue]) and concurrency is None:
+        concurrency = max(1, machine.gpus)  # a GPU stage per GPU; the ledger enforces it anyway
+    slots = concurrency or machine.cpus
+    capacity = Capacity(host, machine.devices, machine.memory_gb, slots)
     info = {
         "queues": chosen,
         "machine": asdict(machine),
+        "capacity": capacity.describe(),
         "pid": os.getpid(),
         "types": [t.describe() for t in REGISTRY],
         "aliases": REGISTRY.names(),
@@ -185,14 +207,14 @@ def run_worker(
             print(f"WARNING: {warning}", file=sys.stderr)
     except redis.RedisError:
         log.warning("could not check Redis's persistence settings", exc_info=True)
-    app = create_app(settings, hostname=host)
+    app = create_app(settings, hostname=host, capacity=capacity)
     nodename = f"{'gpu' if gpu_only else 'celery'}@{host}"
     argv = [
         "worker",
         "-Q",
         ",".join(chosen),
         "-c",
-        str(concurrency or machine.cpus),
+        str(slots),
         "-n",
         nodename,
         "--loglevel",

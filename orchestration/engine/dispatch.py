@@ -15,6 +15,7 @@ from typing import Any
 from celery import Celery, Signature
 
 from orchestration.engine.compiler import item_signatures, stage_signature
+from orchestration.engine.limits import gate_for
 from orchestration.engine.messages import COUNT, ITEM, stage_message
 from orchestration.engine.store import Commit, RunStore
 from orchestration.graph.resolve import Node, RunGraph
@@ -120,6 +121,8 @@ class Dispatcher:
         """Act on a commit: send what it made ready, revoke what fail-fast stopped, close the run."""
         if commit.revoke:
             self.app.control.revoke(commit.revoke, terminate=True, signal="SIGTERM")
+            # stopped by SIGTERM, they never commit: give back their slots now, not in a lease
+            self.store.release_run(run_id, graph)
         if commit.next_item is not None:
             self.send([stage_signature(run_id, graph.node(stage_id), 1, commit.next_item)])
         if commit.ready and send_ready:
@@ -188,7 +191,7 @@ class Dispatcher:
         if total == 0:
             return [], self._close(run_id, graph, node, "succeeded", output="[]")
         window = min(total, node.max_concurrency or total)
-        chunk = chunk_size(total, node, self.store.settings.fanout_chunk)
+        chunk = chunk_size(total, node, self.store.settings.fanout_chunk, graph)
         template = stage_message(run_id, node, 1, ITEM, COUNT if chunk > 1 else 1)
         first = self.store.start_fanout(run_id, node.id, total, window, node.queue, template, chunk)
         if first is None and self.store.run_status(run_id) == "paused":
@@ -257,11 +260,14 @@ def _error(kind: str, message: str) -> dict[str, Any]:
     return {"type": kind, "message": message, "retryable": False}
 
 
-def chunk_size(total: int, node: Node, most: int) -> int:
+def chunk_size(total: int, node: Node, most: int, graph: RunGraph | None = None) -> int:
     """How many consecutive items one message of a fan-out carries: up to `most`
     (CHORDFLOW_FANOUT_CHUNK), and few enough that the items still spread over 16 messages or more.
-    A windowed fan-out (max_concurrency) sends one item per message: its window counts items."""
+    A windowed fan-out (max_concurrency) sends one item per message: its window counts items; so
+    does a stage with limits (limits.py): each item is admitted, or waits, on its own."""
     if node.max_concurrency or most <= 1:
+        return 1
+    if graph is not None and gate_for(graph, node, "") is not None:
         return 1
     return max(1, min(most, total // 16))
 

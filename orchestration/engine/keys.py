@@ -234,6 +234,39 @@ class Keys:
         """String: a cached stage output (JSON), with the stage's cache TTL."""
         return f"{self.prefix}:cache:{key}"
 
+    # -- capacity: worker ledgers, fleet-wide limits, waiting stages (engine/limits.py) ----------
+    def worker_holds(self, host: str) -> str:
+        """Sorted set: the holders admitted on a worker's ledger ('<lease member>#<token>') by lease
+        expiry (Redis's clock): a holder whose lease ran out no longer counts."""
+        return f"{self.prefix}:capacity:worker:{host}:holds"
+
+    def worker_held(self, host: str) -> str:
+        """Hash: holder -> JSON {gpus: [device ids], memory_gb} it holds on the worker's ledger."""
+        return f"{self.prefix}:capacity:worker:{host}:held"
+
+    def capacity_waiting(self, queue: str) -> str:
+        """Sorted set: stages of `queue` that no worker could fit when they began, by time (ms):
+        JSON {p: payload, run, stage, item, gpu, memory_gb}; woken when capacity frees."""
+        return f"{self.prefix}:capacity:{queue}:waiting"
+
+    def limit_holds(self, limit: str) -> str:
+        """Sorted set: holders of a fleet-wide limit ('pool:<name>', 'key:<value>', 'run:<id>') by
+        lease expiry (Redis's clock)."""
+        return f"{self.prefix}:limit:{limit}:holds"
+
+    def limit_waiting(self, limit: str) -> str:
+        """Sorted set: payloads of the stages waiting for a slot of `limit`, by time (ms)."""
+        return f"{self.prefix}:limit:{limit}:waiting"
+
+    def limit_rate(self, limit: str) -> str:
+        """Hash: a rate limit's GCRA state ('tat': ms the next start may come, 'horizon': ms up to
+        which waiting stages hold reserved slots)."""
+        return f"{self.prefix}:limit:{limit}:rate"
+
+    def limits_waited(self) -> str:
+        """Hash: limit -> its size, for every limit that has had stages waiting (the reaper's sweep)."""
+        return f"{self.prefix}:limits:waited"
+
     def reaper_lock(self) -> str:
         """String: the lock held by the one worker that reaps at a time."""
         return f"{self.prefix}:reaper"

@@ -10,6 +10,9 @@
   first items of a fan-out whose dispatcher died after starting it. Duplicates
   are harmless: a second delivery of a started stage is dropped by `begin.lua`.
 
+- A stage waiting for a limit's slot or for capacity (engine/limits.py) whose holder's lease ran
+  out, or that fits a worker no release will come from, is woken (`sweep_waiting`).
+
 All times are Redis's clock, so machines with skewed clocks agree.
 """
 
@@ -40,7 +43,7 @@ class Reaper:
             held = self.lock.acquire(blocking=False)
         if not held:
             return 0
-        return self.expired_leases() + self.unsent()
+        return self.expired_leases() + self.unsent() + self.store.sweep_waiting(self.store.live_workers())
 
     def expired_leases(self, limit: int = 200) -> int:
         store = self.store

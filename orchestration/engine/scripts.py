@@ -2,7 +2,8 @@
 
 Each script's source is: the state names (`states.lua_prelude`), the outbox member
 encoding (`keys.lua_members`), the item mark of message templates (`messages.ITEM`), the
-shared helpers (`lua/_common.lua`), then the script.
+shared helpers (`lua/_common.lua`), the capacity helpers (`lua/_limits.lua`) for the scripts
+that admit or release, then the script.
 Every key a script touches comes in KEYS; ARGV carries values only.
 """
 
@@ -18,6 +19,9 @@ from orchestration.engine.keys import lua_members
 from orchestration.engine.messages import COUNT, ITEM
 from orchestration.engine.states import lua_prelude
 
+# the scripts that admit or release capacity get lua/_limits.lua too
+WITH_LIMITS = frozenset({"begin.lua", "finish.lua", "retry.lua", "sweep.lua", "release.lua"})
+
 
 def source(name: str, allow_oom: bool = False) -> str:
     """The full source of script `name` (e.g. 'begin.lua').
@@ -32,6 +36,7 @@ def source(name: str, allow_oom: bool = False) -> str:
         + lua_members()
         + f"local ITEM_MARK, COUNT_MARK = '{ITEM}', '{COUNT}'\n"
         + lua.joinpath("_common.lua").read_text(encoding="utf-8")
+        + (lua.joinpath("_limits.lua").read_text(encoding="utf-8") if name in WITH_LIMITS else "")
         + lua.joinpath(name).read_text(encoding="utf-8")
     )
     return ("#!lua flags=allow-oom\n" + body) if allow_oom else body

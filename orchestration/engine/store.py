@@ -10,6 +10,8 @@ callers name what they want (`protocol.Store` lists it all).
     logs.py         AttemptLogs  the attempts' live log streams
     transitions.py  Transitions  the Lua transitions (begin, finish, retry, ...)
     records.py      PipelineRecords  pipelines across runs: registry, last ends, assets, chains
+    capacity.py     CapacityUpkeep   (a base of Transitions) waking stages that wait for
+                                 capacity; giving back a cancelled run's slots
     store.py        RunStore     creating a run, and the bookkeeping around runs: the
                                  outbox, the leases, the delay set, the hooks outbox,
                                  the workers' heartbeats
@@ -218,13 +220,18 @@ class RunStore(Transitions, AttemptLogs, PipelineRecords):
         due_ms = int((self.server_time() + delay_s) * 1000)
         self._r.zadd(self.keys.delayed(), {payload: due_ms})
 
-    def due_delayed(self, limit: int = 100) -> list[str]:
-        """Claim retry messages whose time has come (each claimed by exactly one caller)."""
+    def due_delayed(self, limit: int = 100, ahead_s: float = 0.0) -> list[tuple[str, float]]:
+        """Claim messages of the delay set (retries, stages woken or given a rate slot) due within
+        `ahead_s`, each claimed by exactly one caller: (payload, seconds until it is due, >= 0), so
+        the caller can send it with that countdown and it starts on time, not a tick late."""
         now_ms = int(self.server_time() * 1000)
         claimed = []
-        for payload in self._r.zrangebyscore(self.keys.delayed(), 0, now_ms, start=0, num=limit):
+        horizon = now_ms + int(ahead_s * 1000)
+        for payload, due in self._r.zrangebyscore(
+            self.keys.delayed(), 0, horizon, start=0, num=limit, withscores=True
+        ):
             if self._r.zrem(self.keys.delayed(), payload):
-                claimed.append(payload)
+                claimed.append((payload, max(0.0, (due - now_ms) / 1000)))
         return claimed
 
     def delayed_payloads(self, limit: int = 1000) -> list[str]:

@@ -14,8 +14,9 @@ from typing import Any, NamedTuple
 
 import redis
 
+from orchestration.engine.capacity import CapacityUpkeep
 from orchestration.engine.keys import encode_member
-from orchestration.engine.reads import RunReads
+from orchestration.engine.limits import Capacity, Gate, GateKeys, dumps, holder
 from orchestration.engine.scripts import Script, source
 from orchestration.graph.resolve import RunGraph
 from orchestration.settings import Settings
@@ -42,7 +43,7 @@ class FanoutStart(NamedTuple):
     enqueued: bool = False
 
 
-class Transitions(RunReads):
+class Transitions(CapacityUpkeep):
     """The run store's transitions: each method runs one script (begin, renew, retry, finish,
     start_fanout, control; reopen clears the run's TTLs first)."""
 
@@ -69,12 +70,15 @@ class Transitions(RunReads):
         payload: str,
         read: Sequence[str] = (),
         notify: Sequence[str] = (),
+        gate: tuple[Gate, Capacity] | None = None,
     ) -> list[Any]:
         """Start an attempt; with 'run' comes its token and the JSON outputs of the `read` stages.
 
-        `notify`: hook entries (JSON) enqueued with the start, for the hook senders."""
+        `notify`: hook entries (JSON) enqueued with the start, for the hook senders. `gate`: the
+        stage's limits and this worker's capacity (limits.py): the reply may then be
+        ['wait', label], and 'run'/'poison' replies end with the GPU devices given."""
         k = self.keys
-        args = {
+        args: dict[str, Any] = {
             "stage": stage_id,
             "item": item,
             "attempt": attempt,
@@ -88,33 +92,38 @@ class Transitions(RunReads):
             "reads": list(read),
             "notify": list(notify),
         }
-        return self._begin(
-            keys=[
-                k.run(run_id),
-                k.states(run_id),
-                k.unit(run_id, stage_id, item),
-                k.events(run_id),
-                k.parked(run_id),
-                k.leases(),
-                k.outputs(run_id),
-                k.hooks(),
-            ],
-            args=[json.dumps(args, separators=(",", ":"))],
-            allow_oom=True,
-        )
+        keys = [
+            k.run(run_id),
+            k.states(run_id),
+            k.unit(run_id, stage_id, item),
+            k.events(run_id),
+            k.parked(run_id),
+            k.leases(),
+            k.outputs(run_id),
+            k.hooks(),
+        ]
+        if gate is not None:
+            extra = GateKeys(k, len(keys))
+            args["gate"] = extra.admission(gate[0], gate[1], run_id, stage_id, item)
+            keys += extra.list
+        return self._begin(keys=keys, args=[dumps(args)], allow_oom=True)
 
-    def renew(self, run_id: str, stage_id: str, item: int | None, token: str) -> bool:
-        """Extend the attempt's lease by `settings.lease_s`; False when the attempt lost it (stop)."""
+    def renew(
+        self, run_id: str, stage_id: str, item: int | None, token: str, holds: Sequence[str] = ()
+    ) -> bool:
+        """Extend the attempt's lease by `settings.lease_s`, and its place in the `holds` sets of its
+        limits (limits.holds_keys); False when the attempt lost it (stop)."""
         k = self.keys
         prefix = "" if item is None else f"{item}:"
         return bool(
             self._renew(
-                keys=[k.unit(run_id, stage_id, item), k.leases()],
+                keys=[k.unit(run_id, stage_id, item), k.leases(), *holds],
                 args=[
                     prefix,
                     token,
                     int(self.settings.lease_s * 1000),
                     encode_member(run_id, stage_id, item, lease=True),
+                    holder(run_id, stage_id, item, token),
                 ],
             )
         )
@@ -139,19 +148,28 @@ class Transitions(RunReads):
         park: bool,
         payload: str,
         notify: Sequence[str] = (),
+        release: tuple[Gate, Capacity] | None = None,
     ) -> bool:
         """Record a failed attempt that will be tried again after `delay_s`; with `park`, its message
-        (`payload`) waits in the delay set. False when the attempt no longer holds the stage."""
+        (`payload`) waits in the delay set. False when the attempt no longer holds the stage.
+        `release`: the attempt's limits, given back (limits.py)."""
         k = self.keys
+        keys = [
+            k.unit(run_id, stage_id, item),
+            k.states(run_id),
+            k.events(run_id),
+            k.delayed(),
+            k.leases(),
+            k.hooks(),
+        ]
+        given_back = ""
+        if release is not None:
+            extra = GateKeys(k, len(keys))
+            member = holder(run_id, stage_id, item, token)
+            given_back = dumps(extra.release(release[0], release[1], member, delayed=4))
+            keys += extra.list
         res = self._retry(
-            keys=[
-                k.unit(run_id, stage_id, item),
-                k.states(run_id),
-                k.events(run_id),
-                k.delayed(),
-                k.leases(),
-                k.hooks(),
-            ],
+            keys=keys,
             args=[
                 stage_id,
                 "" if item is None else item,
@@ -162,6 +180,7 @@ class Transitions(RunReads):
                 "1" if park else "0",
                 payload,
                 encode_member(run_id, stage_id, item, lease=True),
+                given_back,
                 *notify,
             ],
             allow_oom=True,
@@ -189,6 +208,7 @@ class Transitions(RunReads):
         run_hook: bool = False,
         messages: Mapping[str, tuple[str, str, bool]] | None = None,
         next_message: tuple[str, str] | None = None,
+        release: tuple[Gate, Capacity] | None = None,
     ) -> Commit:
         """Commit an attempt's end (or, with token '', a stage's end decided outside any attempt).
 
@@ -262,10 +282,14 @@ class Transitions(RunReads):
         for sid in others:
             keys += [k.stage(run_id, sid), k.items(run_id, sid)]
         keys += [k.broker_queue(q) for q in queues]
+        if release is not None and token:
+            extra = GateKeys(k, len(keys))
+            args["release"] = extra.release(release[0], release[1], holder(run_id, stage_id, item, token))
+            keys += extra.list
         # A failure that writes nothing of its own may be committed at maxmemory, so the run ends.
         verdict, finalized, status, ready, revoke, next_item = self._finish(
             keys=keys,
-            args=[json.dumps(args, separators=(",", ":"))],
+            args=[dumps(args)],
             allow_oom=failing and not context_writes and not metrics,
         )
         if verdict == "invalid":
@@ -323,6 +347,8 @@ class Transitions(RunReads):
             for sid in stage_ids:
                 keys += [k.stage(run_id, sid), k.items(run_id, sid)]
         verdict, payload = self._control(keys=keys, args=[op, run_id, pipeline, json.dumps(stage_ids)])
+        if op == "cancel" and verdict == "ok":
+            self.release_run(run_id, self.graph(run_id))  # its stopped stages never commit
         return verdict, list(payload) if isinstance(payload, list) else [payload]
 
     def reopen(self, run_id: str, graph: RunGraph) -> tuple[str, list[str]]:

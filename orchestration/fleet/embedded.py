@@ -151,6 +151,7 @@ class WorkerProcess:
         gpus: int | None = None,
         env: dict[str, str] | None = None,
         loglevel: str = "WARNING",
+        memory_gb: float | None = None,
         log_path: str | None = None,
         prefix: Sequence[str] = (),
         pool: str = "prefork",
@@ -174,6 +175,8 @@ class WorkerProcess:
             self.argv += ["--hostname", hostname]
         if gpus is not None:
             self.argv += ["--gpus", str(gpus)]
+        if memory_gb is not None:
+            self.argv += ["--memory-gb", str(memory_gb)]
         for module in imports:
             self.argv += ["--import", module]
         self.env = {**os.environ, **(env or {}), "CHORDFLOW_REDIS_URL": redis_url}

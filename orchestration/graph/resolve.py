@@ -18,10 +18,12 @@ from pydantic import Field
 
 from orchestration.errors import InvalidPipeline, Problem
 from orchestration.language import dag as graph
+from orchestration.language import rates
 from orchestration.language.fields import Model
 from orchestration.language.loader import gc_paused
 from orchestration.language.needs import effective_needs
 from orchestration.language.options import Cache, Fallback, Resources, RetryPolicy, Webhook
+from orchestration.language.rates import PoolLimit, RateLimit
 from orchestration.language.routing import queue_for
 from orchestration.language.selection import Selectable, select
 from orchestration.language.spec import PipelineSpec, Stage
@@ -59,6 +61,8 @@ class Node(Model):
     tags: tuple[str, ...] = ()
     on_critical_path: bool = False
     priority: int = NORMAL_PRIORITY
+    pool: str | None = None
+    concurrency_key: str | None = None  # the stage's key with its ${params.NAME} filled in
 
     @property
     def retry_policy(self) -> RetryPolicy:
@@ -89,6 +93,10 @@ class RunGraph(Model):
     critical_path: tuple[str, ...] = ()
     makespan_s: float = 0.0
     no_cache: bool = False
+    # The pools nodes name and the rate limits of their types (the tighter of the file's and settings').
+    pools: dict[str, PoolLimit] = Field(default_factory=dict)
+    type_rates: dict[str, RateLimit] = Field(default_factory=dict)
+    max_parallel: int | None = None
 
     @cached_property
     def index(self) -> dict[str, Node]:
@@ -190,10 +198,13 @@ def _resolve(
     on_path = set(path)
     by_id = {s.id: s for s in enabled}
     dumps: dict[int, dict[str, Any]] = {}  # a shared policy is dumped once, not once per stage
+    limits = _Limits(spec, settings)
     nodes = []
     for sid in order:
         s = by_id[sid]
         resources = s.resources or spec.defaults.resources
+        if s.pool is not None or s.concurrency_key is not None or limits.rates is not None:
+            limits.add(s)
         # Every value here comes from validated models: construct without validating again.
         nodes.append(
             Node.model_construct(
@@ -221,6 +232,8 @@ def _resolve(
                 tags=s.tags,
                 on_critical_path=sid in on_path,
                 priority=CRITICAL_PRIORITY if sid in on_path else NORMAL_PRIORITY,
+                pool=s.pool,
+                concurrency_key=limits.keys.get(sid),
             )
         )
     return RunGraph(
@@ -232,4 +245,50 @@ def _resolve(
         nodes=tuple(nodes),
         critical_path=tuple(path),
         makespan_s=makespan,
+        pools=limits.pools,
+        type_rates=limits.type_rates,
+        max_parallel=spec.max_parallel,
     )
+
+
+class _Limits:
+    """The pools, type rates and concurrency keys of the nodes, gathered as resolve goes; a stage
+    that names no pool or key costs nothing unless some type has a rate limit (then a dict lookup)."""
+
+    def __init__(self, spec: PipelineSpec, settings: Settings):
+        self.spec, self.settings = spec, settings
+        self.pools: dict[str, PoolLimit] = {}
+        self.type_rates: dict[str, RateLimit] = {}
+        self.keys: dict[str, str] = {}
+        self._settings: tuple[dict[str, PoolLimit], dict[str, RateLimit]] | None = None
+        self.rates: dict[str, RateLimit] | None = None  # None: no type has a rate limit
+        if spec.rate_limits or settings.rate_limits:
+            file, fleet = spec.rate_limits, self._from_settings()[1]
+            self.rates = {}
+            for name in {*file, *fleet}:
+                rate = rates.tighter_rate(file.get(name), fleet.get(name))
+                if rate is not None:
+                    self.rates[name] = rate
+
+    def _from_settings(self) -> tuple[dict[str, PoolLimit], dict[str, RateLimit]]:
+        if self._settings is None:
+            try:
+                self._settings = rates.settings_limits(self.settings)
+            except ValueError as exc:
+                raise InvalidPipeline([Problem(str(exc))]) from None
+        return self._settings
+
+    def add(self, stage: Stage) -> None:
+        if self.rates is not None and stage.type_name in self.rates:
+            self.type_rates[stage.type_name] = self.rates[stage.type_name]
+        name = stage.pool
+        if name is not None and name not in self.pools:
+            pool = rates.tighter_pool(self.spec.pools.get(name), self._from_settings()[0].get(name))
+            if pool is None:
+                raise InvalidPipeline([Problem(rates.undeclared_pool(name), stage.id)])
+            self.pools[name] = pool
+        if stage.concurrency_key is not None:
+            try:
+                self.keys[stage.id] = rates.fill_key(stage.concurrency_key, stage.params)
+            except ValueError as exc:
+                raise InvalidPipeline([Problem(str(exc), stage.id)]) from None

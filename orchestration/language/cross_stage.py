@@ -15,8 +15,10 @@ from orchestration.errors import Problem
 from orchestration.language import dag as graph
 from orchestration.language import expressions
 from orchestration.language.field_checks import LineOf, named, raw_stages
+from orchestration.language.ids import is_stage_id
 from orchestration.language.limits import Limits
 from orchestration.language.needs import effective_needs
+from orchestration.language.rates import fill_key, key_params, settings_limits, undeclared_pool
 from orchestration.language.routing import queue_for
 from orchestration.language.spec import PipelineSpec, Stage
 from orchestration.settings import Settings
@@ -43,7 +45,7 @@ class StageView:
             return cls(index, s.id, list(s.needs), s.order, s.enabled, s.for_each, s.when, s.retry, s)
         if not isinstance(raw, dict):
             return cls(index, None)
-        needs = raw.get("needs", [])
+        needs = raw.get("needs", raw.get("inputs", []))
         needs = (
             [needs]
             if isinstance(needs, str)
@@ -162,6 +164,44 @@ def cross_stage_problems(
 
     if spec is not None:
         problems.extend(_queue_problems(spec, line_of, source, settings))
+    problems.extend(_limit_problems(data, line_of, source, settings))
+    return problems
+
+
+def _limit_problems(
+    data: Mapping[str, Any], line_of: LineOf, source: str | None, settings: Settings
+) -> list[Problem]:
+    """Pools that no one declares, concurrency keys that can't be filled in, and bad limit settings
+    (read on the raw data, so they show beside the field problems)."""
+    problems: list[Problem] = []
+    try:
+        settings_limits(settings)
+    except ValueError as exc:
+        problems.append(Problem(str(exc), source=source))
+    declared: Mapping[str, Any] = data["pools"] if isinstance(data.get("pools"), Mapping) else {}
+    for i, raw in enumerate(raw_stages(data)):
+        if not isinstance(raw, Mapping):
+            continue
+        pool, key = raw.get("pool"), raw.get("concurrency_key")
+        if isinstance(pool, str) and is_stage_id(pool) and pool not in {**declared, **settings.pools}:
+            problems.append(
+                Problem(undeclared_pool(pool), named(raw.get("id")), line_of("stages", i, "pool"), source)
+            )
+        params = raw.get("params", raw.get("parameters", {}))
+        if isinstance(key, str) and key and isinstance(params, Mapping):
+            matrix: Mapping[str, Any] = raw["matrix"] if isinstance(raw.get("matrix"), Mapping) else {}
+            axes = [name for name in key_params(key) if name not in params and name in matrix]
+            try:
+                if axes:
+                    raise ValueError(
+                        f"concurrency_key {key!r} reads ${{params.{axes[0]}}}, a matrix axis: a key is "
+                        "one for the whole stage, and matrix values are not its params"
+                    )
+                fill_key(key, params)
+            except ValueError as exc:
+                problems.append(
+                    Problem(str(exc), named(raw.get("id")), line_of("stages", i, "concurrency_key"), source)
+                )
     return problems
 
 

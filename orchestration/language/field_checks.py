@@ -28,6 +28,7 @@ _FIELDS = set(Stage.model_fields) | {
     "timeout_seconds",
     "max_retries",
     "retry_delay_seconds",
+    "inputs",
 }
 
 

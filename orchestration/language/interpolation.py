@@ -6,7 +6,8 @@ The loader parses a file into plain data, then hands it here (`interpolate`):
    so their order never matters;
 2. `--set` overrides then replace or add variables, as given: an override is never interpolated;
 3. every other string may then read a variable, else the environment, else the default,
-   except a stage's `when`/`condition`, which are expressions evaluated later.
+   except a stage's `when`/`condition`, which are expressions evaluated later; in a stage's
+   `concurrency_key`, `${params.NAME}` is left for resolve to fill from the stage's params.
 
 A stage's `run` is a command line, and a variable never changes its shape: a string `run` is
 split into arguments (shlex) *first*, then each argument is interpolated, so `touch out-${name}`
@@ -88,7 +89,7 @@ class _Interpolator:
     def copy(self, value: Any, path: PathT) -> Any:
         """A copy of `value` with its strings interpolated (recursion depth is at most loader.MAX_DEPTH)."""
         if isinstance(value, str):
-            return self.substitute(value, path) if "${" in value else value
+            return self.substitute(value, path, _is_key(path)) if "${" in value else value
         if isinstance(value, list):
             return [self.copy(item, path + (i,)) for i, item in enumerate(value)]
         if isinstance(value, dict):
@@ -136,11 +137,12 @@ class _Interpolator:
             return text
         return _as_text(value)
 
-    def substitute(self, text: str, path: PathT) -> Any:
+    def substitute(self, text: str, path: PathT, keep_params: bool = False) -> Any:
         """`text` with `${name}`/`${name:-default}` replaced and `$${` made a literal `${`.
 
         A string that is exactly one reference takes the value's own type (a list stays a list);
         inside longer text a value is written as text (JSON for true/false/null, lists and mappings).
+        `keep_params` (a stage's `concurrency_key`): `${params.…}` is left as it is, for resolve.
         """
         parts: list[str] = []
         end = 0
@@ -149,6 +151,9 @@ class _Interpolator:
             end = match.end()
             if match.group(0) == "$${":
                 parts.append("${")
+                continue
+            if keep_params and match.group(1).startswith("params."):
+                parts.append(match.group(0))
                 continue
             ref = _NAME_DEFAULT.fullmatch(match.group(1))
             if not match.group(2) or ref is None or "${" in (ref.group(2) or ""):
@@ -194,6 +199,11 @@ class _Interpolator:
 def _is_expression(path: PathT) -> bool:
     """Whether `path` is a stage's `when`/`condition`, evaluated later and so not interpolated."""
     return len(path) == 3 and path[0] == "stages" and path[2] in ("when", "condition")
+
+
+def _is_key(path: PathT) -> bool:
+    """Whether `path` is a stage's `concurrency_key`, whose `${params.NAME}` resolve fills in."""
+    return len(path) == 3 and path[0] == "stages" and path[2] == "concurrency_key"
 
 
 def _is_run(path: PathT) -> bool:

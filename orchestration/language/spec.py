@@ -29,6 +29,7 @@ from orchestration.language.options import (
     Webhook,
     check_asset_name,
 )
+from orchestration.language.rates import PoolLimit, RateLimit, check_pool_name, check_type_name
 
 
 def _retries_to_policy(retries: Any, delay: Any = None) -> dict[str, Any]:
@@ -71,6 +72,10 @@ class Stage(Model):
                     "description": "retries after the first attempt",
                 },
                 "retry_delay_seconds": DURATION_SCHEMA,
+                "inputs": {
+                    "anyOf": [{"type": "array", "items": {"type": "string"}}, {"type": "string"}],
+                    "description": "another name for needs",
+                },
             },
             {"run": {"type": "string"}, "needs": {"type": "string"}, "fallback": {"const": "last_success"}},
         ),
@@ -100,6 +105,8 @@ class Stage(Model):
     fallback: Fallback | None = None
     cache: Cache | None = None
     estimate: Duration | None = None
+    pool: str | None = None
+    concurrency_key: str | None = Field(None, min_length=1)
 
     @model_validator(mode="before")
     @classmethod
@@ -107,6 +114,7 @@ class Stage(Model):
         if not isinstance(data, dict):
             return data
         data = dict(data)
+        _take_alias(data, "inputs", "needs")
         if "continue_on_error" in data:
             if "critical" in data:
                 raise ValueError("give either 'critical' or 'continue_on_error', not both")
@@ -142,6 +150,11 @@ class Stage(Model):
                 "not starting with '.' or '-'"
             )
         return value
+
+    @field_validator("pool")
+    @classmethod
+    def _pool_name(cls, value: str | None) -> str | None:
+        return None if value is None else check_pool_name(value)
 
     @field_validator("run")
     @classmethod
@@ -260,7 +273,18 @@ class PipelineSpec(Model):
     triggers: tuple[Trigger, ...] = ()
     webhooks: tuple[Webhook, ...] = ()
     logging: LoggingConfig | None = None
+    pools: dict[str, PoolLimit] = Field(default_factory=dict)
+    rate_limits: dict[str, RateLimit] = Field(default_factory=dict)
+    max_parallel: int | None = Field(None, ge=1, strict=True)
     stages: tuple[Stage, ...] = Field(min_length=1)
+
+    @field_validator("pools", "rate_limits", mode="before")
+    @classmethod
+    def _limit_names(cls, value: Any, info: ValidationInfo) -> Any:
+        check = check_pool_name if info.field_name == "pools" else check_type_name
+        for name in value if isinstance(value, dict) else ():
+            check(name)
+        return value
 
     @field_validator("provides")
     @classmethod

@@ -37,6 +37,7 @@ class Cluster:
         env: dict[str, str] | None = None,
         wait: bool = True,
         pool: str = "prefork",
+        memory_gb: float | None = None,
     ) -> WorkerProcess:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         name = hostname or f"w{len(self.workers)}"
@@ -51,6 +52,7 @@ class Cluster:
             log_path=str(ARTIFACTS / f"worker-{os.getpid()}-{name}.log"),
             loglevel="INFO",
             pool=pool,
+            memory_gb=memory_gb,
         ).start()
         self.workers.append(worker)
         if wait:

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import pytest
+
 from orchestration import Pipeline
+
+
+@pytest.fixture(scope="module")
+def cluster(bare_cluster):
+    """One worker with a GPU (its `embed` stage asks for one: a worker without would never admit it)."""
+    bare_cluster.start_worker(concurrency=3, hostname="api-host", gpus=1, wait=False)
+    bare_cluster.wait_workers(2, hostnames=["api-host"])  # api-host/main and api-host/gpu
+    return bare_cluster
 
 
 def test_builder_submit_and_wait(cluster):

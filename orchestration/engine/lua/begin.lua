@@ -4,9 +4,11 @@
 -- ARGV: 1 JSON object A: stage, item (number or null), attempt, host, queue, task_id, lease_ms,
 --       max_crashes, payload (parked while paused), lease (member of the leases set),
 --       reads (ids whose outputs the stage reads: returned with the token, one round trip),
---       notify (hook entries to enqueue when the attempt starts)
+--       notify (hook entries to enqueue when the attempt starts), gate (a stage with limits:
+--       _limits.lua; KEYS 9... are the keys it names)
 -- Returns {'run', token, outputs} | {'parked'} | {'drop', why} | {'dup', why}
---       | {'poison', token, crashes, outputs}
+--       | {'poison', token, crashes, outputs} | {'wait', label} (the gate parked the message);
+--       with a gate, 'run' and 'poison' end with the GPU devices given ('0,1', or '')
 local A = cjson.decode(ARGV[1])
 local run_status = redis.call('HGET', KEYS[1], 'status')
 if not run_status then return {'drop', 'no such run'} end
@@ -31,14 +33,25 @@ local current = tonumber(unit[2] or '0')
 if attempt < current then return {'dup', 'attempt ' .. attempt .. ' is superseded by ' .. current} end
 
 local now_ms, now = clock()
-local crashes = 0
 if state == S.RUNNING then
   -- Someone holds or held this attempt. A live lease means a duplicate delivery;
-  -- an expired one means its worker died: count it, and quarantine a poison message.
+  -- an expired one means its worker died: it is counted below (a poison message is quarantined).
   local lease_exp = tonumber(unit[3] or '0')
   if lease_exp > now_ms and attempt == current then return {'dup', 'running elsewhere'} end
-  crashes = redis.call('HINCRBY', KEYS[3], p .. 'crashes', 1)
 end
+-- A stage with limits (capacity, pools, keys, rates, max_parallel: _limits.lua) is admitted only
+-- while every one has room; else its message waits in Redis, and this delivery ends.
+local G = A.gate
+if G == cjson.null then G = nil end
+if G then
+  local refusal = gate_refusal(G, KEYS[3], p, now_ms)
+  if refusal then
+    if state == S.RUNNING then redis.call('ZREM', KEYS[6], A.lease) end  -- it waits, it is not lost
+    return {'wait', gate_park(G, refusal, A.payload, KEYS[3], p, now_ms, now, G.who)}
+  end
+end
+local crashes = 0
+if state == S.RUNNING then crashes = redis.call('HINCRBY', KEYS[3], p .. 'crashes', 1) end
 
 local token = redis.call('HINCRBY', KEYS[1], 'fence', 1)
 redis.call('HSET', KEYS[3], p .. 'state', S.RUNNING, p .. 'token', token, p .. 'attempt', attempt,
@@ -56,6 +69,13 @@ local inputs = {}
 if #A.reads > 0 then
   inputs = redis.call('HMGET', KEYS[7], unpack(A.reads))
   for i = 1, #inputs do if not inputs[i] then inputs[i] = 'null' end end
+end
+if G then
+  -- what it was admitted with: its GPUs come last in the reply
+  local devices = gate_take(G, A.lease .. '#' .. token, KEYS[3], p, now_ms + A.lease_ms, now_ms)
+  redis.call('HSET', KEYS[3], p .. 'gpus', devices)
+  if crashes >= A.max_crashes then return {'poison', token, crashes, inputs, devices} end
+  return {'run', token, inputs, devices}
 end
 if crashes >= A.max_crashes then return {'poison', token, crashes, inputs} end
 return {'run', token, inputs}

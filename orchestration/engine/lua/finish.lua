@@ -22,7 +22,8 @@
 --   messages ({child: [queue #, message, front]}: the broker text of a child's message,
 --   engine/messages.py; its queue is the #th list after the others' keys; `front`: a stage on
 --   the critical path goes to the front of its queue, the others to the back), next ([queue #,
---   template] of a windowed fan-out's next item, ITEM standing for its index)
+--   template] of a windowed fan-out's next item, ITEM standing for its index), release (what the
+--   attempt holds of its limits, given back: _limits.lua; its keys follow the queues' keys)
 -- A child with a message is enqueued here when it becomes ready, atomically with the commit;
 -- a child without one (a fan-out, which Python starts) goes to the outbox and the ready list.
 -- Returns {verdict, finalized, run status, ready children, task ids to revoke, next item or ''}
@@ -33,7 +34,16 @@ local stage, token, outcome = A.stage, A.token, A.outcome
 local item = ''
 if A.item ~= nil and A.item ~= cjson.null then item = tostring(A.item) end
 local p = field_prefix(item)
-local function refuse(verdict, why) return {verdict, 0, why or '', {}, {}, ''} end
+local released = false
+local function let_go()
+  -- give back what the attempt held (_limits.lua), once; a stale attempt's holder is its own too
+  if not released and A.release and A.release ~= cjson.null then gate_release(A.release, (clock())) end
+  released = true
+end
+local function refuse(verdict, why)
+  if verdict == 'stale' or verdict == 'late' then let_go() end
+  return {verdict, 0, why or '', {}, {}, ''}
+end
 
 -- 1. checks (no writes) -------------------------------------------------------------------
 if token == '' then
@@ -129,6 +139,7 @@ if item ~= '' and redis.call('HGET', KEYS[2], stage) ~= S.RUNNING then
 end
 
 -- 2. writes -----------------------------------------------------------------------------
+let_go()
 local function event(...)
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', EVENTS_MAXLEN, '*', 't', now, ...)
 end
