@@ -16,6 +16,7 @@ from typing import Any
 from orchestration.engine.celeryconfig import client_app
 from orchestration.engine.dependencies import run_extra, unmet
 from orchestration.engine.dispatch import Dispatcher, signature_of
+from orchestration.engine.placement import check_placement
 from orchestration.engine.registry import BUILTIN_TYPES
 from orchestration.engine.store import RUN_FINAL, RunStore, connect, new_run_id
 from orchestration.errors import (
@@ -62,6 +63,7 @@ class Client:
         selection: str | None = None,
         only: bool = False,
         check_types: bool = True,
+        check_capacity: bool = True,
         idempotency_key: str | None = None,
         no_cache: bool = False,
         force: bool = False,
@@ -79,6 +81,7 @@ class Client:
             graph = graph.model_copy(update={"no_cache": True})
         if check_types:
             graph = self.check_types(graph)
+        check_placement(self.store, graph, refuse=check_capacity)  # before anything is written
         missing = unmet(self.store, spec)
         if missing and not force:
             earlier = self.store.idempotent_run(idempotency_key) if idempotency_key else None

@@ -8,6 +8,8 @@ ChordflowError                 1  the root; raised as such for what has no class
 ├── InvalidInput               2  what the user gave is wrong; nothing was done
 │   ├── InvalidPipeline        2  the pipeline (file, builder, --set) is wrong: every problem
 │   │   └── SelectionError     2  a --select expression is wrong or selects nothing
+│   ├── NoCapacity             2  a stage asks for more GPUs or memory than any live worker of its
+│   │                             queue has (engine/placement.py; `submit --no-check` queues it)
 │   ├── InvalidId              2  a run id, stage id or idempotency key of the wrong shape
 │   ├── StageNotFound          2  a stage id the run does not have (`logs RUN STAGE`)
 │   ├── ScheduleError          2  a schedule's cron expression, interval or name is wrong
@@ -93,6 +95,20 @@ class InvalidPipeline(InvalidInput):
 
 class SelectionError(InvalidPipeline):
     """A --select expression is malformed or selects nothing."""
+
+
+class NoCapacity(InvalidInput):
+    """Stages (`stage_ids`) ask for more than any live worker serving their queue has: one line each."""
+
+    def __init__(self, stage_ids: list[str], lines: list[str]):
+        self.stage_ids, self.lines = stage_ids, lines
+        if len(lines) == 1:
+            super().__init__(f"{lines[0]} (submit with --no-check to queue it anyway)")
+        else:
+            super().__init__(
+                f"{len(lines)} stages ask for more than any live worker serving their queue has "
+                "(submit with --no-check to queue them anyway):\n" + "\n".join(f"  {line}" for line in lines)
+            )
 
 
 class InvalidId(InvalidInput, ValueError):

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from orchestration.api import Client
+from orchestration.cli.capacity_view import state_label
 from orchestration.cli.runview import run_view
 from orchestration.engine.attempts import AttemptHistory
 from orchestration.fleet.chains import chain_runs
@@ -58,6 +59,7 @@ def run_detail(client: Client, run_id: str, history: AttemptHistory | None = Non
     graph = client.store.graph(run_id)
     for stage in status["stages"].values():
         stage["output"] = _preview(stage.get("output"))
+        stage["state_label"] = state_label(stage)  # `waiting (pool llm 4/4)`, as `status` shows it
     status["context"] = _preview(status.get("context") or None)
     status["nodes"] = [
         {

@@ -30,6 +30,7 @@ from orchestration.cli._common import (
     set_option,
     settings_from_env,
 )
+from orchestration.cli.capacity_view import live_waits, plan_limits, stage_limits
 from orchestration.engine.registry import BUILTIN_TYPES, ENTRY_POINT_GROUP
 from orchestration.engine.retries import resolve_policy
 from orchestration.engine.store import RunStore, connect
@@ -121,8 +122,15 @@ def _path_text(path: Sequence[str], shown: int = 12) -> str:
     return " → ".join([*path[:half], f"… {len(path) - shown} more …", *path[-half:]])
 
 
-def plan_data(graph: RunGraph, fleet: FleetView | None = None) -> dict[str, Any]:
-    """The `plan --json` document."""
+def plan_data(
+    graph: RunGraph,
+    fleet: FleetView | None = None,
+    limits: dict[str, list[str]] | None = None,
+    waits: dict[str, list[str]] | None = None,
+) -> dict[str, Any]:
+    """The `plan --json` document. `limits`: stage id -> its limits (capacity_view.plan_limits; the
+    file's by default); `waits`: stage id -> its pools and keys full now, None without a Redis."""
+    limits = limits if limits is not None else {n.id: stage_limits(graph, n) for n in graph.nodes}
     stages = []
     for position, node in enumerate(graph.nodes, start=1):
         policy = fleet.policy(node) if fleet else resolve_policy(node.retry_policy)
@@ -144,6 +152,8 @@ def plan_data(graph: RunGraph, fleet: FleetView | None = None) -> dict[str, Any]
                 "critical": node.critical,
                 "retry": policy.model_dump(mode="json"),
                 "retry_summary": describe_retry(policy),
+                "limits": limits[node.id],  # `pool llm (4)`, `key deploy-prod`, `gpu 2`, ...
+                "waits": None if waits is None else waits.get(node.id, []),
             }
         )
     return {
@@ -152,10 +162,16 @@ def plan_data(graph: RunGraph, fleet: FleetView | None = None) -> dict[str, Any]
         "stages": stages,
         "critical_path": list(graph.critical_path),
         "makespan_s": graph.makespan_s,
+        "max_parallel": getattr(graph, "max_parallel", None),
     }
 
 
-def plan_table(graph: RunGraph, fleet: FleetView | None = None) -> Table:
+def plan_table(
+    graph: RunGraph,
+    fleet: FleetView | None = None,
+    limits: dict[str, list[str]] | None = None,
+    waits: dict[str, list[str]] | None = None,
+) -> Table:
     # Text cells: rich would read `[...]` in a type or name as markup
     table = Table(
         title=Text(f"{graph.name} {graph.version}: {len(graph.nodes)} stages"), title_justify="left"
@@ -175,6 +191,9 @@ def plan_table(graph: RunGraph, fleet: FleetView | None = None) -> Table:
     show_cache = any(node.cache for node in graph.nodes)
     if show_cache:
         headings.append("cache")
+    limits = limits if limits is not None else {n.id: stage_limits(graph, n) for n in graph.nodes}
+    if any(limits.values()):
+        headings.append("limits")
     for heading in headings:
         table.add_column(heading, justify="right" if heading in ("#", "level") else "left", overflow="fold")
 
@@ -195,6 +214,9 @@ def plan_table(graph: RunGraph, fleet: FleetView | None = None) -> Table:
             str(node.level),
             "●" if node.on_critical_path else "",
         ) + (((fleet.cache(node) if fleet else "on" if node.cache else "") or "",) if show_cache else ())
+        if any(limits.values()):
+            full = (waits or {}).get(node.id)
+            cells += (", ".join(limits[node.id]) + (f"; waits: {', '.join(full)}" if full else ""),)
         table.add_row(*map(Text, cells), style="bold" if node.on_critical_path else None)
     return table
 
@@ -204,16 +226,21 @@ def plan_table(graph: RunGraph, fleet: FleetView | None = None) -> Table:
 @json_option
 @command
 def plan(file: Path, sets: tuple[str, ...], select: str | None, only: bool, as_json: bool) -> int:
-    """Show what a run would do: order, levels, queues, retries, critical path (a dry run).
+    """Show what a run would do: order, levels, queues, retries, limits, critical path (a dry run).
 
-    With a Redis URL configured, estimates come from the stage durations of recent runs."""
+    With a Redis URL configured, estimates come from the stage durations of recent runs, and a
+    stage's pools and concurrency keys that are full right now show as `waits: pool llm 4/4`."""
     settings = settings_from_env()
     spec = load_spec(file, sets, settings)
     graph = resolve(spec, settings, select, only, estimates=history.estimates(settings, spec.name))
     fleet = fleet_view(settings, graph)
+    limits = plan_limits(graph, settings)
+    waits = live_waits(settings, graph) if fleet is not None else None  # pools and keys full now
     if as_json:
-        return print_json(plan_data(graph, fleet))
-    console.print(plan_table(graph, fleet))
+        return print_json(plan_data(graph, fleet, limits, waits))
+    console.print(plan_table(graph, fleet, limits, waits))
+    if max_parallel := getattr(graph, "max_parallel", None):
+        say(f"max_parallel: at most {max_parallel} stages of a run at once")
     say(
         f"estimated makespan: {format_duration(graph.makespan_s)} "
         f"(critical path: {_path_text(graph.critical_path)})"

@@ -25,6 +25,7 @@ from orchestration.cli._common import (
     say,
     set_option,
 )
+from orchestration.cli.capacity_view import capacity_lines
 from orchestration.engine import redis_url
 from orchestration.engine.celeryconfig import client_app
 from orchestration.engine.store import connect
@@ -224,7 +225,8 @@ def schedule_remove(name: str) -> int:
 @json_option
 @command
 def health(worker_probe: bool, as_json: bool) -> int:
-    """Redis, workers per queue, queue depths, stale pipelines; exit 1 when unhealthy, saying why."""
+    """Redis, workers per queue, queue depths, stages waiting for capacity, stale pipelines; exit 1
+    when unhealthy, saying why."""
     settings = _settings_with_redis()
     # two tries of half the limit each: an answer within redis_timeout_s, reachable or not
     half = max(0.5, settings.redis_timeout_s / 2)
@@ -242,6 +244,8 @@ def health(worker_probe: bool, as_json: bool) -> int:
         say(f"WARNING: {warning}", err=True)
     if report.reachable:
         console.print(_queue_table(report))
+        for line in capacity_lines(report.capacity):  # stages waiting for GPUs or memory, per queue
+            say(line)
         for p in report.pipelines:
             last = _clock(p.last_success_at) if p.last_success_at else "never"
             say(
@@ -274,7 +278,9 @@ def _queue_table(report: health_checks.HealthReport) -> Table:
 
 def _resources(info: dict[str, Any]) -> str:
     machine = info.get("machine") or {}
-    return f"{machine.get('cpus', '?')} cpu, {machine.get('memory_gb', '?')} GB, {machine.get('gpus', 0)} gpu"
+    has = {**machine, **(info.get("capacity") or {})}  # what it admits stages against, else its machine
+    slots = f", {has['slots']} slots" if has.get("slots") else ""
+    return f"{machine.get('cpus', '?')} cpu, {has.get('memory_gb', '?')} GB, {has.get('gpus', 0)} gpu{slots}"
 
 
 @click.command()

@@ -24,6 +24,7 @@ from rich.text import Text
 
 from orchestration.api import Client
 from orchestration.cli._common import console, say
+from orchestration.cli.capacity_view import state_label
 from orchestration.cli.runview import run_view
 from orchestration.engine.attempts import AttemptHistory
 from orchestration.engine.store import RUN_FINAL, TERMINAL
@@ -99,7 +100,7 @@ def status_table(status: dict[str, Any], now: float | None = None) -> Table:
         style = STATE_STYLE.get(s["state"], "")
         table.add_row(
             term(sid),
-            term(s["state"], style=style),
+            term(state_label(s), style=style),  # `waiting (pool llm 4/4)` for a stage waiting for a slot
             attempts,
             term(s.get("host") or ""),
             term(s.get("queue") or ""),

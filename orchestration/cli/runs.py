@@ -35,6 +35,7 @@ from orchestration.cli._common import (
     settings_from_env,
     stopped_following,
 )
+from orchestration.cli.capacity_view import placement_warnings
 from orchestration.cli.runview import iso, run_record, run_view, to_json
 from orchestration.engine import redis_url
 from orchestration.engine.states import RunStatus
@@ -74,7 +75,11 @@ def embedded_fleet(settings: Settings, concurrency: int | None = None) -> Iterat
 @click.option("--follow", "-f", is_flag=True, help="Show progress live; exit 1 if the run fails.")
 @click.option("--wait", "-w", is_flag=True, help="Wait quietly for the end; exit 1 if the run fails.")
 @click.option("--dry-run", is_flag=True, help="Validate and resolve, print what would run, send nothing.")
-@click.option("--no-check", is_flag=True, help="Queue even if no live worker serves a stage's type.")
+@click.option(
+    "--no-check",
+    is_flag=True,
+    help="Queue even if no live worker serves a stage's type, or has the GPUs or memory it asks.",
+)
 @click.option(
     "--idempotency-key", metavar="KEY", help="A repeated submit with the same key returns the same run."
 )
@@ -185,15 +190,17 @@ def _submit_and_show(
             say("waiting for dependencies:\n" + "\n".join(f"  {line}" for line in unmet), err=True)
 
         client.wait_for_dependencies(spec, timeout, on_wait=None if as_json else waiting)
-    handle = client.submit(
-        spec,
-        selection=select,
-        only=only,
-        check_types=not no_check,
-        idempotency_key=key,
-        no_cache=no_cache,
-        force=force,
-    )
+    with placement_warnings():  # what the placement check only warns of goes to stderr
+        handle = client.submit(
+            spec,
+            selection=select,
+            only=only,
+            check_types=not no_check,
+            check_capacity=not no_check,
+            idempotency_key=key,
+            no_cache=no_cache,
+            force=force,
+        )
     if not follow:
         print_json({"run_id": handle.run_id}) if as_json else say(handle.run_id)
         return EXIT_OK

@@ -4,8 +4,10 @@ Each stage gets `attempt_history` (every attempt: attempt number, round, host, s
 outcome, error; read from the event stream, engine/attempts.py), `cached` (its output came
 from the cache), and `error` only while that error is current (the stage failed, fell back or
 waits for its retry): a stage that succeeded on its second attempt shows no error, and the
-first attempt's error is in its history. With `items`, a fan-out stage lists its items (state,
-attempt, host, times, error, attempts).
+first attempt's error is in its history. `waiting` says what a queued stage (or a running
+fan-out's items) waits for: {label: `pool llm 4/4`, since_at, items}, or null (capacity_view.py).
+With `items`, a fan-out stage lists its items (state, attempt, host, times, error, attempts, and
+`waiting`).
 
 `to_json` makes what a command prints with `--json` typed: times as ISO 8601 (UTC) strings,
 numbers as numbers, errors and histories as nested objects, never JSON inside a string.
@@ -17,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from orchestration.api import Client
+from orchestration.cli.capacity_view import waiting_of
 from orchestration.engine.attempts import AttemptHistory, complete, parse_error
 from orchestration.engine.states import State
 
@@ -75,6 +78,7 @@ def run_view(
         detail = dict(details.get(sid) or {})
         detail["error"] = stage.get("error")
         stage["cached"] = detail.get("cache") == "hit"
+        stage["waiting"] = waiting_of(client.store, run_id, sid, stage, detail)  # a slot, or room on a worker
         rounds = [r for r in stage.get("history", []) if isinstance(r, dict)]
         records = complete(history.of(sid), sid, None, stage["state"], detail, stage["cached"], rounds)
         stage["attempt_history"] = [r.to_dict() for r in records]
@@ -106,6 +110,7 @@ def item_rows(client: Client, run_id: str, stage_id: str, history: AttemptHistor
                 "started_at": _number(record.get("started_at")),
                 "finished_at": _number(record.get("finished_at")),
                 "error": parse_error(record.get("error")) if state in ERROR_CURRENT else None,
+                "waiting": record.get("waiting") or None,  # what a queued item waits for: `pool llm 4/4`
                 "attempt_history": [r.to_dict() for r in done],
             }
         )

@@ -1,17 +1,15 @@
 """Is the fleet healthy? Redis, its durability settings, workers per queue, queue depths, stale pipelines.
 
-Unhealthy (a non-zero `chordflow health`) when Redis is unreachable, when it
-refuses writes (out of memory at `maxmemory`, or read-only) or its used memory
-is near `maxmemory`, when a queue holds work (waiting, delayed or delivered
-messages) that no live worker serves, when a pipeline's last success is older
-than its `max_age` (or a registered `depends_on` max_age naming it), or when an
-asset was last provided longer ago than its providers' or a `requires` max_age.
-Redis without AOF or with an eviction policy is a loud warning, not a failure.
+Unhealthy (a non-zero `chordflow health`) when Redis is unreachable, when it refuses writes (out of memory at
+`maxmemory`, or read-only) or its used memory is near `maxmemory`, when a queue holds work (waiting, delayed
+or delivered messages) that no live worker serves, when a stage waits for GPUs or memory no live worker
+serving its queue has (fleet/capacity.py), when a pipeline's last success is older than its `max_age` (or a
+registered `depends_on` max_age naming it), or when an asset was last provided longer ago than its providers'
+or a `requires` max_age. Redis without AOF or with an eviction policy is a loud warning, not a failure.
 
-The Celery Redis transport keeps each queue as lists (one per priority step)
-whose messages carry no timestamp, so the age of a queue's oldest message is
-measured from the first time a health check saw it at the head of the queue
-(kept in a small hash): a lower bound that grows across checks, 0 on the first.
+The Celery Redis transport keeps each queue as lists (one per priority step) whose messages carry no
+timestamp, so the age of a queue's oldest message is measured from the first time a health check saw
+it at the head of the queue (kept in a small hash): a lower bound that grows across checks, 0 on the first.
 """
 
 from __future__ import annotations
@@ -31,6 +29,7 @@ from orchestration.engine.keys import Keys
 from orchestration.engine.protocol import Store
 from orchestration.engine.store import RunStore, connect
 from orchestration.errors import RunNotFound
+from orchestration.fleet.capacity import add_capacity
 from orchestration.fleet.pipelines import AssetFreshness, registry_limits, stale_assets
 from orchestration.fleet.schedules import list_schedules
 from orchestration.settings import Settings
@@ -279,8 +278,7 @@ def max_ages(store: Store, settings: Settings) -> dict[str, tuple[float, float |
 
 
 def _earliest(*times: float | None) -> float | None:
-    known = [t for t in times if t is not None]
-    return min(known) if known else None
+    return min((t for t in times if t is not None), default=None)
 
 
 def last_success(store: Store, pipeline: str) -> float | None:
@@ -315,6 +313,7 @@ class HealthReport:
     queues: list[QueueReport] = field(default_factory=list)
     pipelines: list[Freshness] = field(default_factory=list)
     assets: list[AssetFreshness] = field(default_factory=list)
+    capacity: dict[str, dict[str, Any]] = field(default_factory=dict)  # queue -> stages waiting for room
 
     @property
     def healthy(self) -> bool:
@@ -330,6 +329,7 @@ class HealthReport:
             "queues": [{**q.__dict__, "work": q.work} for q in self.queues],
             "pipelines": [p.__dict__ for p in self.pipelines],
             "assets": [a.__dict__ for a in self.assets],
+            "capacity": self.capacity,
         }
 
 
@@ -355,6 +355,7 @@ def check(settings: Settings, timeout_s: float = 5.0) -> HealthReport:
                 f"{q.delivered} delivered) but no live worker serves it: start one with "
                 f"`chordflow worker --queues {q.name}`"
             )
+    add_capacity(report, store)  # stages waiting for GPUs or memory, per queue
     report.pipelines = freshness(store, settings, store.server_time())
     for p in report.pipelines:
         if p.stale:
