@@ -19,11 +19,12 @@ from orchestration.engine.keys import lua_members
 from orchestration.engine.messages import COUNT, ITEM
 from orchestration.engine.states import lua_prelude
 
-# the scripts that admit or release capacity get lua/_limits.lua too
-WITH_LIMITS = frozenset({"begin.lua", "finish.lua", "retry.lua", "sweep.lua", "release.lua"})
+# scripts that always admit or release capacity get lua/_limits.lua; begin, finish and retry get it
+# only in their gated variant (`limits=True`), so a stage with no limits runs the script it always did
+WITH_LIMITS = frozenset({"sweep.lua", "release.lua"})
 
 
-def source(name: str, allow_oom: bool = False) -> str:
+def source(name: str, allow_oom: bool = False, limits: bool = False) -> str:
     """The full source of script `name` (e.g. 'begin.lua').
 
     `allow_oom` marks it runnable when Redis is at `maxmemory` (Redis 7's script flags): only
@@ -36,7 +37,7 @@ def source(name: str, allow_oom: bool = False) -> str:
         + lua_members()
         + f"local ITEM_MARK, COUNT_MARK = '{ITEM}', '{COUNT}'\n"
         + lua.joinpath("_common.lua").read_text(encoding="utf-8")
-        + (lua.joinpath("_limits.lua").read_text(encoding="utf-8") if name in WITH_LIMITS else "")
+        + (lua.joinpath("_limits.lua").read_text(encoding="utf-8") if limits or name in WITH_LIMITS else "")
         + lua.joinpath(name).read_text(encoding="utf-8")
     )
     return ("#!lua flags=allow-oom\n" + body) if allow_oom else body
@@ -46,9 +47,9 @@ class Script:
     """A script that may also run under Redis's memory limit (`allow-oom`, Redis 7's script
     flags), falling back to the plain script on a Redis older than 7, which has no flags."""
 
-    def __init__(self, client: redis.Redis, name: str):
-        self._plain = client.register_script(source(name))
-        self._oom: Any = client.register_script(source(name, allow_oom=True))
+    def __init__(self, client: redis.Redis, name: str, limits: bool = False):
+        self._plain = client.register_script(source(name, limits=limits))
+        self._oom: Any = client.register_script(source(name, allow_oom=True, limits=limits))
 
     def __call__(self, keys: Sequence[str], args: Sequence[Any], allow_oom: bool = False) -> Any:
         if allow_oom and self._oom is not None:

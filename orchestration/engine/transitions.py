@@ -50,6 +50,10 @@ class Transitions(CapacityUpkeep):
     def __init__(self, client: redis.Redis, settings: Settings):
         super().__init__(client, settings)
         self._begin = Script(client, "begin.lua")
+        # the same scripts with lua/_limits.lua, for the stages that have a gate (limits.py)
+        self._begin_gated = Script(client, "begin.lua", limits=True)
+        self._retry_gated = Script(client, "retry.lua", limits=True)
+        self._finish_gated = Script(client, "finish.lua", limits=True)
         self._renew = client.register_script(source("renew.lua"))
         self._claim = client.register_script(source("claim.lua"))
         self._retry = Script(client, "retry.lua")
@@ -106,6 +110,7 @@ class Transitions(CapacityUpkeep):
             extra = GateKeys(k, len(keys))
             args["gate"] = extra.admission(gate[0], gate[1], run_id, stage_id, item)
             keys += extra.list
+            return self._begin_gated(keys=keys, args=[dumps(args)], allow_oom=True)
         return self._begin(keys=keys, args=[dumps(args)], allow_oom=True)
 
     def renew(
@@ -168,7 +173,7 @@ class Transitions(CapacityUpkeep):
             member = holder(run_id, stage_id, item, token)
             given_back = dumps(extra.release(release[0], release[1], member, delayed=4))
             keys += extra.list
-        res = self._retry(
+        res = (self._retry_gated if release is not None else self._retry)(
             keys=keys,
             args=[
                 stage_id,
@@ -287,7 +292,8 @@ class Transitions(CapacityUpkeep):
             args["release"] = extra.release(release[0], release[1], holder(run_id, stage_id, item, token))
             keys += extra.list
         # A failure that writes nothing of its own may be committed at maxmemory, so the run ends.
-        verdict, finalized, status, ready, revoke, next_item = self._finish(
+        script = self._finish_gated if "release" in args else self._finish
+        verdict, finalized, status, ready, revoke, next_item = script(
             keys=keys,
             args=[dumps(args)],
             allow_oom=failing and not context_writes and not metrics,
