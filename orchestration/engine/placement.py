@@ -134,7 +134,10 @@ def placement(nodes: Iterable[Node], found: Iterable[Room]) -> Placement:
 def check_placement(store: Store, graph: RunGraph, refuse: bool = True) -> None:
     """Refuse (NoCapacity) a run with stages no live worker serving their queue can ever hold;
     with `refuse` False, only warn (QueueUnserved) of them. A queue no live worker serves is
-    always a warning only. Reads the workers' heartbeats and writes nothing."""
+    always a warning only. Reads the workers' heartbeats (only when a stage asks for GPUs or
+    memory) and writes nothing."""
+    if not any(ask_of(node).any for node in graph.nodes):
+        return
     found = placement(graph.nodes, rooms(store.live_workers()))
     if found.refused and refuse:
         raise NoCapacity(list(found.refused), list(found.refused.values()))

@@ -173,7 +173,7 @@ def test_a_rate_limit_of_5_per_second_spaces_20_calls_across_two_workers(bare_cl
         assert result.status == "succeeded", result
         began = starts(c, result.run_id)
         assert len(began) == 20
-        assert began[-1] - began[0] >= 3.8, began
+        assert began[-1] - began[0] >= 3.8 - 1e-6, began  # times in ms as floats: allow rounding
         for i, t in enumerate(began):  # burst 1: no window of one second holds more than 5 starts
             assert sum(1 for u in began[i:] if u < t + 1.0) <= 5, began
         assert {r["host"] for r in spans(c, "rate5")} == {"rate0", "rate1"}
