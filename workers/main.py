@@ -200,6 +200,10 @@ def run_worker(
     def _shutdown(**_: object) -> None:
         services.stop.set()
         sender.stop.set()
+        if services.is_alive():
+            # its last act takes this worker's heartbeat out of the live set: a stopped worker must
+            # not count as capacity (submit's check, the sweep) until its heartbeat grows old
+            services.join(timeout=5)
 
     try:
         for warning in redis_warnings(connect(settings)):

@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from orchestration.engine.placement import QueueUnserved
 from orchestration.language.validation import validate_data
 
 from .conftest import pipeline, wait_until
@@ -101,7 +102,9 @@ def test_a_one_gpu_worker_never_runs_two_gpu_stages_and_a_two_gpu_stage_waits_th
             *[span_stage(f"s{i}", "gpu1", 0.8, resources={"gpu": 1}) for i in range(3)],
             span_stage("big", "gpu1", 0.1, resources={"gpu": 2}),
         )
-        handle = submit(c, data, check_capacity=False)  # `big` fits no live worker: submit would refuse it
+        # `big` fits no live worker: submit would refuse it; told not to check, it warns
+        with pytest.warns(QueueUnserved, match="stage 'big' asks for 2 GPUs"):
+            handle = submit(c, data, check_capacity=False)
         key = f"{c.settings.key_prefix}:run:{handle.run_id}:stage"
         wait_until(lambda: all(c.redis.hget(f"{key}:s{i}", "state") == "succeeded" for i in range(3)), 60)
         records = spans(c, "gpu1")

@@ -12,6 +12,7 @@ import pytest
 import redis
 import yaml
 
+from orchestration.engine.placement import QueueUnserved
 from orchestration.fleet import history
 from orchestration.fleet.embedded import RedisServer, free_port
 from orchestration.fleet.health import queue_lists, redis_warnings
@@ -68,7 +69,8 @@ def test_a_fleet_with_work_only_where_workers_are_is_healthy(cpu_fleet):
 def test_work_on_a_queue_no_live_worker_serves_is_unhealthy(cpu_fleet):
     # Given a GPU stage queued while only a cpu worker is alive
     spec = validate_data(pipeline("gpu-job", {"id": "train", "uses": "noop", "resources": {"gpu": 1}}))
-    handle = cpu_fleet.client.submit(spec, check_types=False)
+    with pytest.warns(QueueUnserved, match="no live worker serves queue 'gpu': train"):
+        handle = cpu_fleet.client.submit(spec, check_types=False)
     try:
         # When health runs, twice
         code, report, text = health(cpu_fleet.server.url)
