@@ -181,7 +181,7 @@ def _execute(
         # 'wait': its limits are full; the message waits in Redis, this delivery ends (limits.py)
         return f"{verdict}: {rest[0] if rest else ''}"
     token = str(rest[0])
-    devices = str(rest.pop()) if gate is not None else None
+    devices = str(rest.pop()) if gate is not None else ""
     if cached_inputs is None:
         cached_inputs = {sid: json.loads(raw) for sid, raw in zip(read, rest[-1])}
         if item is not None:
@@ -195,7 +195,7 @@ def _execute(
     holds = holds_keys(store.keys, gate, env.capacity) if gate is not None else ()
     env.leases.hold(run_id, stage_id, item, token, ctx, holds)
     try:
-        if devices is None or gate is None or not gate.gpu:
+        if not devices:
             return run.perform(verdict, rest)
         with visible_devices(ctx, devices):
             return run.perform(verdict, rest)

@@ -44,20 +44,27 @@ class Machine:
     devices: tuple[str, ...] = ()  # the GPUs' ids (CUDA_VISIBLE_DEVICES's, else 0..gpus-1)
 
 
+def cuda_visible() -> list[str] | None:
+    """The GPU ids CUDA_VISIBLE_DEVICES names ('-1' and blanks are none), or None when it is unset."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return None
+    return [d.strip() for d in visible.split(",") if d.strip() and d.strip() != "-1"]
+
+
 def gpu_devices(gpus: int) -> tuple[str, ...]:
-    """The ids of the GPUs a worker gives out: the first `gpus` of CUDA_VISIBLE_DEVICES when it is
-    set, else 0 .. gpus-1."""
-    visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")]
-    visible = [d for d in visible if d and d != "-1"]
+    """The ids of the GPUs a worker gives out: the first `gpus` of CUDA_VISIBLE_DEVICES when it names
+    that many, else 0 .. gpus-1."""
+    visible = cuda_visible() or []
     if len(visible) >= gpus:
         return tuple(visible[:gpus])
     return tuple(str(i) for i in range(gpus))
 
 
 def detect_gpus() -> int:
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    visible = cuda_visible()
     if visible is not None:
-        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+        return len(visible)
     if shutil.which("nvidia-smi"):
         try:
             out = subprocess.run(
@@ -104,7 +111,7 @@ class Services(threading.Thread):
         ticks = 0
         while not self.stop.is_set():
             try:
-                if ticks % max(1, int(self.settings.heartbeat_s / 0.5)) == 0:
+                if ticks % max(1, int(self.settings.heartbeat_s / TICK_S)) == 0:
                     store.publish_worker(self.hostname, self.info)
                 if self.drain:
                     # what falls due before the next tick goes now, with the rest of its wait as a

@@ -7,7 +7,7 @@ sweep that wakes waiting stages no release will wake, and giving back the slots 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from orchestration.engine.limits import Capacity, GateKeys, dumps, gate_for, holder
@@ -35,17 +35,20 @@ class CapacityUpkeep(RunReads):
     _sweep: Any = None
     _release: Any = None
 
-    def sweep_waiting(self, live: Mapping[str, Mapping[str, Any]]) -> int:
+    def sweep_waiting(self, live: Callable[[], Mapping[str, Mapping[str, Any]]]) -> int:
         """Wake stages waiting for a limit's slot or for capacity that is free now (a holder's lease
-        ran out, or a worker with room joined or stayed idle); `live` is `live_workers()`. Returns how
-        many it woke. Costs one HGETALL and three ZCARDs a tick when nothing waits."""
+        ran out, or a worker with room joined or stayed idle); `live` reads the live workers
+        (`live_workers`), only when some stage waits for capacity. Returns how many it woke. Costs
+        one HGETALL and a ZCARD per queue a tick when nothing waits."""
         k = self.keys
         waited = self._r.hgetall(k.limits_waited())
         classes = []
+        workers: Mapping[str, Mapping[str, Any]] | None = None
         for queue in self.settings.queues:
             if self._r.zcard(k.capacity_waiting(queue)):
+                workers = live() if workers is None else workers
                 ledgers: dict[str, Capacity] = {}
-                for name, info in live.items():
+                for name, info in workers.items():
                     if queue in (info.get("queues") or []):
                         cap = worker_capacity(name, info)
                         ledgers[cap.host] = cap

@@ -43,7 +43,7 @@ class Reaper:
             held = self.lock.acquire(blocking=False)
         if not held:
             return 0
-        return self.expired_leases() + self.unsent() + self.store.sweep_waiting(self.store.live_workers())
+        return self.expired_leases() + self.unsent() + self.store.sweep_waiting(self.store.live_workers)
 
     def expired_leases(self, limit: int = 200) -> int:
         store = self.store

@@ -287,12 +287,13 @@ class Transitions(CapacityUpkeep):
         for sid in others:
             keys += [k.stage(run_id, sid), k.items(run_id, sid)]
         keys += [k.broker_queue(q) for q in queues]
+        script = self._finish
         if release is not None and token:
             extra = GateKeys(k, len(keys))
             args["release"] = extra.release(release[0], release[1], holder(run_id, stage_id, item, token))
             keys += extra.list
+            script = self._finish_gated
         # A failure that writes nothing of its own may be committed at maxmemory, so the run ends.
-        script = self._finish_gated if "release" in args else self._finish
         verdict, finalized, status, ready, revoke, next_item = script(
             keys=keys,
             args=[dumps(args)],

@@ -90,9 +90,9 @@ def test_a_holder_whose_lease_ran_out_no_longer_counts_and_the_sweep_wakes_its_w
     gate = Gate(counts=(Count("pool:llm", 1, "pool llm"),))
     assert begin(store, run_id, "s0", gate)[0] == "run"
     assert begin(store, run_id, "s1", gate)[0] == "wait"
-    assert store.sweep_waiting({}) == 0  # the holder's lease is live
+    assert store.sweep_waiting(dict) == 0  # the holder's lease is live
     time.sleep(0.4)  # the holder's worker "died": nobody renews
-    assert store.sweep_waiting({}) == 1
+    assert store.sweep_waiting(dict) == 1
     assert [p for p, _ in delayed(store)] == [[run_id, "s1", 1, None]]
     assert store._r.hgetall(store.keys.limits_waited()) == {}  # nothing waits any more
 

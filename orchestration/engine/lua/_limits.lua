@@ -78,6 +78,7 @@ local function gate_refusal(G, unit_key, p, now_ms)
   if G.worker then
     local W = G.worker
     local free, free_gb = ledger_free(W, now_ms)
+    W.free = free  -- gate_take gives out these devices: the ledger is read once per begin
     if #free < (W.gpu or 0) or (W.need_gb or 0) > free_gb + 1e-9 then
       local what = {}
       if (W.gpu or 0) > 0 then what[#what + 1] = W.gpu .. ' GPU (' .. #free .. ' of ' .. #W.devices .. ' free)' end
@@ -104,12 +105,12 @@ local function gate_refusal(G, unit_key, p, now_ms)
   return nil
 end
 
--- Take every limit (after gate_refusal said yes); returns the GPU devices given, as 'a,b' ('' if none).
+-- Take every limit (after gate_refusal said yes, in the same script); returns the GPU devices given, as 'a,b' ('' if none).
 local function gate_take(G, holder, unit_key, p, lease_exp, now_ms)
   local devices = ''
   if G.worker then
     local W = G.worker
-    local free = ledger_free(W, now_ms)
+    local free = W.free
     local mine = {}
     for i = 1, (W.gpu or 0) do mine[i] = free[i] end
     devices = table.concat(mine, ',')
