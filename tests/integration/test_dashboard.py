@@ -18,10 +18,9 @@ import pytest
 from orchestration.cli.dashboard import serve
 from orchestration.language.validation import validate_data
 
-from .cdp import Browser
+from .cdp import CHROMIUM, HEADLESS, Browser
 from .conftest import ARTIFACTS, pipeline, wait_until
 
-CHROMIUM = "/usr/bin/chromium"
 HOSTILE = "<b>bold</b> & <script>alert(1)</script>"
 EXPECTED = {
     "extract": "succeeded",
@@ -160,16 +159,7 @@ def chromium(tmp_path: Path, url: str, *args: str) -> subprocess.CompletedProces
     return subprocess.run(
         [
             CHROMIUM,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-dev-shm-usage",
-            "--no-proxy-server",
+            *HEADLESS,
             f"--user-data-dir={profile}",
             "--window-size=1400,900",
             "--virtual-time-budget=5000",
