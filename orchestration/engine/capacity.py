@@ -1,7 +1,7 @@
 """The store's upkeep of capacity and fleet-wide limits (limits.py, lua/_limits.lua): the reaper's
 sweep that wakes waiting stages no release will wake, giving back the slots of a cancelled run, and
 dropping what an ended run still has waiting (capacity classes, pools, concurrency keys, max_parallel,
-rate slots in the delay set): at its end (`drop_waiters`, from `store.expire_run`) and, for what
+rate slots in the delay set): at its end (`_drop_waiters`, from `store.expire_run`) and, for what
 that missed, at each sweep.
 
 `CapacityUpkeep` is part of `store.RunStore` (a base class of `Transitions`, whose cancel uses it).
@@ -113,7 +113,7 @@ class CapacityUpkeep(RunReads):
             self._release_script()(keys=keys, args=[json.dumps(releases), "[]"])
         return len(releases)
 
-    def drop_waiters(self, run_id: str, graph: RunGraph) -> int:
+    def _drop_waiters(self, run_id: str, graph: RunGraph) -> int:
         """Take an ended run's stages out of every set where they wait: capacity classes, limits'
         waiting sets, the delay set (rate slots, retries' delays); its stages' `waiting` labels go
         too. Nothing is dropped while the run is running or paused (the script checks). Scans the

@@ -164,7 +164,7 @@ class RunStore(Transitions, AttemptLogs, PipelineRecords):
     def expire_run(self, run_id: str, graph: RunGraph) -> None:
         """Set the TTL on every key of a finished run, and take what of it still waits out of the
         waiting and delay sets (a cancelled run, or one failed while some stage waited for room)."""
-        self.drop_waiters(run_id, graph)
+        self._drop_waiters(run_id, graph)
         ttl = int(self.settings.run_ttl_s)
         pipe = self._r.pipeline(transaction=False)
         for key in self.keys.run_keys(run_id, [n.id for n in graph.nodes]):
