@@ -66,6 +66,18 @@ class Settings(BaseSettings):
         10.0, description="a Python hook is waited for this long, then left running"
     )
     webhook_total_s: float = Field(60.0, description="one webhook delivery is retried for at most this long")
+    webhook_threads: int = Field(
+        8, ge=1, description="threads a worker delivers webhooks with (one at a time per URL)"
+    )
+    webhook_breaker_failures: int = Field(
+        3, ge=1, description="deliveries to a URL failed in a row that open its circuit (it is skipped)"
+    )
+    webhook_breaker_cooloff_s: float = Field(
+        60.0, ge=0, description="how long a URL whose circuit opened is skipped before it is tried again"
+    )
+    webhook_queue_cap: int = Field(
+        1000, ge=1, description="deliveries waiting for one URL; one more is dropped and logged"
+    )
     hook_claim_idle_s: float = Field(
         120.0,
         description="an event a hook sender took and has not touched this long is taken over by another",
