@@ -109,6 +109,14 @@ class Settings(BaseSettings):
         10_000, description="log lines kept per attempt (the last ones); the earlier ones are counted"
     )
     log_line_bytes: int = Field(16 * 1024, description="a longer log line is cut to its end")
+    worker_log_lines_per_attempt: int = Field(
+        200,
+        ge=0,
+        description="`ctx.log` lines of one attempt the worker's own log gets a copy of (the first ones)",
+    )
+    worker_log_line_bytes: int = Field(
+        2048, ge=1, description="a longer line copied to the worker's own log is cut to its end"
+    )
     log_flush_s: float = Field(
         0.2, description="a stage's log lines are sent to Redis in a batch this often while it runs"
     )
@@ -129,6 +137,9 @@ class Settings(BaseSettings):
 
     # -- limits at run time ------------------------------------------------------------------------------
     context_value_cap_bytes: int = Field(1024 * 1024, description="JSON size of one shared context value")
+    context_key_cap_bytes: int = Field(
+        1024, ge=1, description="UTF-8 size of one shared context key or metric name"
+    )
     fanout_output_cap_bytes: int = Field(
         16 * 1024 * 1024, description="JSON size of a fan-out stage's assembled output"
     )
