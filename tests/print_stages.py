@@ -1,10 +1,14 @@
-"""Stage types for the tests of what a Python stage prints and logs (tests/integration/test_stage_prints.py)."""
+"""Stage types for the tests of what a Python stage prints and logs (tests/integration/test_stage_prints.py)
+and of the context writes a worker refuses (tests/integration/test_hostile_small.py)."""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
+
+import redis
 
 from orchestration import stage
 
@@ -41,3 +45,20 @@ def floods(ctx, lines: int = 1000, long_bytes: int = 0) -> int:
     for i in range(lines):
         ctx.log.info("flood line %d", i)
     return lines
+
+
+@stage("test.bad_context")
+def bad_context(ctx, kind: str = "nan_value") -> str:
+    """Write a context value or metric a worker must refuse: `kind` says which."""
+    redis.Redis.from_url(os.environ["CHORDFLOW_REDIS_URL"]).incr(f"test:count:{ctx.run_id}:{ctx.stage_id}")
+    if kind == "nan_value":
+        ctx.context.set("score", {"values": [1.0, float("nan")]})
+    elif kind == "inf_incr":
+        ctx.context.incr("total", float("inf"))
+    elif kind == "long_key":
+        ctx.context.set("k" * 20_000_000, 1)
+    elif kind == "long_metric":
+        ctx.metrics.increment("m" * 20_000_000, 1)
+    elif kind == "inf_metric":
+        ctx.metrics.increment("rows", float("-inf"))
+    return "written"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
+from typing import Any
 
 import click
 
@@ -12,14 +14,31 @@ from orchestration.settings import Settings
 from .main import run_worker
 
 
+def _finite_gb(value: Any) -> float | None:
+    """--memory-gb as given, if it is a finite number of 0 or more (the ledger admits stages
+    against it, and health reports it: NaN or infinity would make both wrong)."""
+    if value is not None and (not math.isfinite(value) or value < 0):
+        raise click.BadParameter(f"{value!r} is not a finite number of 0 or more", param_hint="'--memory-gb'")
+    return value
+
+
 @click.command("worker")
 @click.option(
     "--queues", "-Q", help="Comma-separated queues to serve (default: what this machine can serve)."
 )
 @click.option("--concurrency", "-c", type=int, help="Stage processes for cpu/highmem stages (default: CPUs).")
 @click.option("--hostname", "-n", help="Name recorded on every stage this worker runs.")
-@click.option("--gpus", type=int, help="GPUs to use (default: CUDA_VISIBLE_DEVICES or nvidia-smi).")
-@click.option("--memory-gb", type=float, help="Memory to advertise (default: the machine's).")
+@click.option(
+    "--gpus",
+    type=click.IntRange(min=0),
+    help="GPUs to use, 0 or more (default: CUDA_VISIBLE_DEVICES or nvidia-smi).",
+)
+@click.option(
+    "--memory-gb",
+    type=float,
+    callback=lambda ctx, param, value: _finite_gb(value),
+    help="Memory to advertise in GB, a finite number, 0 or more (default: the machine's).",
+)
 @click.option(
     "--import",
     "imports",

@@ -172,9 +172,10 @@ def plan_table(
     limits: dict[str, list[str]] | None = None,
     waits: dict[str, list[str]] | None = None,
 ) -> Table:
-    # Text cells: rich would read `[...]` in a type or name as markup
+    # Text cells made terminal-safe: rich would read `[...]` in a type or name as markup, and a
+    # name from a file may hold an escape sequence (shown as the visible text `\x1b[2J`)
     table = Table(
-        title=Text(f"{graph.name} {graph.version}: {len(graph.nodes)} stages"), title_justify="left"
+        title=render.term(f"{graph.name} {graph.version}: {len(graph.nodes)} stages"), title_justify="left"
     )
     headings = [
         "#",
@@ -217,7 +218,7 @@ def plan_table(
         if any(limits.values()):
             full = (waits or {}).get(node.id)
             cells += (", ".join(limits[node.id]) + (f"; waits: {', '.join(full)}" if full else ""),)
-        table.add_row(*map(Text, cells), style="bold" if node.on_critical_path else None)
+        table.add_row(*map(render.term, cells), style="bold" if node.on_critical_path else None)
     return table
 
 
