@@ -18,6 +18,7 @@ from orchestration.engine.reads import RunReads
 from orchestration.engine.scripts import source
 from orchestration.engine.states import RUN_ACTIVE
 from orchestration.graph.resolve import RunGraph
+from orchestration.language.rates import settings_limits
 
 SWEEP_READ = 200  # members at the head of each waiting set the sweep checks for ended runs
 SCAN_COUNT = 1_000  # members a ZSCAN call looks at when an ended run's waiters are looked for
@@ -117,16 +118,24 @@ class CapacityUpkeep(RunReads):
         """Take an ended run's stages out of every set where they wait: capacity classes, limits'
         waiting sets, the delay set (rate slots, retries' delays); its stages' `waiting` labels go
         too. Nothing is dropped while the run is running or paused (the script checks). Scans the
-        delay set and each waiting set once (cancel and run end only). Returns how many it dropped."""
+        waiting sets once, and the delay set when some stage has a rate (cancel and run end only). Returns how many it dropped."""
         k = self.keys
-        sets = {k.delayed(), *(k.capacity_waiting(q) for q in self.settings.queues)}
+        sets = {k.capacity_waiting(q) for q in self.settings.queues}
         sets.update(k.limit_waiting(limit_id) for limit_id in self._r.hkeys(k.limits_waited()))
+        try:  # this process's pools and rates count too (CHORDFLOW_POOLS, CHORDFLOW_RATE_LIMITS)
+            pools, type_rates = settings_limits(self.settings)
+        except ValueError:
+            pools, type_rates = {}, {}
         waiting: list[str] = []
         for node in graph.nodes:
-            gate = gate_for(graph, node, run_id)
+            gate = gate_for(graph, node, run_id, pools, type_rates)
             if gate is None:
                 continue
             waiting.append(node.id)
+            if gate.rates:
+                # a rate's reserved slot waits in the delay set (other delayed messages of an ended
+                # run are dropped by begin when due: the set is scanned only for runs with rates)
+                sets.add(k.delayed())
             if gate.on_ledger:
                 sets.add(k.capacity_waiting(gate.queue))
             sets.update(k.limit_waiting(c.id) for c in gate.counts)
