@@ -117,7 +117,7 @@ class SharedContext:
     def incr(self, key: str, amount: float = 1) -> float:
         """Add to a numeric value; returns the value as this attempt sees it."""
         check_name("context value", key, self._key_cap)
-        amount = check_number("context value", key, amount)
+        check_number("context value", key, amount)  # amount stays as given (an int stays an int)
         if not math.isfinite(self._incr.get(key, 0) + amount):
             raise InvalidContextWrite(f"context value {key!r}: adding {amount!r} overflows to Infinity")
         self._incr[key] = self._incr.get(key, 0) + amount
@@ -137,7 +137,8 @@ class Metrics:
         """Add `value` (a finite number) to metric `name`; refused at once otherwise, as the commit
         would refuse it."""
         check_name("metric", name, self._name_cap)
-        total = self.values.get(name, 0) + check_number("metric", name, value)
+        check_number("metric", name, value)
+        total = self.values.get(name, 0) + value
         if not math.isfinite(total):
             raise InvalidContextWrite(f"metric {name!r}: adding {value!r} overflows to Infinity")
         self.values[name] = total

@@ -117,21 +117,23 @@ class CapacityUpkeep(RunReads):
     def _drop_waiters(self, run_id: str, graph: RunGraph) -> int:
         """Take an ended run's stages out of every set where they wait: capacity classes, limits'
         waiting sets, the delay set (rate slots, retries' delays); its stages' `waiting` labels go
-        too. Nothing is dropped while the run is running or paused (the script checks). Scans the
-        waiting sets once, and the delay set when some stage has a rate (cancel and run end only). Returns how many it dropped."""
+        too. Nothing is dropped while the run is running or paused (the script checks). A run with
+        no limits costs nothing; another scans the waiting sets once, and the delay set when some
+        stage has a rate (at cancel and run end only). Returns how many it dropped."""
         k = self.keys
-        sets = {k.capacity_waiting(q) for q in self.settings.queues}
-        sets.update(k.limit_waiting(limit_id) for limit_id in self._r.hkeys(k.limits_waited()))
         try:  # this process's pools and rates count too (CHORDFLOW_POOLS, CHORDFLOW_RATE_LIMITS)
             pools, type_rates = settings_limits(self.settings)
         except ValueError:
             pools, type_rates = {}, {}
-        waiting: list[str] = []
-        for node in graph.nodes:
-            gate = gate_for(graph, node, run_id, pools, type_rates)
+        gates = [(n.id, gate_for(graph, n, run_id, pools, type_rates)) for n in graph.nodes]
+        waiting = [sid for sid, gate in gates if gate is not None]
+        if not waiting:
+            return 0  # a run with no limits never waits: nothing to scan
+        sets = {k.capacity_waiting(q) for q in self.settings.queues}
+        sets.update(k.limit_waiting(limit_id) for limit_id in self._r.hkeys(k.limits_waited()))
+        for _, gate in gates:
             if gate is None:
                 continue
-            waiting.append(node.id)
             if gate.rates:
                 # a rate's reserved slot waits in the delay set (other delayed messages of an ended
                 # run are dropped by begin when due: the set is scanned only for runs with rates)

@@ -164,12 +164,12 @@ class RunStore(Transitions, AttemptLogs, PipelineRecords):
     def expire_run(self, run_id: str, graph: RunGraph) -> None:
         """Set the TTL on every key of a finished run, and take what of it still waits out of the
         waiting and delay sets (a cancelled run, or one failed while some stage waited for room)."""
-        self._drop_waiters(run_id, graph)
         ttl = int(self.settings.run_ttl_s)
         pipe = self._r.pipeline(transaction=False)
         for key in self.keys.run_keys(run_id, [n.id for n in graph.nodes]):
             pipe.expire(key, ttl)
         pipe.execute()
+        self._drop_waiters(run_id, graph)
 
     def append_logs(self, run_id: str, stage_id: str, lines: Sequence[str]) -> None:
         """Add captured output lines to a stage's log."""
