@@ -5,6 +5,7 @@ how many lines were not kept. Real redis-server, real worker processes, the `cho
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import subprocess
@@ -12,8 +13,11 @@ import time
 
 import pytest
 
+from orchestration.engine.store import RunStore, connect
 from orchestration.fleet.embedded import WorkerProcess
 from orchestration.language.validation import validate_data
+from orchestration.settings import Settings
+from workers.livelog import AttemptLog
 
 from .conftest import ARTIFACTS, ROOT, pipeline, wait_until
 from .pipelines_support import chordflow
@@ -134,3 +138,26 @@ def test_the_worker_log_gets_a_bounded_copy_and_logs_counts_exactly(bare_cluster
     assert said, out
     shown = len(re.findall(r"flood line \d+", out))
     assert int(said.group(1).replace(",", "")) + shown == total + 1, (said.group(0), shown)  # + the long line
+
+
+@pytest.mark.parametrize("cap", [30, 1000, 5000])  # 1000 and more: Redis trims approximately
+def test_lines_not_kept_are_counted_exactly_whatever_the_trimming(bare_cluster, cap):
+    """Bursts of lines, some larger than the cap between two sends (dropped by the worker), some
+    trimmed by the stream: what `logs` computes (sent minus the kept count) plus the lines kept is
+    every line written."""
+    settings = Settings(redis_url=bare_cluster.server.url, log_lines_cap=cap)
+    store = RunStore(connect(settings), settings)
+    run_id = f"exact-{cap}"
+    log = AttemptLog(functools.partial(store.write_attempt_log, run_id, "st", None, 1), cap=cap, flush_s=0.05)
+    total = 0
+    for burst in range(40):
+        n = (burst * 937) % 7000 + 1
+        log.add_many([f"line {total + i}" for i in range(n)], "INFO")
+        total += n
+        time.sleep(0.12 if burst % 3 == 0 else 0.01)
+    log.close({"outcome": "succeeded"})
+    info = store.attempt_log_index(run_id, ["st"])["st"][0]
+    not_kept = info.sent - store.attempt_log_lengths(run_id, [("st", None, 1)])[0]
+    kept = [e.text for e in store.attempt_log(run_id, "st", None, 1) if e.text.startswith("line ")]
+    assert kept[-1] == f"line {total - 1}"
+    assert not_kept + len(kept) == total, (not_kept, len(kept), total)
