@@ -149,7 +149,7 @@ class RunTimeout(ChordflowError, TimeoutError):
     def __init__(self, run_id: str, timeout_s: float | None, status: str):
         self.run_id, self.status = run_id, status
         super().__init__(
-            f"run {run_id} did not finish within {timeout_s}s (it is {status or 'running'}; it goes on: "
+            f"run {run_id} did not finish within {timeout_s}s (it is {status or 'still running'}; it goes on: "
             f"`chordflow watch {run_id}` follows it)"
         )
 

@@ -35,7 +35,7 @@ from orchestration.engine.logs import AttemptLogs
 from orchestration.engine.protocol import HookEntry
 from orchestration.engine.records import PipelineRecords
 from orchestration.engine.replies import Commit
-from orchestration.engine.states import RUN_FINAL, TERMINAL
+from orchestration.engine.states import RUN_FINAL, TERMINAL, RunStatus, State
 from orchestration.engine.transitions import Transitions
 from orchestration.graph.resolve import RunGraph
 from orchestration.settings import Settings
@@ -129,7 +129,7 @@ class RunStore(Transitions, AttemptLogs, PipelineRecords):
             "run_id": run_id,
             "pipeline": graph.name,
             "version": graph.version,
-            "status": "running",
+            "status": RunStatus.RUNNING,
             "created_at": f"{now:.3f}",
             "started_at": f"{now:.3f}",
             "remaining": len(graph.nodes),
@@ -143,14 +143,15 @@ class RunStore(Transitions, AttemptLogs, PipelineRecords):
         pipe.hset(k.run(run_id), mapping=record)
         pipe.set(k.graph(run_id), graph.model_dump_json(exclude_defaults=True))
         pipe.hset(
-            k.states(run_id), mapping={n.id: "queued" if not n.needs else "pending" for n in graph.nodes}
+            k.states(run_id),
+            mapping={n.id: State.QUEUED if not n.needs else State.PENDING for n in graph.nodes},
         )
         pending = {n.id: len(n.needs) for n in graph.nodes if n.needs}
         if pending:
             pipe.hset(k.pending(run_id), mapping=pending)
         pipe.xadd(
             k.events(run_id),
-            {"t": f"{now:.3f}", "kind": "run", "state": "running"},
+            {"t": f"{now:.3f}", "kind": "run", "state": RunStatus.RUNNING},
             maxlen=200000,
             approximate=True,
         )
@@ -289,7 +290,7 @@ class RunStore(Transitions, AttemptLogs, PipelineRecords):
             name = consumer.get("name")
             if (
                 name != keep
-                and int(consumer.get("pending", 0)) == 0
+                and int(consumer.get("pending", 0)) == 0  # not a state
                 and int(consumer.get("idle", 0)) > quiet_ms
             ):
                 self._r.xgroup_delconsumer(self.keys.hooks(), group, name)
