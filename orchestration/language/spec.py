@@ -80,8 +80,8 @@ class Stage(Model):
             {
                 "run": {"type": "string"},
                 "needs": {"type": "string"},
-                "fallback": {"const": "last_success"},
-            },  # not a state
+                "fallback": {"const": "last_success"},  # not a state
+            },
         ),
     )
 
