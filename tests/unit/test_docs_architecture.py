@@ -342,3 +342,21 @@ def test_sub_package_docstrings_are_written(package):
         where = path.relative_to(ROOT).as_posix()
         assert doc and "TODO" not in doc, f"{where}: write its docstring (what it owns, what it may import)"
         assert "import" in doc, f"{where}: its docstring says what the package may import"
+
+
+# -- docs/commit-path.md: Redis Cluster ---------------------------------------------------------
+
+
+def test_commit_path_says_cluster_is_unsupported_while_a_scripts_keys_span_slots():
+    """The page says Cluster is not supported because one script's keys hash to different slots
+    (Cluster refuses such a script with CROSSSLOT). While that holds, the page must say so; when
+    the keys share one slot (hash tags), this fails: then revisit the page."""
+    from redis.crc import key_slot
+
+    page = (ROOT / "docs" / "commit-path.md").read_text(encoding="utf-8")
+    keys = Keys()
+    # what every finish.lua call passes besides the run's own keys
+    slots = {key_slot(key.encode()) for key in (keys.run("r1"), keys.leases(), keys.outbox(), keys.hooks())}
+    assert len(slots) > 1
+    assert "## Redis Cluster is not supported" in page
+    assert "ready for Redis Cluster" not in page
