@@ -60,7 +60,8 @@ def rows(text: str) -> list[list[str]]:
     for line in text.splitlines():
         if not line.startswith("| `"):
             continue
-        found.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+        cells = re.split(r"(?<!\\)\|", line.strip())[1:-1]  # `\|` is a pipe inside a cell
+        found.append([cell.strip() for cell in cells])
     return found
 
 
