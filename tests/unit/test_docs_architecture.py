@@ -7,7 +7,8 @@
 - every error class of both packages is a row of the "Errors" table, with its base, its module
   and its command-line exit code (`exit_code`, which `cli/_common.report_error` returns);
 - every Lua script is a row of "Who calls the scripts", with the Python modules that load it
-  (found by its file name given to a call: `source("begin.lua")`, `Script(client, "begin.lua")`).
+  (found by its file name given to a call: `source("begin.lua")`, `Script(client, "begin.lua")`),
+  the method that runs it, what builds its arguments and decodes its reply, and who calls it.
 
 A failure names what to add or remove on the page.
 """
@@ -30,12 +31,11 @@ DOC = ROOT / "docs" / "architecture.md"
 PACKAGES = ("orchestration", "workers")
 LUA = ROOT / "orchestration" / "engine" / "lua"
 
-# Modules the page already describes that are being written on other branches of the same issue:
-# allowed to be missing until they land. Empty this set when they are merged.
-ANNOUNCED = {
-    "orchestration/engine/replies.py",
-    "orchestration/engine/commit.py",
-}
+# Modules the page describes ahead of the branch that writes them: allowed to be missing until they
+# land, and then taken out of this set (a test fails on one that exists).
+ANNOUNCED: set[str] = set()
+# the calls that load a script by its file name: scripts.source, scripts.Script, Traversable.joinpath
+LOADERS = {"source", "Script", "joinpath"}
 
 CODE = re.compile(r"`([^`]+)`")
 
@@ -260,15 +260,21 @@ def test_the_command_line_exits_with_the_classes_exit_code():
 # -- who calls the scripts ----------------------------------------------------------------------
 
 
+def _called(func: ast.expr) -> str:
+    if isinstance(func, ast.Attribute):
+        return func.attr
+    return func.id if isinstance(func, ast.Name) else ""
+
+
 def script_loaders() -> dict[str, set[str]]:
-    """script file name -> the modules that give it, by name, to a call (source, Script, joinpath)."""
+    """script file name -> the modules that give it, by name, to a loading call (LOADERS)."""
     found: dict[str, set[str]] = {path.name: set() for path in LUA.glob("*.lua")}
     for path in sorted(source_modules()):
         if not path.endswith(".py"):
             continue
         tree = ast.parse((ROOT / path).read_text(encoding="utf-8"))
         for node in ast.walk(tree):
-            if not isinstance(node, ast.Call):
+            if not isinstance(node, ast.Call) or _called(node.func) not in LOADERS:
                 continue
             for arg in [*node.args, *(k.value for k in node.keywords)]:
                 if (
@@ -285,7 +291,9 @@ def script_rows() -> dict[str, list[str]]:
     for row in rows(section("Who calls the scripts", level=3)):
         name = code(row[0])[0]
         assert name not in found, f"{name} has two rows in 'Who calls the scripts'"
-        assert len(row) >= 4, f"the row of {name} needs: script | loaded by | run through | called from"
+        assert len(row) >= 5, (
+            f"the row of {name} needs: script | loaded by | run through | arguments and reply | called from"
+        )
         found[name] = row
     return found
 
@@ -324,7 +332,7 @@ def test_each_script_row_names_what_runs_it_and_who_calls_that():
                     break
             assert target is not None, f"{name} is run through `{runner}`, which none of {code(row[1])} has"
             methods.append(runner.rpartition(".")[2])
-        for caller in [c for c in code(row[3]) if c.endswith(".py")]:  # the modules; the rest is prose
+        for caller in [c for c in code(row[4]) if c.endswith(".py")]:  # the modules; the rest is prose
             path = ROOT / caller
             assert path.is_file(), (
                 f"'Who calls the scripts' names {caller} as a caller of {name}: no such file"
@@ -332,6 +340,19 @@ def test_each_script_row_names_what_runs_it_and_who_calls_that():
             text = path.read_text(encoding="utf-8")
             assert any(re.search(rf"\.{m}\(", text) for m in methods), (
                 f"{caller} is said to call {runners} (for {name}), but calls none of them"
+            )
+
+
+def test_each_script_row_names_what_builds_its_arguments_and_decodes_its_reply():
+    """`commit.finish_call`, `replies.decode_finish`: `module.name` spans are functions (or classes)
+    of `orchestration.engine` modules; other spans of the cell (a class, a method) are prose."""
+    for name, row in script_rows().items():
+        for ref in [r for r in code(row[3]) if re.fullmatch(r"[a-z_]+\.\w+", r)]:
+            module, _, function = ref.rpartition(".")
+            assert callable(
+                getattr(importlib.import_module(f"orchestration.engine.{module}"), function, None)
+            ), (
+                f"'Who calls the scripts' names `{ref}` for {name}: orchestration.engine.{module} has no {function}"
             )
 
 
