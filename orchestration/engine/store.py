@@ -30,6 +30,8 @@ from redis.backoff import ExponentialBackoff
 from redis.lock import Lock
 from redis.retry import Retry
 
+from orchestration.engine import durability
+from orchestration.engine.antientropy import MissingMessages
 from orchestration.engine.keys import decode_member, encode_member
 from orchestration.engine.logs import AttemptLogs
 from orchestration.engine.protocol import HookEntry
@@ -158,10 +160,23 @@ class RunStore(Transitions, AttemptLogs, PipelineRecords):
         if roots:
             pipe.zadd(k.outbox(), {encode_member(run_id, sid): now for sid in roots})
         pipe.zadd(k.runs(), {run_id: now})
+        pipe.zadd(k.active_runs(), {run_id: now})
         pipe.zadd(k.pipeline_runs(graph.name), {run_id: now})
         pipe.execute()
         self._graphs[run_id] = graph
+        durability.confirm(self._r, k.replicated_mark(), self.settings, f"run {run_id}")
+        durability.record(self.settings, {"run": run_id, "created": True})
         return run_id, True
+
+    def missing_messages(self) -> MissingMessages:
+        """The reads of the reaper's anti-entropy sweep (antientropy.py)."""
+        return MissingMessages(self._r, self.keys)
+
+    def primary_identity(self) -> str:
+        """Which Redis process answers, as primary: its run id and replication id change when it
+        restarts or another one is promoted (the reaper then pauses one lease)."""
+        info = self._r.info("server")
+        return f"{info.get('run_id')}/{self._r.info('replication').get('master_replid')}"
 
     def expire_run(self, run_id: str, graph: RunGraph) -> None:
         """Set the TTL on every key of a finished run."""

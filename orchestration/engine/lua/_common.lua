@@ -2,10 +2,10 @@
 -- engine/states.py generates and `outbox_member(run_id, stage_id)` from engine/keys.py, and
 -- before the script itself (engine/scripts.py puts them together).
 local function clock()
-  -- Redis's clock: (milliseconds, seconds as text with 3 decimals, whole seconds)
+  -- Redis's clock: (milliseconds, seconds as text with 3 decimals, whole seconds, microseconds as text)
   local t = redis.call('TIME')
   local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  return ms, string.format('%.3f', ms / 1000), tonumber(t[1])
+  return ms, string.format('%.3f', ms / 1000), tonumber(t[1]), t[1] .. string.format('%06d', tonumber(t[2]))
 end
 local function finite(v)
   return v ~= nil and v == v and v ~= math.huge and v ~= -math.huge

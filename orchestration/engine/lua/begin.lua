@@ -32,7 +32,7 @@ local attempt = tonumber(A.attempt)
 local current = tonumber(unit[2] or '0')
 if attempt < current then return {'dup', 'attempt ' .. attempt .. ' is superseded by ' .. current} end
 
-local now_ms, now = clock()
+local now_ms, now, _, now_us = clock()
 if state == S.RUNNING then
   -- Someone holds or held this attempt. A live lease means a duplicate delivery;
   -- an expired one means its worker died: it is counted below (a poison message is quarantined).
@@ -53,7 +53,10 @@ end
 local crashes = 0
 if state == S.RUNNING then crashes = redis.call('HINCRBY', KEYS[3], p .. 'crashes', 1) end
 
-local token = redis.call('HINCRBY', KEYS[1], 'fence', 1)
+-- The token: the run's fence counter and an epoch, Redis's clock in microseconds. After a failover
+-- to a replica that missed writes the counter can repeat; the pair does not, so a token handed out
+-- before the failover never matches one handed out after it.
+local token = redis.call('HINCRBY', KEYS[1], 'fence', 1) .. '.' .. now_us
 redis.call('HSET', KEYS[3], p .. 'state', S.RUNNING, p .. 'token', token, p .. 'attempt', attempt,
   p .. 'host', A.host, p .. 'queue', A.queue, p .. 'task_id', A.task_id, p .. 'started_at', now,
   p .. 'lease_exp', now_ms + A.lease_ms)
