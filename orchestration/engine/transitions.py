@@ -169,7 +169,7 @@ class Transitions(CapacityUpkeep):
             return FanoutStart([])
         if res[0] == 3:
             return FanoutStart([], enqueued=True)
-        return FanoutStart([int(i) for i in res[1:]] if len(res) > 1 else list(range(window)))
+        return FanoutStart([int(i) for i in res[1]] if len(res) > 1 and res[1] else list(range(window)))
 
     def control(self, run_id: str, op: str, pipeline: str = "") -> tuple[str, list[str]]:
         """cancel, pause or resume the run; its hook event (run_complete 'cancelled', run_paused,

@@ -15,3 +15,14 @@ local function field_prefix(item)
   return tostring(item) .. ':'
 end
 local EVENTS_MAXLEN, HOOKS_MAXLEN = '200000', '100000'
+
+-- HMGET of any number of fields, 500 a call: `unpack` of a long list overflows Lua's C stack
+-- (about 8,000 values), so no script unpacks a list whose length a pipeline decides.
+local function hmget_all(key, fields)
+  local out = {}
+  for i = 1, #fields, 500 do
+    local part = redis.call('HMGET', key, unpack(fields, i, math.min(i + 499, #fields)))
+    for j = 1, #part do out[#out + 1] = part[j] end
+  end
+  return out
+end
