@@ -1,11 +1,21 @@
-"""`chordflow dashboard`: a web page of runs and one run's DAG, served by the standard library.
+"""`chordflow dashboard`: the run page (one run's DAG, timeline, items, logs) and the fleet page
+(runs, pipelines, schedules, workers, health), served by the standard library.
 
     server = serve(settings, port=0, token="...")   # started in a daemon thread
     url = f"http://127.0.0.1:{server.server_address[1]}/#run=<run id>"
     server.shutdown(); server.server_close()
 
 Routes:
-    GET  /                              the page (dashboard.html: inline CSS and JS, no external assets)
+    GET  /                              the run page (dashboard.html: inline CSS and JS, no external
+                                        assets; the graph code shared with the fleet page is put in
+                                        from dashboard_graph.html)
+    GET  /fleet                         the fleet page (fleet.html), which reads /api/fleet/*:
+    GET  /api/fleet/runs                ?status=A,B &pipeline=P &since=&until= (epoch s) &limit=&offset=
+    GET  /api/fleet/pipelines           registered pipelines (and those with runs), links, last runs
+    GET  /api/fleet/pipelines/<name>/graph   its stages, with their states in its newest run
+    GET  /api/fleet/schedules           each schedule and its next tick, from its cron or interval
+    GET  /api/fleet/workers             live workers: queues, capacity, heartbeat age
+    GET  /api/fleet/health              what `chordflow health --json` says
     GET  /api/runs                      newest first; ?limit=N (1-500, default 50) and ?pipeline=NAME
     GET  /api/runs/<id>                 the run (runview.run_view: each stage's attempts) plus the graph
                                         (nodes, edges, levels), the timeline (every attempt, on its
@@ -25,7 +35,8 @@ Actions need the token the dashboard was started with (`--token`, or `dashboard_
 settings); without one the page is read-only and every POST is refused. A POST must carry the
 token (`X-Chordflow-Token`), the CSRF token of this server (`X-CSRF-Token`, from /api/session,
 which another site's page cannot read) and a JSON content type, and come from this page's own
-origin (`Origin`, `Sec-Fetch-Site`): a page elsewhere cannot make a browser act for it.
+origin (`Origin`, `Sec-Fetch-Site`): a page elsewhere cannot make a browser act for it. The
+server itself bounds what a slow or malformed client can hold (dashboard_http.py).
 """
 
 from __future__ import annotations
@@ -210,16 +221,16 @@ class DashboardHandler(JsonHandler):
         try:  # read the body first, whatever the answer: a bad length is refused before any read
             length = body_length(self.headers.get("Content-Length"))
         except BadRequest as exc:
-            self.server.read_done(self.request)
             self.close_connection = True
             self._json({"error": str(exc)}, HTTPStatus.BAD_REQUEST)
             return
         try:
-            self.rfile.read(length)  # the body says nothing the path does not
+            received = self.rfile.read(length)  # it says nothing the path does not
         except TimeoutError:
+            received = b""
+        if len(received) < length or not self.server.read_done(self.request):
             self.close_connection = True
-            return  # the client went quiet: drop it
-        self.server.read_done(self.request)
+            return  # the client went quiet or the deadline cut it: no answer
         url = urlsplit(self.path)
         parts = url.path.strip("/").split("/")
         if not self._host_allowed():

@@ -16,6 +16,7 @@ import hashlib
 import json
 import re
 import socket
+import sys
 import threading
 import time
 from http import HTTPStatus
@@ -74,6 +75,7 @@ class BoundedServer(ThreadingHTTPServer):
     the blocked read then ends and the thread is free)."""
 
     daemon_threads = True
+    request_queue_size = 128  # the listen backlog: connections waiting to be accepted
     max_connections = MAX_CONNECTIONS
     request_deadline_s = REQUEST_DEADLINE_S
 
@@ -82,6 +84,7 @@ class BoundedServer(ThreadingHTTPServer):
             self.address_family = socket.AF_INET6
         self._slots = threading.BoundedSemaphore(self.max_connections)
         self._reading: dict[socket.socket, float] = {}  # connection -> deadline of its request
+        self._cut: set[socket.socket] = set()  # connections shut at their deadline: never answered
         self._reading_lock = threading.Lock()
         self._closed = threading.Event()
         super().__init__(address, handler)
@@ -101,7 +104,7 @@ class BoundedServer(ThreadingHTTPServer):
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self.read_done(request)
+            self.forget(request)
             self._slots.release()
             raise
 
@@ -109,13 +112,20 @@ class BoundedServer(ThreadingHTTPServer):
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self.read_done(request)
+            self.forget(request)
             self._slots.release()
 
-    def read_done(self, request: Any) -> None:
-        """The request is read (headers and body): the deadline no longer applies."""
+    def read_done(self, request: Any) -> bool:
+        """The request is read (headers and body): the deadline no longer applies. False when the
+        deadline cut the connection first (then it gets no answer)."""
         with self._reading_lock:
             self._reading.pop(request, None)
+            return request not in self._cut
+
+    def forget(self, request: Any) -> None:
+        with self._reading_lock:
+            self._reading.pop(request, None)
+            self._cut.discard(request)
 
     def _watch(self) -> None:
         while not self._closed.wait(0.5):
@@ -129,6 +139,11 @@ class BoundedServer(ThreadingHTTPServer):
                     s.shutdown(socket.SHUT_RDWR)  # the handler's read returns at once
                 except OSError:
                     pass
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # a client that went away (or was cut at its deadline) is no error of the server's
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
 
     def server_close(self) -> None:
         self._closed.set()
@@ -145,9 +160,10 @@ class JsonHandler(BaseHTTPRequestHandler):
 
     def parse_request(self) -> bool:
         parsed = super().parse_request()
-        if parsed and self.command != "POST":
-            self.server.read_done(self.request)  # a GET has no body: the request is read
-        return parsed
+        if parsed and self.command != "POST" and not self.server.read_done(self.request):
+            self.close_connection = True  # cut at its deadline: the rest of it never came
+            return False
+        return parsed  # a GET has no body: it is read; a POST is once its body is
 
     def _json(self, data: dict[str, Any], code: HTTPStatus = HTTPStatus.OK) -> None:
         if code == HTTPStatus.OK:

@@ -99,7 +99,7 @@ def fleet(cluster, tmp_path_factory):
     assert cluster.client.cancel(sleeper.run_id) == RunStatus.CANCELLED
     for run_id in runs["misc"]:
         cluster.client.handle(run_id).wait(timeout=60)
-    runs.update(failed=[failed.run_id], cancelled=[sleeper.run_id])
+    runs.update(broken=[failed.run_id], stopped=[sleeper.run_id])
     server = serve(settings, port=0, token=TOKEN)
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}", runs
@@ -114,9 +114,9 @@ def fleet(cluster, tmp_path_factory):
 def test_runs_are_filtered_by_status_pipeline_and_time_and_paged(cluster, fleet):
     base, runs = fleet
     code, body = get(f"{base}/api/fleet/runs?status=failed")
-    assert code == 200 and [r["run_id"] for r in body["runs"]] == runs["failed"]
+    assert code == 200 and [r["run_id"] for r in body["runs"]] == runs["broken"]
     code, body = get(f"{base}/api/fleet/runs?status=failed,cancelled")
-    assert {r["run_id"] for r in body["runs"]} == {*runs["failed"], *runs["cancelled"]}
+    assert {r["run_id"] for r in body["runs"]} == {*runs["broken"], *runs["stopped"]}
     assert {r["status"] for r in body["runs"]} == {RunStatus.FAILED, RunStatus.CANCELLED}
 
     code, body = get(f"{base}/api/fleet/runs?pipeline=misc&limit=2")
@@ -128,10 +128,10 @@ def test_runs_are_filtered_by_status_pipeline_and_time_and_paged(cluster, fleet)
     assert [r["run_id"] for page in pages for r in page] == runs["misc"][::-1]  # newest first, once each
 
     everything = cluster.client.store.recent_runs(1000)
-    newest = cluster.client.store.run(runs["cancelled"][0])
-    code, body = get(f"{base}/api/fleet/runs?since={float(newest['created_at'])}&limit=200")
+    submitted = cluster.redis.zscore(cluster.client.store.keys.runs(), runs["stopped"][0])
+    code, body = get(f"{base}/api/fleet/runs?since={submitted!r}&limit=200")
     assert [r["run_id"] for r in body["runs"]] == everything[: len(body["runs"])]
-    assert runs["cancelled"][0] in {r["run_id"] for r in body["runs"]}
+    assert runs["stopped"][0] in {r["run_id"] for r in body["runs"]}
     assert runs["ingest"][0] not in {r["run_id"] for r in body["runs"]}
     code, body = get(f"{base}/api/fleet/runs?until={time.time() + 3600}&limit=200")
     assert body["in_range"] == len(everything)
@@ -162,7 +162,7 @@ def test_pipelines_show_their_links_freshness_last_runs_and_stage_graph(fleet):
     assert rows["report"]["schedule"] == "cron 0 2 * * *"
 
     code, graph = get(f"{base}/api/fleet/pipelines/train-six/graph")
-    assert code == 200 and graph["source"] == "registered" and graph["run_id"] == runs["failed"][0]
+    assert code == 200 and graph["source"] == "registered" and graph["run_id"] == runs["broken"][0]
     assert [n["id"] for n in graph["nodes"]] == list(CHAIN)
     assert {n["id"]: n["state"] for n in graph["nodes"]}["gate"] == State.FAILED
     assert len(graph["edges"]) == 5
@@ -233,15 +233,15 @@ def test_browser_filters_runs_and_opens_a_pipelines_graph(fleet, tmp_path):
         browser.wait_for("document.querySelectorAll('#runrows tr[data-run]').length > 3")
         shot(browser, "fleet-runs")
         # When the operator ticks "failed", only the failed run is listed
-        browser.click('#statuschips input[value="failed"]')
+        browser.click(f'#statuschips input[value="{RunStatus.FAILED}"]')
         browser.wait_for(
             "(() => { const r = [...document.querySelectorAll('#runrows tr[data-run]')];"
-            f" return r.length === 1 && r[0].dataset.run === {json.dumps(runs['failed'][0])}; }})()"
+            f" return r.length === 1 && r[0].dataset.run === {json.dumps(runs['broken'][0])}; }})()"
         )
         assert "train-six" in browser.eval("document.getElementById('runrows').textContent")
         shot(browser, "fleet-runs-failed")
         # and filtered by pipeline, with 2 a page, the pages hold misc's five runs once each
-        browser.click('#statuschips input[value="failed"]')
+        browser.click(f'#statuschips input[value="{RunStatus.FAILED}"]')
         browser.eval("document.getElementById('f-limit').value = '10'")
         browser.type_into("#f-pipeline", "misc")
         browser.wait_for("document.querySelectorAll('#runrows tr[data-run]').length === 5")
@@ -289,7 +289,7 @@ def test_browser_run_page_fits_six_stages_at_1400px_and_shows_a_retry_within_a_s
 ):
     needs_chromium()
     base, runs = fleet
-    run_id = runs["failed"][0]
+    run_id = runs["broken"][0]
     browser = Browser(tmp_path / "profile", width=1400, height=1000)
     try:
         browser.open(f"{base}/#run={run_id}")
