@@ -5,6 +5,7 @@ with their next tick, workers and health, in JSON and in a real browser; the run
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 import time
@@ -209,6 +210,22 @@ def test_workers_and_health(cluster, fleet):
 # -- in a browser ---------------------------------------------------------------------------------------
 
 
+def test_the_fleet_page_is_one_self_contained_file(fleet):
+    base, _ = fleet
+    with http.open(f"{base}/fleet", timeout=20) as res:
+        page, csp = res.read(), res.headers["Content-Security-Policy"]
+    assert res.status == 200 and res.headers["Content-Type"].startswith("text/html")
+    assert set(re.findall(rb"https?://[^\"'`\s]+", page)) == {b"http://www.w3.org/2000/svg"}  # no CDN
+    assert csp.count("'sha256-") == 3  # the page's style, the shared graph code, its own script
+    assert b"function panZoom" in page  # the shared graph code is in the page, not fetched
+
+
+WATCH_CSP = (
+    "window.__csp = []; document.addEventListener('securitypolicyviolation',"
+    " e => window.__csp.push(e.violatedDirective + ' ' + e.blockedURI));"
+)
+
+
 def needs_chromium() -> None:
     if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
         pytest.skip("chromium is not installed (apt-get install chromium)")
@@ -229,6 +246,7 @@ def test_browser_filters_runs_and_opens_a_pipelines_graph(fleet, tmp_path):
     base, runs = fleet
     browser = Browser(tmp_path / "profile", width=1400, height=1000)
     try:
+        browser.call("Page.addScriptToEvaluateOnNewDocument", session=True, source=WATCH_CSP)
         browser.open(f"{base}/fleet#runs")
         browser.wait_for("document.querySelectorAll('#runrows tr[data-run]').length > 3")
         shot(browser, "fleet-runs")
@@ -280,6 +298,7 @@ def test_browser_filters_runs_and_opens_a_pipelines_graph(fleet, tmp_path):
         listed = {s["name"]: s for s in get(f"{base}/api/fleet/schedules")[1]["schedules"]}
         assert float(shown) == listed["nightly-report"]["next_at"]
         assert not browser.console, browser.console
+        assert browser.eval("window.__csp") == []  # nothing the page does is blocked by its policy
     finally:
         browser.close()
 
@@ -305,11 +324,28 @@ def test_browser_run_page_fits_six_stages_at_1400px_and_shows_a_retry_within_a_s
         )
         assert fits["inside"] and fits["scroll"] <= 0, fits
         shot(browser, "run-1400")
+        # and dragging the graph pans it, without opening the stage under the pointer
+        fitted = browser.eval("document.querySelector('#dag svg').getAttribute('viewBox')")
+        x, y = browser.eval(
+            "(() => { const r = document.querySelector('g.node[data-stage=\"clean\"]').getBoundingClientRect();"
+            " return [r.x + r.width / 2, r.y + r.height / 2]; })()"
+        )
+        for kind, at in (
+            ("mousePressed", x),
+            ("mouseMoved", x + 40),
+            ("mouseMoved", x + 120),
+            ("mouseReleased", x + 120),
+        ):
+            browser.call(
+                "Input.dispatchMouseEvent", session=True, type=kind, x=at, y=y, button="left", clickCount=1
+            )
+        assert browser.eval("document.querySelector('#dag svg').getAttribute('viewBox')") != fitted
+        assert browser.eval("document.getElementById('stagecard').hidden") is True
         # and the zoom buttons zoom in and fit again
         browser.click("#zoomslot button[title='zoom in']")
         zoomed = browser.eval("document.querySelector('#dag svg').getAttribute('viewBox')")
         browser.click("#zoomslot button[title^='fit']")
-        assert browser.eval("document.querySelector('#dag svg').getAttribute('viewBox')") != zoomed
+        assert browser.eval("document.querySelector('#dag svg').getAttribute('viewBox')") == fitted != zoomed
 
         # When the operator presses Retry, the page shows the retried run within a second
         browser.type_into("#token", TOKEN)
