@@ -45,6 +45,7 @@ import hmac
 import re
 import secrets
 import threading
+import traceback
 from functools import cached_property
 from http import HTTPStatus
 from http.server import ThreadingHTTPServer
@@ -174,6 +175,11 @@ class DashboardHandler(JsonHandler):
             self._json({"error": f"cannot read Redis: {exc}"}, HTTPStatus.SERVICE_UNAVAILABLE)
         except ChordflowError as exc:
             self._json({"error": str(exc)}, HTTPStatus.INTERNAL_SERVER_ERROR)
+        except (ConnectionError, TimeoutError):
+            raise  # the client went away: nothing to answer
+        except Exception as exc:  # noqa: BLE001 - logged with its traceback; the page says what failed
+            self.log_error("%s failed: %s", url.path, traceback.format_exc())
+            self._json({"error": f"internal error: {type(exc).__name__}"}, HTTPStatus.INTERNAL_SERVER_ERROR)
 
     def _fleet_get(self, what: str, query: dict[str, list[str]]) -> None:
         """The fleet page's sections: runs, pipelines (and one's graph), schedules, workers, health."""
@@ -282,7 +288,7 @@ class DashboardHandler(JsonHandler):
 
     def _runs(self, query: dict[str, list[str]]) -> dict[str, Any]:
         raw = query.get("limit", [str(DEFAULT_LIMIT)])[0]
-        if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        if not (raw.isascii() and raw.isdigit()) or len(raw) > 9 or not 1 <= int(raw) <= MAX_LIMIT:
             raise BadRequest(f"limit must be a whole number from 1 to {MAX_LIMIT}, not {raw!r}")
         pipeline = query.get("pipeline", [""])[0].strip() or None
         return {"runs": run_list(self.server.client, int(raw), pipeline)}
@@ -301,7 +307,7 @@ def _whole(query: dict[str, list[str]], name: str) -> int | None:
     raw = query.get(name, [""])[0]
     if raw == "":
         return None
-    if not raw.isdigit() or len(raw) > 9:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 9:
         raise BadRequest(f"{name} must be a whole number, not {raw!r}")
     return int(raw)
 

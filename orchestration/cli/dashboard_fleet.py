@@ -51,7 +51,7 @@ def _epoch(query: Mapping[str, list[str]], name: str) -> float | None:
 
 def _count(query: Mapping[str, list[str]], name: str, default: int, high: int, low: int = 0) -> int:
     raw = query.get(name, [str(default)])[0].strip() or str(default)
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 12 or not low <= int(raw) <= high:
         raise BadRequest(f"{name} must be a whole number from {low} to {high}, not {raw[:40]!r}")
     return int(raw)
 
@@ -64,7 +64,9 @@ def run_page(r: redis.Redis, store: RunStore, query: Mapping[str, list[str]]) ->
     statuses = {s.strip() for s in query.get("status", [""])[0].split(",") if s.strip()}
     unknown = sorted(statuses - STATUSES)
     if unknown:
-        raise BadRequest(f"status {', '.join(unknown)!s} is not one of {', '.join(sorted(STATUSES))}")
+        named = ", ".join(unknown)
+        named = named if len(named) <= 80 else named[:80] + "…"
+        raise BadRequest(f"status {named!r} is not one of {', '.join(sorted(STATUSES))}")
     pipeline = query.get("pipeline", [""])[0].strip() or None
     since, until = _epoch(query, "since"), _epoch(query, "until")
     limit = _count(query, "limit", PAGE_DEFAULT, PAGE_MAX, low=1)

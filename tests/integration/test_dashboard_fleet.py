@@ -138,7 +138,15 @@ def test_runs_are_filtered_by_status_pipeline_and_time_and_paged(cluster, fleet)
     assert body["in_range"] == len(everything)
     assert get(f"{base}/api/fleet/runs?since={time.time() + 3600}")[1]["runs"] == []
 
-    for bad in ("status=done", "since=yesterday", "limit=0", "limit=201", "offset=-1"):
+    for bad in (
+        "status=done",
+        "since=yesterday",
+        "since=nan",
+        "limit=0",
+        "limit=201",
+        "limit=%C2%B2",
+        "offset=-1",
+    ):
         code, body = get(f"{base}/api/fleet/runs?{bad}")
         assert code == 400 and body["error"], bad
 
