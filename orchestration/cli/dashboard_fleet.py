@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from graphlib import CycleError, TopologicalSorter
 from typing import Any
 
 import redis
@@ -107,21 +108,16 @@ def run_page(r: redis.Redis, store: RunStore, query: Mapping[str, list[str]]) ->
 
 
 def _levels(names: list[str], ups: Mapping[str, list[str]]) -> dict[str, int]:
-    """Each pipeline's column: one more than its furthest upstream (registration forbids cycles;
-    a name seen twice on one path is left at the level it had)."""
+    """Each pipeline's column: one more than its furthest upstream (registration refuses cycles;
+    should one be there anyway, every pipeline is put in column 0 rather than no page at all)."""
+    order = TopologicalSorter({name: ups.get(name, []) for name in names})
+    try:
+        ranked = list(order.static_order())
+    except CycleError:
+        return dict.fromkeys(names, 0)
     levels: dict[str, int] = {}
-
-    def level(name: str, path: frozenset[str]) -> int:
-        if name in levels:
-            return levels[name]
-        if name in path:
-            return 0
-        found = max((level(u, path | {name}) + 1 for u in ups.get(name, [])), default=0)
-        levels[name] = found
-        return found
-
-    for name in names:
-        level(name, frozenset())
+    for name in ranked:
+        levels[name] = max((levels[u] + 1 for u in ups.get(name, []) if u in levels), default=0)
     return levels
 
 
