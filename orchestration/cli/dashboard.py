@@ -354,7 +354,9 @@ def serve(
 )
 def dashboard_command(host: str, port: int, token: str | None) -> None:
     """Serve a web page of recent runs and each run's DAG, timeline, items and live logs, refreshed
-    every second; with a token, its buttons cancel, pause, resume and retry runs."""
+    every second (with a token, its buttons cancel, pause, resume and retry runs), and a fleet page
+    (/fleet) of runs by status, pipeline and time, pipelines and their links, schedules, workers
+    and health."""
     settings = settings_from_env()
     if not settings.redis_url:
         say("error: set CHORDFLOW_REDIS_URL to the Redis your runs live in", err=True)
