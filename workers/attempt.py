@@ -188,6 +188,8 @@ class Attempt:
                 output_json = json.dumps(self._fallback_output(), separators=(",", ":"), allow_nan=False)
             except BaseException as fallback_exc:  # noqa: BLE001  the fallback's failure is the stage's
                 error["fallback_error"] = f"{type(fallback_exc).__name__}: {safe_text(fallback_exc)}"
+                # shown wherever the stage's error is (status, the run page): not only in the JSON
+                error["message"] = f"{error['message']}; its fallback failed too: {error['fallback_error']}"
             else:
                 commit = self._commit(State.FALLBACK, output_json, error, announce=self._error_event(error))
                 return commit if isinstance(commit, str) else State.FALLBACK
@@ -378,19 +380,28 @@ class Attempt:
         fallback = self.node.fallback
         assert fallback is not None
         if fallback.last_success:
-            return _last_success(self.env.store, self.graph, self.node.id, self.run_id)
+            found, value = _last_success(self.env.store, self.graph, self.node.id, self.run_id)
+            if found:
+                return value
+            if "default" in fallback.model_fields_set:
+                return fallback.default
+            raise LookupError(
+                f"fallback last_success: no earlier run of pipeline '{self.graph.name}' has an output of "
+                f"stage '{self.node.id}' (give the fallback a default: {{last_success: true, default: VALUE}})"
+            )
         if fallback.uses is not None:
             other = self.env.registry.get(fallback.uses)
             if other is None:
                 raise LookupError(f"fallback type '{fallback.uses}' is not registered in this worker")
-            return other.func(self.ctx, **self.node.params)
+            return other.func(self.ctx, **(fallback.params or {}))
         return fallback.output
 
 
-def _last_success(store: RunStore, graph: RunGraph, stage_id: str, run_id: str) -> Any:
+def _last_success(store: RunStore, graph: RunGraph, stage_id: str, run_id: str) -> tuple[bool, Any]:
+    """(found, the output of `stage_id` in the newest earlier successful run of the pipeline)."""
     for other in store.recent_runs(limit=200, pipeline=graph.name):
         if other != run_id and store.run_status(other) == RunStatus.SUCCEEDED:
             value = store.output(other, stage_id)
             if value is not None:
-                return value
-    return None
+                return True, value
+    return False, None
