@@ -29,6 +29,7 @@ from typing import Any
 
 from celery import Celery
 from celery.worker.consumer import Consumer
+from celery.worker.state import maybe_shutdown
 from kombu.message import Message
 
 from orchestration.engine.registry import task_name
@@ -135,6 +136,25 @@ class GuardedConsumer(Consumer):
 
     _faults = 0
     _last_fault = float("-inf")
+
+    def ensure_connected(self, conn: Any) -> Any:
+        """Connect, retrying for as long as it takes: every BACKOFF_MAX_S at most (Celery's own
+        loop waits 2, 4, 6 ... 30 s and ends the worker after 100 tries)."""
+
+        def errback(exc: BaseException, interval: float) -> None:
+            log.warning("broker unreachable (%s); retrying in %.1fs", _short(str(exc)), interval)
+
+        conn = conn.ensure_connection(
+            errback,
+            None,
+            interval_start=BACKOFF_FIRST_S,
+            interval_step=BACKOFF_FIRST_S * 2,
+            interval_max=BACKOFF_MAX_S,
+            callback=maybe_shutdown,
+        )
+        self.first_connection_attempt = False
+        self.broker_connection_retry_attempt = 0
+        return conn
 
     def on_connection_error_before_connected(self, exc: BaseException) -> None:
         super().on_connection_error_before_connected(exc)
