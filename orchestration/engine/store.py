@@ -94,8 +94,21 @@ def connect(settings: Settings, timeout_s: float | None = None) -> redis.Redis:
 
 def _client(url: str, kwargs: dict[str, Any]) -> redis.Redis:
     """A client of `url`: through Sentinel (re-asked on every reconnect) for redis+sentinel://."""
-    from orchestration.engine import sentinel
+    from orchestration.engine import redis_url, sentinel
 
+    def on_connect(connection: Any) -> None:
+        # SELECT of a db the server does not have: a bad URL (exit 2), not an unreachable Redis
+        try:
+            connection.on_connect()
+        except redis.ResponseError as exc:
+            if "DB index" not in str(exc):
+                raise
+            raise redis_url.InvalidRedisUrl(
+                f"CHORDFLOW_REDIS_URL {redis_url.shown(url)!r}: the database {connection.db} does not exist "
+                f"on this Redis ({exc}; see its `databases` setting)"
+            ) from None
+
+    kwargs = {**kwargs, "redis_connect_func": on_connect}
     if sentinel.is_sentinel(url):
         return sentinel.master_client(sentinel.parse(url), **kwargs)
     return redis.Redis.from_url(url, **kwargs)
