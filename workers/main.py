@@ -30,7 +30,7 @@ from orchestration.engine.registry import REGISTRY
 from orchestration.engine.stage_message import MalformedMessage
 from orchestration.engine.store import RunStore, connect
 from orchestration.errors import RunNotFound
-from orchestration.fleet.health import redis_warnings
+from orchestration.fleet.redis_health import redis_warnings
 from orchestration.settings import Settings
 
 from .app import create_app, load_stage_modules
