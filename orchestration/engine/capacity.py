@@ -16,7 +16,7 @@ from typing import Any
 from orchestration.engine.limits import Capacity, GateKeys, dumps, gate_for, holder
 from orchestration.engine.reads import RunReads
 from orchestration.engine.scripts import source
-from orchestration.engine.states import RUN_ACTIVE
+from orchestration.engine.states import RUN_ACTIVE, State
 from orchestration.graph.resolve import RunGraph
 from orchestration.language.rates import settings_limits
 
@@ -98,7 +98,11 @@ class CapacityUpkeep(RunReads):
                 fields = self._r.hgetall(k.items(run_id, node.id))
                 for name, value in fields.items():
                     index, _, field = name.partition(":")
-                    if field == "token" and index.isdigit() and fields.get(f"{index}:state") != "succeeded":
+                    if (
+                        field == "token"
+                        and index.isdigit()
+                        and fields.get(f"{index}:state") != State.SUCCEEDED
+                    ):
                         units.append((int(index), value, fields.get(f"{index}:host")))
             else:
                 token, host = self._r.hmget(k.stage(run_id, node.id), ["token", "host"])

@@ -40,6 +40,7 @@ from orchestration.engine.dependencies import (
     unmet,
 )
 from orchestration.engine.dispatch import Dispatcher
+from orchestration.engine.states import RunStatus
 from orchestration.engine.store import RunStore, new_run_id
 from orchestration.errors import ChordflowError
 from orchestration.graph.resolve import resolve
@@ -116,7 +117,7 @@ class RunEnds:
         if not run_id or not pipeline:
             return []
         self.store.record_run_end(run_id, pipeline)
-        if event.get("status") != "succeeded":
+        if event.get("status") != RunStatus.SUCCEEDED:
             return []
         downstream = self.store.triggered_by(pipeline)
         if not downstream:
