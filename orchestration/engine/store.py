@@ -30,12 +30,12 @@ from redis.backoff import ExponentialBackoff
 from redis.lock import Lock
 from redis.retry import Retry
 
-from orchestration.engine import durability
+from orchestration.engine import durability, hooks
 from orchestration.engine.antientropy import MissingMessages
 from orchestration.engine.keys import decode_member, encode_member
 from orchestration.engine.logs import AttemptLogs
 from orchestration.engine.protocol import HookEntry
-from orchestration.engine.records import PipelineRecords
+from orchestration.engine.records import HOOKS_MAXLEN, PipelineRecords
 from orchestration.engine.replies import Commit
 from orchestration.engine.states import RUN_FINAL, TERMINAL, RunStatus, State
 from orchestration.engine.transitions import Transitions
@@ -184,6 +184,15 @@ class RunStore(Transitions, AttemptLogs, PipelineRecords):
             pipe.zadd(k.outbox(), {encode_member(run_id, sid): now for sid in roots})
         pipe.zadd(k.runs(), {run_id: now})
         pipe.zadd(k.active_runs(), {run_id: now})
+        start = {
+            "run_id": run_id,
+            "pipeline": graph.name,
+            "status": RunStatus.RUNNING,
+            "stages": len(graph.nodes),
+        }
+        pipe.xadd(
+            k.hooks(), {"e": hooks.announced("run_start", start)}, maxlen=HOOKS_MAXLEN, approximate=True
+        )
         pipe.zadd(k.pipeline_runs(graph.name), {run_id: now})
         pipe.execute()
         self._graphs[run_id] = graph
