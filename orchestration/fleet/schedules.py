@@ -301,6 +301,7 @@ def register_scheduled_task(app: Celery, settings: Settings) -> None:
 
     @app.task(
         name=SUBMIT_TASK,
+        shared=False,  # this app's own: another app in the process (a test's) must not get it
         ignore_result=True,
         acks_late=True,
         typing=False,
