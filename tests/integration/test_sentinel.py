@@ -7,6 +7,7 @@ loopback (tests/sentinel_cluster.py), two real worker processes started with the
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -119,5 +120,8 @@ def test_beat_and_the_cli_use_the_sentinel_url(sentinel_fleet):
         timeout=60,
     )
     assert PASSWORD not in done.stdout + done.stderr
-    assert '"role": "primary"' in done.stdout, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    assert report["redis"]["role"] == "primary", done.stdout + done.stderr
+    assert len(report["redis"]["replicas"]) == 2  # both replicas, each with its lag
+    assert all(r["state"] == "online" and r["lag_bytes"] >= 0 for r in report["redis"]["replicas"])
     assert "redis+sentinel://***@" in done.stdout
