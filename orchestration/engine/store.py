@@ -51,7 +51,8 @@ def new_run_id() -> str:
 
 
 def connect(settings: Settings, timeout_s: float | None = None) -> redis.Redis:
-    """A client for the configured URL (redis:// or rediss://, with AUTH if the URL has it).
+    """A client for the configured URL (redis://, rediss://, unix://, or redis+sentinel:// and
+    rediss+sentinel://, which follow the primary Sentinel names; with AUTH if the URL has it).
 
     With `timeout_s`, a client that fails fast instead: no connection retries, every call
     bounded by `timeout_s` (lease renewal must notice a cut link within a heartbeat). Inside
