@@ -26,6 +26,7 @@ import logging
 import math
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Mapping
 from typing import Any
@@ -239,6 +240,23 @@ class StageContext:
         if callable(write):  # a worker's attempt: its print() and logging records go to its log
             stage_output.capture(self.log_sink)
         self._cancelled = threading.Event()
+        self._store, self._progress_at = store, 0.0
+
+    def progress(self, done: float, total: float) -> None:
+        """Report how far the stage is: `done` of `total` (any unit). `status`, `follow`, `watch`
+        and the run page show it as a bar, and the ETA counts the rest of this stage by it. Sent at
+        most twice a second (and always when done reaches total); a fan-out item's is not kept."""
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (done, total)):
+            raise TypeError(f"ctx.progress(done, total) takes numbers, not {done!r}, {total!r}")
+        if not (math.isfinite(done) and math.isfinite(total) and total > 0 and 0 <= done):
+            raise ValueError(f"ctx.progress({done!r}, {total!r}): needs 0 <= done and 0 < total, finite")
+        now = time.monotonic()
+        if self.item_index is not None or (now - self._progress_at < 0.5 and done < total):
+            return
+        self._progress_at = now
+        report = getattr(self._store, "report_progress", None)
+        if callable(report):
+            report(self.run_id, self.stage_id, self.attempt, min(float(done), float(total)), float(total))
 
     @property
     def log_lines(self) -> list[str]:

@@ -201,6 +201,12 @@ class RunStore(Transitions, AttemptLogs, PipelineRecords):
         durability.record(self.settings, {"run": run_id, "created": True})
         return run_id, True
 
+    def report_progress(self, run_id: str, stage_id: str, attempt: int, done: float, total: float) -> None:
+        """What a running stage reported with `ctx.progress` (the attempt's own: `status` shows it
+        only while that attempt is the stage's)."""
+        fields = {"progress_done": repr(done), "progress_total": repr(total), "progress_attempt": attempt}
+        self._r.hset(self.keys.stage(run_id, stage_id), mapping=fields)
+
     def missing_messages(self) -> MissingMessages:
         """The reads of the reaper's anti-entropy sweep (antientropy.py)."""
         return MissingMessages(self._r, self.keys)
