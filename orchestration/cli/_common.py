@@ -16,27 +16,25 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
+import sys
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
-import redis
-from pydantic import ValidationError
 from rich.console import Console
 
 from orchestration.engine import redis_url
 from orchestration.errors import ChordflowError
 from orchestration.graph import render
-from orchestration.graph.resolve import RunGraph, resolve
-from orchestration.language.loader import parse_override
-from orchestration.language.spec import PipelineSpec
-from orchestration.language.validation import load_pipeline
-from orchestration.settings import Settings
 
 if TYPE_CHECKING:
     from orchestration.api import Client
+    from orchestration.graph.resolve import RunGraph
+    from orchestration.language.spec import PipelineSpec
+    from orchestration.settings import Settings
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_TIMEOUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -55,18 +53,24 @@ def say(text: str, err: bool = False) -> None:
 
 
 _C1 = {code: f"\\u{code:04x}" for code in range(0x7F, 0xA0)}
+_HAS_C1 = re.compile("[\x7f-\x9f]")
+
+
+def _escape_c1(text: str) -> str:
+    # the search is one C-speed scan; str.translate with a dict walks a 5 MB plan in Python
+    return text.translate(_C1) if _HAS_C1.search(text) else text
 
 
 def print_json(data: Any) -> int:
     """Print `data` as JSON on stdout; return EXIT_OK, so a command may `return print_json(...)`.
     (JSON escapes C0 controls itself; DEL and C1 controls are escaped here too.)"""
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False).translate(_C1))
+    click.echo(_escape_c1(json.dumps(data, indent=2, ensure_ascii=False)))
     return EXIT_OK
 
 
 def print_json_line(data: Any) -> None:
     """Print `data` as one line of JSON (a stream of objects: `logs --json`, `watch --json`)."""
-    click.echo(json.dumps(data, ensure_ascii=False, separators=(",", ":")).translate(_C1))
+    click.echo(_escape_c1(json.dumps(data, ensure_ascii=False, separators=(",", ":"))))
 
 
 def stopped_following(run_id: str, goes_on: bool = True) -> int:
@@ -104,8 +108,23 @@ def report_error(exc: ChordflowError, as_json: bool = False) -> int:
     return exc.exit_code
 
 
-# what a Redis that does not answer, or something else than a Redis at its address, raises
-UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.InvalidResponse)
+def unreachable_errors() -> tuple[type[BaseException], ...]:
+    """What a Redis that does not answer, or something else than a Redis at its address, raises.
+    Empty while redis-py is not imported: a command that never loaded it cannot have met one, and
+    `chordflow validate` must not pay for importing it."""
+    redis = sys.modules.get("redis")
+    if redis is None:
+        return ()
+    return (redis.ConnectionError, redis.TimeoutError, redis.exceptions.InvalidResponse)
+
+
+def __getattr__(name: str) -> Any:
+    # UNREACHABLE, the tuple of `unreachable_errors()`, for modules that need redis anyway
+    if name == "UNREACHABLE":
+        import redis  # noqa: F401  (imported for its exception classes)
+
+        return unreachable_errors()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def unreachable(exc: BaseException, urls: Sequence[str] = ()) -> redis_url.RedisUnreachable:
@@ -113,7 +132,8 @@ def unreachable(exc: BaseException, urls: Sequence[str] = ()) -> redis_url.Redis
     Redis the command connected to (else the configured one), its password masked."""
     url = urls[0] if urls else os.environ.get("CHORDFLOW_REDIS_URL")
     reason = str(exc).strip().rstrip(".") or type(exc).__name__
-    if isinstance(exc, redis.AuthenticationError):
+    redis = sys.modules.get("redis")
+    if redis is not None and isinstance(exc, redis.AuthenticationError):
         reason = f"it refused the credentials: {reason}"
     return redis_url.RedisUnreachable(url, reason)
 
@@ -133,7 +153,9 @@ def command(fn: Callable[..., int | None]) -> Callable[..., None]:
                 code = fn(*args, **kwargs)
             except ChordflowError as exc:
                 code = report_error(exc, as_json=as_json)
-            except UNREACHABLE as exc:
+            except Exception as exc:
+                if not isinstance(exc, unreachable_errors()):
+                    raise
                 code = report_error(unreachable(exc, mode.urls), as_json=as_json)
         if code:
             raise click.exceptions.Exit(code)
@@ -153,6 +175,10 @@ def redis_settings() -> Settings:
 
 def settings_from_env() -> Settings:
     """The one Settings object of this invocation (CHORDFLOW_* and CHORDFLOW_CONFIG)."""
+    from pydantic import ValidationError
+
+    from orchestration.settings import Settings
+
     try:
         return Settings.load()
     except (ValidationError, ValueError, OSError) as exc:
@@ -162,6 +188,9 @@ def settings_from_env() -> Settings:
 
 def load_spec(file: Path, sets: Sequence[str], settings: Settings) -> PipelineSpec:
     """Read and validate `file` with `--set NAME=VALUE` overrides; raises InvalidPipeline."""
+    from orchestration.language.loader import parse_override
+    from orchestration.language.validation import load_pipeline
+
     overrides = dict(parse_override(item) for item in sets)
     return load_pipeline(file, overrides, settings=settings)
 
@@ -169,6 +198,8 @@ def load_spec(file: Path, sets: Sequence[str], settings: Settings) -> PipelineSp
 def load_graph(
     file: Path, sets: Sequence[str], select: str | None, only: bool, settings: Settings | None = None
 ) -> RunGraph:
+    from orchestration.graph.resolve import resolve
+
     settings = settings or settings_from_env()
     return resolve(load_spec(file, sets, settings), settings, select, only)
 

@@ -11,13 +11,11 @@ import math
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
-import redis
-
-from orchestration.engine.protocol import Store
-from orchestration.engine.store import RunStore
-from orchestration.fleet.health import quick_client
-from orchestration.settings import Settings
+if TYPE_CHECKING:
+    from orchestration.engine.protocol import Store
+    from orchestration.settings import Settings
 
 SCAN_FACTOR = 10  # look through up to limit × this many newest runs to find `limit` that succeeded
 
@@ -63,6 +61,11 @@ def estimates(settings: Settings, pipeline: str, limit: int = 20, timeout_s: flo
     (a plan is still useful without history)."""
     if not settings.redis_url:
         return {}
+    import redis  # here: `plan` without a Redis never loads the client
+
+    from orchestration.engine.store import RunStore
+    from orchestration.fleet.health import quick_client
+
     client = quick_client(settings, timeout_s)
     try:
         return stage_durations(RunStore(client, settings), pipeline, limit)

@@ -13,10 +13,12 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from rich.text import Text
 
-from orchestration.graph.resolve import Node, RunGraph
+if TYPE_CHECKING:  # only named in annotations: `say` needs this module, not the resolver
+    from orchestration.graph.resolve import Node, RunGraph
 
 STATE_COLOURS: dict[str, str] = {
     "pending": "#eeeeee",
