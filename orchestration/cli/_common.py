@@ -214,7 +214,7 @@ set_option = click.option(
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for programs.")
 select_option = click.option(
-    "--select", metavar="EXPR", help="Part of the pipeline: ids, globs, tag:NAME, 10-30, !id."
+    "--select", metavar="EXPR", help="Part of the pipeline: ids, globs, tag:NAME, 10-30, !id, x+, +x, 2+x."
 )
 only_option = click.option(
     "--only", is_flag=True, help="Only the selected stages, not the upstream ones they need."
