@@ -17,13 +17,9 @@ from orchestration.engine.celeryconfig import client_app
 from orchestration.engine.dependencies import run_extra, unmet
 from orchestration.engine.dispatch import Dispatcher, signature_of
 from orchestration.engine.placement import check_placement
-from orchestration.engine.registry import BUILTIN_TYPES
 from orchestration.engine.store import RUN_FINAL, RunStore, connect, new_run_id
 from orchestration.errors import (
-    ChordflowError,
     DependenciesNotMet,
-    InvalidPipeline,
-    Problem,
     RunNotFound,
     RunTimeout,
 )
@@ -31,6 +27,7 @@ from orchestration.graph.resolve import RunGraph, resolve
 from orchestration.language.ids import check_idempotency_key, check_run_id
 from orchestration.language.spec import PipelineSpec
 from orchestration.settings import Settings
+from orchestration.submit_checks import check_same_submission, check_types
 
 
 @dataclass
@@ -77,6 +74,9 @@ class Client:
         if idempotency_key is not None:
             check_idempotency_key(idempotency_key)
         graph = resolve(spec, self.settings, selection, only)
+        earlier = self.store.idempotent_run(idempotency_key) if idempotency_key else None
+        if idempotency_key and earlier:
+            check_same_submission(self.store, idempotency_key, earlier, graph)  # before anything is written
         if no_cache:
             graph = graph.model_copy(update={"no_cache": True})
         if check_types:
@@ -84,7 +84,6 @@ class Client:
         check_placement(self.store, graph, refuse=check_capacity)  # before anything is written
         missing = unmet(self.store, spec)
         if missing and not force:
-            earlier = self.store.idempotent_run(idempotency_key) if idempotency_key else None
             if earlier is None or self.store.run_status(earlier) is None:
                 raise DependenciesNotMet(spec.name, missing)
             return RunHandle(self, earlier)  # submitted under this key before: the same run
@@ -101,45 +100,16 @@ class Client:
                 chain=chain,
             ),
         )
+        if not created and idempotency_key:  # another submit took the key meanwhile
+            check_same_submission(self.store, idempotency_key, run_id, graph)
         if created:
             self.dispatcher.dispatch(run_id, graph, [n.id for n in graph.nodes if not n.needs])
         return RunHandle(self, run_id)
 
     def check_types(self, graph: RunGraph) -> RunGraph:
-        """Refuse types no live worker serves on the stage's queue; name types canonically."""
-        workers = self.store.live_workers()
-        if not workers:
-            raise ChordflowError(
-                "no live workers on this Redis: start one with `chordflow worker` "
-                "(or pass --no-check to queue the run anyway)"
-            )
-        canonical: dict[tuple[str, str], str] = {}
-        for info in workers.values():
-            names = {t["name"]: t["name"] for t in info.get("types", [])}
-            names.update({t["ref"]: t["name"] for t in info.get("types", [])})
-            for queue in info.get("queues", []):
-                for alias, name in names.items():
-                    canonical[(alias, queue)] = name
-        problems, nodes = [], []
-        for node in graph.nodes:
-            name = canonical.get((node.type, node.queue))
-            if name is None:
-                served = sorted(
-                    {a for a, q in canonical if q == node.queue and "." not in a and ":" not in a}
-                    | (set(BUILTIN_TYPES) & {a for a, _ in canonical})
-                )
-                problems.append(
-                    Problem(
-                        f"uses '{node.type}', which no live worker serves on queue '{node.queue}' "
-                        f"(served there: {', '.join(served) or 'nothing'}). Register it with @stage in a module "
-                        "the workers import (--import MODULE), or pass --no-check to queue it anyway",
-                        node.id,
-                    )
-                )
-            nodes.append(node if name in (None, node.type) else node.model_copy(update={"type": name}))
-        if problems:
-            raise InvalidPipeline(problems)
-        return graph.model_copy(update={"nodes": tuple(nodes)})
+        """Refuse types no live worker serves on the stage's queue; name types canonically; warn
+        of queues no live worker serves (submit_checks.check_types)."""
+        return check_types(self.store, graph)
 
     # -- dependencies on other pipelines -------------------------------------------------------
     def unmet_dependencies(self, spec: PipelineSpec) -> list[str]:
@@ -285,6 +255,8 @@ class Client:
             if "items_total" in d:
                 stage["items_total"] = int(d["items_total"])
                 stage["items_done"] = int(d.get("items_done", 0))
+            if (progress := _progress(d)) is not None:
+                stage["progress"] = progress  # what the stage reported with ctx.progress(done, total)
             stages[sid] = stage
         return {
             "run_id": run_id,
@@ -391,6 +363,15 @@ class RunHandle:
 
     def __repr__(self) -> str:
         return f"RunHandle({self.run_id!r})"
+
+
+def _progress(record: Mapping[str, str]) -> dict[str, float] | None:
+    """{done, total} of a stage record's `progress_done`/`progress_total`, or None."""
+    try:
+        done, total = float(record["progress_done"]), float(record["progress_total"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return {"done": done, "total": total}
 
 
 def _num(value: str | None) -> float | None:

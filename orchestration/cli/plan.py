@@ -13,6 +13,7 @@ import click
 from rich.table import Table
 from rich.text import Text
 
+from orchestration.cli import eta
 from orchestration.cli._common import (
     EXIT_OK,
     command,
@@ -25,7 +26,7 @@ from orchestration.cli._common import (
     settings_from_env,
 )
 from orchestration.cli.files import describe_retry
-from orchestration.cli.plan_limits import plan_limits, stage_limits
+from orchestration.cli.plan_limits import plan_limits, settings_limits_or_none, stage_limits
 from orchestration.engine.retries import resolve_policy
 from orchestration.fleet import history
 from orchestration.graph import render
@@ -48,8 +49,10 @@ def plan_data(
     fleet: FleetView | None = None,
     limits: dict[str, list[str]] | None = None,
     waits: dict[str, list[str]] | None = None,
+    makespan_s: float | None = None,
 ) -> dict[str, Any]:
-    """The `plan --json` document. `limits`: stage id -> its limits (plan_limits.plan_limits; the
+    """The `plan --json` document. `makespan_s`: with the limits (eta.makespan_s), else the
+    critical path's. `limits`: stage id -> its limits (plan_limits.plan_limits; the
     file's by default); `waits`: stage id -> its pools and keys full now, None without a Redis."""
     limits = limits if limits is not None else {n.id: stage_limits(graph, n) for n in graph.nodes}
     stages = []
@@ -82,7 +85,8 @@ def plan_data(
         "version": graph.version,
         "stages": stages,
         "critical_path": list(graph.critical_path),
-        "makespan_s": graph.makespan_s,
+        "makespan_s": graph.makespan_s if makespan_s is None else makespan_s,
+        "critical_path_s": graph.makespan_s,
         "max_parallel": getattr(graph, "max_parallel", None),
     }
 
@@ -198,8 +202,9 @@ def plan(file: Path, sets: tuple[str, ...], select: str | None, only: bool, as_j
         fleet = fleet_view(settings, graph)
         waits = live_waits(settings, graph) if fleet is not None else None  # pools and keys full now
     limits = plan_limits(graph, settings)
+    makespan = eta.makespan_s(graph, eta.limits_of(graph, *settings_limits_or_none(settings)))
     if as_json:
-        return print_json(plan_data(graph, fleet, limits, waits))
+        return print_json(plan_data(graph, fleet, limits, waits, makespan))
     if len(graph.nodes) > PLAIN_ROWS:
         headings, rows = plan_rows(graph, fleet, limits, waits)
         title = f"{graph.name} {graph.version}: {len(graph.nodes)} stages"
@@ -208,10 +213,10 @@ def plan(file: Path, sets: tuple[str, ...], select: str | None, only: bool, as_j
         console.print(plan_table(graph, fleet, limits, waits))
     if max_parallel := getattr(graph, "max_parallel", None):
         say(f"max_parallel: at most {max_parallel} stages of a run at once")
-    say(
-        f"estimated makespan: {format_duration(graph.makespan_s)} "
-        f"(critical path: {_path_text(graph.critical_path)})"
-    )
+    path = f"critical path: {_path_text(graph.critical_path)}"
+    if makespan > graph.makespan_s + 1e-6:  # pools, keys, rates or max_parallel make stages queue
+        path = f"with its limits; {format_duration(graph.makespan_s)} on the {path}"
+    say(f"estimated makespan: {format_duration(makespan)} ({path})")
     return EXIT_OK
 
 

@@ -36,9 +36,9 @@ from orchestration.cli._common import (
     stopped_following,
 )
 from orchestration.cli.capacity_view import placement_warnings
-from orchestration.cli.runview import iso, run_record, run_view, to_json
+from orchestration.cli.runview import run_record, run_view, to_json, typed_event
 from orchestration.engine import redis_url
-from orchestration.engine.states import RunStatus
+from orchestration.engine.states import RUN_FINAL, RunStatus
 from orchestration.engine.store import connect
 from orchestration.fleet.embedded import RedisServer, WorkerProcess, wait_for_workers
 from orchestration.graph.render import term
@@ -264,14 +264,21 @@ def status(run_id: str, items: bool, as_json: bool) -> int:
     client = client_from_env()
     data = run_view(client, run_id, items=items)
     origin = client.origin(run_id)  # triggered_by, forced, chain, schedule, skipped
+    left = progress.RunEta(client, run_id).left_s(data) if data["status"] == RunStatus.RUNNING else None
     if as_json:
-        print_json({**to_json(data), **({"origin": origin} if origin else {})})
+        print_json({**to_json(data), "eta_s": _rounded(left), **({"origin": origin} if origin else {})})
     else:
-        progress.print_summary(data, outputs=False)
+        progress.print_summary(data, outputs=False, eta_s=left)
         console.print(attempts_table(data, items))
         for line in _origin_lines(origin):
             say(line)
-    return EXIT_OK if data["status"] != "failed" else EXIT_FAILED
+    # as `watch` does: a run that ended otherwise than succeeded (failed, cancelled, skipped) is 1
+    ended_badly = data["status"] in RUN_FINAL and data["status"] != RunStatus.SUCCEEDED
+    return EXIT_FAILED if ended_badly else EXIT_OK
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)
 
 
 def _origin_lines(origin: dict[str, Any]) -> list[str]:
@@ -293,14 +300,14 @@ def _origin_lines(origin: dict[str, Any]) -> list[str]:
 def _watch_json(client: Client, run_id: str, timeout: float | None) -> str:
     """`watch --json`: one JSON object per event as it comes (typed), then the run's status."""
 
+    run_eta = progress.RunEta(client, run_id)
+
     def emit(event: dict[str, str]) -> None:
-        typed: dict[str, Any] = {k: v for k, v in event.items() if k not in ("t", "attempt", "error")}
-        typed["t"] = iso(float(event["t"])) if event.get("t") else None
-        if event.get("attempt"):
-            typed["attempt"] = int(event["attempt"])
-        if event.get("error"):
-            typed["error"] = to_json({"error": event["error"]})["error"]
-        print_json_line({"event": typed})
+        typed = typed_event(event)
+        line: dict[str, Any] = {"event": typed}
+        if typed.get("kind") == "stage":  # the time left as of this event (null once the run ended)
+            line["eta_s"] = _rounded(run_eta.left_s(client.status(run_id)))
+        print_json_line(line)
 
     final = client.follow(run_id, timeout, on_event=emit)
     print_json_line({"status": to_json(run_view(client, run_id))})
