@@ -48,26 +48,40 @@ STATE_STYLE = {
     State.CANCELLED: "red",
 }
 BAR_CELLS = 10  # of a stage's progress bar (`ctx.progress`)
+MAX_PACE = 3.0  # a run's time left is at most this many times its stages' estimated path
 
 
 class RunEta:
     """A run's time left: its pipeline's recent durations and its limits, read once; the run's
-    state at each call (eta.remaining_s)."""
+    state at each call (eta.remaining_s). What recent runs took beyond their stages' estimated
+    path (dispatch, commits) scales it: `pace`, at least 1."""
 
     def __init__(self, client: Client, run_id: str):
         self.graph = client.store.graph(run_id)
-        try:
-            self.estimates = run_history.stage_durations(client.store, self.graph.name)
-        except redis.RedisError:
-            self.estimates = {}
         pools, rates = settings_limits_or_none(client.settings)
         self.limits = eta.limits_of(self.graph, pools, rates)
+        self.pace = 1.0
+        try:
+            self.estimates = run_history.stage_durations(client.store, self.graph.name)
+            whole = run_history.run_seconds(client.store, self.graph.name)
+        except redis.RedisError:
+            self.estimates, whole = {}, None
+        planned = eta.finish_s(
+            self.graph.nodes,
+            {n.id: self.estimates.get(n.id, n.estimate_s) for n in self.graph.nodes},
+            {},
+            set(),
+            self.limits,
+        )
+        if whole is not None and planned > 0:
+            self.pace = min(MAX_PACE, max(1.0, whole / planned))
 
     def left_s(self, status: dict[str, Any], now: float | None = None) -> float | None:
         """Seconds the run has left, None once it ended (or while it is paused)."""
         if status.get("status") != State.RUNNING:
             return None
-        return eta.remaining_s(self.graph, status, self.estimates, now or time.time(), self.limits)
+        left = eta.remaining_s(self.graph, status, self.estimates, now or time.time(), self.limits)
+        return None if left is None else left * self.pace
 
 
 REFRESH_PER_S = 4

@@ -36,7 +36,7 @@ from orchestration.cli._common import (
     stopped_following,
 )
 from orchestration.cli.capacity_view import placement_warnings
-from orchestration.cli.runview import run_record, run_view, to_json, typed_event
+from orchestration.cli.runview import iso, run_record, run_view, to_json, typed_event
 from orchestration.engine import redis_url
 from orchestration.engine.states import RUN_FINAL, RunStatus
 from orchestration.engine.store import connect
@@ -264,9 +264,13 @@ def status(run_id: str, items: bool, as_json: bool) -> int:
     client = client_from_env()
     data = run_view(client, run_id, items=items)
     origin = client.origin(run_id)  # triggered_by, forced, chain, schedule, skipped
-    left = progress.RunEta(client, run_id).left_s(data) if data["status"] == RunStatus.RUNNING else None
+    read_at = time.time()
+    left = (
+        progress.RunEta(client, run_id).left_s(data, read_at) if data["status"] == RunStatus.RUNNING else None
+    )
     if as_json:
-        print_json({**to_json(data), "eta_s": _rounded(left), **({"origin": origin} if origin else {})})
+        eta = {"eta_s": _rounded(left), "read_at": iso(read_at)}  # the time left, as of when it was read
+        print_json({**to_json(data), **eta, **({"origin": origin} if origin else {})})
     else:
         progress.print_summary(data, outputs=False, eta_s=left)
         console.print(attempts_table(data, items))
@@ -305,8 +309,10 @@ def _watch_json(client: Client, run_id: str, timeout: float | None) -> str:
     def emit(event: dict[str, str]) -> None:
         typed = typed_event(event)
         line: dict[str, Any] = {"event": typed}
-        if typed.get("kind") == "stage":  # the time left as of this event (null once the run ended)
-            line["eta_s"] = _rounded(run_eta.left_s(client.status(run_id)))
+        if typed.get("kind") == "stage":  # the time left as of `read_at` (null once the run ended)
+            read_at = time.time()
+            line["eta_s"] = _rounded(run_eta.left_s(client.status(run_id), read_at))
+            line["read_at"] = iso(read_at)
         print_json_line(line)
 
     final = client.follow(run_id, timeout, on_event=emit)
