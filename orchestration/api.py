@@ -17,7 +17,8 @@ from orchestration.engine.celeryconfig import client_app
 from orchestration.engine.dependencies import run_extra, unmet
 from orchestration.engine.dispatch import Dispatcher, signature_of
 from orchestration.engine.placement import check_placement
-from orchestration.engine.store import RUN_FINAL, RunStore, connect, new_run_id
+from orchestration.engine.states import RUN_FINAL, RunStatus, State
+from orchestration.engine.store import RunStore, connect, new_run_id
 from orchestration.errors import (
     DependenciesNotMet,
     RunNotFound,
@@ -190,27 +191,27 @@ class Client:
             # run_complete (status cancelled) went to the hooks outbox with the cancel itself:
             # the workers' hook senders deliver it, to their Python hooks too.
             self.store.expire_run(run_id, self.store.graph(run_id))
-            return "cancelled"
-        return f"not cancelled: the run is {revoke[0]}"
+            return RunStatus.CANCELLED
+        return f"not cancelled: {_the_run(revoke[0])}"
 
     def pause(self, run_id: str) -> str:
         check_run_id(run_id)
         self.store.run(run_id)
         verdict, detail = self.store.control(run_id, "pause")
-        return "paused" if verdict == "ok" else f"not paused: the run is {detail[0]}"
+        return RunStatus.PAUSED if verdict == "ok" else f"not paused: {_the_run(detail[0])}"
 
     def resume(self, run_id: str) -> str:
         check_run_id(run_id)
         self.store.run(run_id)
         verdict, parked = self.store.control(run_id, "resume")
         if verdict != "ok":
-            return f"not resumed: the run is {parked[0]}"
+            return f"not resumed: {_the_run(parked[0])}"
         self.dispatcher.send(signature_of(p, self.store) for p in parked)
         # A fan-out made ready while the run was paused was not started (it waits in the outbox):
         # start it now rather than when the reaper finds it.
         graph = self.store.graph(run_id)
         states = self.store.states(run_id)
-        waiting = [n.id for n in graph.nodes if n.fans_out and states.get(n.id) == "queued"]
+        waiting = [n.id for n in graph.nodes if n.fans_out and states.get(n.id) == State.QUEUED]
         if waiting:
             self.dispatcher.dispatch(run_id, graph, waiting)
         return "resumed"
@@ -222,9 +223,9 @@ class Client:
         graph = self.store.graph(run_id)
         verdict, detail = self.store.reopen(run_id, graph)
         if verdict != "ok":
-            return f"not retried: the run is {detail[0]}"
+            return f"not retried: {_the_run(detail[0])}; only a run that failed or was cancelled is retried"
         self.dispatcher.dispatch(run_id, graph, detail)
-        return "retrying"
+        return State.RETRYING
 
     # -- reading ------------------------------------------------------------------------------
     def status(self, run_id: str) -> dict[str, Any]:
@@ -240,7 +241,7 @@ class Client:
         for sid in ids:
             d = details.get(sid, {})
             stage: dict[str, Any] = {
-                "state": states.get(sid, "pending"),
+                "state": states.get(sid, State.PENDING),
                 "type": graph.node(sid).type,
                 "attempts": int(d.get("attempt", 0)),
                 "host": d.get("host"),
@@ -326,13 +327,17 @@ class Client:
         return PipelineResult(
             run_id=run_id,
             status=s["status"],
-            success=s["status"] == "succeeded",
+            success=s["status"] == RunStatus.SUCCEEDED,
             outputs={
-                sid: st["output"] for sid, st in stages.items() if st["state"] in ("succeeded", "fallback")
+                sid: st["output"]
+                for sid, st in stages.items()
+                if st["state"] in (State.SUCCEEDED, State.FALLBACK)
             },
             stage_results=stages,
-            failed=[sid for sid, st in stages.items() if st["state"] in ("failed", "upstream_failed")],
-            skipped=[sid for sid, st in stages.items() if st["state"] == "skipped"],
+            failed=[
+                sid for sid, st in stages.items() if st["state"] in (State.FAILED, State.UPSTREAM_FAILED)
+            ],
+            skipped=[sid for sid, st in stages.items() if st["state"] == State.SKIPPED],
             duration=ended - started,
             metrics=s["metrics"],
             context=s["context"],
@@ -363,6 +368,16 @@ class RunHandle:
 
     def __repr__(self) -> str:
         return f"RunHandle({self.run_id!r})"
+
+
+def _the_run(status: str) -> str:
+    """`the run succeeded`, `the run was cancelled`, `the run is running`: why a control did
+    nothing, in words."""
+    if status in (RunStatus.SUCCEEDED, RunStatus.FAILED):
+        return f"the run {status}"
+    if status in (RunStatus.CANCELLED, RunStatus.SKIPPED):
+        return f"the run was {status}"
+    return f"the run is {status}"
 
 
 def _progress(record: Mapping[str, str]) -> dict[str, float] | None:
