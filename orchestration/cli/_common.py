@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import re
 import sys
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -61,16 +63,47 @@ def _escape_c1(text: str) -> str:
     return text.translate(_C1) if _HAS_C1.search(text) else text
 
 
+# keys whose number is a time (epoch s): `*_at`, and these
+TIME_KEYS = frozenset({"t", "at", "tick", "seen", "first", "last"})
+
+
+def typed(data: Any) -> Any:
+    """`data` as every `--json` prints it (the one encoder of the command line): a number under a
+    time key (`*_at`, TIME_KEYS) as an ISO 8601 time in UTC, a datetime too, a float that is not
+    finite as null, tuples and sets as lists. Numbers stay numbers, None stays null."""
+    if isinstance(data, dict):
+        return {key: _typed_value(str(key), value) for key, value in data.items()}
+    if isinstance(data, list | tuple | set | frozenset):
+        items = sorted(data, key=str) if isinstance(data, set | frozenset) else data
+        return [typed(value) for value in items]
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    if isinstance(data, datetime):
+        return _iso(data.timestamp())
+    return data
+
+
+def _typed_value(key: str, value: Any) -> Any:
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    if is_number and (key in TIME_KEYS or key.endswith("_at")) and math.isfinite(value):
+        return _iso(float(value))
+    return typed(value)
+
+
+def _iso(epoch_s: float) -> str:
+    return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def print_json(data: Any) -> int:
-    """Print `data` as JSON on stdout; return EXIT_OK, so a command may `return print_json(...)`.
-    (JSON escapes C0 controls itself; DEL and C1 controls are escaped here too.)"""
-    click.echo(_escape_c1(json.dumps(data, indent=2, ensure_ascii=False)))
+    """Print `data` as JSON on stdout (`typed`); return EXIT_OK, so a command may `return
+    print_json(...)`. (JSON escapes C0 controls itself; DEL and C1 controls are escaped here too.)"""
+    click.echo(_escape_c1(json.dumps(typed(data), indent=2, ensure_ascii=False)))
     return EXIT_OK
 
 
 def print_json_line(data: Any) -> None:
-    """Print `data` as one line of JSON (a stream of objects: `logs --json`, `watch --json`)."""
-    click.echo(_escape_c1(json.dumps(data, ensure_ascii=False, separators=(",", ":"))))
+    """Print `data` (`typed`) as one line of JSON (a stream: `logs --json`, `watch --json`)."""
+    click.echo(_escape_c1(json.dumps(typed(data), ensure_ascii=False, separators=(",", ":"))))
 
 
 def stopped_following(run_id: str, goes_on: bool = True) -> int:
