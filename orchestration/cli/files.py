@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from orchestration.cli._common import (
-    EXIT_FAILED,
+    EXIT_INVALID,
     EXIT_OK,
     command,
     console,
@@ -204,7 +204,7 @@ def init(name: str, path: Path, force: bool) -> int:
             file.write(available_templates()[name][1].read_text(encoding="utf-8"))
     except FileExistsError:
         say(f"error: {target} already exists; choose another path or pass --force to overwrite it", err=True)
-        return EXIT_FAILED
+        return EXIT_INVALID  # invalid input: nothing was written
     say(f"wrote {target} from template '{name}'; next: chordflow validate {target}")
     return EXIT_OK
 

@@ -46,7 +46,7 @@ BUILTIN: dict[str, str] = {
     "submit": "orchestration.cli.runs:submit",
     "status": "orchestration.cli.runs:status",
     "watch": "orchestration.cli.runs:watch",
-    "runs": "orchestration.cli.runs:runs",
+    "runs": "orchestration.cli.runlist:runs",
     "logs": "orchestration.cli.logs:logs",
     "cancel": "orchestration.cli.control:cancel",
     "pause": "orchestration.cli.control:pause",

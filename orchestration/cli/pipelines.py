@@ -28,7 +28,7 @@ from orchestration.fleet import chains
 from orchestration.fleet.pipelines import AssetRow, PipelineRow, asset_rows, pipeline_rows
 from orchestration.fleet.registry import register, unregister
 from orchestration.graph import pipeline_map
-from orchestration.graph.render import term
+from orchestration.graph.render import term, term_lines
 from orchestration.language.loader import parse_override
 
 
@@ -67,7 +67,7 @@ def pipelines_list(as_json: bool) -> int:
         return EXIT_OK
     table = Table("pipeline", "schedule", "last run", "last success", "freshness", "dependencies", "provides")
     for row in rows:
-        table.add_row(*(term(cell) for cell in _cells(row)))
+        table.add_row(*(term_lines(cell) for cell in _cells(row)))  # `dependencies`: one a line
     console.print(table)
     return EXIT_OK
 

@@ -61,6 +61,13 @@ def term(text: object, style: str = "") -> Text:
     return Text(terminal_safe(text, keep=""), style=style)
 
 
+def term_lines(text: object, style: str = "") -> Text:
+    """`term` of a cell of several lines: each line made terminal-safe, the lines kept (a table
+    cell listing one thing a line would otherwise show a literal `\\x0a`)."""
+    lines = str(text).split("\n")
+    return Text("\n".join(terminal_safe(line, keep="") for line in lines), style=style)
+
+
 def fan_out_label(node: Node) -> str | None:
     """`matrix ×4`, `for_each scenarios ≤16`, or None for a single-task stage."""
     if node.matrix is not None:

@@ -159,3 +159,20 @@ def test_retry_of_a_run_that_succeeded_says_so_in_words(fleet):
     done = chordflow(fleet.server.url, "retry", result.run_id)
     assert done.exit_code == 1
     assert "not retried: the run succeeded; only a run that failed or was cancelled is retried" in done.stdout
+
+
+def test_depends_on_a_pipeline_never_registered_is_flagged_and_pipelines_lists_lines(fleet, tmp_path):
+    data = pipeline("needs-typo", {"id": "a", "uses": "noop"}, depends_on=[{"pipeline": "data-daly"}])
+    file = write(tmp_path, data)
+    done = chordflow(fleet.server.url, "submit", file, "--force")
+    assert done.exit_code == 0, done.output
+    assert (
+        "warning: depends_on 'data-daly' names a pipeline that is not registered and never ran" in done.stderr
+    )
+    two = pipeline(
+        "needs-two", {"id": "a", "uses": "noop"}, depends_on=[{"pipeline": "up-one"}, {"pipeline": "up-two"}]
+    )
+    assert chordflow(fleet.server.url, "pipelines", "add", write(tmp_path, two, "two.yaml")).exit_code == 0
+    listed = chordflow(fleet.server.url, "pipelines")
+    assert listed.exit_code == 0
+    assert "\\x0a" not in listed.stdout and "up-one" in listed.stdout and "up-two" in listed.stdout

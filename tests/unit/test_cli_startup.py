@@ -59,3 +59,36 @@ def test_a_command_on_a_run_still_loads_the_client(tmp_path):
     result = _probe("status", "--help", cwd=tmp_path)
     assert result["code"] == 0
     assert "redis" in result["heavy"]
+
+
+def test_an_unknown_key_is_matched_against_the_keys_where_it_is(tmp_path):
+    file = tmp_path / "p.yaml"
+    file.write_text("name: g\nstages:\n  - {id: t, uses: noop, resources: {gpus: 1}}\n", encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestration", "validate", str(file)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "unknown key 'gpus' (did you mean 'gpu'?)" in done.stderr and "inputs" not in done.stderr
+
+
+def test_init_onto_an_existing_file_is_invalid_input(tmp_path):
+    (tmp_path / "etl.yaml").write_text("mine\n", encoding="utf-8")
+    result = _probe("init", "--template", "daily-chain", "etl.yaml", cwd=tmp_path)
+    assert result["code"] == 2
+    assert (tmp_path / "etl.yaml").read_text(encoding="utf-8") == "mine\n"
+
+
+def test_every_built_in_command_loads_under_its_name_with_the_help_the_list_shows():
+    import click
+
+    from orchestration.cli.main import BUILTIN, cli, summary
+
+    context = click.Context(cli)
+    for name, target in BUILTIN.items():
+        command = cli.get_command(context, name)
+        assert isinstance(command, click.Command) and command.name == name, target
+        assert summary(target) is not None and command.help is not None
+        assert command.help.startswith(summary(target)[:40]), name
