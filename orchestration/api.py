@@ -172,7 +172,7 @@ class Client:
             if got[name]:
                 out[name] = got[name]
         if got["reason"]:
-            out["skipped"] = got["reason"]
+            out[RunStatus.SKIPPED] = got["reason"]
         return out
 
     def handle(self, run_id: str) -> RunHandle:
@@ -307,7 +307,7 @@ class Client:
             if on_tick:
                 on_tick()
             # Read up to the stream's end (as of now), the last run event ends the run only if the
-            # record agrees: a `retry` reopens the record and appends 'running' to the stream at once
+            # record agrees: a `retry` reopens the record and appends a running event to the stream at once
             # (one script), so a final event then a reopened record means more events are coming.
             # A run whose stream expired (or was trimmed) ends by its record.
             if len(events) < batch and (last_run_state in RUN_FINAL or not events):

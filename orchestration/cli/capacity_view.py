@@ -26,6 +26,7 @@ from orchestration.engine.capacity_reads import limit_holders, waiting_items
 from orchestration.engine.limits import gate_for
 from orchestration.engine.placement import QueueUnserved
 from orchestration.engine.reads import RunReads
+from orchestration.engine.states import State
 from orchestration.engine.store import RunStore
 from orchestration.fleet.health import quick_client
 from orchestration.graph.resolve import RunGraph
@@ -41,9 +42,13 @@ def waiting_of(
     """What a stage waits for: {label, since_at (epoch s), items (a fan-out's waiting items, else
     None)}, or None. `stage` is the stage of `Client.status`, `detail` its record."""
     state = stage.get("state")
-    if state == "queued" and detail.get("waiting"):
+    if state == State.QUEUED and detail.get("waiting"):
         return {"label": detail["waiting"], "since_at": _number(detail.get("waiting_since")), "items": None}
-    if state != "running" or "items_total" not in stage or stage.get("items_done") == stage["items_total"]:
+    if (
+        state != State.RUNNING
+        or "items_total" not in stage
+        or stage.get("items_done") == stage["items_total"]
+    ):
         return None
     if not detail.get("waiting") and not _limited(store.graph(run_id), stage_id):
         return None  # no item of a fan-out without limits waits: its items hash is not scanned
@@ -71,7 +76,7 @@ def _number(value: str | None) -> float | None:
 def state_label(stage: Mapping[str, Any]) -> str:
     """The state as shown: `waiting (pool llm 4/4)` for a queued stage that waits for a slot,
     `running (2 items waiting: pool llm 4/4)` for a fan-out whose items wait, else the state."""
-    state = str(stage.get("state") or "pending")
+    state = str(stage.get("state") or State.PENDING)
     waiting = stage.get("waiting")
     if not waiting:
         return state

@@ -223,7 +223,7 @@ def _submit_and_show(
         print_json(to_json(status))
     else:
         progress.print_summary(status, show_outputs)
-    return EXIT_OK if final == "succeeded" else EXIT_FAILED
+    return EXIT_OK if final == RunStatus.SUCCEEDED else EXIT_FAILED
 
 
 def unknown_upstreams(client: Client, spec: Any) -> list[str]:
@@ -310,8 +310,8 @@ def _origin_lines(origin: dict[str, Any]) -> list[str]:
         lines.append("forced: " + ("; ".join(unmet) if unmet else "its dependencies were met anyway"))
     if "chain" in origin:
         lines.append(f"chain {origin['chain']} (`chordflow chain status {origin['chain']}`)")
-    if "skipped" in origin:
-        lines.append(f"skipped, not started: {origin['skipped']}")
+    if RunStatus.SKIPPED in origin:
+        lines.append(f"{RunStatus.SKIPPED}, not started: {origin[RunStatus.SKIPPED]}")
     return lines
 
 
@@ -350,12 +350,12 @@ def watch(run_id: str, timeout: float | None, items: bool, as_json: bool) -> int
     try:
         if as_json:
             final = _watch_json(client, run_id, timeout)
-            return EXIT_OK if final == "succeeded" else EXIT_FAILED
+            return EXIT_OK if final == RunStatus.SUCCEEDED else EXIT_FAILED
         final = progress.follow(client, run_id, console, timeout, items)
     except KeyboardInterrupt:
         return stopped_following(run_id)
     progress.print_summary(run_view(client, run_id), outputs=False)
-    return EXIT_OK if final == "succeeded" else EXIT_FAILED
+    return EXIT_OK if final == RunStatus.SUCCEEDED else EXIT_FAILED
 
 
 COMMANDS = (submit, status, watch)

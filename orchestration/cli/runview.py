@@ -99,7 +99,7 @@ def item_rows(client: Client, run_id: str, stage_id: str, history: AttemptHistor
     rows = []
     for index in sorted(set(records) | set(attempts)):
         record = records.get(index, {})
-        state = record.get("state", "pending")
+        state = record.get("state", State.PENDING)
         done = complete(attempts.get(index, []), stage_id, index, state, record)
         rows.append(
             {

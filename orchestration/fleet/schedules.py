@@ -40,6 +40,7 @@ from redbeat.schedulers import RedBeatScheduler, RedBeatSchedulerEntry, ensure_c
 from orchestration.api import Client
 from orchestration.engine.celeryconfig import client_app
 from orchestration.engine.keys import Keys
+from orchestration.engine.states import RunStatus
 from orchestration.engine.store import RunStore, connect
 from orchestration.errors import ChordflowError, DependenciesNotMet, ScheduleError
 from orchestration.fleet.registry import register
@@ -332,7 +333,7 @@ def submit_tick(client: Client, name: str, tick: int, spec_data: dict[str, Any])
         except DependenciesNotMet as exc:  # recorded as a skipped run, with why, listed by `runs`
             reason = "dependencies not met: " + "; ".join(exc.unmet)
             outcome["run_id"] = client.skip(spec, reason, key, {"schedule": name, "tick": tick})
-            outcome["skipped"] = reason
+            outcome[RunStatus.SKIPPED] = reason
             log.warning("schedule %s, tick %s: skipped (run %s): %s", name, tick, outcome["run_id"], reason)
     except ChordflowError as exc:
         outcome["error"] = str(exc)
