@@ -68,7 +68,8 @@ def main() -> int:
         cases = [
             ("chordflow --help", ["--help"], 0.3),
             ("chordflow validate small.yaml (5 stages)", ["validate", "small.yaml"], 0.4),
-            (f"chordflow plan large.yaml ({options.stages:,} stages)", ["plan", "large.yaml", "--json"], 1.0),
+            (f"chordflow plan large.yaml ({options.stages:,} stages)", ["plan", "large.yaml"], 1.0),
+            (f"chordflow plan large.yaml --json ({options.stages:,})", ["plan", "large.yaml", "--json"], 1.0),
         ]
         print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         wall_s(["--help"], where)  # warm the file cache once

@@ -70,24 +70,33 @@ TIME_KEYS = frozenset({"t", "at", "tick", "seen", "first", "last"})
 def typed(data: Any) -> Any:
     """`data` as every `--json` prints it (the one encoder of the command line): a number under a
     time key (`*_at`, TIME_KEYS) as an ISO 8601 time in UTC, a datetime too, a float that is not
-    finite as null, tuples and sets as lists. Numbers stay numbers, None stays null."""
+    finite as null, tuples and sets as lists. Numbers stay numbers, None stays null. (Plain values
+    are copied without a call: a 10,000-stage plan has 200,000 of them.)"""
     if isinstance(data, dict):
-        return {key: _typed_value(str(key), value) for key, value in data.items()}
+        out = {}
+        for key, value in data.items():
+            if value is None or isinstance(value, str | bool):
+                out[key] = value
+            elif isinstance(value, int | float):
+                timed = isinstance(key, str) and (key in TIME_KEYS or key.endswith("_at"))
+                out[key] = _number(value, timed)
+            else:
+                out[key] = typed(value)
+        return out
     if isinstance(data, list | tuple | set | frozenset):
         items = sorted(data, key=str) if isinstance(data, set | frozenset) else data
-        return [typed(value) for value in items]
-    if isinstance(data, float) and not math.isfinite(data):
-        return None
+        return [v if v is None or isinstance(v, str | bool | int) else typed(v) for v in items]
+    if isinstance(data, float):
+        return _number(data, False)
     if isinstance(data, datetime):
         return _iso(data.timestamp())
     return data
 
 
-def _typed_value(key: str, value: Any) -> Any:
-    is_number = isinstance(value, int | float) and not isinstance(value, bool)
-    if is_number and (key in TIME_KEYS or key.endswith("_at")) and math.isfinite(value):
-        return _iso(float(value))
-    return typed(value)
+def _number(value: float, timed: bool) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return _iso(float(value)) if timed else value
 
 
 def _iso(epoch_s: float) -> str:

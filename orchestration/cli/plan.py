@@ -32,6 +32,7 @@ from orchestration.fleet import history
 from orchestration.graph import render
 from orchestration.graph.resolve import Node, RunGraph, resolve
 from orchestration.language.durations import format_duration
+from orchestration.language.options import RetryPolicy
 
 if TYPE_CHECKING:  # the modules that talk to Redis are imported when a Redis is configured
     from orchestration.fleet.fleetview import FleetView
@@ -42,6 +43,22 @@ def _path_text(path: Sequence[str], shown: int = 12) -> str:
         return " → ".join(path)
     half = shown // 2
     return " → ".join([*path[:half], f"… {len(path) - shown} more …", *path[-half:]])
+
+
+class _Policies:
+    """Each stage's retry policy, its dump and its words, worked out once per distinct `retry`
+    setting (the stages of a large plan share a few: the defaults', a named policy's)."""
+
+    def __init__(self, fleet: FleetView | None):
+        self.fleet = fleet
+        self._seen: dict[tuple[str, str], tuple[RetryPolicy, dict[str, Any], str]] = {}
+
+    def of(self, node: Node) -> tuple[RetryPolicy, dict[str, Any], str]:
+        key = (node.type if self.fleet else "", repr(node.retry))  # the same settings, the same key
+        if key not in self._seen:
+            policy = self.fleet.policy(node) if self.fleet else resolve_policy(node.retry_policy)
+            self._seen[key] = (policy, policy.model_dump(mode="json"), describe_retry(policy))
+        return self._seen[key]
 
 
 def plan_data(
@@ -56,8 +73,9 @@ def plan_data(
     file's by default); `waits`: stage id -> its pools and keys full now, None without a Redis."""
     limits = limits if limits is not None else {n.id: stage_limits(graph, n) for n in graph.nodes}
     stages = []
+    policies = _Policies(fleet)
     for position, node in enumerate(graph.nodes, start=1):
-        policy = fleet.policy(node) if fleet else resolve_policy(node.retry_policy)
+        _, dumped, words = policies.of(node)
         stages.append(
             {
                 "cache": fleet.cache(node) if fleet else ("configured" if node.cache else None),
@@ -74,8 +92,8 @@ def plan_data(
                 "estimate_s": node.estimate_s,
                 "timeout_s": node.timeout_s,
                 "critical": node.critical,
-                "retry": policy.model_dump(mode="json"),
-                "retry_summary": describe_retry(policy),
+                "retry": dumped,
+                "retry_summary": words,
                 "limits": limits[node.id],  # `pool llm (4)`, `key deploy-prod`, `gpu 2`, ...
                 "waits": None if waits is None else waits.get(node.id, []),
             }
@@ -126,6 +144,7 @@ def plan_rows(
         return shown + (f" +{len(node.needs) - 3}" if len(node.needs) > 3 else "")
 
     rows = []
+    policies = _Policies(fleet)
     for position, node in enumerate(graph.nodes, start=1):
         cells = (
             str(position),
@@ -133,7 +152,7 @@ def plan_rows(
             node.type,
             needs(node),
             node.queue,
-            describe_retry(fleet.policy(node) if fleet else resolve_policy(node.retry_policy)),
+            policies.of(node)[2],
             format_duration(node.timeout_s) if node.timeout_s is not None else "-",
             render.fan_out_label(node) or "",
             str(node.level),
