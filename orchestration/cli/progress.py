@@ -48,6 +48,7 @@ STATE_STYLE = {
     State.CANCELLED: "red",
 }
 BAR_CELLS = 10  # of a stage's progress bar (`ctx.progress`)
+READ_ETA_S = 1.0  # a followed run's state is read for its ETA at most this often
 MAX_PACE = 3.0  # a run's time left is at most this many times its stages' estimated path
 
 
@@ -61,6 +62,7 @@ class RunEta:
         pools, rates = settings_limits_or_none(client.settings)
         self.limits = eta.limits_of(self.graph, pools, rates)
         self.pace = 1.0
+        self._read: tuple[float, float | None] | None = None  # (when, seconds left then)
         try:
             self.estimates = run_history.stage_durations(client.store, self.graph.name)
             whole = run_history.run_seconds(client.store, self.graph.name)
@@ -75,6 +77,15 @@ class RunEta:
         )
         if whole is not None and planned > 0:
             self.pace = min(MAX_PACE, max(1.0, whole / planned))
+
+    def now_left_s(self, client: Client, run_id: str) -> float | None:
+        """`left_s` of the run as it is now, read at most every READ_ETA_S: between two reads
+        the last one counts down (a stream of events must not read the whole run each time)."""
+        now = time.time()
+        if self._read is None or now - self._read[0] >= READ_ETA_S:
+            self._read = (now, self.left_s(client.status(run_id), now))
+        read_at, left = self._read
+        return None if left is None else max(0.0, left - (now - read_at))
 
     def left_s(self, status: dict[str, Any], now: float | None = None) -> float | None:
         """Seconds the run has left, None once it ended (or while it is paused)."""
@@ -232,7 +243,7 @@ def follow(
             if not items and event.get("kind") == "item":
                 return
             line = event_line(event)
-            if event.get("kind") == "stage" and (left := run_eta.left_s(client.status(run_id))) is not None:
+            if event.get("kind") == "stage" and (left := run_eta.now_left_s(client, run_id)) is not None:
                 line += f" · ETA {_clock(left)}"
             console.print(term(line), highlight=False)
 

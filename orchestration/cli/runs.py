@@ -324,9 +324,8 @@ def _watch_json(client: Client, run_id: str, timeout: float | None) -> str:
         typed = typed_event(event)
         line: dict[str, Any] = {"event": typed}
         if typed.get("kind") == "stage":  # the time left as of `read_at` (null once the run ended)
-            read_at = time.time()
-            line["eta_s"] = _rounded(run_eta.left_s(client.status(run_id), read_at))
-            line["read_at"] = iso(read_at)
+            line["eta_s"] = _rounded(run_eta.now_left_s(client, run_id))
+            line["read_at"] = iso(time.time())
         print_json_line(line)
 
     final = client.follow(run_id, timeout, on_event=emit)
