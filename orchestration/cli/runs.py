@@ -38,7 +38,7 @@ from orchestration.cli._common import (
 from orchestration.cli.capacity_view import placement_warnings
 from orchestration.cli.runview import iso, run_view, to_json, typed_event
 from orchestration.engine import redis_url
-from orchestration.engine.states import RUN_FINAL, RunStatus
+from orchestration.engine.states import RunStatus
 from orchestration.engine.store import connect
 from orchestration.fleet.embedded import RedisServer, WorkerProcess, wait_for_workers
 from orchestration.graph.render import term
@@ -290,9 +290,9 @@ def status(run_id: str, items: bool, as_json: bool) -> int:
         console.print(attempts_table(data, items))
         for line in _origin_lines(origin):
             say(line)
-    # as `watch` does: a run that ended otherwise than succeeded (failed, cancelled, skipped) is 1
-    ended_badly = data["status"] in RUN_FINAL and data["status"] != RunStatus.SUCCEEDED
-    return EXIT_FAILED if ended_badly else EXIT_OK
+    # the docs' table: 1 for a run that failed or was cancelled (as `watch` exits); a skipped run
+    # never started, and says why
+    return EXIT_FAILED if data["status"] in (RunStatus.FAILED, RunStatus.CANCELLED) else EXIT_OK
 
 
 def _rounded(seconds: float | None) -> float | None:
