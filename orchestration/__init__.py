@@ -3,9 +3,12 @@ control runs), `stage` (register a stage type), `hooks` (run and stage callbacks
 `RetryPolicy` and the errors a stage may raise. The layers beneath are listed in
 docs/architecture.md.
 
-Every name is imported when first asked for: importing any `orchestration.x` runs this module
-first, and the `chordflow` command must not pay for Celery, kombu and redis (the registry pulls
-them in through the broker options) when it only validates a file or prints its help."""
+This is the façade layer (with `api.py`, `submit_checks.py` and `pipeline.py`): it may import the
+foundation (`errors`, `settings`), `language/`, `graph/` and `engine/`, never `fleet/`, `cli/` or
+the `workers` package. Every name is imported when first asked for: importing any
+`orchestration.x` runs this module first, and the `chordflow` command must not pay for Celery,
+kombu and redis (the registry pulls them in through the broker options) when it only validates
+a file or prints its help."""
 
 from importlib import import_module
 from typing import TYPE_CHECKING, Any

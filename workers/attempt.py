@@ -8,65 +8,62 @@ the lease runs out and the reaper sends the stage again.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-import traceback
+import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
 
-from orchestration.engine import hooks
+from orchestration.engine import durability, hooks
 from orchestration.engine.cache import cache_key
+from orchestration.engine.commit import CommitRequest, RetryRequest
 from orchestration.engine.compiler import stage_signature
-from orchestration.engine.dispatch import payload
 from orchestration.engine.limits import Gate
 from orchestration.engine.registry import StageType
+from orchestration.engine.replies import BeginPoison, Commit, CommitVerdict, Holding
 from orchestration.engine.retries import Verdict, decide, resolve_policy
-from orchestration.engine.states import State
-from orchestration.engine.store import Commit, RunStore
+from orchestration.engine.stage_message import StageMessage
+from orchestration.engine.states import RunStatus, State
+from orchestration.engine.store import RunStore
 from orchestration.errors import CommitRefused, FailStage, OutputTooLarge, RedisRefusedWrite, StageTimeout
 from orchestration.graph.resolve import Node, RunGraph
 from orchestration.language import expressions
 
 from .context import StageContext
+from .failures import error_record, refused_write, safe_text, terminating
 from .livelog import remember_ending
 
 if TYPE_CHECKING:
     from .execution import WorkerEnv
 
 log = logging.getLogger("chordflow.worker")
-TRACEBACK_TAIL = 2000
 
 
-def error_record(exc: BaseException, attempt: int, retryable: bool) -> dict[str, Any]:
-    record: dict[str, Any] = {
-        "type": type(exc).__name__,
-        "message": str(exc)[:2000],
-        "retryable": retryable,
-        "attempt": attempt,
-        "traceback": "".join(traceback.format_exception(exc))[-TRACEBACK_TAIL:],
+def stage_event(env: WorkerEnv, graph: RunGraph, node: Node, stage_type: StageType, m: StageMessage) -> dict:
+    """The fields every hook event of this attempt carries."""
+    return {
+        "run_id": m.run_id,
+        "pipeline": graph.name,
+        "stage_id": node.id,
+        "item": m.item,
+        "attempt": m.attempt,
+        "host": env.hostname,
+        "queue": node.queue,
+        "type": stage_type.name,
     }
-    if isinstance(exc, StageTimeout):
-        record.update(timeout=True, exit_code=exc.returncode)
-    elif (code := getattr(exc, "returncode", None)) is not None:
-        record["exit_code"] = code
-    return record
-
-
-def refused_write(exc: redis.RedisError) -> bool:
-    """Redis answered but will not write: out of memory, or a read-only replica."""
-    return isinstance(exc, (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError)) or (
-        isinstance(exc, redis.ResponseError)
-        and any(word in str(exc) for word in ("OOM", "maxmemory", "READONLY", "read only replica"))
-    )
 
 
 class Attempt:
     """One attempt of one stage (or item), from its token to its one commit.
 
     `succeed`, `skip` and `fail` are the only ways out, and each commits once through
-    `_commit`; `fail` asks `retries.decide` what the failure leads to."""
+    `_commit`; `fail` asks `retries.decide` what the failure leads to. Whatever the stage's body
+    raises or does to its interpreter (SystemExit, KeyboardInterrupt, an exception whose __str__
+    raises) ends in one of them; only a real process death is left to the lease (lease.py)."""
 
     def __init__(
         self,
@@ -74,17 +71,15 @@ class Attempt:
         stage_type: StageType,
         graph: RunGraph,
         node: Node,
-        run_id: str,
-        item: int | None,
-        attempt: int,
+        message: StageMessage,
         token: str,
         ctx: StageContext,
-        event: dict[str, Any],
         gate: Gate | None = None,
     ):
         self.env, self.stage_type, self.graph, self.node = env, stage_type, graph, node
-        self.run_id, self.item, self.attempt, self.token = run_id, item, attempt, token
-        self.ctx, self.event = ctx, event
+        self.message, self.token, self.ctx = message, token, ctx
+        self.run_id, self.item, self.attempt = message.run_id, message.item, message.attempt
+        self.event = stage_event(env, graph, node, stage_type, message)
         # what the commit gives back of the stage's limits (engine/limits.py)
         self.release = (gate, env.capacity) if gate is not None else None
         self.cache_key: str | None = None
@@ -105,14 +100,14 @@ class Attempt:
         self.ctx.log_sink.close(ending)
 
     # -- the attempt ---------------------------------------------------------------------------
-    def perform(self, verdict: str, rest: list[Any]) -> str:
+    def perform(self, begun: Holding) -> str:
         node, ctx, store = self.node, self.ctx, self.env.store
-        if verdict == "poison":
+        if isinstance(begun, BeginPoison):
             error = {
                 "type": "PoisonMessage",
                 "retryable": False,
                 "attempt": self.attempt,
-                "message": f"the worker running this stage died {rest[1]} times; the message is quarantined",
+                "message": f"the worker running this stage died {begun.crashes} times; the message is quarantined",
             }
             return self._end_failed(error)
         if node.when and (self.item is None or expressions.reads_item(node.when)):
@@ -139,16 +134,21 @@ class Attempt:
                 return self.succeed(hit, cached=True)
         try:
             result = self.stage_type.func(ctx, **node.params)
-            output_json = json.dumps(result, separators=(",", ":"))
         except SoftTimeLimitExceeded:
             return self.fail(
                 StageTimeout(
                     f"stage '{node.id}' ran past its timeout of {node.timeout_s:g}s", returncode=None
                 )
             )
-        except Exception as exc:  # noqa: BLE001  the stage's own failure: retry, fallback or fail, by policy
-            if isinstance(exc, TypeError) and "JSON serializable" in str(exc):
-                exc = FailStage(f"stage '{node.id}' returned a value that is not JSON: {exc}")
+        except BaseException as exc:  # whatever the body raises (SystemExit too) is its failure
+            if terminating():
+                raise  # the pool's own SIGTERM handler (a revoke, a cold shutdown): the process ends
+            return self.fail(exc)
+        try:
+            output_json = json.dumps(result, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError, RecursionError) as exc:
+            return self.fail(FailStage(f"stage '{node.id}' returned a value that is not JSON: {exc}"))
+        except BaseException as exc:  # noqa: BLE001  a returned object's own methods may raise anything
             return self.fail(exc)
         if len(output_json) > self.env.settings.output_cap_bytes:
             return self.fail(
@@ -162,15 +162,15 @@ class Attempt:
             State.SUCCEEDED,
             output_json,
             cached=cached,
-            announce=("stage_complete", {"state": "succeeded", "cached": cached}),
+            announce=("stage_complete", {"state": State.SUCCEEDED, "cached": cached}),
         )
         if isinstance(commit, str):
             return commit
-        return "cache hit" if cached else "succeeded"
+        return "cache hit" if cached else State.SUCCEEDED
 
     def skip(self) -> str:
-        commit = self._commit(State.SKIPPED, "null", announce=("stage_complete", {"state": "skipped"}))
-        return commit if isinstance(commit, str) else "skipped"
+        commit = self._commit(State.SKIPPED, "null", announce=("stage_complete", {"state": State.SKIPPED}))
+        return commit if isinstance(commit, str) else State.SKIPPED
 
     def fail(self, exc: BaseException, kind: str | None = None) -> str:
         node = self.node
@@ -185,51 +185,51 @@ class Attempt:
             return self.retry(decision.delay_s, error)
         if decision.verdict is Verdict.FALLBACK:
             try:
-                output_json = json.dumps(self._fallback_output(), separators=(",", ":"))
-            except Exception as fallback_exc:  # noqa: BLE001
-                error["fallback_error"] = f"{type(fallback_exc).__name__}: {fallback_exc}"
+                output_json = json.dumps(self._fallback_output(), separators=(",", ":"), allow_nan=False)
+            except BaseException as fallback_exc:  # noqa: BLE001  the fallback's failure is the stage's
+                error["fallback_error"] = f"{type(fallback_exc).__name__}: {safe_text(fallback_exc)}"
+                # shown wherever the stage's error is (status, the run page): not only in the JSON
+                error["message"] = f"{error['message']}; its fallback failed too: {error['fallback_error']}"
             else:
                 commit = self._commit(State.FALLBACK, output_json, error, announce=self._error_event(error))
-                return commit if isinstance(commit, str) else "fallback"
+                return commit if isinstance(commit, str) else State.FALLBACK
         return self._end_failed(error)
 
     def retry(self, delay_s: float, error: dict[str, Any]) -> str:
         env, node = self.env, self.node
         park = delay_s > env.settings.delay_set_threshold_s
-        message = payload(self.run_id, node.id, self.attempt + 1, self.item)
         announce = hooks.entry(
             "stage_error",
             {**self.event, "error": error, "will_retry": True, "delay_s": delay_s},
             self.graph.webhooks,
         )
-        self.store_logs("retrying", error)
+        self.store_logs(State.RETRYING, error)
+        request = RetryRequest(
+            self.message, self.token, error, delay_s, park, [announce] if announce else [], self.release
+        )
         try:
-            held = env.store.retry(
-                self.run_id,
-                node.id,
-                self.item,
-                self.token,
-                error,
-                self.attempt + 1,
-                delay_s,
-                park,
-                message,
-                [announce] if announce else [],
-                release=self.release,
-            )
+            reply = env.store.retry(request)
         except redis.RedisError as exc:
             return self._lost(exc)
-        if held and not park:
-            env.dispatcher.send(
-                [stage_signature(self.run_id, node, self.attempt + 1, self.item, countdown=delay_s)]
-            )
+        if reply.held and not park:
+            again = StageMessage(self.run_id, node.id, self.attempt + 1, self.item)
+            try:
+                env.dispatcher.send([stage_signature(again, node, countdown=delay_s)])
+            except Exception as exc:  # noqa: BLE001  the broker refused it: the delay set keeps it instead
+                log.warning(
+                    "retry of %s/%s not sent (%s); it waits in the delay set", self.run_id, node.id, exc
+                )
+                try:
+                    env.store.delay(again.payload(), delay_s)
+                except redis.RedisError:  # the reaper's anti-entropy sweep sends it (antientropy.py)
+                    log.warning("retry of %s/%s left to the reaper", self.run_id, node.id)
         return f"retrying in {delay_s:.2f}s"
 
     def _end_failed(self, error: dict[str, Any]) -> str:
         """Commit the stage's failure; the commit script cascades it by the node's `critical` and
         the run's fail_fast, as `decide` said (FAIL or FAIL_AND_CASCADE)."""
         commit = self._commit(State.FAILED, "", error, announce=self._error_event(error))
-        return commit if isinstance(commit, str) else f"failed: {error['type']}"
+        return commit if isinstance(commit, str) else f"{State.FAILED}: {error['type']}"
 
     def _error_event(self, error: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         return "stage_error", {"error": error, "will_retry": False}
@@ -254,39 +254,34 @@ class Attempt:
             if entry:
                 notify.append(entry)
         self.store_logs("cache hit" if cached else str(outcome.value), error)
-        children = env.dispatcher.children(self.run_id, graph, node.id)
+        request = CommitRequest(
+            self.run_id,
+            graph,
+            node.id,
+            outcome,
+            item=self.item,
+            token=self.token,
+            output_json=output_json,
+            error=error,
+            cached=cached,
+            context_writes=ctx.context.writes,
+            metrics=ctx.metrics.values,
+            cache_key=self.cache_key if outcome is State.SUCCEEDED and not cached else None,
+            cache_ttl_s=node.cache.ttl if node.cache is not None else 0,
+            notify=notify,
+            run_hook=hooks.entry("run_complete", {"run_id": self.run_id}, graph.webhooks) is not None,
+            release=self.release,
+        )
         try:
-            commit = env.store.finish(
-                self.run_id,
-                graph,
-                node.id,
-                self.item,
-                self.token,
-                outcome,
-                output_json,
-                error,
-                context_writes=ctx.context.writes,
-                metrics=ctx.metrics.values,
-                children=children,
-                messages=env.dispatcher.messages(self.run_id, graph, children),
-                next_message=env.dispatcher.next_item_template(self.run_id, node)
-                if self.item is not None
-                else None,
-                descendants=env.dispatcher.blocked_by(self.run_id, graph, node.id, outcome),
-                cache_key=self.cache_key if outcome is State.SUCCEEDED and not cached else None,
-                cache_ttl_s=node.cache.ttl if node.cache is not None else 0,
-                cached=cached,
-                notify=notify,
-                run_hook=hooks.entry("run_complete", {"run_id": self.run_id}, graph.webhooks) is not None,
-                release=self.release,
-            )
+            request = env.dispatcher.plan(request)
+            commit = self._acknowledged(request, env.store.finish(request))
         except redis.RedisError as exc:
             if not refused_write(exc) or (outcome is State.FAILED and error and error.get("commit_refused")):
                 return self._lost(exc)
             return self._refused(RedisRefusedWrite(str(exc)))
-        if commit.verdict == "invalid":
+        if commit.verdict is CommitVerdict.INVALID:
             return self._refused(CommitRefused(commit.reason))
-        if commit.verdict in ("stale", "late"):
+        if commit.verdict in (CommitVerdict.STALE, CommitVerdict.LATE):
             log.warning(
                 "commit of %s/%s item %s refused (%s): a newer attempt holds it",
                 self.run_id,
@@ -301,6 +296,56 @@ class Attempt:
             log.warning(
                 "run %s: could not send what %s made ready (%s); the reaper will", self.run_id, node.id, exc
             )
+        return commit
+
+    def _acknowledged(self, request: CommitRequest, commit: Commit) -> Commit:
+        """With CHORDFLOW_REPLICAS_ACK=N: the commit once N replicas have it. Until then it is sent
+        again with the same token, while the attempt keeps its lease (finish.lua answers ALREADY when
+        it is in; on a new primary that missed it, it commits it afresh), for one lease at most."""
+        wanted = self.env.settings.replicas_ack
+        if not wanted or commit.replicas is None or not commit.committed:
+            return commit
+        deadline, pause = time.monotonic() + self.env.settings.lease_s, 0.05
+        while (commit.replicas or 0) < wanted and time.monotonic() < deadline:
+            time.sleep(pause)
+            pause = min(2 * pause, 1.0)
+            try:
+                again = self.env.store.finish(request)
+            except redis.RedisError as exc:  # a failover under way: ask again
+                log.warning("commit of %s/%s sent again: %s", self.run_id, self.node.id, exc)
+                continue
+            if again.verdict is CommitVerdict.ALREADY:
+                commit = replace(commit, replicas=again.replicas)
+            elif again.committed:
+                commit = again  # a new primary that had missed it: committed afresh
+            else:
+                log.warning(
+                    "commit of %s/%s lost in a failover (%s)", self.run_id, self.node.id, again.verdict
+                )
+                return again
+        if (commit.replicas or 0) < wanted:
+            log.warning(
+                "commit of %s/%s item %s: %s of %d replicas confirmed it; not acknowledged",
+                self.run_id,
+                self.node.id,
+                self.item,
+                commit.replicas,
+                wanted,
+            )
+            return commit
+        output = request.output_json
+        durability.record(
+            self.env.settings,
+            {
+                "run": self.run_id,
+                "stage": self.node.id,
+                "item": self.item,
+                "attempt": self.attempt,
+                "token": self.token,
+                "outcome": str(request.outcome),
+                "output_hash": hashlib.sha256(output.encode()).hexdigest() if output else None,
+            },
+        )
         return commit
 
     def _refused(self, exc: BaseException) -> str:
@@ -335,19 +380,28 @@ class Attempt:
         fallback = self.node.fallback
         assert fallback is not None
         if fallback.last_success:
-            return _last_success(self.env.store, self.graph, self.node.id, self.run_id)
+            found, value = _last_success(self.env.store, self.graph, self.node.id, self.run_id)
+            if found:
+                return value
+            if "default" in fallback.model_fields_set:
+                return fallback.default
+            raise LookupError(
+                f"fallback last_success: no earlier run of pipeline '{self.graph.name}' has an output of "
+                f"stage '{self.node.id}' (give the fallback a default: {{last_success: true, default: VALUE}})"
+            )
         if fallback.uses is not None:
             other = self.env.registry.get(fallback.uses)
             if other is None:
                 raise LookupError(f"fallback type '{fallback.uses}' is not registered in this worker")
-            return other.func(self.ctx, **self.node.params)
+            return other.func(self.ctx, **(fallback.params or {}))
         return fallback.output
 
 
-def _last_success(store: RunStore, graph: RunGraph, stage_id: str, run_id: str) -> Any:
+def _last_success(store: RunStore, graph: RunGraph, stage_id: str, run_id: str) -> tuple[bool, Any]:
+    """(found, the output of `stage_id` in the newest earlier successful run of the pipeline)."""
     for other in store.recent_runs(limit=200, pipeline=graph.name):
-        if other != run_id and store.run_status(other) == "succeeded":
+        if other != run_id and store.run_status(other) == RunStatus.SUCCEEDED:
             value = store.output(other, stage_id)
             if value is not None:
-                return value
-    return None
+                return True, value
+    return False, None

@@ -13,6 +13,7 @@ The command modules (files, runs, fleet, dashboard) import this one and nothing 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -28,12 +29,12 @@ from typing import TYPE_CHECKING, Any
 import click
 from rich.console import Console
 
-from orchestration.engine import redis_url
 from orchestration.errors import ChordflowError
 from orchestration.graph import render
 
 if TYPE_CHECKING:
     from orchestration.api import Client
+    from orchestration.engine.redis_url import RedisUnreachable
     from orchestration.graph.resolve import RunGraph
     from orchestration.language.spec import PipelineSpec
     from orchestration.settings import Settings
@@ -169,7 +170,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def unreachable(exc: BaseException, urls: Sequence[str] = ()) -> redis_url.RedisUnreachable:
+def unreachable(exc: BaseException, urls: Sequence[str] = ()) -> RedisUnreachable:
     """`cannot reach Redis at redis://host:port/db (reason)` for a connection error, naming the
     Redis the command connected to (else the configured one), its password masked."""
     url = urls[0] if urls else os.environ.get("CHORDFLOW_REDIS_URL")
@@ -177,7 +178,9 @@ def unreachable(exc: BaseException, urls: Sequence[str] = ()) -> redis_url.Redis
     redis = sys.modules.get("redis")
     if redis is not None and isinstance(exc, redis.AuthenticationError):
         reason = f"it refused the credentials: {reason}"
-    return redis_url.RedisUnreachable(url, reason)
+    from orchestration.engine.redis_url import RedisUnreachable
+
+    return RedisUnreachable(url, reason)
 
 
 def command(fn: Callable[..., int | None]) -> Callable[..., None]:
@@ -186,11 +189,26 @@ def command(fn: Callable[..., int | None]) -> Callable[..., None]:
 
     The command runs in `redis_url.fail_fast()`: its Redis clients give up after
     `redis_timeout_s`, and a Redis it cannot reach is `error: cannot reach Redis at ...`, exit 1."""
+    return _wrapped(fn, fail_fast=True)
 
+
+def offline_command(fn: Callable[..., int | None]) -> Callable[..., None]:
+    """`command` for a command on files that needs no Redis (`validate`, `schema`, ...): it runs
+    without the fail-fast mode, whose module loads redis-py (a command that may read a Redis
+    enters it itself, as `graph RUN` does)."""
+    return _wrapped(fn, fail_fast=False)
+
+
+def _wrapped(fn: Callable[..., int | None], fail_fast: bool) -> Callable[..., None]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> None:
         as_json = bool(kwargs.get("as_json"))
-        with redis_url.fail_fast() as mode:
+        with contextlib.ExitStack() as stack:
+            urls: Sequence[str] = ()
+            if fail_fast:
+                from orchestration.engine import redis_url
+
+                urls = stack.enter_context(redis_url.fail_fast()).urls
             try:
                 code = fn(*args, **kwargs)
             except ChordflowError as exc:
@@ -198,7 +216,7 @@ def command(fn: Callable[..., int | None]) -> Callable[..., None]:
             except Exception as exc:
                 if not isinstance(exc, unreachable_errors()):
                     raise
-                code = report_error(unreachable(exc, mode.urls), as_json=as_json)
+                code = report_error(unreachable(exc, urls), as_json=as_json)
         if code:
             raise click.exceptions.Exit(code)
 
@@ -211,6 +229,8 @@ def redis_settings() -> Settings:
     settings = settings_from_env()
     if not settings.redis_url:
         raise click.UsageError("set CHORDFLOW_REDIS_URL to the Redis your runs live in")
+    from orchestration.engine import redis_url
+
     redis_url.check(settings.redis_url)
     return settings
 

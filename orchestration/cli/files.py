@@ -14,12 +14,12 @@ from rich.text import Text
 from orchestration.cli._common import (
     EXIT_INVALID,
     EXIT_OK,
-    command,
     console,
     file_argument,
     json_option,
     load_graph,
     load_spec,
+    offline_command,
     only_option,
     print_json,
     redis_settings,
@@ -58,7 +58,7 @@ def unverified_types(spec: PipelineSpec) -> dict[str, list[str]]:
 @file_argument
 @set_option
 @json_option
-@command
+@offline_command
 def validate(file: Path, sets: tuple[str, ...], as_json: bool) -> int:
     """Check a pipeline file and report every problem at once."""
     spec = load_spec(file, sets, settings_from_env())
@@ -125,13 +125,15 @@ def available_templates() -> dict[str, tuple[str, Path]]:
 
 
 def _run_graph(run_id: str) -> tuple[RunGraph, dict[str, str]]:
-    """A run's graph and its stages' states, from the configured Redis."""
+    """A run's graph and its stages' states, from the configured Redis (failing fast)."""
+    from orchestration.engine import redis_url
     from orchestration.engine.store import RunStore, connect
 
     check_run_id(run_id)
     settings = redis_settings()
-    store = RunStore(connect(settings), settings)
-    return store.graph(run_id), store.states(run_id)
+    with redis_url.fail_fast():
+        store = RunStore(connect(settings), settings)
+        return store.graph(run_id), store.states(run_id)
 
 
 @click.command("graph")
@@ -142,7 +144,7 @@ def _run_graph(run_id: str) -> tuple[RunGraph, dict[str, str]]:
 @click.option(
     "--format", "fmt", type=click.Choice(["mermaid", "dot", "svg"]), default="mermaid", show_default=True
 )
-@command
+@offline_command
 def graph_command(source: str, sets: tuple[str, ...], select: str | None, only: bool, fmt: str) -> int:
     """Print a pipeline's graph (FILE) or a run's, coloured by each stage's state (RUN), as Mermaid,
     Graphviz DOT or SVG. An argument that is no file is read as a run id."""
@@ -159,7 +161,7 @@ def graph_command(source: str, sets: tuple[str, ...], select: str | None, only: 
 
 
 @click.command()
-@command
+@offline_command
 def schema() -> int:
     """Print the JSON Schema of the pipeline file."""
     return print_json(PipelineSpec.model_json_schema())
@@ -167,7 +169,7 @@ def schema() -> int:
 
 @click.command("templates")
 @json_option
-@command
+@offline_command
 def templates_command(as_json: bool) -> int:
     """List the templates `init` can write."""
     found = available_templates()
@@ -194,7 +196,7 @@ def templates_command(as_json: bool) -> int:
 )
 @click.argument("path", type=click.Path(path_type=Path), default="pipeline.yaml")
 @click.option("--force", is_flag=True, help="Overwrite PATH if it exists.")
-@command
+@offline_command
 def init(name: str, path: Path, force: bool) -> int:
     """Write a template pipeline file to PATH (default pipeline.yaml)."""
     target = path / "pipeline.yaml" if path.is_dir() else path

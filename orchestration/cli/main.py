@@ -30,7 +30,6 @@ from orchestration.cli._common import (
     unreachable_errors,
     version,
 )
-from orchestration.engine import redis_url
 from orchestration.errors import ChordflowError
 
 COMMAND_GROUP = "chordflow.commands"
@@ -161,6 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return report_error(unreachable(exc))
         if os.environ.get("CHORDFLOW_DEBUG"):
             raise
+        from orchestration.engine import redis_url  # here: it loads redis-py, for its URL parser
+
         say(
             f"error: unexpected {type(exc).__name__}: {redis_url.mask(str(exc))} "
             "(set CHORDFLOW_DEBUG=1 for the traceback)",

@@ -16,10 +16,10 @@ from rich.text import Text
 from orchestration.cli import eta
 from orchestration.cli._common import (
     EXIT_OK,
-    command,
     console,
     json_option,
     load_spec,
+    offline_command,
     pipeline_options,
     print_json,
     say,
@@ -204,7 +204,7 @@ def plain_lines(title: str, headings: list[str], rows: list[tuple[str, ...]]) ->
 @click.command()
 @pipeline_options
 @json_option
-@command
+@offline_command  # a Redis, when configured, is read with short timeouts, its errors caught
 def plan(file: Path, sets: tuple[str, ...], select: str | None, only: bool, as_json: bool) -> int:
     """Show what a run would do: order, levels, queues, retries, limits, critical path (a dry run).
 

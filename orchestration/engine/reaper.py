@@ -10,6 +10,12 @@
   first items of a fan-out whose dispatcher died after starting it. Duplicates
   are harmless: a second delivery of a started stage is dropped by `begin.lua`.
 
+- A queued or retrying stage (or fan-out item) whose message no one holds (no lease, no outbox or
+  waiting entry, not in its queue, a consumer's hands or the delay set) is sent again, by the
+  anti-entropy sweep every `sweep_s` (antientropy.py).
+- After the Redis primary changes (a failover, a restart), leases are judged again only one lease
+  later, so a clock that runs ahead on the new primary does not expire live leases.
+
 - A stage waiting for a limit's slot or for capacity (engine/limits.py) whose holder's lease ran
   out, or that fits a worker no release will come from, is woken (`sweep_waiting`).
 
@@ -19,10 +25,14 @@ All times are Redis's clock, so machines with skewed clocks agree.
 from __future__ import annotations
 
 import logging
+import time
 
-from orchestration.engine.compiler import item_signatures, stage_signature
+from orchestration.engine.antientropy import AntiEntropy
+from orchestration.engine.compiler import first_signature, item_signatures, stage_signature
 from orchestration.engine.dispatch import Dispatcher
 from orchestration.engine.protocol import Store
+from orchestration.engine.stage_message import StageMessage
+from orchestration.engine.states import RUN_ACTIVE, RunStatus, State
 from orchestration.errors import RunNotFound
 from orchestration.graph.resolve import Node, RunGraph
 
@@ -34,6 +44,9 @@ class Reaper:
         self.store, self.dispatcher = store, dispatcher
         self.lock = store.reaper_lock(timeout_s=max(5.0, store.settings.lease_s))
         self.identity = identity
+        self.entropy = AntiEntropy(store, dispatcher)
+        self.primary: str | None = None
+        self.paused_until = 0.0
 
     def tick(self) -> int:
         """Reap once if this process holds (or takes) the lock; returns how many messages it sent."""
@@ -43,7 +56,24 @@ class Reaper:
             held = self.lock.acquire(blocking=False)
         if not held:
             return 0
-        return self.expired_leases() + self.unsent() + self.store.sweep_waiting(self.store.live_workers)
+        sent = self.unsent() + self.store.sweep_waiting(self.store.live_workers)
+        if self._paused():
+            return sent
+        sent += self.expired_leases()
+        if self.entropy.due():
+            sent += self.entropy.sweep()
+        return sent
+
+    def _paused(self) -> bool:
+        """After the primary changed (a failover, a restart), leases are judged only one lease later:
+        the new primary's clock may run ahead of the old one's, and workers are reconnecting."""
+        now = time.monotonic()
+        primary = self.store.primary_identity()
+        if self.primary is not None and primary != self.primary:
+            log.warning("the Redis primary changed; judging leases again in %gs", self.store.settings.lease_s)
+            self.paused_until = now + self.store.settings.lease_s
+        self.primary = primary
+        return now < self.paused_until
 
     def expired_leases(self, limit: int = 200) -> int:
         store = self.store
@@ -52,13 +82,13 @@ class Reaper:
         sent = 0
         for run_id, stage_id, item in store.expired_leases(now_ms, limit):
             state, lease_exp_ms, attempt = store.lease_state(run_id, stage_id, item)
-            if state == "running" and lease_exp_ms > now_ms:
+            if state == State.RUNNING and lease_exp_ms > now_ms:
                 continue
-            if state is None and item is not None and store.stage_state(run_id, stage_id) == "running":
+            if state is None and item is not None and store.stage_state(run_id, stage_id) == State.RUNNING:
                 # An item a chunk message claimed and never began (its worker died first): it is
                 # sent on its own, as its first attempt.
-                state, attempt = "running", 0
-            if state != "running" or store.run_status(run_id) not in ("running", "paused"):
+                state, attempt = State.RUNNING, 0
+            if state != State.RUNNING or store.run_status(run_id) not in RUN_ACTIVE:
                 store.release_lease(run_id, stage_id, item)  # ended, or its run did (a revoked item)
                 continue
             try:
@@ -71,7 +101,7 @@ class Reaper:
             log.warning(
                 "lease of %s/%s item %s expired; sending attempt %s", run_id, stage_id, item, attempt + 1
             )
-            self.dispatcher.send([stage_signature(run_id, node, attempt + 1, item)])
+            self.dispatcher.send([stage_signature(StageMessage(run_id, stage_id, attempt + 1, item), node)])
             sent += 1
         return sent
 
@@ -81,9 +111,9 @@ class Reaper:
         sent = 0
         for run_id, stage_id in store.unsent(horizon, limit):
             state = store.stage_state(run_id, stage_id)
-            if state == "queued" and store.run_status(run_id) == "paused":
+            if state == State.QUEUED and store.run_status(run_id) == RunStatus.PAUSED:
                 continue  # a fan-out made ready while its run is paused: started after the resume
-            if state in ("queued", "running") and store.run_status(run_id) in ("running", "paused"):
+            if state in (State.QUEUED, State.RUNNING) and store.run_status(run_id) in RUN_ACTIVE:
                 try:
                     graph = store.graph(run_id)
                 except RunNotFound:
@@ -95,12 +125,12 @@ class Reaper:
 
     def _resend(self, run_id: str, graph: RunGraph, node: Node, state: str) -> int:
         """Send what a dead dispatcher did not: a ready stage, or a started fan-out's first window."""
-        if state == "queued":
+        if state == State.QUEUED:
             log.warning("stage %s/%s was ready but never sent; sending it", run_id, node.id)
             if node.fans_out:
                 self.dispatcher.dispatch(run_id, graph, [node.id])
             else:
-                self.dispatcher.send([stage_signature(run_id, node)])
+                self.dispatcher.send([first_signature(run_id, node)])
             return 1
         if not node.fans_out:
             return 0  # running: it was sent
