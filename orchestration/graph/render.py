@@ -13,10 +13,12 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from rich.text import Text
 
-from orchestration.graph.resolve import Node, RunGraph
+if TYPE_CHECKING:  # only named in annotations: `say` needs this module, not the resolver
+    from orchestration.graph.resolve import Node, RunGraph
 
 STATE_COLOURS: dict[str, str] = {
     "pending": "#eeeeee",
@@ -57,6 +59,13 @@ def term(text: object, style: str = "") -> Text:
     """A rich Text of `text` made terminal-safe: rich reads no `[markup]` in it and no control
     character reaches the terminal (a table cell or title of user-supplied text)."""
     return Text(terminal_safe(text, keep=""), style=style)
+
+
+def term_lines(text: object, style: str = "") -> Text:
+    """`term` of a cell of several lines: each line made terminal-safe, the lines kept (a table
+    cell listing one thing a line would otherwise show a literal `\\x0a`)."""
+    lines = str(text).split("\n")
+    return Text("\n".join(terminal_safe(line, keep="") for line in lines), style=style)
 
 
 def fan_out_label(node: Node) -> str | None:

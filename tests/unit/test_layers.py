@@ -6,7 +6,7 @@ Layers, bottom to top; a module may import its own layer and any lower one, neve
     language    language/   reading and checking a pipeline file
     graph       graph/      spec -> RunGraph
     engine      engine/     Redis store, dispatch, Celery configuration
-    façade      api.py, pipeline.py, __init__.py
+    façade      api.py, submit_checks.py, pipeline.py, __init__.py
     fleet       fleet/
     cli         cli/, __main__.py (`python -m orchestration` is the command line)
 
@@ -36,6 +36,7 @@ PLACES = {
     "engine": "engine",
     "": "façade",
     "api": "façade",
+    "submit_checks": "façade",
     "pipeline": "façade",
     "fleet": "fleet",
     "cli": "cli",
