@@ -17,7 +17,6 @@ from orchestration.engine.celeryconfig import client_app
 from orchestration.engine.dependencies import run_extra, unmet
 from orchestration.engine.dispatch import Dispatcher, signature_of
 from orchestration.engine.placement import check_placement
-from orchestration.engine.states import RUN_FINAL, RunStatus, State
 from orchestration.engine.store import RunStore, connect, new_run_id
 from orchestration.errors import (
     DependenciesNotMet,
@@ -28,6 +27,7 @@ from orchestration.graph.resolve import RunGraph, resolve
 from orchestration.language.ids import check_idempotency_key, check_run_id
 from orchestration.language.spec import PipelineSpec
 from orchestration.settings import Settings
+from orchestration.states import RUN_FINAL, RunStatus, State
 from orchestration.submit_checks import check_same_submission, check_types
 
 

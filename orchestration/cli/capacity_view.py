@@ -26,12 +26,12 @@ from orchestration.engine.capacity_reads import limit_holders, waiting_items
 from orchestration.engine.limits import gate_for
 from orchestration.engine.placement import QueueUnserved
 from orchestration.engine.reads import RunReads
-from orchestration.engine.states import State
 from orchestration.engine.store import RunStore
 from orchestration.fleet.health import quick_client
 from orchestration.graph.resolve import RunGraph
 from orchestration.language.durations import format_duration
 from orchestration.settings import Settings
+from orchestration.states import State
 
 # -- a run's waiting stages -----------------------------------------------------------------------
 

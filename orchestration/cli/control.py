@@ -17,8 +17,8 @@ from orchestration.cli._common import (
     stopped_following,
 )
 from orchestration.cli.runview import run_view
-from orchestration.engine.states import RunStatus, State
 from orchestration.language.ids import check_run_id
+from orchestration.states import RunStatus, State
 
 
 def _control(op: str, run_id: str, as_json: bool = False) -> int:

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestration.engine.limits import gate_for
-from orchestration.engine.states import TERMINAL, State
 from orchestration.graph.resolve import Node, RunGraph
 from orchestration.language.rates import PoolLimit, RateLimit
+from orchestration.states import TERMINAL, State
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from orchestration.cli._common import print_json_line, say
 from orchestration.cli.runview import iso, read_history
 from orchestration.engine.attempts import AttemptHistory, AttemptRecord, complete
 from orchestration.engine.logs import MARKERS, AttemptLogInfo, LogLine
-from orchestration.engine.states import RUN_FINAL, TERMINAL, State
+from orchestration.states import RUN_FINAL, TERMINAL, State
 
 Ref = tuple[str, int | None, int]  # (stage, item, attempt)
 POLL_MS = 250  # a follower waits this long for lines before it looks for new streams and the end

@@ -24,13 +24,13 @@ from orchestration.cli._common import (
     set_option,
 )
 from orchestration.engine.dependencies import registry, span
-from orchestration.engine.states import RunStatus
 from orchestration.fleet import chains
 from orchestration.fleet.pipelines import AssetRow, PipelineRow, asset_rows, pipeline_rows
 from orchestration.fleet.registry import register, unregister
 from orchestration.graph import pipeline_map
 from orchestration.graph.render import term, term_lines
 from orchestration.language.loader import parse_override
+from orchestration.states import RunStatus
 
 
 def _client() -> Client:

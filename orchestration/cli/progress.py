@@ -31,9 +31,9 @@ from orchestration.cli.capacity_view import state_label
 from orchestration.cli.plan_limits import settings_limits_or_none
 from orchestration.cli.runview import run_view
 from orchestration.engine.attempts import AttemptHistory
-from orchestration.engine.states import KEPT_ON_RETRY, RUN_FINAL, State
 from orchestration.fleet import history as run_history
 from orchestration.graph.render import term
+from orchestration.states import KEPT_ON_RETRY, RUN_FINAL, State
 
 STATE_STYLE = {
     State.PENDING: "dim",

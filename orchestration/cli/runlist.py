@@ -9,9 +9,9 @@ from rich.table import Table
 
 from orchestration.cli._common import EXIT_OK, client_from_env, command, console, json_option, print_json
 from orchestration.cli.runview import run_record, to_json
-from orchestration.engine.states import RunStatus
 from orchestration.graph.render import term
 from orchestration.language.durations import parse_duration
+from orchestration.states import RunStatus
 
 
 def _since(_: click.Context, __: click.Parameter, value: str | None) -> float | None:

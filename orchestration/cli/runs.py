@@ -38,13 +38,13 @@ from orchestration.cli._common import (
 from orchestration.cli.capacity_view import placement_warnings
 from orchestration.cli.runview import iso, run_view, to_json, typed_event
 from orchestration.engine import redis_url
-from orchestration.engine.states import RunStatus
 from orchestration.engine.store import connect
 from orchestration.fleet.embedded import RedisServer, WorkerProcess, wait_for_workers
 from orchestration.graph.render import term
 from orchestration.graph.resolve import resolve
 from orchestration.language.ids import check_idempotency_key, check_run_id
 from orchestration.settings import Settings
+from orchestration.states import RunStatus
 
 
 @contextmanager

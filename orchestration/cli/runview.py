@@ -21,7 +21,7 @@ from typing import Any
 from orchestration.api import Client
 from orchestration.cli.capacity_view import waiting_of
 from orchestration.engine.attempts import AttemptHistory, complete, parse_error
-from orchestration.engine.states import State
+from orchestration.states import State
 
 ERROR_CURRENT = frozenset({State.FAILED, State.RETRYING, State.FALLBACK})
 EVENTS_PAGE = 10_000

@@ -16,9 +16,9 @@ from typing import Any
 from orchestration.engine.limits import Capacity, GateKeys, dumps, gate_for, holder
 from orchestration.engine.reads import RunReads
 from orchestration.engine.scripts import source
-from orchestration.engine.states import RUN_ACTIVE, State
 from orchestration.graph.resolve import RunGraph
 from orchestration.language.rates import settings_limits
+from orchestration.states import RUN_ACTIVE, State
 
 SWEEP_READ = 200  # members at the head of each waiting set the sweep checks for ended runs
 SCAN_COUNT = 1_000  # members a ZSCAN call looks at when an ended run's waiters are looked for

@@ -20,8 +20,8 @@ from redis.lock import Lock
 
 from orchestration.engine.reads import RunReads
 from orchestration.engine.scripts import source
-from orchestration.engine.states import RunStatus
 from orchestration.graph.resolve import RunGraph
+from orchestration.states import RunStatus
 
 SKIPPED = RunStatus.SKIPPED  # the status of a run that was recorded but not started (its dependencies)
 HOOKS_MAXLEN = 100_000  # as the scripts trim the hooks outbox (lua/_common.lua)

@@ -37,10 +37,10 @@ from orchestration.engine.logs import AttemptLogs
 from orchestration.engine.protocol import HookEntry
 from orchestration.engine.records import HOOKS_MAXLEN, PipelineRecords
 from orchestration.engine.replies import Commit
-from orchestration.engine.states import RUN_FINAL, TERMINAL, RunStatus, State
 from orchestration.engine.transitions import Transitions
 from orchestration.graph.resolve import RunGraph
 from orchestration.settings import Settings
+from orchestration.states import RUN_FINAL, TERMINAL, RunStatus, State
 
 __all__ = ["RUN_FINAL", "TERMINAL", "Commit", "RunStore", "connect", "new_run_id"]
 

@@ -40,13 +40,13 @@ from orchestration.engine.dependencies import (
     unmet,
 )
 from orchestration.engine.dispatch import Dispatcher
-from orchestration.engine.states import RunStatus
 from orchestration.engine.store import RunStore, new_run_id
 from orchestration.errors import ChordflowError
 from orchestration.graph.resolve import resolve
 from orchestration.language.options import Webhook
 from orchestration.language.spec import PipelineSpec
 from orchestration.settings import Settings
+from orchestration.states import RunStatus
 
 log = logging.getLogger("chordflow.pipelines")
 STALE_CHECK_S = 15.0  # how often one hook sender of the fleet looks for stale pipelines

@@ -23,9 +23,9 @@ from typing import Any
 
 from orchestration.api import Client
 from orchestration.engine.dependencies import key_name
-from orchestration.engine.states import RunStatus
 from orchestration.errors import ChordflowError, DependenciesNotMet, InvalidId
 from orchestration.fleet.registry import chain_order, downstream_by_triggers, registered_specs
+from orchestration.states import RunStatus
 
 CHAIN_ID = re.compile(r"c[0-9a-f]{8,40}")
 ACTIVE = (RunStatus.RUNNING, RunStatus.PAUSED)

@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
-from orchestration.engine.states import RunStatus, State
+from orchestration.states import RunStatus, State
 
 if TYPE_CHECKING:
     from orchestration.engine.protocol import Store

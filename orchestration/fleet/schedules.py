@@ -41,7 +41,6 @@ from orchestration.api import Client
 from orchestration.engine import sentinel
 from orchestration.engine.celeryconfig import client_app
 from orchestration.engine.keys import Keys
-from orchestration.engine.states import RunStatus
 from orchestration.engine.store import RunStore, connect
 from orchestration.errors import ChordflowError, DependenciesNotMet, ScheduleError
 from orchestration.fleet.registry import register
@@ -49,6 +48,7 @@ from orchestration.language.durations import format_duration, parse_duration
 from orchestration.language.spec import PipelineSpec
 from orchestration.language.validation import validate_data
 from orchestration.settings import Settings
+from orchestration.states import RunStatus
 
 SUBMIT_TASK = "chordflow.submit_scheduled"
 MIN_EVERY_S = 1.0

@@ -17,20 +17,22 @@ from typing import TYPE_CHECKING
 
 from rich.text import Text
 
+from orchestration.states import State
+
 if TYPE_CHECKING:  # only named in annotations: `say` needs this module, not the resolver
     from orchestration.graph.resolve import Node, RunGraph
 
 STATE_COLOURS: dict[str, str] = {
-    "pending": "#eeeeee",
-    "queued": "#cfe2ff",
-    "running": "#9ec5fe",
-    "retrying": "#ffe69c",
-    "succeeded": "#a3cfbb",
-    "failed": "#f1aeb5",
-    "skipped": "#e2e3e5",
-    "cancelled": "#c4c8cb",
-    "upstream_failed": "#f8d7da",
-    "fallback": "#fecba1",
+    State.PENDING: "#eeeeee",
+    State.QUEUED: "#cfe2ff",
+    State.RUNNING: "#9ec5fe",
+    State.RETRYING: "#ffe69c",
+    State.SUCCEEDED: "#a3cfbb",
+    State.FAILED: "#f1aeb5",
+    State.SKIPPED: "#e2e3e5",
+    State.CANCELLED: "#c4c8cb",
+    State.UPSTREAM_FAILED: "#f8d7da",
+    State.FALLBACK: "#fecba1",
 }
 CRITICAL_COLOUR = "#d63384"
 

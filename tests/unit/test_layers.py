@@ -2,7 +2,7 @@
 
 Layers, bottom to top; a module may import its own layer and any lower one, never a higher one:
 
-    foundation  errors.py, settings.py
+    foundation  errors.py, settings.py, states.py
     language    language/   reading and checking a pipeline file
     graph       graph/      spec -> RunGraph
     engine      engine/     Redis store, dispatch, Celery configuration
@@ -31,6 +31,7 @@ LAYERS = ("foundation", "language", "graph", "engine", "façade", "fleet", "cli"
 PLACES = {
     "errors": "foundation",
     "settings": "foundation",
+    "states": "foundation",
     "language": "language",
     "graph": "graph",
     "engine": "engine",
