@@ -256,7 +256,7 @@ class Client:
             if "items_total" in d:
                 stage["items_total"] = int(d["items_total"])
                 stage["items_done"] = int(d.get("items_done", 0))
-            if (progress := _progress(d)) is not None:
+            if d.get("progress_attempt") == d.get("attempt") and (progress := _progress(d)) is not None:
                 stage["progress"] = progress  # what the stage reported with ctx.progress(done, total)
             stages[sid] = stage
         return {

@@ -158,7 +158,7 @@ def unreachable_errors() -> tuple[type[BaseException], ...]:
     redis = sys.modules.get("redis")
     if redis is None:
         return ()
-    return (redis.ConnectionError, redis.TimeoutError, redis.exceptions.InvalidResponse)
+    return (redis.ConnectionError, redis.TimeoutError, redis.exceptions.InvalidResponse, redis.ReadOnlyError)
 
 
 def __getattr__(name: str) -> Any:
@@ -178,6 +178,8 @@ def unreachable(exc: BaseException, urls: Sequence[str] = ()) -> RedisUnreachabl
     redis = sys.modules.get("redis")
     if redis is not None and isinstance(exc, redis.AuthenticationError):
         reason = f"it refused the credentials: {reason}"
+    if redis is not None and isinstance(exc, redis.ReadOnlyError):
+        reason = "it is read-only: a replica, or a failover under way (`chordflow health` shows its role)"
     from orchestration.engine.redis_url import RedisUnreachable
 
     return RedisUnreachable(url, reason)

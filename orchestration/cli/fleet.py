@@ -247,6 +247,8 @@ def health(worker_probe: str | None, as_json: bool) -> int:
     for warning in report.warnings:
         say(f"WARNING: {warning}", err=True)
     if report.reachable:
+        for line in report.replication.lines():  # role, replicas and their lag
+            say(line)
         console.print(_queue_table(report))
         for line in capacity_lines(report.capacity):  # stages waiting for GPUs or memory, per queue
             say(line)
