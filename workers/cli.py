@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import sys
@@ -73,6 +74,8 @@ def worker(
         sys.path.insert(0, os.getcwd())
     if not settings.redis_url:
         raise click.UsageError("set CHORDFLOW_REDIS_URL to the Redis the pipeline runs on")
+    for module in (*settings.imports, *imports):
+        _check_importable(module)
     code = run_worker(
         settings,
         [q.strip() for q in queues.split(",") if q.strip()] if queues else None,
@@ -86,3 +89,18 @@ def worker(
         pool,
     )
     raise SystemExit(code)
+
+
+def _check_importable(module: str) -> None:
+    """A module named by --import (or CHORDFLOW_IMPORTS) that cannot be found is exit 2, saying where
+    modules are looked for; one found is imported by the worker as before."""
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ModuleNotFoundError, ValueError):
+        found = False
+    if not found:
+        raise click.UsageError(
+            f"cannot import {module!r} (--import): no such module. Modules are found from the current "
+            f"directory ({os.getcwd()}) and PYTHONPATH: start the worker in your project's directory, "
+            "or add the directory that holds the module to PYTHONPATH"
+        )

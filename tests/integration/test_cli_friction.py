@@ -176,3 +176,12 @@ def test_depends_on_a_pipeline_never_registered_is_flagged_and_pipelines_lists_l
     listed = chordflow(fleet.server.url, "pipelines")
     assert listed.exit_code == 0
     assert "\\x0a" not in listed.stdout and "up-one" in listed.stdout and "up-two" in listed.stdout
+
+
+def test_a_worker_import_that_cannot_be_found_is_exit_2_with_a_hint(fleet, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = chordflow(fleet.server.url, "worker", "--import", "my_missing_stages")
+    assert result.exit_code == 2, result.output
+    assert "cannot import 'my_missing_stages' (--import): no such module" in result.output
+    assert str(tmp_path) in result.output and "PYTHONPATH" in result.output
+    assert "unexpected" not in result.output
