@@ -85,11 +85,12 @@ def test_logs_of_a_stage_that_failed_without_a_line_show_its_error(fleet):
     assert result.status == "failed"
     shown = chordflow(fleet.server.url, "logs", result.run_id)
     assert shown.exit_code == 0, shown.output
-    assert "== count · attempt 1" in shown.stdout and "no log lines; its error:" in shown.stdout
-    assert "KeyError" in shown.stdout and "Traceback" in shown.stdout
+    # the attempt's log ends with its traceback's tail, the error last (workers/livelog.py)
+    assert "== count · attempt 1" in shown.stdout and "Traceback" in shown.stdout
+    assert shown.stdout.rstrip().endswith("KeyError: 'failing on purpose (attempt 1)'")
     as_json = chordflow(fleet.server.url, "logs", result.run_id, "count", "--json")
     lines = [json.loads(line) for line in as_json.stdout.splitlines()]
-    assert lines and {line["level"] for line in lines} == {"ERROR"}
+    assert lines and {line["level"] for line in lines} == {"TRACEBACK"}
     assert lines[0]["attempt"] == 1 and lines[0]["round"] == 0
 
 
@@ -132,7 +133,7 @@ def test_logs_per_round_each_with_its_header_and_json_without_markers(fleet, tmp
     assert "missing" in before and "found" not in before
     assert "found" in after and "missing" not in after
     lines = [json.loads(line) for line in chordflow(url, "logs", first.run_id, "--json").stdout.splitlines()]
-    assert {line["level"] for line in lines} <= {"STDOUT", "STDERR", "INFO", "WARNING", "ERROR"}
+    assert {line["level"] for line in lines} <= {"STDOUT", "STDERR", "INFO", "WARNING", "ERROR", "TRACEBACK"}
     assert [line["round"] for line in lines if line["line"] == "found"] == [1]
     assert all(isinstance(line["attempt"], int) for line in lines)
 
