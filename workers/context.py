@@ -219,6 +219,7 @@ class StageContext:
         self.timeout_s = timeout_s
         self.env, self.cwd, self.run = dict(env or {}), cwd, run
         self.gpus: list[str] = []  # the GPU devices given to this attempt (CUDA_VISIBLE_DEVICES)
+        self.token = ""  # the attempt's fencing token (fence.epoch), once it began
         self.settings = _settings(store)  # the worker's settings: its policy for built-ins and limits
         self.context = SharedContext(store, run_id)
         self.metrics = Metrics(self.settings.context_key_cap_bytes)

@@ -160,6 +160,7 @@ def _execute(env: WorkerEnv, stage_type: StageType, task_id: str, message: Stage
                 env.fanout_inputs.clear()
             env.fanout_inputs[(run_id, stage_id)] = cached_inputs
     ctx = _context(env, graph, node, message, cached_inputs)
+    ctx.token = begun.token
     run = Attempt(env, stage_type, graph, node, message, begun.token, ctx, gate)
     # The lease is held from the token to the commit: nothing before the body (a condition,
     # a cache read) and nothing after it (the commit) can outlast it unnoticed.

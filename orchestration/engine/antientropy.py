@@ -35,6 +35,8 @@ from orchestration.states import RUN_FINAL, RunStatus, State
 log = logging.getLogger("chordflow.reaper")
 
 UNACKED = "unacked"  # kombu's Redis transport: the messages its consumers hold
+UNACKED_INDEX = "unacked_index"  # ... by when they were taken (epoch s)
+PATIENCE = 4  # a stage labelled as waiting for its limits is sent again after this many graces
 MAX_READ = 5000  # entries of one queue, of the unacked hash or of the delay set read in one sweep
 RUNS_PER_SWEEP = 500
 
@@ -48,6 +50,12 @@ class Suspect:
     unit: Unit
     queue: str
     message: StageMessage | None  # None: a fan-out stage not started (the dispatcher starts it)
+    waiting: bool = False  # labelled as waiting for its limits: its message should be in a waiting set
+
+    def found_in(self, present: dict[Unit, int]) -> bool:
+        """Its message, or a later attempt's, is somewhere a worker will take it from."""
+        seen = present.get(self.unit)
+        return seen is not None and seen >= (self.message.attempt if self.message else 1)
 
 
 class MissingMessages:
@@ -83,7 +91,7 @@ class MissingMessages:
                     and not self._leased(run_id, node.id, None, now_ms)
                     and r.zscore(k.outbox(), encode_member(run_id, node.id)) is None
                 ):
-                    found.append(Suspect((run_id, node.id, None), node.queue, message))
+                    found.append(Suspect((run_id, node.id, None), node.queue, message, bool(fields[2])))
             elif state == State.RUNNING and node.fans_out:
                 found += self._items(run_id, node.id, node.queue, node.max_concurrency, now_ms, grace_ms)
         return found
@@ -106,7 +114,7 @@ class MissingMessages:
             fields = [items.get(f"{i}:attempt"), items.get(f"{i}:retry_at"), items.get(f"{i}:waiting")]
             message = self._message(run_id, stage_id, i, state or State.QUEUED, fields, now_ms, grace_ms)
             if message is not None and not self._leased(run_id, stage_id, i, now_ms):
-                found.append(Suspect((run_id, stage_id, i), queue, message))
+                found.append(Suspect((run_id, stage_id, i), queue, message, bool(fields[2])))
         return found
 
     @staticmethod
@@ -119,9 +127,7 @@ class MissingMessages:
         now_ms: int,
         grace_ms: int,
     ) -> StageMessage | None:
-        attempt, retry_at, waiting = fields
-        if waiting:
-            return None  # its message waits in a limit's waiting set (limits.py)
+        attempt, retry_at, _ = fields
         current = int(attempt or 0)
         if state == State.RETRYING:
             if retry_at and float(retry_at) * 1000 + grace_ms > now_ms:
@@ -133,10 +139,12 @@ class MissingMessages:
         score = self._r.zscore(self.keys.leases(), encode_member(run_id, stage_id, item, lease=True))
         return score is not None and score > now_ms
 
-    def present(self, queues: Iterable[str]) -> set[Unit] | None:
-        """The units whose messages are in `queues`, in a consumer's hands or in the delay set; None
-        when one of them is too long to read now (then nothing is judged missing)."""
-        r, units = self._r, set()
+    def present(self, queues: Iterable[str], held_since_s: float) -> dict[Unit, int] | None:
+        """{unit: the highest attempt of its messages} in `queues`, in a consumer's hands since
+        `held_since_s` (epoch s; a message a dead worker took stays in kombu's unacked hash for the
+        visibility timeout, and must not hide the loss), or in the delay set; None when one of them
+        is too long to read now (then nothing is judged missing)."""
+        r = self._r
         envelopes: list[Any] = []
         for queue in set(queues):
             if r.llen(self.keys.broker_queue(queue)) > MAX_READ:
@@ -144,19 +152,26 @@ class MissingMessages:
             envelopes += [_json(text) for text in r.lrange(self.keys.broker_queue(queue), 0, -1)]
         if r.hlen(UNACKED) > MAX_READ or r.zcard(self.keys.delayed()) > MAX_READ:
             return None
-        for raw in r.hvals(UNACKED):  # [message, exchange, routing key]
+        recent = {str(tag) for tag in r.zrangebyscore(UNACKED_INDEX, held_since_s, "+inf")}
+        for tag, raw in r.hgetall(UNACKED).items():  # tag: [message, exchange, routing key]
             held = _json(raw)
-            if isinstance(held, list) and held:
+            if str(tag) in recent and isinstance(held, list) and held:
                 envelopes.append(held[0])
-        for envelope in envelopes:
-            units.update(_units_of_envelope(envelope))
+        messages = [m for envelope in envelopes for m in _messages_of_envelope(envelope)]
         for payload in r.zrange(self.keys.delayed(), 0, -1):
             try:
-                m = StageMessage.from_payload(str(payload))
+                messages.append(StageMessage.from_payload(str(payload)))
             except MalformedMessage:
                 continue
-            units.add((m.run_id, m.stage_id, m.item))
-        return units
+        found: dict[Unit, int] = {}
+        for m in messages:
+            for unit in (
+                [(m.run_id, m.stage_id, i) for i in m.items]
+                if m.count > 1
+                else [(m.run_id, m.stage_id, m.item)]
+            ):
+                found[unit] = max(found.get(unit, 0), m.attempt)
+        return found
 
 
 def _json(text: Any) -> Any:
@@ -166,18 +181,15 @@ def _json(text: Any) -> Any:
         return None
 
 
-def _units_of_envelope(envelope: Any) -> list[Unit]:
+def _messages_of_envelope(envelope: Any) -> list[StageMessage]:
     try:
         body = envelope["body"]
         if (envelope.get("properties") or {}).get("body_encoding") == "base64":
             body = base64.b64decode(body)
         args, kwargs = json.loads(body)[:2]
-        m = StageMessage.parse(args, kwargs)
+        return [StageMessage.parse(args, kwargs)]
     except (ValueError, TypeError, KeyError, AttributeError, MalformedMessage):
         return []
-    if m.count > 1:
-        return [(m.run_id, m.stage_id, i) for i in m.items]
-    return [(m.run_id, m.stage_id, m.item)]
 
 
 class AntiEntropy:
@@ -209,14 +221,18 @@ class AntiEntropy:
             graph = store.graph(run_id)
             suspects += [(s, graph) for s in reads.suspects(run_id, graph, now_ms, grace_ms)]
         reads.forget(ended)
-        present = reads.present(s.queue for s, _ in suspects) if suspects else set()
+        held_since = now_ms / 1000 - settings.lease_s - settings.sweep_grace_s
+        present = reads.present((s.queue for s, _ in suspects), held_since) if suspects else {}
         if present is None:
             return 0
-        missing = {s.unit: (s, g) for s, g in suspects if s.unit not in present}
+        # a stage waiting for its limits has its message in a waiting set, which is not read here:
+        # one labelled so for PATIENCE graces is sent again (begin parks it again if it must wait)
+        missing = {s.unit: (s, g) for s, g in suspects if s.waiting or not s.found_in(present)}
         self.first_seen = {u: self.first_seen.get(u, self.last) for u in missing}
         sent = 0
         for unit, (suspect, graph) in missing.items():
-            if self.last - self.first_seen[unit] < settings.sweep_grace_s:
+            patience = settings.sweep_grace_s * (PATIENCE if suspect.waiting else 1)
+            if self.last - self.first_seen[unit] < patience:
                 continue
             self._send(suspect, graph)
             self.first_seen.pop(unit)

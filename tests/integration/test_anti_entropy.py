@@ -9,8 +9,11 @@ countdown message never reached the broker.
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from pathlib import Path
 
+from orchestration.engine.stage_message import StageMessage
 from orchestration.language.validation import validate_data
 from orchestration.states import RunStatus, State
 
@@ -78,4 +81,33 @@ def test_a_stage_whose_message_is_in_its_queue_is_not_sent_twice(bare_cluster):
     now_ms = int(cluster.client.store.server_time() * 1000)
     suspects = reads.suspects(handle.run_id, graph, now_ms, 0)
     assert [s.unit for s in suspects] == [(handle.run_id, "a", None)]
-    assert (handle.run_id, "a", None) in reads.present(["cpu"])
+    present = reads.present(["cpu"], now_ms / 1000 - 60)
+    assert suspects[0].found_in(present)
+
+
+def test_a_message_a_dead_worker_took_long_ago_does_not_hide_a_loss(bare_cluster):
+    """kombu keeps a message a dead worker took in its unacked hash for the visibility timeout (an
+    hour): held longer than a lease and the grace, it no longer counts as in hand."""
+    cluster = bare_cluster
+    for w in cluster.workers:
+        w.stop()
+    cluster.redis.delete("cpu")  # what earlier tests left queued
+    handle = cluster.client.submit(
+        validate_data(pipeline("taken", {"id": "a", "uses": "noop"})), check_types=False
+    )
+    wait_until(lambda: cluster.redis.llen("cpu") > 0)
+    text = cluster.redis.rpop("cpu")  # as kombu's consumer takes it: into unacked, by time taken
+    cluster.redis.hset("unacked", "tag-1", json.dumps([json.loads(text), "", "cpu"]))
+    store = cluster.client.store
+    now_s = store.server_time()
+    reads = store.missing_messages()
+    (suspect,) = reads.suspects(handle.run_id, store.graph(handle.run_id), int(now_s * 1000), 0)
+    cluster.redis.zadd("unacked_index", {"tag-1": now_s - 5})  # taken 5 s ago: in a worker's hands
+    assert suspect.found_in(reads.present(["cpu"], now_s - 60))
+    cluster.redis.zadd("unacked_index", {"tag-1": now_s - 3600})  # an hour ago, by a worker now gone
+    assert not suspect.found_in(reads.present(["cpu"], now_s - 60))
+    # and an older attempt's message does not stand for the next one's
+    retrying = replace(suspect, message=StageMessage(handle.run_id, "a", 2))
+    cluster.redis.zadd("unacked_index", {"tag-1": now_s - 5})
+    assert not retrying.found_in(reads.present(["cpu"], now_s - 60))
+    cluster.redis.delete("unacked", "unacked_index")
