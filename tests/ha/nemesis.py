@@ -42,7 +42,7 @@ class Fired:
 
 def plan(seed: int, kinds: tuple[str, ...] | None = None) -> list[Step]:
     """1-3 steps for `seed` (or exactly `kinds`, for the control variant)."""
-    rng = random.Random(seed)
+    rng = random.Random(f"chordflow-ha:{seed}")  # a str seed hashes the same in every process
     if kinds is None:
         chosen: list[str] = []
         primary_down = False
