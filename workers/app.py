@@ -16,10 +16,11 @@ from orchestration.engine.celeryconfig import celery_config
 from orchestration.engine.dispatch import Dispatcher
 from orchestration.engine.limits import Capacity
 from orchestration.engine.registry import ENTRY_POINT_GROUP, REGISTRY, Registry, StageType
+from orchestration.engine.stage_message import MalformedMessage, StageMessage
 from orchestration.engine.store import RunStore, connect
 from orchestration.fleet.schedules import register_scheduled_task
 from orchestration.language.rates import settings_limits
-from orchestration.settings import FANOUT_CHUNK_MAX, Settings
+from orchestration.settings import Settings
 
 from . import builtins as _builtins  # noqa: F401  (registers shell, noop, sleep, fail)
 from .execution import WorkerEnv, execute, execute_chunk
@@ -101,33 +102,13 @@ def _register(app: Celery, stage_type: StageType, env: Any) -> None:
         typing=False,
         throws=(AttemptFailed,),  # a failed attempt: one INFO line in the worker log (outcome.py)
     )
-    def run_stage(
-        self: Any,
-        run_id: Any = None,
-        stage_id: Any = None,
-        attempt: Any = 1,
-        item: Any = None,
-        count: Any = 1,
-        *extra: Any,
-        **kwextra: Any,
-    ) -> str:
-        if (
-            extra
-            or kwextra
-            or not isinstance(run_id, str)
-            or not isinstance(stage_id, str)
-            or not _is_int(attempt)
-            or not (item is None or _is_int(item))
-            or not _is_int(count)
-            or not (count == 1 or (item is not None and 1 < count <= FANOUT_CHUNK_MAX))
-        ):
-            log.error("refusing malformed message %s for %s", self.request.id, stage_type.task_name)
+    def run_stage(self: Any, *args: Any, **kwargs: Any) -> str:
+        try:
+            message = StageMessage.parse(args, kwargs)
+        except MalformedMessage as exc:
+            log.error("refusing malformed message %s for %s: %s", self.request.id, stage_type.task_name, exc)
             return "refused: malformed message"
-        if count > 1:
-            return execute_chunk(env(), stage_type, self.request.id, run_id, stage_id, item, count)
+        if message.count > 1:
+            return execute_chunk(env(), stage_type, self.request.id, message)
         # FAILURE or RETRY in Flower for a failed or retried attempt, after its commit (outcome.py)
-        return task_outcome(execute(env(), stage_type, self.request.id, run_id, stage_id, attempt, item))
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+        return task_outcome(execute(env(), stage_type, self.request.id, message))

@@ -14,17 +14,20 @@ import traceback
 from typing import TYPE_CHECKING, Any
 
 import redis
+from billiard import common as billiard_common
 from celery.exceptions import SoftTimeLimitExceeded
 
 from orchestration.engine import hooks
 from orchestration.engine.cache import cache_key
+from orchestration.engine.commit import CommitRequest, RetryRequest
 from orchestration.engine.compiler import stage_signature
-from orchestration.engine.dispatch import payload
 from orchestration.engine.limits import Gate
 from orchestration.engine.registry import StageType
+from orchestration.engine.replies import BeginPoison, Commit, CommitVerdict, Holding
 from orchestration.engine.retries import Verdict, decide, resolve_policy
-from orchestration.engine.states import State
-from orchestration.engine.store import Commit, RunStore
+from orchestration.engine.stage_message import StageMessage
+from orchestration.engine.states import RunStatus, State
+from orchestration.engine.store import RunStore
 from orchestration.errors import CommitRefused, FailStage, OutputTooLarge, RedisRefusedWrite, StageTimeout
 from orchestration.graph.resolve import Node, RunGraph
 from orchestration.language import expressions
@@ -39,13 +42,35 @@ log = logging.getLogger("chordflow.worker")
 TRACEBACK_TAIL = 2000
 
 
+def terminating() -> bool:
+    """This pool process was told to end (billiard's SIGTERM handler fired: a revoke with terminate,
+    a cold shutdown): its SystemExit is the process's end, left to the lease, not the stage's failure."""
+    fired = getattr(billiard_common, "terminate_handler_fired", None)
+    return bool(fired and fired())
+
+
+def safe_text(exc: BaseException) -> str:
+    """`str(exc)`, or `<unprintable X>` when the exception's own `__str__` raises."""
+    try:
+        return str(exc)
+    except BaseException:  # noqa: BLE001  a stage's exception may do anything in __str__
+        return f"<unprintable {type(exc).__name__}>"
+
+
+def _traceback(exc: BaseException) -> str:
+    try:
+        return "".join(traceback.format_exception(exc))[-TRACEBACK_TAIL:]
+    except BaseException:  # noqa: BLE001  formatting calls the exception's __str__ too
+        return "".join(traceback.format_tb(exc.__traceback__))[-TRACEBACK_TAIL:] + safe_text(exc)
+
+
 def error_record(exc: BaseException, attempt: int, retryable: bool) -> dict[str, Any]:
     record: dict[str, Any] = {
         "type": type(exc).__name__,
-        "message": str(exc)[:2000],
+        "message": safe_text(exc)[:2000],
         "retryable": retryable,
         "attempt": attempt,
-        "traceback": "".join(traceback.format_exception(exc))[-TRACEBACK_TAIL:],
+        "traceback": _traceback(exc),
     }
     if isinstance(exc, StageTimeout):
         record.update(timeout=True, exit_code=exc.returncode)
@@ -62,11 +87,27 @@ def refused_write(exc: redis.RedisError) -> bool:
     )
 
 
+def stage_event(env: WorkerEnv, graph: RunGraph, node: Node, stage_type: StageType, m: StageMessage) -> dict:
+    """The fields every hook event of this attempt carries."""
+    return {
+        "run_id": m.run_id,
+        "pipeline": graph.name,
+        "stage_id": node.id,
+        "item": m.item,
+        "attempt": m.attempt,
+        "host": env.hostname,
+        "queue": node.queue,
+        "type": stage_type.name,
+    }
+
+
 class Attempt:
     """One attempt of one stage (or item), from its token to its one commit.
 
     `succeed`, `skip` and `fail` are the only ways out, and each commits once through
-    `_commit`; `fail` asks `retries.decide` what the failure leads to."""
+    `_commit`; `fail` asks `retries.decide` what the failure leads to. Whatever the stage's body
+    raises or does to its interpreter (SystemExit, KeyboardInterrupt, an exception whose __str__
+    raises) ends in one of them; only a real process death is left to the lease (lease.py)."""
 
     def __init__(
         self,
@@ -74,17 +115,15 @@ class Attempt:
         stage_type: StageType,
         graph: RunGraph,
         node: Node,
-        run_id: str,
-        item: int | None,
-        attempt: int,
+        message: StageMessage,
         token: str,
         ctx: StageContext,
-        event: dict[str, Any],
         gate: Gate | None = None,
     ):
         self.env, self.stage_type, self.graph, self.node = env, stage_type, graph, node
-        self.run_id, self.item, self.attempt, self.token = run_id, item, attempt, token
-        self.ctx, self.event = ctx, event
+        self.message, self.token, self.ctx = message, token, ctx
+        self.run_id, self.item, self.attempt = message.run_id, message.item, message.attempt
+        self.event = stage_event(env, graph, node, stage_type, message)
         # what the commit gives back of the stage's limits (engine/limits.py)
         self.release = (gate, env.capacity) if gate is not None else None
         self.cache_key: str | None = None
@@ -105,14 +144,14 @@ class Attempt:
         self.ctx.log_sink.close(ending)
 
     # -- the attempt ---------------------------------------------------------------------------
-    def perform(self, verdict: str, rest: list[Any]) -> str:
+    def perform(self, begun: Holding) -> str:
         node, ctx, store = self.node, self.ctx, self.env.store
-        if verdict == "poison":
+        if isinstance(begun, BeginPoison):
             error = {
                 "type": "PoisonMessage",
                 "retryable": False,
                 "attempt": self.attempt,
-                "message": f"the worker running this stage died {rest[1]} times; the message is quarantined",
+                "message": f"the worker running this stage died {begun.crashes} times; the message is quarantined",
             }
             return self._end_failed(error)
         if node.when and (self.item is None or expressions.reads_item(node.when)):
@@ -139,16 +178,21 @@ class Attempt:
                 return self.succeed(hit, cached=True)
         try:
             result = self.stage_type.func(ctx, **node.params)
-            output_json = json.dumps(result, separators=(",", ":"))
         except SoftTimeLimitExceeded:
             return self.fail(
                 StageTimeout(
                     f"stage '{node.id}' ran past its timeout of {node.timeout_s:g}s", returncode=None
                 )
             )
-        except Exception as exc:  # noqa: BLE001  the stage's own failure: retry, fallback or fail, by policy
-            if isinstance(exc, TypeError) and "JSON serializable" in str(exc):
-                exc = FailStage(f"stage '{node.id}' returned a value that is not JSON: {exc}")
+        except BaseException as exc:  # whatever the body raises (SystemExit too) is its failure
+            if terminating():
+                raise  # the pool's own SIGTERM handler (a revoke, a cold shutdown): the process ends
+            return self.fail(exc)
+        try:
+            output_json = json.dumps(result, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError, RecursionError) as exc:
+            return self.fail(FailStage(f"stage '{node.id}' returned a value that is not JSON: {exc}"))
+        except BaseException as exc:  # noqa: BLE001  a returned object's own methods may raise anything
             return self.fail(exc)
         if len(output_json) > self.env.settings.output_cap_bytes:
             return self.fail(
@@ -162,15 +206,15 @@ class Attempt:
             State.SUCCEEDED,
             output_json,
             cached=cached,
-            announce=("stage_complete", {"state": "succeeded", "cached": cached}),
+            announce=("stage_complete", {"state": State.SUCCEEDED, "cached": cached}),
         )
         if isinstance(commit, str):
             return commit
-        return "cache hit" if cached else "succeeded"
+        return "cache hit" if cached else State.SUCCEEDED
 
     def skip(self) -> str:
-        commit = self._commit(State.SKIPPED, "null", announce=("stage_complete", {"state": "skipped"}))
-        return commit if isinstance(commit, str) else "skipped"
+        commit = self._commit(State.SKIPPED, "null", announce=("stage_complete", {"state": State.SKIPPED}))
+        return commit if isinstance(commit, str) else State.SKIPPED
 
     def fail(self, exc: BaseException, kind: str | None = None) -> str:
         node = self.node
@@ -185,51 +229,40 @@ class Attempt:
             return self.retry(decision.delay_s, error)
         if decision.verdict is Verdict.FALLBACK:
             try:
-                output_json = json.dumps(self._fallback_output(), separators=(",", ":"))
-            except Exception as fallback_exc:  # noqa: BLE001
-                error["fallback_error"] = f"{type(fallback_exc).__name__}: {fallback_exc}"
+                output_json = json.dumps(self._fallback_output(), separators=(",", ":"), allow_nan=False)
+            except BaseException as fallback_exc:  # noqa: BLE001  the fallback's failure is the stage's
+                error["fallback_error"] = f"{type(fallback_exc).__name__}: {safe_text(fallback_exc)}"
             else:
                 commit = self._commit(State.FALLBACK, output_json, error, announce=self._error_event(error))
-                return commit if isinstance(commit, str) else "fallback"
+                return commit if isinstance(commit, str) else State.FALLBACK
         return self._end_failed(error)
 
     def retry(self, delay_s: float, error: dict[str, Any]) -> str:
         env, node = self.env, self.node
         park = delay_s > env.settings.delay_set_threshold_s
-        message = payload(self.run_id, node.id, self.attempt + 1, self.item)
         announce = hooks.entry(
             "stage_error",
             {**self.event, "error": error, "will_retry": True, "delay_s": delay_s},
             self.graph.webhooks,
         )
-        self.store_logs("retrying", error)
+        self.store_logs(State.RETRYING, error)
+        request = RetryRequest(
+            self.message, self.token, error, delay_s, park, [announce] if announce else [], self.release
+        )
         try:
-            held = env.store.retry(
-                self.run_id,
-                node.id,
-                self.item,
-                self.token,
-                error,
-                self.attempt + 1,
-                delay_s,
-                park,
-                message,
-                [announce] if announce else [],
-                release=self.release,
-            )
+            reply = env.store.retry(request)
         except redis.RedisError as exc:
             return self._lost(exc)
-        if held and not park:
-            env.dispatcher.send(
-                [stage_signature(self.run_id, node, self.attempt + 1, self.item, countdown=delay_s)]
-            )
+        if reply.held and not park:
+            again = StageMessage(self.run_id, node.id, self.attempt + 1, self.item)
+            env.dispatcher.send([stage_signature(again, node, countdown=delay_s)])
         return f"retrying in {delay_s:.2f}s"
 
     def _end_failed(self, error: dict[str, Any]) -> str:
         """Commit the stage's failure; the commit script cascades it by the node's `critical` and
         the run's fail_fast, as `decide` said (FAIL or FAIL_AND_CASCADE)."""
         commit = self._commit(State.FAILED, "", error, announce=self._error_event(error))
-        return commit if isinstance(commit, str) else f"failed: {error['type']}"
+        return commit if isinstance(commit, str) else f"{State.FAILED}: {error['type']}"
 
     def _error_event(self, error: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         return "stage_error", {"error": error, "will_retry": False}
@@ -254,39 +287,33 @@ class Attempt:
             if entry:
                 notify.append(entry)
         self.store_logs("cache hit" if cached else str(outcome.value), error)
-        children = env.dispatcher.children(self.run_id, graph, node.id)
+        request = CommitRequest(
+            self.run_id,
+            graph,
+            node.id,
+            outcome,
+            item=self.item,
+            token=self.token,
+            output_json=output_json,
+            error=error,
+            cached=cached,
+            context_writes=ctx.context.writes,
+            metrics=ctx.metrics.values,
+            cache_key=self.cache_key if outcome is State.SUCCEEDED and not cached else None,
+            cache_ttl_s=node.cache.ttl if node.cache is not None else 0,
+            notify=notify,
+            run_hook=hooks.entry("run_complete", {"run_id": self.run_id}, graph.webhooks) is not None,
+            release=self.release,
+        )
         try:
-            commit = env.store.finish(
-                self.run_id,
-                graph,
-                node.id,
-                self.item,
-                self.token,
-                outcome,
-                output_json,
-                error,
-                context_writes=ctx.context.writes,
-                metrics=ctx.metrics.values,
-                children=children,
-                messages=env.dispatcher.messages(self.run_id, graph, children),
-                next_message=env.dispatcher.next_item_template(self.run_id, node)
-                if self.item is not None
-                else None,
-                descendants=env.dispatcher.blocked_by(self.run_id, graph, node.id, outcome),
-                cache_key=self.cache_key if outcome is State.SUCCEEDED and not cached else None,
-                cache_ttl_s=node.cache.ttl if node.cache is not None else 0,
-                cached=cached,
-                notify=notify,
-                run_hook=hooks.entry("run_complete", {"run_id": self.run_id}, graph.webhooks) is not None,
-                release=self.release,
-            )
+            commit = env.store.finish(env.dispatcher.plan(request))
         except redis.RedisError as exc:
             if not refused_write(exc) or (outcome is State.FAILED and error and error.get("commit_refused")):
                 return self._lost(exc)
             return self._refused(RedisRefusedWrite(str(exc)))
-        if commit.verdict == "invalid":
+        if commit.verdict is CommitVerdict.INVALID:
             return self._refused(CommitRefused(commit.reason))
-        if commit.verdict in ("stale", "late"):
+        if commit.verdict in (CommitVerdict.STALE, CommitVerdict.LATE):
             log.warning(
                 "commit of %s/%s item %s refused (%s): a newer attempt holds it",
                 self.run_id,
@@ -346,7 +373,7 @@ class Attempt:
 
 def _last_success(store: RunStore, graph: RunGraph, stage_id: str, run_id: str) -> Any:
     for other in store.recent_runs(limit=200, pipeline=graph.name):
-        if other != run_id and store.run_status(other) == "succeeded":
+        if other != run_id and store.run_status(other) == RunStatus.SUCCEEDED:
             value = store.output(other, stage_id)
             if value is not None:
                 return value

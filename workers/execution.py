@@ -27,16 +27,19 @@ from typing import Any
 import redis
 
 from orchestration.engine import hooks
-from orchestration.engine.dispatch import Dispatcher, payload
+from orchestration.engine.commit import BeginRequest
+from orchestration.engine.dispatch import Dispatcher
 from orchestration.engine.limits import Capacity, Gate, gate_for, holds_keys
 from orchestration.engine.registry import Registry, StageType
+from orchestration.engine.replies import BeginPoison, BeginRun, inputs_of
+from orchestration.engine.stage_message import StageMessage
 from orchestration.engine.store import RunStore
 from orchestration.errors import RunNotFound
 from orchestration.graph.resolve import Node, RunGraph
 from orchestration.language.rates import PoolLimit, RateLimit
 from orchestration.settings import Settings
 
-from .attempt import Attempt
+from .attempt import Attempt, stage_event
 from .context import StageContext
 from .lease import LeaseKeeper
 
@@ -69,43 +72,33 @@ class WorkerEnv:
         return self.gates[key]
 
 
-def execute(
-    env: WorkerEnv,
-    stage_type: StageType,
-    task_id: str,
-    run_id: str,
-    stage_id: str,
-    attempt: int,
-    item: int | None,
-) -> str:
+def execute(env: WorkerEnv, stage_type: StageType, task_id: str, message: StageMessage) -> str:
     """Run one delivery of a stage message; returns what happened, for the worker log.
 
     Never raises a Redis error into Celery: if Redis cannot be reached or refuses even a
     failure's commit, the attempt's lease expires and the reaper sends the stage again."""
     try:
-        return _execute(env, stage_type, task_id, run_id, stage_id, attempt, item)
+        return _execute(env, stage_type, task_id, message)
     except redis.RedisError as exc:
         log.error(
             "stage %s/%s item %s: Redis failed outside the stage (%s: %s); the lease will run out "
             "and the reaper will send it again",
-            run_id,
-            stage_id,
-            item,
+            message.run_id,
+            message.stage_id,
+            message.item,
             type(exc).__name__,
             exc,
         )
         return f"redis error: {type(exc).__name__}"
 
 
-def execute_chunk(
-    env: WorkerEnv, stage_type: StageType, task_id: str, run_id: str, stage_id: str, first: int, count: int
-) -> str:
-    """Run the fan-out items `first .. first+count-1` one message carries, one after another, each
-    its own attempt (begin, lease, one commit) as if it had come alone.
+def execute_chunk(env: WorkerEnv, stage_type: StageType, task_id: str, message: StageMessage) -> str:
+    """Run the fan-out items of a chunk message (`message.items`) one after another, each its own
+    attempt (begin, lease, one commit) as if it had come alone.
 
     Their leases are claimed first, and kept by the lease keeper until each item begins: if this
     worker dies before an item began, its claim runs out and the reaper sends it on its own."""
-    items = list(range(first, first + count))
+    run_id, stage_id, items = message.run_id, message.stage_id, list(message.items)
     try:
         env.store.claim(run_id, stage_id, items)
     except redis.RedisError as exc:
@@ -117,22 +110,15 @@ def execute_chunk(
     try:
         for item in items:
             env.leases.unclaim(run_id, stage_id, item)  # from here its own lease, or its commit
-            outcomes[execute(env, stage_type, task_id, run_id, stage_id, 1, item).split(":")[0]] += 1
+            outcomes[execute(env, stage_type, task_id, message.one(item)).split(":")[0]] += 1
     finally:
         env.leases.unclaim(run_id, stage_id, *items)
     return ", ".join(f"{n} {what}" for what, n in outcomes.items())
 
 
-def _execute(
-    env: WorkerEnv,
-    stage_type: StageType,
-    task_id: str,
-    run_id: str,
-    stage_id: str,
-    attempt: int,
-    item: int | None,
-) -> str:
+def _execute(env: WorkerEnv, stage_type: StageType, task_id: str, message: StageMessage) -> str:
     store = env.store
+    run_id, stage_id, item = message.run_id, message.stage_id, message.item
     try:
         graph = store.graph(run_id)
         node = graph.node(stage_id)
@@ -149,58 +135,43 @@ def _execute(
             stage_type.name,
         )
         return "refused: type mismatch"
-    event = {
-        "run_id": run_id,
-        "pipeline": graph.name,
-        "stage_id": stage_id,
-        "item": item,
-        "attempt": attempt,
-        "host": env.hostname,
-        "queue": node.queue,
-        "type": stage_type.name,
-    }
-    started = hooks.entry("stage_start", event, graph.webhooks)
+    started = hooks.entry("stage_start", stage_event(env, graph, node, stage_type, message), graph.webhooks)
     # The inputs come back with the token; a fan-out item reuses what its process parsed already.
     cached_inputs = env.fanout_inputs.get((run_id, stage_id)) if item is not None else None
     read = [] if cached_inputs is not None else node.reads
     gate = env.gate(graph, node, run_id)
-    verdict, *rest = store.begin(
-        run_id,
-        stage_id,
-        item,
-        attempt,
+    request = BeginRequest(
+        message,
         env.hostname,
         node.queue,
         task_id,
-        payload(run_id, stage_id, attempt, item),
         read,
         [started] if started else [],
         gate=(gate, env.capacity) if gate is not None else None,
     )
-    if verdict not in ("run", "poison"):
-        # 'wait': its limits are full; the message waits in Redis, this delivery ends (limits.py)
-        return f"{verdict}: {rest[0] if rest else ''}"
-    token = str(rest[0])
-    devices = str(rest.pop()) if gate is not None else ""
+    begun = store.begin(request)
+    if not isinstance(begun, BeginRun | BeginPoison):
+        # waiting for its limits (the message waits in Redis), parked, a duplicate, or nothing to run
+        return f"{type(begun).__name__.removeprefix('Begin').lower()}: {getattr(begun, 'why', '')}"
     if cached_inputs is None:
-        cached_inputs = {sid: json.loads(raw) for sid, raw in zip(read, rest[-1])}
+        cached_inputs = {sid: json.loads(raw) for sid, raw in inputs_of(begun, read).items()}
         if item is not None:
             if len(env.fanout_inputs) > 64:
                 env.fanout_inputs.clear()
             env.fanout_inputs[(run_id, stage_id)] = cached_inputs
-    ctx = _context(env, graph, node, run_id, attempt, item, cached_inputs)
-    run = Attempt(env, stage_type, graph, node, run_id, item, attempt, token, ctx, event, gate)
+    ctx = _context(env, graph, node, message, cached_inputs)
+    run = Attempt(env, stage_type, graph, node, message, begun.token, ctx, gate)
     # The lease is held from the token to the commit: nothing before the body (a condition,
     # a cache read) and nothing after it (the commit) can outlast it unnoticed.
     holds = holds_keys(store.keys, gate, env.capacity) if gate is not None else ()
-    env.leases.hold(run_id, stage_id, item, token, ctx, holds)
+    env.leases.hold(run_id, stage_id, item, begun.token, ctx, holds)
     try:
-        if not devices:
-            return run.perform(verdict, rest)
-        with visible_devices(ctx, devices):
-            return run.perform(verdict, rest)
+        if not begun.devices:
+            return run.perform(begun)
+        with visible_devices(ctx, begun.devices):
+            return run.perform(begun)
     finally:
-        env.leases.release(run_id, stage_id, item, token)
+        env.leases.release(run_id, stage_id, item, begun.token)
         run.store_logs()  # if no commit stored them (a lost lease, Redis refusing everything)
 
 
@@ -223,15 +194,10 @@ def visible_devices(ctx: StageContext, devices: str) -> Iterator[None]:
 
 
 def _context(
-    env: WorkerEnv,
-    graph: RunGraph,
-    node: Node,
-    run_id: str,
-    attempt: int,
-    item: int | None,
-    outputs: dict[str, Any],
+    env: WorkerEnv, graph: RunGraph, node: Node, message: StageMessage, outputs: dict[str, Any]
 ) -> StageContext:
     inputs = {sid: outputs.get(sid) for sid in node.needs}
+    item = message.item
     item_value: Any = None
     matrix = None
     if item is not None:
@@ -242,9 +208,9 @@ def _context(
             item_value = outputs[node.for_each or ""][item]
     return StageContext(
         env.store,
-        run_id,
+        message.run_id,
         node.id,
-        attempt,
+        message.attempt,
         inputs,
         graph.variables,
         item_value,

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 from celery.exceptions import Retry
 
+from orchestration.engine.states import State
+
 from .livelog import last_ending
 
-FAILED = ("failed", "fallback", "refused")
-AGAIN = ("retrying", "not committed", "redis error")
+FAILED = (State.FAILED, State.FALLBACK, "refused")
+AGAIN = (State.RETRYING, "not committed", "redis error")
 
 
 class AttemptFailed(Exception):

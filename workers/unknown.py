@@ -30,13 +30,13 @@ from celery import Celery, signals
 from kombu.exceptions import KombuError
 
 from orchestration.engine.compiler import stage_signature
-from orchestration.engine.dispatch import Dispatcher, payload
+from orchestration.engine.dispatch import Dispatcher
 from orchestration.engine.registry import task_name
+from orchestration.engine.stage_message import MalformedMessage, StageMessage
 from orchestration.engine.states import State
 from orchestration.engine.store import RunStore, connect
 from orchestration.errors import RunNotFound
-from orchestration.language.ids import InvalidId, check_run_id, check_stage_id
-from orchestration.settings import FANOUT_CHUNK_MAX, Settings
+from orchestration.settings import Settings
 
 log = logging.getLogger("chordflow.worker")
 
@@ -82,11 +82,13 @@ class UnknownTaskHandler:
 
         Only the run's stored graph decides (the stage's type and queue), as for any stage message;
         the task name only said that this worker has no task for it."""
-        ids = _stage_args(message)
-        if ids is None:
-            log.error("dropping malformed stage message %s for %s", task_id, name)
+        try:
+            parsed = _stage_message(message)
+        except MalformedMessage as exc:
+            log.error("dropping malformed stage message %s for %s: %s", task_id, name, exc)
             return "dropped: malformed"
-        run_id, stage_id, attempt, items = ids
+        run_id, stage_id = parsed.run_id, parsed.stage_id
+        each = [parsed.one(i) for i in parsed.items] if parsed.count > 1 else [parsed]
         store, dispatcher = self._parts()
         try:
             node = store.graph(run_id).node(stage_id)
@@ -110,8 +112,8 @@ class UnknownTaskHandler:
             # Named by its module:function reference: send it under the name its workers registered.
             renamed = node.model_copy(update={"type": served_as})
             with self.app.producer_or_acquire() as producer:
-                for item in items:
-                    stage_signature(run_id, renamed, attempt, item).apply_async(producer=producer)
+                for one in each:
+                    stage_signature(one, renamed).apply_async(producer=producer)
             log.warning(
                 "stage %s/%s: type %r sent again as %r, for %s",
                 run_id,
@@ -125,8 +127,8 @@ class UnknownTaskHandler:
         # pause (through the delay set the workers drain), so while that worker is busy the message
         # does not circle between the workers that lack its type. It waits like any queued stage,
         # until that worker takes it or stops announcing the type (then it fails as unserved).
-        for item in items:  # a chunk of fan-out items goes back one item per message
-            store.delay(payload(run_id, stage_id, attempt, item), REDELIVERY_DELAY_S)
+        for one in each:  # a chunk of fan-out items goes back one item per message
+            store.delay(one.payload(), REDELIVERY_DELAY_S)
         log.warning(
             "stage %s/%s: type %r is not served here but by %s; queued again in %gs",
             run_id,
@@ -168,36 +170,16 @@ def served_by(
     return found, hosts
 
 
-def _stage_args(message: Any) -> tuple[str, str, int, list[int | None]] | None:
-    """(run_id, stage_id, attempt, the items it carries: [item], or a chunk's) of a stage message
-    (protocol 2 body: args, kwargs, embed), or None when they are not all there and well formed."""
+def _stage_message(message: Any) -> StageMessage:
+    """The stage message of a Celery message (protocol 2 body: args, kwargs, embed); MalformedMessage
+    when it is not one."""
     try:
         body = message.decode()
-    except (KombuError, AttributeError, ValueError, TypeError):
-        return None
+    except (KombuError, AttributeError, ValueError, TypeError) as exc:
+        raise MalformedMessage(f"the body cannot be decoded: {exc}") from None
     if not (isinstance(body, (list, tuple)) and len(body) >= 2):
-        return None
-    args, kwargs = body[0], body[1]
-    if not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict):
-        return None
-    names = ("run_id", "stage_id", "attempt", "item", "count")
-    values: dict[str, Any] = {"attempt": 1, "item": None, "count": 1, **dict(zip(names, args)), **kwargs}
-    run_id, stage_id, attempt, item, count = (values.get(n) for n in names)
-    if len(args) > len(names) or set(kwargs) - set(names):
-        return None
-    if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 1:
-        return None
-    if not (item is None or (isinstance(item, int) and not isinstance(item, bool))):
-        return None
-    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= FANOUT_CHUNK_MAX:
-        return None
-    if count > 1 and item is None:
-        return None
-    items: list[int | None] = [item] if count == 1 or item is None else list(range(item, item + count))
-    try:
-        return check_run_id(run_id), check_stage_id(stage_id), attempt, items
-    except InvalidId:
-        return None
+        raise MalformedMessage("the body is not [args, kwargs, embed]")
+    return StageMessage.parse(body[0], body[1])
 
 
 __all__ = ["UnknownTaskHandler", "install_unknown_task_handler", "served_by"]

@@ -7,17 +7,21 @@ moment goes out through one producer connection.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 from celery import Celery, Signature
 
-from orchestration.engine.compiler import item_signatures, stage_signature
+from orchestration.engine.commit import CommitRequest
+from orchestration.engine.compiler import first_signature, item_signatures, stage_signature
 from orchestration.engine.limits import gate_for
-from orchestration.engine.messages import COUNT, ITEM, stage_message
-from orchestration.engine.store import Commit, RunStore
+from orchestration.engine.messages import item_template, stage_message
+from orchestration.engine.replies import Commit, CommitVerdict
+from orchestration.engine.stage_message import StageMessage
+from orchestration.engine.states import RunStatus, State
+from orchestration.engine.store import RunStore
 from orchestration.graph.resolve import Node, RunGraph
 from orchestration.language import expressions
 from orchestration.language.dag import children as children_of
@@ -46,11 +50,11 @@ class Dispatcher:
                 stack.extend(children.get(sid, []))
         return [n.id for n in graph.nodes if n.id in seen]
 
-    def blocked_by(self, run_id: str, graph: RunGraph, stage_id: str, outcome: str) -> list[str]:
+    def blocked_by(self, run_id: str, graph: RunGraph, stage_id: str, outcome: State) -> list[str]:
         """The stages a failure marks upstream_failed (only a critical failure without fail_fast
         needs the list; everything else is decided in the commit script)."""
         node = graph.node(stage_id)
-        if outcome != "failed" or not node.critical or graph.fail_fast:
+        if outcome is not State.FAILED or not node.critical or graph.fail_fast:
             return []
         return self.descendants(run_id, graph, stage_id)
 
@@ -74,12 +78,32 @@ class Dispatcher:
         for sid in stage_ids:
             node = graph.node(sid)
             if not node.fans_out:
-                found[sid] = (node.queue, stage_message(run_id, node), node.on_critical_path)
+                found[sid] = (
+                    node.queue,
+                    stage_message(StageMessage(run_id, sid), node),
+                    node.on_critical_path,
+                )
         return found
 
     def next_item_template(self, run_id: str, node: Node) -> tuple[str, str] | None:
         """(queue, template) of the next item of a windowed fan-out, for its items' commits."""
-        return (node.queue, stage_message(run_id, node, 1, ITEM)) if node.max_concurrency else None
+        return (node.queue, item_template(run_id, node)) if node.max_concurrency else None
+
+    def plan(self, req: CommitRequest, enqueue: bool = True) -> CommitRequest:
+        """`req` with what its commit may make ready, from the graph: the children it counts down,
+        the stages a critical failure blocks and, with `enqueue`, the messages the script enqueues
+        itself (every ready child but a fan-out; a windowed fan-out's next item)."""
+        run_id, graph, stage_id = req.run_id, req.graph, req.stage_id
+        children = self.children(run_id, graph, stage_id)
+        return replace(
+            req,
+            children=children,
+            descendants=self.blocked_by(run_id, graph, stage_id, req.outcome),
+            messages=self.messages(run_id, graph, children) if enqueue else {},
+            next_message=self.next_item_template(run_id, graph.node(stage_id))
+            if enqueue and req.item is not None
+            else None,
+        )
 
     # -- sending ------------------------------------------------------------------------------
     def send(self, signatures: Iterable[Signature]) -> None:
@@ -107,7 +131,7 @@ class Dispatcher:
                     batch += sigs
                     more += ready
                 else:
-                    batch.append(stage_signature(run_id, node))
+                    batch.append(first_signature(run_id, node))
                 sent.append(sid)
             self.send(batch)
             pending = more
@@ -124,7 +148,8 @@ class Dispatcher:
             # stopped by SIGTERM, they never commit: give back their slots now, not in a lease
             self.store.release_run(run_id, graph)
         if commit.next_item is not None:
-            self.send([stage_signature(run_id, graph.node(stage_id), 1, commit.next_item)])
+            message = StageMessage(run_id, stage_id, 1, commit.next_item)
+            self.send([stage_signature(message, graph.node(stage_id))])
         if commit.ready and send_ready:
             self.dispatch(run_id, graph, commit.ready)
         if commit.finalized:
@@ -152,10 +177,10 @@ class Dispatcher:
                 )
             except ValueError as exc:
                 return [], self._close(
-                    run_id, graph, node, "failed", error=_error("ConditionError", str(exc))
+                    run_id, graph, node, State.FAILED, error=_error("ConditionError", str(exc))
                 )
             if not go:
-                return [], self._close(run_id, graph, node, "skipped", output="null")
+                return [], self._close(run_id, graph, node, State.SKIPPED, output="null")
         # A condition that reads `item` or `matrix` is decided per item, by each item's attempt.
         if node.matrix is not None:
             total = len(node.matrix)
@@ -168,7 +193,7 @@ class Dispatcher:
                     run_id,
                     graph,
                     node,
-                    "failed",
+                    State.FAILED,
                     error=_error(
                         "FanOutError",
                         f"for_each '{node.for_each}' must output a list; it output {type(items).__name__}",
@@ -181,7 +206,7 @@ class Dispatcher:
                     run_id,
                     graph,
                     node,
-                    "failed",
+                    State.FAILED,
                     error=_error(
                         "FanOutError",
                         f"for_each '{node.for_each}' output {total:,} items; the limit is {cap:,} "
@@ -189,27 +214,27 @@ class Dispatcher:
                     ),
                 )
         if total == 0:
-            return [], self._close(run_id, graph, node, "succeeded", output="[]")
+            return [], self._close(run_id, graph, node, State.SUCCEEDED, output="[]")
         window = min(total, node.max_concurrency or total)
         chunk = chunk_size(total, node, self.store.settings.fanout_chunk, graph)
-        template = stage_message(run_id, node, 1, ITEM, COUNT if chunk > 1 else 1)
+        template = item_template(run_id, node, chunked=chunk > 1)
         first = self.store.start_fanout(run_id, node.id, total, window, node.queue, template, chunk)
-        if first is None and self.store.run_status(run_id) == "paused":
+        if first is None and self.store.run_status(run_id) == RunStatus.PAUSED:
             return None
         if first is None or first.enqueued:
             return [], []
         if not first.items:  # a retried run kept every item: the stage ends from their outputs
             kept = self.store.items(run_id, node.id)
             output = "[" + ",".join(kept.get(i, {}).get("output") or "null" for i in range(total)) + "]"
-            return [], self._close(run_id, graph, node, "succeeded", output=output)
+            return [], self._close(run_id, graph, node, State.SUCCEEDED, output=output)
         return item_signatures(run_id, node, first.items), []
 
     def fail_stage(self, run_id: str, stage_id: str, error: dict[str, Any]) -> bool:
         """Fail a stage that no attempt holds (decided outside a worker's attempt), keep its error,
         and advance the run. False if the stage had already ended or an attempt holds it."""
         graph = self.store.graph(run_id)
-        commit = self._settle(run_id, graph, graph.node(stage_id), "failed", error=error)
-        if commit.verdict != "ok":
+        commit = self._settle(run_id, graph, graph.node(stage_id), State.FAILED, error=error)
+        if commit.verdict is not CommitVerdict.OK:
             return False
         if commit.ready:
             self.dispatch(run_id, graph, commit.ready)
@@ -220,38 +245,30 @@ class Dispatcher:
         run_id: str,
         graph: RunGraph,
         node: Node,
-        outcome: str,
+        outcome: State,
         output: str = "",
         error: dict[str, Any] | None = None,
     ) -> list[str]:
         """End a stage decided here (not by an attempt); returns the stages it made ready, for the
         caller to send."""
         commit = self._settle(run_id, graph, node, outcome, output, error)
-        return commit.ready if commit.verdict == "ok" else []
+        return commit.ready if commit.verdict is CommitVerdict.OK else []
 
     def _settle(
         self,
         run_id: str,
         graph: RunGraph,
         node: Node,
-        outcome: str,
+        outcome: State,
         output: str = "",
         error: dict[str, Any] | None = None,
     ) -> Commit:
-        commit = self.store.finish(
-            run_id,
-            graph,
-            node.id,
-            None,
-            "",
-            outcome,
-            output,
-            error,
-            children=self.children(run_id, graph, node.id),
-            descendants=self.blocked_by(run_id, graph, node.id, outcome),
-            run_hook=True,  # decided outside a worker, which alone knows its Python hooks: always announce
+        # decided outside a worker, which alone knows its Python hooks: always announce the run's end
+        request = CommitRequest(
+            run_id, graph, node.id, outcome, output_json=output, error=error, run_hook=True
         )
-        if commit.verdict == "ok":
+        commit = self.store.finish(self.plan(request, enqueue=False))
+        if commit.verdict is CommitVerdict.OK:
             self.advance(run_id, graph, commit, node.id, send_ready=False)  # the caller sends them
         return commit
 
@@ -272,12 +289,7 @@ def chunk_size(total: int, node: Node, most: int, graph: RunGraph | None = None)
     return max(1, min(most, total // 16))
 
 
-def payload(run_id: str, stage_id: str, attempt: int, item: int | None) -> str:
-    """A message in the form parked and delayed sets keep: enough to rebuild its signature."""
-    return json.dumps([run_id, stage_id, attempt, item], separators=(",", ":"))
-
-
 def signature_of(payload_text: str, store: RunStore) -> Signature:
-    run_id, stage_id, attempt, item = json.loads(payload_text)
-    node = store.graph(run_id).node(stage_id)
-    return stage_signature(run_id, node, attempt, item)
+    """The Celery message of a stored stage message (the delay set's, the parked set's)."""
+    message = StageMessage.from_payload(payload_text)
+    return stage_signature(message, store.graph(message.run_id).node(message.stage_id))

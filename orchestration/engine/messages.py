@@ -22,6 +22,7 @@ import uuid
 
 from orchestration.engine.compiler import HARD_LIMIT_GRACE_S, SOFT_LIMIT_GRACE_S
 from orchestration.engine.registry import task_name
+from orchestration.engine.stage_message import StageMessage
 from orchestration.graph.resolve import Node
 
 ITEM = "@@ITEM@@"  # replaced by the item's index in a template (no JSON text contains it)
@@ -32,19 +33,23 @@ _EMBED = json.dumps(
 _ORIGIN = f"gen{os.getpid()}@{socket.gethostname()}"
 
 
-def stage_message(
-    run_id: str, node: Node, attempt: int = 1, item: int | str | None = None, count: int | str = 1
-) -> str:
-    """The broker's text of the message that runs one attempt of `node` (or of one of its items;
-    `item=ITEM` gives the template of any item, and `count=COUNT` of any chunk of items)."""
-    task_id = str(uuid.uuid4())
-    if item == ITEM:
-        task_id = f"{task_id}.{ITEM}"
-    head = json.dumps([run_id, node.id, attempt], separators=(",", ":"))[:-1]
-    index = "null" if item is None else str(item)
-    chunk = "" if count == 1 else f",{count}"
-    body = f"[{head},{index}{chunk}],{{}},{_EMBED}]"
-    shown = f"({run_id!r}, {node.id!r}, {attempt}, {item}{chunk.replace(',', ', ')})"
+def stage_message(message: StageMessage, node: Node) -> str:
+    """The broker's text of the message that runs `message` (one attempt of `node`, or of one of
+    its items)."""
+    return _envelope(node, message.args_json(), str(uuid.uuid4()), repr(message.args))
+
+
+def item_template(run_id: str, node: Node, chunked: bool = False) -> str:
+    """The broker's text of any item's message of fan-out `node` (attempt 1): ITEM stands for the
+    item's index and, `chunked`, COUNT for the number of consecutive items the message carries."""
+    count = COUNT if chunked else None
+    args = StageMessage.template_json(run_id, node.id, ITEM, count)
+    shown = f"({run_id!r}, {node.id!r}, 1, {ITEM}" + (f", {COUNT})" if chunked else ")")
+    return _envelope(node, args, f"{uuid.uuid4()}.{ITEM}", shown)
+
+
+def _envelope(node: Node, args_json: str, task_id: str, shown: str) -> str:
+    body = f"[{args_json},{{}},{_EMBED}]"
     timelimit = (
         [node.timeout_s + HARD_LIMIT_GRACE_S, node.timeout_s + SOFT_LIMIT_GRACE_S]
         if node.timeout_s
@@ -84,4 +89,4 @@ def stage_message(
     return json.dumps(envelope, separators=(",", ":"))
 
 
-__all__ = ["COUNT", "ITEM", "stage_message"]
+__all__ = ["COUNT", "ITEM", "item_template", "stage_message"]

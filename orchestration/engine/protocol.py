@@ -14,9 +14,10 @@ from orchestration.graph.resolve import RunGraph
 from orchestration.settings import Settings
 
 if TYPE_CHECKING:
-    from orchestration.engine.limits import Capacity, Gate
+    from orchestration.engine.commit import BeginRequest, CommitRequest, RetryRequest
     from orchestration.engine.logs import AttemptLogInfo, LogLine
-    from orchestration.engine.transitions import Commit, FanoutStart
+    from orchestration.engine.replies import BeginReply, Commit, RetryReply
+    from orchestration.engine.transitions import FanoutStart
 
 #: An entry of the hooks outbox: (entry id, fields); a claimed id whose entry is gone has None.
 HookEntry = tuple[str | None, dict[str, str] | None]
@@ -69,61 +70,13 @@ class Store(Protocol):
         idempotency_key: str | None = None,
         extra: Mapping[str, Any] | None = None,
     ) -> tuple[str, bool]: ...
-    def begin(
-        self,
-        run_id: str,
-        stage_id: str,
-        item: int | None,
-        attempt: int,
-        host: str,
-        queue: str,
-        task_id: str,
-        payload: str,
-        read: Sequence[str] = (),
-        notify: Sequence[str] = (),
-        gate: tuple[Gate, Capacity] | None = None,
-    ) -> list[Any]: ...
+    def begin(self, req: BeginRequest) -> BeginReply: ...
     def renew(
         self, run_id: str, stage_id: str, item: int | None, token: str, holds: Sequence[str] = ()
     ) -> bool: ...
-    def claim(self, run_id: str, stage_id: str, items: Sequence[int]) -> None: ...
-    def retry(
-        self,
-        run_id: str,
-        stage_id: str,
-        item: int | None,
-        token: str,
-        error: Mapping[str, Any],
-        next_attempt: int,
-        delay_s: float,
-        park: bool,
-        payload: str,
-        notify: Sequence[str] = (),
-        release: tuple[Gate, Capacity] | None = None,
-    ) -> bool: ...
-    def finish(
-        self,
-        run_id: str,
-        graph: RunGraph,
-        stage_id: str,
-        item: int | None,
-        token: str,
-        outcome: str,
-        output_json: str = "",
-        error: Mapping[str, Any] | None = None,
-        context_writes: Sequence[tuple[str, str, str]] = (),
-        metrics: Mapping[str, float] | None = None,
-        children: Sequence[str] = (),
-        descendants: Sequence[str] = (),
-        cache_key: str | None = None,
-        cache_ttl_s: float = 0,
-        cached: bool = False,
-        notify: Sequence[str] = (),
-        run_hook: bool = False,
-        messages: Mapping[str, tuple[str, str, bool]] | None = None,
-        next_message: tuple[str, str] | None = None,
-        release: tuple[Gate, Capacity] | None = None,
-    ) -> Commit: ...
+    def claim(self, run_id: str, stage_id: str, items: Sequence[int]) -> int | None: ...
+    def retry(self, req: RetryRequest) -> RetryReply: ...
+    def finish(self, req: CommitRequest) -> Commit: ...
     def start_fanout(
         self,
         run_id: str,

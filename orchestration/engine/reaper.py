@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import logging
 
-from orchestration.engine.compiler import item_signatures, stage_signature
+from orchestration.engine.compiler import first_signature, item_signatures, stage_signature
 from orchestration.engine.dispatch import Dispatcher
 from orchestration.engine.protocol import Store
+from orchestration.engine.stage_message import StageMessage
+from orchestration.engine.states import RUN_ACTIVE, RunStatus, State
 from orchestration.errors import RunNotFound
 from orchestration.graph.resolve import Node, RunGraph
 
@@ -52,13 +54,13 @@ class Reaper:
         sent = 0
         for run_id, stage_id, item in store.expired_leases(now_ms, limit):
             state, lease_exp_ms, attempt = store.lease_state(run_id, stage_id, item)
-            if state == "running" and lease_exp_ms > now_ms:
+            if state == State.RUNNING and lease_exp_ms > now_ms:
                 continue
-            if state is None and item is not None and store.stage_state(run_id, stage_id) == "running":
+            if state is None and item is not None and store.stage_state(run_id, stage_id) == State.RUNNING:
                 # An item a chunk message claimed and never began (its worker died first): it is
                 # sent on its own, as its first attempt.
-                state, attempt = "running", 0
-            if state != "running" or store.run_status(run_id) not in ("running", "paused"):
+                state, attempt = State.RUNNING, 0
+            if state != State.RUNNING or store.run_status(run_id) not in RUN_ACTIVE:
                 store.release_lease(run_id, stage_id, item)  # ended, or its run did (a revoked item)
                 continue
             try:
@@ -71,7 +73,7 @@ class Reaper:
             log.warning(
                 "lease of %s/%s item %s expired; sending attempt %s", run_id, stage_id, item, attempt + 1
             )
-            self.dispatcher.send([stage_signature(run_id, node, attempt + 1, item)])
+            self.dispatcher.send([stage_signature(StageMessage(run_id, stage_id, attempt + 1, item), node)])
             sent += 1
         return sent
 
@@ -81,9 +83,9 @@ class Reaper:
         sent = 0
         for run_id, stage_id in store.unsent(horizon, limit):
             state = store.stage_state(run_id, stage_id)
-            if state == "queued" and store.run_status(run_id) == "paused":
+            if state == State.QUEUED and store.run_status(run_id) == RunStatus.PAUSED:
                 continue  # a fan-out made ready while its run is paused: started after the resume
-            if state in ("queued", "running") and store.run_status(run_id) in ("running", "paused"):
+            if state in (State.QUEUED, State.RUNNING) and store.run_status(run_id) in RUN_ACTIVE:
                 try:
                     graph = store.graph(run_id)
                 except RunNotFound:
@@ -95,12 +97,12 @@ class Reaper:
 
     def _resend(self, run_id: str, graph: RunGraph, node: Node, state: str) -> int:
         """Send what a dead dispatcher did not: a ready stage, or a started fan-out's first window."""
-        if state == "queued":
+        if state == State.QUEUED:
             log.warning("stage %s/%s was ready but never sent; sending it", run_id, node.id)
             if node.fans_out:
                 self.dispatcher.dispatch(run_id, graph, [node.id])
             else:
-                self.dispatcher.send([stage_signature(run_id, node)])
+                self.dispatcher.send([first_signature(run_id, node)])
             return 1
         if not node.fans_out:
             return 0  # running: it was sent

@@ -18,10 +18,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from orchestration.errors import InvalidId
+from orchestration.language.ids import check_run_id, check_stage_id
 from orchestration.settings import FANOUT_CHUNK_MAX
-
-#: What a stage id or run id may be at most, in a message (ids are far shorter: language/ids.py).
-_ID_MAX = 512
 
 
 class MalformedMessage(ValueError):
@@ -56,9 +55,11 @@ class StageMessage:
         attempt = rest[0] if len(rest) > 0 else 1
         item = rest[1] if len(rest) > 1 else None
         count = rest[2] if len(rest) > 2 else 1
-        for name, value in (("run_id", run_id), ("stage_id", stage_id)):
-            if not isinstance(value, str) or not value or len(value) > _ID_MAX:
-                raise MalformedMessage(f"{name} must be a non-empty string (got {_short(value)})")
+        try:
+            check_run_id(run_id)
+            check_stage_id(stage_id)
+        except InvalidId as exc:
+            raise MalformedMessage(str(exc)) from None
         if not _is_int(attempt) or attempt < 1:
             raise MalformedMessage(f"attempt must be an integer >= 1 (got {_short(attempt)})")
         if item is not None and (not _is_int(item) or item < 0):
@@ -94,6 +95,18 @@ class StageMessage:
         except (ValueError, TypeError) as exc:
             raise MalformedMessage(f"a stored stage message is not JSON: {exc}") from None
         return cls.parse(args)
+
+    def args_json(self) -> str:
+        """The task's arguments as the JSON text of a message body's first element."""
+        return json.dumps(list(self.args), separators=(",", ":"))
+
+    @staticmethod
+    def template_json(run_id: str, stage_id: str, item_mark: str, count_mark: str | None) -> str:
+        """The arguments of any item of a fan-out (attempt 1) with `item_mark` standing for the item's
+        index and `count_mark` for a chunk's count (None: one item a message), for the scripts to
+        fill in (engine/messages.py): the same layout as `args_json`."""
+        head = json.dumps([run_id, stage_id, 1], separators=(",", ":"))[:-1]
+        return f"{head},{item_mark}" + (f",{count_mark}]" if count_mark else "]")
 
     def one(self, item: int) -> StageMessage:
         """The message of one item of this chunk."""

@@ -34,8 +34,9 @@ from orchestration.engine.keys import decode_member, encode_member
 from orchestration.engine.logs import AttemptLogs
 from orchestration.engine.protocol import HookEntry
 from orchestration.engine.records import PipelineRecords
+from orchestration.engine.replies import Commit
 from orchestration.engine.states import RUN_FINAL, TERMINAL
-from orchestration.engine.transitions import Commit, Transitions
+from orchestration.engine.transitions import Transitions
 from orchestration.graph.resolve import RunGraph
 from orchestration.settings import Settings
 

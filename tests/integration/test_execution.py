@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from orchestration.engine.compiler import stage_signature
+from orchestration.engine.compiler import first_signature
 from orchestration.errors import InvalidPipeline
 from orchestration.language.validation import validate_data
 
@@ -213,10 +213,10 @@ def test_duplicate_delivery_commits_once(cluster):
     handle = cluster.client.submit(spec)
     graph = cluster.client.store.graph(handle.run_id)
     # the same message for `a` twice more, while it may still be running and after it committed
-    cluster.client.dispatcher.send([stage_signature(handle.run_id, graph.node("a"))])
+    cluster.client.dispatcher.send([first_signature(handle.run_id, graph.node("a"))])
     result = handle.wait(timeout=30)
     cluster.client.dispatcher.send(
-        [stage_signature(handle.run_id, graph.node("a")), stage_signature(handle.run_id, graph.node("join"))]
+        [first_signature(handle.run_id, graph.node("a")), first_signature(handle.run_id, graph.node("join"))]
     )
     time.sleep(1.0)
     assert result.status == "succeeded"
@@ -228,7 +228,10 @@ def test_duplicate_delivery_commits_once(cluster):
 
 def test_run_keys_get_a_ttl_when_the_run_ends(cluster):
     result = cluster.run(pipeline("ttl", {"id": "a", "uses": "noop"}))
-    ttl = cluster.redis.ttl(f"chordflow:run:{result.run_id}")
+    # the run's end is seen as soon as the commit lands; its worker sets the TTLs right after it
+    deadline = time.monotonic() + 5
+    while (ttl := cluster.redis.ttl(f"chordflow:run:{result.run_id}")) < 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert 0 < ttl <= cluster.settings.run_ttl_s
     assert cluster.redis.ttl(f"chordflow:run:{result.run_id}:events") > 0
 

@@ -10,8 +10,11 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from orchestration.engine.dispatch import payload
+from orchestration.engine.commit import BeginRequest, CommitRequest, RetryRequest
 from orchestration.engine.limits import Capacity, Count, Gate, Rate
+from orchestration.engine.replies import BeginRun, BeginWait, CommitVerdict
+from orchestration.engine.stage_message import StageMessage
+from orchestration.engine.states import State
 from orchestration.engine.store import RunStore
 from orchestration.fleet.embedded import RedisServer
 from orchestration.graph.resolve import resolve
@@ -42,21 +45,15 @@ def new_run(store: RunStore, n: int = 4) -> tuple[str, object]:
 
 
 def begin(store, run_id, sid, gate, capacity=HOST, attempt=1):
-    return store.begin(
-        run_id,
-        sid,
-        None,
-        attempt,
-        "w1",
-        "cpu",
-        f"t-{sid}",
-        payload(run_id, sid, attempt, None),
-        gate=(gate, capacity),
-    )
+    message = StageMessage(run_id, sid, attempt)
+    return store.begin(BeginRequest(message, "w1", "cpu", f"t-{sid}", gate=(gate, capacity)))
 
 
 def finish(store, run_id, graph, sid, token, gate, capacity=HOST):
-    return store.finish(run_id, graph, sid, None, str(token), "succeeded", "null", release=(gate, capacity))
+    request = CommitRequest(
+        run_id, graph, sid, State.SUCCEEDED, token=str(token), output_json="null", release=(gate, capacity)
+    )
+    return store.finish(request)
 
 
 def delayed(store) -> list[tuple[list, float]]:
@@ -66,21 +63,21 @@ def delayed(store) -> list[tuple[list, float]]:
 def test_a_full_pool_parks_the_stage_and_a_commit_wakes_it(store):
     run_id, graph = new_run(store)
     gate = Gate(counts=(Count("pool:llm", 1, "pool llm"),))
-    verdict, token, _, devices = begin(store, run_id, "s0", gate)
-    assert (verdict, devices) == ("run", "")
-    assert begin(store, run_id, "s1", gate) == ["wait", "pool llm 1/1"]
+    first = begin(store, run_id, "s0", gate)
+    assert isinstance(first, BeginRun) and first.devices == ""
+    token = first.token
+    assert begin(store, run_id, "s1", gate) == BeginWait("pool llm 1/1")
     stage = store._r.hgetall(store.keys.stage(run_id, "s1"))
     assert stage["waiting"] == "pool llm 1/1" and "waiting_since" in stage and "token" not in stage
     assert store.states(run_id)["s1"] == "queued"
     assert store._r.zcard(store.keys.limit_waiting("pool:llm")) == 1
     assert delayed(store) == []
 
-    assert finish(store, run_id, graph, "s0", token, gate).verdict == "ok"
+    assert finish(store, run_id, graph, "s0", token, gate).verdict is CommitVerdict.OK
     assert [p for p, _ in delayed(store)] == [[run_id, "s1", 1, None]]  # woken: due now
     assert store._r.zcard(store.keys.limit_waiting("pool:llm")) == 0
     assert store._r.zcard(store.keys.limit_holds("pool:llm")) == 0
-    verdict, *_ = begin(store, run_id, "s1", gate)
-    assert verdict == "run"
+    assert isinstance(begin(store, run_id, "s1", gate), BeginRun)
     assert "waiting" not in store._r.hgetall(store.keys.stage(run_id, "s1"))
 
 
@@ -88,8 +85,8 @@ def test_a_holder_whose_lease_ran_out_no_longer_counts_and_the_sweep_wakes_its_w
     run_id, _ = new_run(store)
     store.settings = Settings(redis_url="redis://unused", lease_s=0.3)
     gate = Gate(counts=(Count("pool:llm", 1, "pool llm"),))
-    assert begin(store, run_id, "s0", gate)[0] == "run"
-    assert begin(store, run_id, "s1", gate)[0] == "wait"
+    assert isinstance(begin(store, run_id, "s0", gate), BeginRun)
+    assert isinstance(begin(store, run_id, "s1", gate), BeginWait)
     assert store.sweep_waiting(dict) == 0  # the holder's lease is live
     time.sleep(0.4)  # the holder's worker "died": nobody renews
     assert store.sweep_waiting(dict) == 1
@@ -101,25 +98,25 @@ def test_renewal_keeps_the_holder_counted(store):
     run_id, _ = new_run(store)
     store.settings = Settings(redis_url="redis://unused", lease_s=0.3)
     gate = Gate(counts=(Count("pool:llm", 1, "pool llm"),))
-    _, token, *_ = begin(store, run_id, "s0", gate)
+    token = begin(store, run_id, "s0", gate).token
     for _ in range(3):
         time.sleep(0.15)
         assert store.renew(run_id, "s0", None, str(token), holds=[store.keys.limit_holds("pool:llm")])
-    assert begin(store, run_id, "s1", gate)[0] == "wait"
+    assert isinstance(begin(store, run_id, "s1", gate), BeginWait)
 
 
 def test_a_rate_limit_gives_waiting_stages_spaced_reserved_slots(store):
     run_id, _ = new_run(store, 5)
     gate = Gate(rates=(Rate("type:noop", 200.0, "rate noop 5/s"),))
-    assert begin(store, run_id, "s0", gate)[0] == "run"
-    assert begin(store, run_id, "s1", gate) == ["wait", "rate noop 5/s"]
-    assert begin(store, run_id, "s2", gate)[0] == "wait"
+    assert isinstance(begin(store, run_id, "s0", gate), BeginRun)
+    assert begin(store, run_id, "s1", gate) == BeginWait("rate noop 5/s")
+    assert isinstance(begin(store, run_id, "s2", gate), BeginWait)
     slots = [score for _, score in delayed(store)]
     assert len(slots) == 2 and slots[1] - slots[0] == 200  # one wake per slot: no herd
     # the reserved stage, back at its slot, starts; a newcomer may not jump the queue
     time.sleep(max(0.0, (slots[0] - store.server_time() * 1000) / 1000) + 0.01)
-    assert begin(store, run_id, "s1", gate)[0] == "run"
-    assert begin(store, run_id, "s3", gate)[0] == "wait"
+    assert isinstance(begin(store, run_id, "s1", gate), BeginRun)
+    assert isinstance(begin(store, run_id, "s3", gate), BeginWait)
     assert [score for _, score in delayed(store)][-1] == slots[1] + 200
 
 
@@ -128,52 +125,43 @@ def test_the_worker_ledger_gives_distinct_gpus_and_parks_what_does_not_fit(store
     one = Gate(gpu=1, queue="gpu")
     first = begin(store, run_id, "s0", one)
     second = begin(store, run_id, "s1", one)
-    assert first[0] == second[0] == "run"
-    assert {first[-1], second[-1]} == {"0", "1"}
-    assert store._r.hget(store.keys.stage(run_id, "s0"), "gpus") == first[-1]
+    assert isinstance(first, BeginRun) and isinstance(second, BeginRun)
+    assert {first.devices, second.devices} == {"0", "1"}
+    assert store._r.hget(store.keys.stage(run_id, "s0"), "gpus") == first.devices
     refused = begin(store, run_id, "s2", Gate(gpu=2, queue="gpu"))
-    assert refused == ["wait", "capacity gpu: needs 2 GPU (0 of 2 free) on w1"]
+    assert refused == BeginWait("capacity gpu: needs 2 GPU (0 of 2 free) on w1")
     (member,) = store._r.zrange(store.keys.capacity_waiting("gpu"), 0, -1)
     assert json.loads(member) == {
-        "p": payload(run_id, "s2", 1, None),
+        "p": StageMessage(run_id, "s2").payload(),
         "run": run_id,
         "stage": "s2",
         "item": None,
         "gpu": 2,
         "memory_gb": None,
     }
-    finish(store, run_id, graph, "s0", first[1], one)
+    finish(store, run_id, graph, "s0", first.token, one)
     assert delayed(store) == []  # one GPU free: the two-GPU stage still does not fit
-    finish(store, run_id, graph, "s1", second[1], one)
+    finish(store, run_id, graph, "s1", second.token, one)
     assert [p for p, _ in delayed(store)] == [[run_id, "s2", 1, None]]
-    assert begin(store, run_id, "s2", Gate(gpu=2, queue="gpu"))[-1] == "0,1"
+    assert begin(store, run_id, "s2", Gate(gpu=2, queue="gpu")).devices == "0,1"
 
 
 def test_memory_is_admitted_against_the_worker_s_gb(store):
     run_id, _ = new_run(store)
     big = Gate(memory_gb=48.0, queue="highmem")
-    assert begin(store, run_id, "s0", big)[0] == "run"
-    assert begin(store, run_id, "s1", big) == ["wait", "capacity highmem: needs 48 GB (16 of 64 free) on w1"]
-    assert begin(store, run_id, "s2", Gate(memory_gb=16.0, queue="highmem"))[0] == "run"
+    assert isinstance(begin(store, run_id, "s0", big), BeginRun)
+    assert begin(store, run_id, "s1", big) == BeginWait("capacity highmem: needs 48 GB (16 of 64 free) on w1")
+    assert isinstance(begin(store, run_id, "s2", Gate(memory_gb=16.0, queue="highmem")), BeginRun)
 
 
 def test_a_retry_gives_the_slot_back(store):
     run_id, _ = new_run(store)
     gate = Gate(counts=(Count("key:deploy-prod", 1, "key deploy-prod"),))
-    _, token, *_ = begin(store, run_id, "s0", gate)
-    assert begin(store, run_id, "s1", gate)[0] == "wait"
-    held = store.retry(
-        run_id,
-        "s0",
-        None,
-        str(token),
-        {"type": "X"},
-        2,
-        0.0,
-        False,
-        payload(run_id, "s0", 2, None),
-        release=(gate, HOST),
+    token = begin(store, run_id, "s0", gate).token
+    assert isinstance(begin(store, run_id, "s1", gate), BeginWait)
+    reply = store.retry(
+        RetryRequest(StageMessage(run_id, "s0"), str(token), {"type": "X"}, 0.0, False, release=(gate, HOST))
     )
-    assert held
+    assert reply.held
     assert store._r.zcard(store.keys.limit_holds("key:deploy-prod")) == 0
     assert [p for p, _ in delayed(store)] == [[run_id, "s1", 1, None]]
