@@ -150,13 +150,29 @@ def check_once(history: History, final: FinalState) -> CheckResult:
     return result
 
 
+def _committed(history: History, final: FinalState) -> set[tuple[Unit, str]]:
+    """(unit, token) of every commit that counts: acknowledged, or the one the final state holds."""
+    found = {(a.unit, a.token) for a in history.acks}
+    for run_id, run in final.runs.items():
+        for (stage, item), unit in run.units.items():
+            if unit.token is not None and unit.state not in (None, "running", "queued", "pending"):
+                found.add(((run_id, stage, item), unit.token))
+    return found
+
+
 def check_inputs(history: History, final: FinalState) -> CheckResult:
+    """Only executions whose commit counts: one whose commit was refused (it began on a primary that
+    then lost its parent's unacknowledged commit, say) changed nothing, whatever it read."""
     result = CheckResult("4 inputs are final outputs")
-    edges = 0
+    committed = _committed(history, final)
+    edges = uncommitted = 0
     for ex in history.executions:
         run = final.runs.get(ex.run)
         if run is None or run.status is None:
             continue  # check 1 reports a missing run
+        if ex.token is None or (ex.unit, ex.token) not in committed:
+            uncommitted += 1
+            continue
         for parent in run.needs.get(ex.stage, []):
             edges += 1
             read = ex.inputs.get(parent)
@@ -168,24 +184,18 @@ def check_inputs(history: History, final: FinalState) -> CheckResult:
                     f"{_name(ex.unit)} attempt {ex.attempt} (pid {ex.pid}) read {parent}'s output "
                     f"{read[:12]}, its final output is {(stored or 'none')[:12]}"
                 )
-    result.counts = {"executions": len(history.executions), "edges": edges}
+    result.counts = {"executions": len(history.executions), "uncommitted": uncommitted, "edges": edges}
     return result
 
 
-def _lost_lease(ex: Execution, committed: set[tuple[Unit, str]], final: FinalState) -> bool:
-    if ex.end is None or ex.cancelled:
-        return True
-    unit = _unit(final, ex.unit)
-    return (
-        ex.token is not None
-        and (ex.unit, ex.token) not in committed
-        and (unit is None or unit.token != ex.token)
-    )
+def _lost_lease(ex: Execution, committed: set[tuple[Unit, str]]) -> bool:
+    """Told so, dead (no end), or its commit does not count (refused: a newer attempt held it)."""
+    return ex.end is None or ex.cancelled or (ex.token is not None and (ex.unit, ex.token) not in committed)
 
 
 def check_exclusive(history: History, final: FinalState) -> CheckResult:
     result = CheckResult("5 exclusive executions")
-    committed = {(a.unit, a.token) for a in history.acks}
+    committed = _committed(history, final)
     by_unit: dict[Unit, list[Execution]] = defaultdict(list)
     for ex in history.executions:
         by_unit[ex.unit].append(ex)
@@ -198,7 +208,7 @@ def check_exclusive(history: History, final: FinalState) -> CheckResult:
                 if b.start >= a_end:
                     continue
                 overlaps += 1
-                if not (_lost_lease(a, committed, final) or _lost_lease(b, committed, final)):
+                if not (_lost_lease(a, committed) or _lost_lease(b, committed)):
                     result.violate(
                         f"{_name(unit)}: attempt {a.attempt} (pid {a.pid}, token {a.token}) and attempt "
                         f"{b.attempt} (pid {b.pid}, token {b.token}) ran at once and both held their lease"

@@ -134,6 +134,15 @@ def test_a_child_that_read_a_lost_output_fails_check_4():
     )
 
 
+def test_an_execution_whose_commit_was_refused_may_have_read_anything():
+    # Given a second execution of b that read a lost output of a, and committed nothing
+    history, final = given()
+    zombie = _exec("b", "9", 13.0, 13.5, attempt=2, inputs={"a": value_hash({"lost": True})})
+    report = check(History([*history.executions, zombie], history.acks, history.given_runs), final, GRACE_S)
+    assert report.held, str(report)
+    assert report.by_name("4 inputs are final outputs").counts["uncommitted"] == 1
+
+
 def test_two_overlapping_executions_that_both_held_their_lease_fail_check_5():
     # Given a second execution of b, while the first still ran, and both acknowledged
     history, final = given()
