@@ -58,6 +58,7 @@ class SeedResult:
     history: history.History
     seconds: float
     dir: Path
+    started: float  # time.time() of the first submit: the faults' times are shown from it
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
@@ -66,9 +67,8 @@ class SeedResult:
             f"seed {self.seed} (CHORDFLOW_REPLICAS_ACK={self.replicas_ack}) in {self.seconds:.0f} s, "
             f"{len(self.history.executions)} executions, {len(self.history.acks)} acks, "
             f"{len(self.history.given_runs)} runs; files in {self.dir}\n{faults}\n{self.report}"
+            + "".join(f"\nnote: {n}" for n in self.notes)
         )
-
-    started: float = 0.0
 
 
 class Fleet:
@@ -189,8 +189,11 @@ def run_seed(
                     os.environ[k] = v
         recorded = history.load(records, acks, submitted)
         report = checker.check(recorded, final, SWEEP_GRACE_S)
-        result = SeedResult(seed, replicas_ack, report, nem.fired, recorded, time.monotonic() - began, base)
-        result.started = started
+        result = SeedResult(
+            seed, replicas_ack, report, nem.fired, recorded, time.monotonic() - began, base, started
+        )
         if faults.is_alive():
             result.notes.append("the nemesis thread did not finish its plan")
+        if nem.error:
+            result.notes.append(f"the nemesis plan stopped: {nem.error}")
         return result

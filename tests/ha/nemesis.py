@@ -67,11 +67,15 @@ class Nemesis:
     rng: random.Random
     fired: list[Fired] = field(default_factory=list)
     down: list[Node] = field(default_factory=list)
+    error: str = ""  # why the plan stopped short (a failover that never came), for the report
 
     def run(self, steps: list[Step]) -> None:
-        for step in steps:
-            time.sleep(step.wait_s)
-            getattr(self, step.kind)()
+        try:
+            for step in steps:
+                time.sleep(step.wait_s)
+                getattr(self, step.kind)()
+        except Exception as exc:  # noqa: BLE001  reported with the seed, not lost in a thread
+            self.error = f"{type(exc).__name__}: {exc}"
 
     def _primary_gone(self, fired: Fired, old: tuple[str, int]) -> None:
         switch = self.cluster.wait_switch_master(after=fired.at, timeout_s=60)
