@@ -23,6 +23,7 @@ from orchestration.language.rates import settings_limits
 from orchestration.settings import Settings
 
 from . import builtins as _builtins  # noqa: F401  (registers shell, noop, sleep, fail)
+from . import guard
 from .execution import WorkerEnv, execute, execute_chunk
 from .lease import LeaseKeeper
 from .outcome import AttemptFailed, task_outcome
@@ -54,6 +55,7 @@ def create_app(
     host = hostname or socket.gethostname()
     pools, type_rates = settings_limits(settings)
     app.conf.update(celery_config(settings))
+    guard.install(app)  # a malformed message is dropped before Celery reads it (workers/guard.py)
     state: dict[str, Any] = {}
 
     def env() -> WorkerEnv:

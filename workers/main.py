@@ -27,7 +27,7 @@ from orchestration.engine.limits import Capacity
 from orchestration.engine.reaper import Reaper
 from orchestration.engine.registry import REGISTRY
 from orchestration.engine.store import RunStore, connect
-from orchestration.fleet.health import redis_warnings
+from orchestration.fleet.redis_health import redis_warnings
 from orchestration.settings import Settings
 
 from .app import create_app, load_stage_modules

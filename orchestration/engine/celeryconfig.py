@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import ssl
 from typing import Any
+from urllib.parse import quote
 
 from celery import Celery
 from kombu import Queue
 
-from orchestration.engine.broker import TRANSPORT
+from orchestration.engine import sentinel
+from orchestration.engine.broker import SENTINEL_TRANSPORT, TRANSPORT
 from orchestration.settings import Settings
 
 _CERT_REQS = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}
@@ -52,13 +54,34 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "enable_utc": True,
     }
-    if settings.redis_url.startswith("rediss://"):
+    if sentinel.is_sentinel(settings.redis_url):
+        config.update(sentinel_broker(sentinel.parse(settings.redis_url), settings))
+    if settings.redis_url.startswith("rediss"):
         config["broker_use_ssl"] = {
             "ssl_cert_reqs": _CERT_REQS.get(settings.ssl_cert_reqs, ssl.CERT_REQUIRED)
         }
         if settings.ssl_ca_certs:
             config["broker_use_ssl"]["ssl_ca_certs"] = settings.ssl_ca_certs
     return config
+
+
+def sentinel_broker(parsed: sentinel.SentinelUrl, settings: Settings) -> dict[str, Any]:
+    """kombu's form of a `redis+sentinel://` URL: one `sentinel://` URL per Sentinel (each with
+    the data nodes' password and db), and the master's name as a transport option."""
+    auth = ""
+    if parsed.username or parsed.password:
+        auth = f"{quote(parsed.username or '', safe='')}:{quote(parsed.password or '', safe='')}@"
+    hosts = [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in parsed.sentinels]
+    return {
+        "broker_url": ";".join(f"sentinel://{auth}{host}/{parsed.db}" for host in hosts),
+        "broker_transport": SENTINEL_TRANSPORT,
+        "broker_transport_options": {
+            "visibility_timeout": settings.visibility_timeout_s,
+            "master_name": parsed.master_name,
+            # the Sentinels are asked without the data nodes' password, quickly
+            "sentinel_kwargs": {"socket_timeout": 2.0, "socket_connect_timeout": 2.0},
+        },
+    }
 
 
 def client_app(settings: Settings, name: str = "chordflow") -> Celery:

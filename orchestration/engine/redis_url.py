@@ -15,17 +15,24 @@ from __future__ import annotations
 
 import contextvars
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
+from redis.connection import Connection, SSLConnection, UnixDomainSocketConnection, parse_url
+
+from orchestration.engine import sentinel
 from orchestration.errors import ChordflowError, InvalidInput
 
-SCHEMES = ("redis", "rediss", "unix")
-FORM = "redis://[[user]:password@]host[:port][/db] (rediss:// for TLS, unix:///path/to/socket)"
+SCHEMES = ("redis", "rediss", "unix", *sentinel.SCHEMES)
+FORM = (
+    "redis://[[user]:password@]host[:port][/db] (rediss:// for TLS, unix:///path/to/socket), or "
+    f"{sentinel.FORM}"
+)
 # scheme://userinfo@ — up to the last `@` of the authority, as URL parsers read it (a password
 # holding an unencoded `@` is masked whole)
+MAX_DB = 2**31 - 1  # what SELECT takes at most; the server's `databases` limit is its own
 _CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s]*@")
 
 
@@ -65,7 +72,13 @@ def check(url: str, name: str = "CHORDFLOW_REDIS_URL") -> str:
     if any(ch.isspace() or ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F for ch in url):
         raise bad("it contains whitespace or control characters")
     if "://" not in url:
-        raise bad("it has no scheme (it must start with redis://, rediss:// or unix://)")
+        raise bad("it has no scheme (it must start with redis://, rediss://, unix:// or redis+sentinel://)")
+    if sentinel.is_sentinel(url):
+        try:
+            sentinel.parse(url)
+        except ValueError as exc:
+            raise bad(str(exc)) from None
+        return url
     try:
         parts = urlsplit(url)
     except ValueError as exc:
@@ -73,12 +86,13 @@ def check(url: str, name: str = "CHORDFLOW_REDIS_URL") -> str:
     scheme = parts.scheme.lower()
     if scheme not in SCHEMES:
         raise bad(
-            f"the scheme is {scheme + '://' if scheme else 'missing'}, not redis://, rediss:// or unix://"
+            f"the scheme is {scheme + '://' if scheme else 'missing'}, not redis://, rediss://, unix:// "
+            "or redis+sentinel://"
         )
     if scheme == "unix":
         if not parts.path:
             raise bad("a unix:// URL needs the socket's path (unix:///path/to/redis.sock)")
-        return url
+        return _options_checked(url, bad)
     if not parts.hostname:
         raise bad("it names no host")
     try:
@@ -91,12 +105,40 @@ def check(url: str, name: str = "CHORDFLOW_REDIS_URL") -> str:
     db = unquote(parts.path or "").strip("/")
     if db and not db.isdigit():
         raise bad(f"the database {db[:20]!r} is not a number (the path is /DB, e.g. /0)")
+    if db and int(db) > MAX_DB:
+        raise bad(f"the database {db[:20]!r} is not a number from 0 to {MAX_DB}")
+    return _options_checked(url, bad)
+
+
+def _options_checked(url: str, bad: Callable[[str], InvalidRedisUrl]) -> str:
+    """`url` if redis-py takes its ?options (known names, values of the right type), else `bad`."""
+    try:
+        kwargs = parse_url(url)
+    except ValueError as exc:  # "Invalid value for 'socket_timeout' in connection URL."
+        name = re.search(r"'([^']+)'", str(exc))
+        raise bad(f"the option {name.group(1) if name else '?'!r} has a value of the wrong type") from None
+    db = kwargs.get("db", 0)
+    if not isinstance(db, int) or not 0 <= db <= MAX_DB:
+        raise bad(f"the database {db!r} is not a number from 0 to {MAX_DB}")
+    kwargs.pop("connection_class", None)  # parse_url's choice by scheme; ours is below
+    scheme = url.split("://", 1)[0].lower()
+    cls = {"unix": UnixDomainSocketConnection, "rediss": SSLConnection}.get(scheme, Connection)
+    try:
+        cls(**kwargs)  # builds the connection object only: nothing is opened
+    except TypeError as exc:
+        name = re.search(r"argument '([^']+)'", str(exc))
+        option = name.group(1) if name else str(exc)
+        raise bad(f"the option {option[:40]!r} is not a Redis connection option") from None
+    except ValueError as exc:
+        raise bad(f"an option's value is wrong: {exc}") from None
     return url
 
 
 def shown(url: str) -> str:
     """`redis://host:port/db` (credentials as `***`, default port and db filled in) to name a
     Redis in a message."""
+    if sentinel.is_sentinel(url):
+        return sentinel.shown(url)
     try:
         parts = urlsplit(url)
         scheme = parts.scheme.lower()

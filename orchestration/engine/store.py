@@ -76,7 +76,7 @@ def connect(settings: Settings, timeout_s: float | None = None) -> redis.Redis:
             "retry": Retry(ExponentialBackoff(), 0),
         }
         quick.update(_tls(settings))
-        return redis.Redis.from_url(settings.redis_url, **quick)
+        return _client(settings.redis_url, quick)
     # Ride out a Redis restart or a short network cut (connection retries, kept apart from
     # stage retries). A retried script whose first reply was lost is refused by its fencing
     # token; what it would have sent is in the outbox, which the reaper re-sends.
@@ -86,15 +86,25 @@ def connect(settings: Settings, timeout_s: float | None = None) -> redis.Redis:
         "socket_timeout": 10,
         "socket_connect_timeout": 5,
         "retry": Retry(ExponentialBackoff(cap=2.0, base=0.1), 20),
-        "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
+        # READONLY: a primary being demoted (or a REPLICAOF episode); a refused write is not applied
+        "retry_on_error": [redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadOnlyError],
     }
     kwargs.update(_tls(settings))
-    return redis.Redis.from_url(settings.redis_url, **kwargs)
+    return _client(settings.redis_url, kwargs)
+
+
+def _client(url: str, kwargs: dict[str, Any]) -> redis.Redis:
+    """A client of `url`: through Sentinel (re-asked on every reconnect) for redis+sentinel://."""
+    from orchestration.engine import sentinel
+
+    if sentinel.is_sentinel(url):
+        return sentinel.master_client(sentinel.parse(url), **kwargs)
+    return redis.Redis.from_url(url, **kwargs)
 
 
 def _tls(settings: Settings) -> dict[str, Any]:
-    """redis-py's TLS options for a rediss:// URL (none for redis://)."""
-    if not (settings.redis_url or "").startswith("rediss://"):
+    """redis-py's TLS options for a rediss:// or rediss+sentinel:// URL (none otherwise)."""
+    if not (settings.redis_url or "").startswith("rediss"):
         return {}
     options: dict[str, Any] = {"ssl_cert_reqs": settings.ssl_cert_reqs}
     if settings.ssl_ca_certs:

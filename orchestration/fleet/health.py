@@ -21,22 +21,22 @@ from typing import Any
 
 import redis
 from kombu.transport.redis import PRIORITY_STEPS, Channel
-from kombu.utils.url import maybe_sanitize_url
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from orchestration.engine import redis_url
 from orchestration.engine.keys import Keys
 from orchestration.engine.protocol import Store
 from orchestration.engine.store import RunStore, connect
 from orchestration.errors import RunNotFound
 from orchestration.fleet.capacity import add_capacity
 from orchestration.fleet.pipelines import AssetFreshness, registry_limits, stale_assets
+from orchestration.fleet.redis_health import Replication, redis_warnings, redis_write_problems, replication
+from orchestration.fleet.redis_health import text as _text
 from orchestration.fleet.schedules import list_schedules
 from orchestration.settings import Settings
 
 LAST_SUCCESS_SCAN = 200  # newest runs of a pipeline searched for its last success
-MEMORY_NEAR_FULL = 0.9  # used_memory / maxmemory at which health reports Redis memory
-PROBE_TTL_MS = 10_000  # the write probe's key expires by itself
 
 
 def quick_client(settings: Settings, timeout_s: float = 5.0) -> redis.Redis:
@@ -44,96 +44,6 @@ def quick_client(settings: Settings, timeout_s: float = 5.0) -> redis.Redis:
     client = connect(settings, timeout_s=timeout_s)
     client.set_retry(Retry(NoBackoff(), 1))  # one quick second try, then the check reports
     return client
-
-
-def redis_warnings(client: redis.Redis) -> list[str]:
-    """Loud warnings when a Redis restart or memory pressure can lose queued work."""
-    try:
-        config = {**client.config_get("appendonly"), **client.config_get("maxmemory-policy")}
-    except redis.ResponseError:
-        return [
-            (
-                "cannot read Redis's configuration (CONFIG is disabled here): make sure it runs with "
-                "'appendonly yes' and 'maxmemory-policy noeviction', or a restart or memory pressure "
-                "loses queued work"
-            )
-        ]
-    config = {_text(k): _text(v) for k, v in config.items()}
-    warnings = []
-    if config.get("appendonly") != "yes":
-        warnings.append(
-            "Redis has no AOF persistence (appendonly no): a Redis restart loses queued stages "
-            "and run state. Run it with 'appendonly yes'"
-        )
-    policy = config.get("maxmemory-policy", "")
-    if policy != "noeviction":
-        warnings.append(
-            f"Redis evicts keys under memory pressure (maxmemory-policy {policy}): queued "
-            "stages and run state can vanish. Set 'maxmemory-policy noeviction'"
-        )
-    return warnings
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-# -- can Redis take writes? -----------------------------------------------------------------------------
-
-
-def redis_write_problems(client: redis.Redis, settings: Settings) -> list[str]:
-    """Why Redis refuses, or is about to refuse, the writes every run needs: a write probe
-    refused (OOM: at `maxmemory` with noeviction; READONLY: a replica, or a failover), or used
-    memory at MEMORY_NEAR_FULL of `maxmemory` or more. Empty when Redis takes writes."""
-    used = limit = None
-    try:
-        memory = client.info("memory")
-        used, limit = int(memory.get("used_memory", 0)), int(memory.get("maxmemory", 0))
-    except (redis.ResponseError, ValueError, TypeError):
-        pass  # INFO disabled or renamed: the write probe still tells
-    usage = f"used_memory {_size(used)} of maxmemory {_size(limit)}" if used is not None and limit else ""
-    try:
-        client.set(Keys(settings.key_prefix).health_probe(), "1", px=PROBE_TTL_MS)
-    except redis.ResponseError as exc:
-        text = _first_line(exc)
-        if isinstance(exc, redis.OutOfMemoryError) or text.upper().startswith("OOM") or "maxmemory" in text:
-            return [
-                (
-                    f"Redis memory is full and Redis refuses writes{f' ({usage})' if usage else ''}: {text} "
-                    "No stage can start or finish until you raise maxmemory (CONFIG SET maxmemory) or free "
-                    "memory"
-                )
-            ]
-        if isinstance(exc, redis.ReadOnlyError) or text.upper().startswith("READONLY"):
-            return [
-                (
-                    f"Redis is read-only and refuses writes ({text}): it is a replica, or a failover is "
-                    "under way; point CHORDFLOW_REDIS_URL at the primary"
-                )
-            ]
-        return [f"Redis refused a write: {text}"]
-    if used is not None and limit and used >= MEMORY_NEAR_FULL * limit:
-        return [
-            (
-                f"Redis memory is {used / limit:.0%} full ({usage}): at maxmemory, with noeviction, Redis "
-                "refuses the writes runs need and stages fail. Raise maxmemory (CONFIG SET maxmemory) or "
-                "free memory (finished runs expire after CHORDFLOW_RUN_TTL_S)"
-            )
-        ]
-    return []
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
-def _size(n: int | None) -> str:
-    if n is None:
-        return "?"
-    for unit, scale in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} B"
 
 
 # -- queues ------------------------------------------------------------------------------------------
@@ -314,6 +224,7 @@ class HealthReport:
     pipelines: list[Freshness] = field(default_factory=list)
     assets: list[AssetFreshness] = field(default_factory=list)
     capacity: dict[str, dict[str, Any]] = field(default_factory=dict)  # queue -> stages waiting for room
+    replication: Replication = field(default_factory=Replication)  # role, replicas and their lag
 
     @property
     def healthy(self) -> bool:
@@ -322,7 +233,7 @@ class HealthReport:
     def as_dict(self) -> dict[str, Any]:
         return {
             "healthy": self.healthy,
-            "redis": {"url": self.redis_url, "reachable": self.reachable},
+            "redis": {"url": self.redis_url, "reachable": self.reachable, **self.replication.as_dict()},
             "problems": self.problems,
             "warnings": self.warnings,
             "workers": self.workers,
@@ -335,7 +246,7 @@ class HealthReport:
 
 def check(settings: Settings, timeout_s: float = 5.0) -> HealthReport:
     """Run every check; `problems` says why the fleet is unhealthy, `warnings` what is risky."""
-    report = HealthReport(maybe_sanitize_url(settings.redis_url or ""), reachable=False)
+    report = HealthReport(redis_url.shown(settings.redis_url or ""), reachable=False)
     client = quick_client(settings, timeout_s)
     try:
         client.ping()
@@ -345,6 +256,8 @@ def check(settings: Settings, timeout_s: float = 5.0) -> HealthReport:
     report.reachable = True
     store = RunStore(client, settings)
     report.warnings = redis_warnings(client)
+    report.replication = replication(client)
+    report.warnings.extend(report.replication.warnings())
     report.problems.extend(redis_write_problems(client, settings))
     report.workers = store.live_workers()
     report.queues = queue_reports(store, client, report.workers)

@@ -38,6 +38,7 @@ from celery.schedules import BaseSchedule, crontab, schedule
 from redbeat.schedulers import RedBeatScheduler, RedBeatSchedulerEntry, ensure_conf, get_redis
 
 from orchestration.api import Client
+from orchestration.engine import sentinel
 from orchestration.engine.celeryconfig import client_app
 from orchestration.engine.keys import Keys
 from orchestration.engine.store import RunStore, connect
@@ -135,8 +136,7 @@ def beat_app(settings: Settings, lock: bool = True) -> Celery:
     app.conf.update(
         beat_scheduler="orchestration.fleet.schedules:ChordflowScheduler",
         beat_max_loop_interval=BEAT_MAX_INTERVAL_S,
-        redbeat_redis_url=settings.redis_url,
-        redbeat_redis_options={},  # not the broker's transport options
+        **redbeat_redis(settings),
         redbeat_key_prefix=redbeat_prefix(settings),
         # A beat that dies leaves the lock for 5 loop intervals; then a waiting beat takes over.
         redbeat_lock_key=Keys(settings.key_prefix).redbeat_lock() if lock else None,
@@ -144,6 +144,28 @@ def beat_app(settings: Settings, lock: bool = True) -> Celery:
     )
     ensure_conf(app)
     return app
+
+
+def redbeat_redis(settings: Settings) -> dict[str, Any]:
+    """RedBeat's Redis settings: the URL as it is, or its Sentinel settings for redis+sentinel://."""
+    url = settings.redis_url or ""
+    if not sentinel.is_sentinel(url):
+        return {"redbeat_redis_url": url, "redbeat_redis_options": {}}  # not the broker's options
+    parsed = sentinel.parse(url)
+    options: dict[str, Any] = {
+        "sentinels": list(parsed.sentinels),
+        "service_name": parsed.master_name,
+        "db": parsed.db,
+        "socket_timeout": settings.redis_timeout_s,
+        "sentinel_kwargs": {"socket_timeout": 2.0, "socket_connect_timeout": 2.0},
+        # RedBeat retries a lost connection (tenacity) for this long, asking Sentinel again
+        "retry_period": 60,
+    }
+    if parsed.password:
+        options["password"] = parsed.password
+    if parsed.username:
+        options["username"] = parsed.username
+    return {"redbeat_redis_url": "redis-sentinel://", "redbeat_redis_options": options}
 
 
 class ChordflowScheduler(RedBeatScheduler):
