@@ -32,7 +32,7 @@ def _step(sid: str, needs: list[str] | None = None, seconds: float = 0.05, **ext
 def chain30() -> dict[str, Any]:
     return {
         "name": "ha-chain30",
-        "stages": [_step(f"c{i:02d}", [f"c{i - 1:02d}"] if i else None, seconds=0.1) for i in range(30)],
+        "stages": [_step(f"c{i:02d}", [f"c{i - 1:02d}"] if i else None) for i in range(30)],
     }
 
 

@@ -20,7 +20,10 @@ from celery import current_task
 
 from orchestration import stage
 
+from . import ack_shim
 from .history import text_hash, value_hash
+
+ack_shim.install()  # a stopgap until the workers write CHORDFLOW_TEST_ACK_LOG themselves
 
 _fd: dict[int, int] = {}
 
@@ -57,6 +60,9 @@ class Recorded:
 
     def start(self) -> None:
         ctx = self.ctx
+        token = token_of(ctx)
+        if token is not None:
+            ack_shim.ATTEMPTS[(ctx.run_id, ctx.stage_id, ctx.item_index, token)] = ctx.attempt
         _write(
             {
                 "event": "start",
@@ -65,7 +71,7 @@ class Recorded:
                 "stage": ctx.stage_id,
                 "item": ctx.item_index,
                 "attempt": ctx.attempt,
-                "token": token_of(ctx),
+                "token": token,
                 "pid": os.getpid(),
                 "t": time.time(),
                 "inputs": {sid: value_hash(value) for sid, value in ctx.inputs.items()},

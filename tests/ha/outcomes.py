@@ -1,0 +1,28 @@
+"""What every end-to-end failover test asserts besides the checks: it did real work, and its
+summary (faults, counts, time) is kept in tests/artifacts/ha/ for the report."""
+
+from __future__ import annotations
+
+from tests.integration.conftest import ARTIFACTS
+
+from .harness import SeedResult
+
+RUNS = 10  # two waves of the five pipelines
+
+
+def keep(name: str, result: SeedResult) -> str:
+    summary = result.summary()
+    (ARTIFACTS / "ha").mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "ha" / f"{name}.txt").write_text(summary + "\n")
+    print(summary)
+    return summary
+
+
+def did_real_work(result: SeedResult, planned: int, summary: str) -> None:
+    """Not vacuous: every planned fault struck, the runs were given out, commits were acknowledged."""
+    assert len(result.fired) == planned, summary
+    assert all(f.done_at >= f.at for f in result.fired), summary
+    assert len(result.history.given_runs) == RUNS, summary
+    assert len(result.history.executions) >= 500, summary
+    assert len(result.history.acks) >= 500, summary
+    assert result.report.by_name("4 inputs are final outputs").counts["edges"] >= 500, summary
