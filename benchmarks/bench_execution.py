@@ -3,6 +3,7 @@
     python benchmarks/bench_execution.py [--repeat 3] [--quick] [--workloads chain200,lattice100]
                                          [--scale [--scale-items 100000]] [--concurrency 2]
                                          [--pool prefork] [--py-spy DIR] [--out FILE]
+                                         [--replicas-ack N]
     python benchmarks/bench_execution.py --smoke      # the CI smoke check (same as benchmarks/smoke.py)
 
 One run starts one redis-server and two worker systems on it:
@@ -186,18 +187,31 @@ def _pid(worker: WorkerProcess) -> int:
 class Fleet:
     """One redis-server, Chordflow's worker and plain Celery's worker; `stop()` ends all three."""
 
-    def __init__(self, concurrency: int = 2, pool: str = "prefork", logdir: str | None = None):
-        self.concurrency, self.pool = concurrency, pool
+    def __init__(
+        self, concurrency: int = 2, pool: str = "prefork", logdir: str | None = None, replicas_ack: int = 0
+    ):
+        self.concurrency, self.pool, self.replicas_ack = concurrency, pool, replicas_ack
         self.logdir = logdir or tempfile.mkdtemp(prefix="chordflow-bench-")
         self.logs = {
             "chordflow": os.path.join(self.logdir, "worker-chordflow.log"),
             "plain": os.path.join(self.logdir, "worker-plain.log"),
         }
         self.server = BenchRedis()
+        # with --replicas-ack N: N replicas of the server, and Chordflow waits for them (WAIT)
+        self.replicas = [BenchRedis() for _ in range(replicas_ack)]
         self.workers: dict[str, WorkerProcess] = {}
 
     def start(self, timeout_s: float = 60.0) -> Fleet:
         self.server.start()
+        for replica in self.replicas:
+            replica.start()
+            redis.Redis.from_url(replica.url).replicaof("127.0.0.1", self.server.port)
+        primary = redis.Redis.from_url(self.server.url)
+        deadline = time.monotonic() + timeout_s
+        while int(primary.info("replication").get("connected_slaves", 0)) < len(self.replicas):
+            if time.monotonic() > deadline:
+                raise LocalFleetError("the replicas did not connect")
+            time.sleep(0.05)
         url = self.server.url
         pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
         self.workers["chordflow"] = ChordflowWorker(
@@ -206,7 +220,11 @@ class Fleet:
             concurrency=self.concurrency,
             hostname="bench",
             imports=["benchmarks.plain_tasks"],
-            env={"PYTHONPATH": pythonpath, "CHORDFLOW_RESULT_BACKEND": url},
+            env={
+                "PYTHONPATH": pythonpath,
+                "CHORDFLOW_RESULT_BACKEND": url,
+                "CHORDFLOW_REPLICAS_ACK": str(self.replicas_ack),
+            },
             log_path=self.logs["chordflow"],
             pool=self.pool,
         )
@@ -236,6 +254,8 @@ class Fleet:
         for worker in self.workers.values():
             with contextlib.suppress(Exception):
                 worker.stop()
+        for replica in self.replicas:
+            replica.stop()
         self.server.stop()
 
     def log_tails(self, lines: int = 30) -> str:
@@ -251,13 +271,17 @@ class Fleet:
 class Bench:
     """A Chordflow client, a sender for each plain system and a raw Redis client."""
 
-    def __init__(self, redis_url: str, worker_pids: dict[str, int], timeout_s: float = TIMEOUT_S):
+    def __init__(
+        self, redis_url: str, worker_pids: dict[str, int], timeout_s: float = TIMEOUT_S, replicas_ack: int = 0
+    ):
         self.url = redis_url
         self.timeout_s = timeout_s
         self.workers = {name: psutil.Process(pid) for name, pid in worker_pids.items()}
         # redis-py 8 defaults to a 5 s socket timeout, shorter than a plain 800-link chain's BLPOP.
         self.r = redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=timeout_s + 30)
-        self.client = Client(Settings(redis_url=redis_url, result_backend=redis_url))
+        self.client = Client(
+            Settings(redis_url=redis_url, result_backend=redis_url, replicas_ack=replicas_ack)
+        )
         self.apps = {SAME: self.client.app, DEFAULT: make_app(redis_url)}
 
     def key(self, what: str) -> str:
@@ -1037,6 +1061,7 @@ def setup_info(args: argparse.Namespace, fleet: Fleet) -> dict[str, Any]:
             for name, w in fleet.workers.items()
         },
         "pool": args.pool,
+        "replicas_ack": args.replicas_ack,
         "concurrency": args.concurrency,
         "repeat": args.repeat,
     }
@@ -1053,8 +1078,8 @@ def _handle_signals() -> None:
 
 
 @contextlib.contextmanager
-def running_fleet(concurrency: int, pool: str) -> Iterator[Fleet]:
-    fleet = Fleet(concurrency, pool)
+def running_fleet(concurrency: int, pool: str, replicas_ack: int = 0) -> Iterator[Fleet]:
+    fleet = Fleet(concurrency, pool, replicas_ack=replicas_ack)
     try:
         fleet.start()
         yield fleet
@@ -1096,6 +1121,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", help="JSON output (default benchmarks/results/execution-<date>[-quick][-scale].json)"
     )
+    parser.add_argument(
+        "--replicas-ack",
+        type=int,
+        default=0,
+        help="start N replicas and run Chordflow with CHORDFLOW_REPLICAS_ACK=N (plain Celery as ever)",
+    )
     parser.add_argument("--smoke", action="store_true", help="the quick CI check instead (see smoke.py)")
     given = sys.argv[1:] if argv is None else argv
     if "--smoke" in given:  # its options are smoke.py's
@@ -1114,8 +1145,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     _handle_signals()
 
-    with running_fleet(args.concurrency, args.pool) as fleet:
-        bench = Bench(fleet.server.url, fleet.pids())
+    with running_fleet(args.concurrency, args.pool, args.replicas_ack) as fleet:
+        bench = Bench(fleet.server.url, fleet.pids(), replicas_ack=args.replicas_ack)
         info = setup_info(args, fleet)
         print(
             f"setup: redis-server {info['redis_server']} at {fleet.server.url}; Chordflow worker (pid "

@@ -1,7 +1,11 @@
 """Chordflow's public API: `Pipeline` (build and submit in Python), `Client` (submit, follow,
 control runs), `stage` (register a stage type), `hooks` (run and stage callbacks), the
 `RetryPolicy` and the errors a stage may raise. The layers beneath are listed in
-docs/architecture.md."""
+docs/architecture.md.
+
+This is the façade layer (with `api.py` and `pipeline.py`): it may import the foundation
+(`errors`, `settings`), `language/`, `graph/` and `engine/`, never `fleet/`, `cli/` or the
+`workers` package; Celery and Redis load only when `Pipeline`, `Client` or `hooks` is asked for."""
 
 from typing import TYPE_CHECKING, Any
 

@@ -19,6 +19,8 @@ ChordflowError                 1  the root; raised as such for what has no class
 ├── RedisUnreachable           1  a command could not reach its Redis (engine/redis_url.py)
 ├── WebhookRefused             1  a webhook URL or redirect that is not http(s): never opened
                                   (engine/hooks.py; logged by the hook sender, not retried)
+├── NotReplicated              1  fewer replicas than CHORDFLOW_REPLICAS_ACK confirmed a write
+                                  (engine/durability.py): not acknowledged
 ├── RunNotFound                1  no run with that id in the store (wrong id, or expired)
 ├── RunTimeout                 3  a run did not finish within the time waited for it (it goes on)
 ├── LocalFleetError            1  the private Redis or worker of a local run did not start
@@ -133,6 +135,17 @@ class ScheduleError(InvalidInput):
 # -- runs and the fleet (exit 1) ----------------------------------------------------------------
 
 
+class NotReplicated(ChordflowError):
+    """Fewer replicas than CHORDFLOW_REPLICAS_ACK confirmed `what` in time: not acknowledged."""
+
+    def __init__(self, what: str, replicas: int, wanted: int, waited_ms: int):
+        self.what, self.replicas, self.wanted = what, replicas, wanted
+        super().__init__(
+            f"{what}: {replicas} of {wanted} replicas confirmed it within {waited_ms} ms "
+            "(CHORDFLOW_REPLICAS_ACK); it is not acknowledged. `chordflow health` shows the replicas' lag"
+        )
+
+
 class RunNotFound(ChordflowError):
     """No run with this id exists (or it has expired)."""
 
@@ -149,7 +162,7 @@ class RunTimeout(ChordflowError, TimeoutError):
     def __init__(self, run_id: str, timeout_s: float | None, status: str):
         self.run_id, self.status = run_id, status
         super().__init__(
-            f"run {run_id} did not finish within {timeout_s}s (it is {status or 'running'}; it goes on: "
+            f"run {run_id} did not finish within {timeout_s}s (it is {status or 'still running'}; it goes on: "
             f"`chordflow watch {run_id}` follows it)"
         )
 

@@ -53,6 +53,24 @@ class Settings(BaseSettings):
     chain_segment: int = Field(50, description="stages of a chain sent ahead in one message batch")
     worker_ttl_s: float = Field(30.0, description="a worker not heard from this long is no longer live")
     outbox_grace_s: float = Field(10.0, description="a ready stage unsent this long is sent by the reaper")
+    replicas_ack: int = Field(
+        0,
+        ge=0,
+        description="replicas that must confirm a run's creation, an attempt's start and its commit "
+        "(Redis WAIT) before they count as done; 0 = off (docs/security.md: failover)",
+    )
+    replicas_ack_timeout_ms: int = Field(
+        1000, ge=1, description="how long one WAIT for CHORDFLOW_REPLICAS_ACK replicas may take"
+    )
+    sweep_s: float = Field(
+        30.0, gt=0, le=30.0, description="how often the reaper looks for a queued stage with no message"
+    )
+    sweep_grace_s: float = Field(
+        30.0, gt=0, description="a queued or retrying stage with no message this long is sent again"
+    )
+    test_ack_log: str | None = Field(
+        None, description="tests only: a JSONL file each acknowledged commit and run creation is added to"
+    )
     flower_basic_auth: str | None = Field(None, description="user:password that `chordflow flower` asks for")
     imports: tuple[str, ...] = Field((), description="modules every worker imports (stage types)")
     result_backend: str | None = Field(

@@ -8,16 +8,17 @@ the lease runs out and the reaper sends the stage again.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-import traceback
+import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import redis
-from billiard import common as billiard_common
 from celery.exceptions import SoftTimeLimitExceeded
 
-from orchestration.engine import hooks
+from orchestration.engine import durability, hooks
 from orchestration.engine.cache import cache_key
 from orchestration.engine.commit import CommitRequest, RetryRequest
 from orchestration.engine.compiler import stage_signature
@@ -33,58 +34,13 @@ from orchestration.graph.resolve import Node, RunGraph
 from orchestration.language import expressions
 
 from .context import StageContext
+from .failures import error_record, refused_write, safe_text, terminating
 from .livelog import remember_ending
 
 if TYPE_CHECKING:
     from .execution import WorkerEnv
 
 log = logging.getLogger("chordflow.worker")
-TRACEBACK_TAIL = 2000
-
-
-def terminating() -> bool:
-    """This pool process was told to end (billiard's SIGTERM handler fired: a revoke with terminate,
-    a cold shutdown): its SystemExit is the process's end, left to the lease, not the stage's failure."""
-    fired = getattr(billiard_common, "terminate_handler_fired", None)
-    return bool(fired and fired())
-
-
-def safe_text(exc: BaseException) -> str:
-    """`str(exc)`, or `<unprintable X>` when the exception's own `__str__` raises."""
-    try:
-        return str(exc)
-    except BaseException:  # noqa: BLE001  a stage's exception may do anything in __str__
-        return f"<unprintable {type(exc).__name__}>"
-
-
-def _traceback(exc: BaseException) -> str:
-    try:
-        return "".join(traceback.format_exception(exc))[-TRACEBACK_TAIL:]
-    except BaseException:  # noqa: BLE001  formatting calls the exception's __str__ too
-        return "".join(traceback.format_tb(exc.__traceback__))[-TRACEBACK_TAIL:] + safe_text(exc)
-
-
-def error_record(exc: BaseException, attempt: int, retryable: bool) -> dict[str, Any]:
-    record: dict[str, Any] = {
-        "type": type(exc).__name__,
-        "message": safe_text(exc)[:2000],
-        "retryable": retryable,
-        "attempt": attempt,
-        "traceback": _traceback(exc),
-    }
-    if isinstance(exc, StageTimeout):
-        record.update(timeout=True, exit_code=exc.returncode)
-    elif (code := getattr(exc, "returncode", None)) is not None:
-        record["exit_code"] = code
-    return record
-
-
-def refused_write(exc: redis.RedisError) -> bool:
-    """Redis answered but will not write: out of memory, or a read-only replica."""
-    return isinstance(exc, (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError)) or (
-        isinstance(exc, redis.ResponseError)
-        and any(word in str(exc) for word in ("OOM", "maxmemory", "READONLY", "read only replica"))
-    )
 
 
 def stage_event(env: WorkerEnv, graph: RunGraph, node: Node, stage_type: StageType, m: StageMessage) -> dict:
@@ -232,6 +188,8 @@ class Attempt:
                 output_json = json.dumps(self._fallback_output(), separators=(",", ":"), allow_nan=False)
             except BaseException as fallback_exc:  # noqa: BLE001  the fallback's failure is the stage's
                 error["fallback_error"] = f"{type(fallback_exc).__name__}: {safe_text(fallback_exc)}"
+                # shown wherever the stage's error is (status, the run page): not only in the JSON
+                error["message"] = f"{error['message']}; its fallback failed too: {error['fallback_error']}"
             else:
                 commit = self._commit(State.FALLBACK, output_json, error, announce=self._error_event(error))
                 return commit if isinstance(commit, str) else State.FALLBACK
@@ -255,7 +213,16 @@ class Attempt:
             return self._lost(exc)
         if reply.held and not park:
             again = StageMessage(self.run_id, node.id, self.attempt + 1, self.item)
-            env.dispatcher.send([stage_signature(again, node, countdown=delay_s)])
+            try:
+                env.dispatcher.send([stage_signature(again, node, countdown=delay_s)])
+            except Exception as exc:  # noqa: BLE001  the broker refused it: the delay set keeps it instead
+                log.warning(
+                    "retry of %s/%s not sent (%s); it waits in the delay set", self.run_id, node.id, exc
+                )
+                try:
+                    env.store.delay(again.payload(), delay_s)
+                except redis.RedisError:  # the reaper's anti-entropy sweep sends it (antientropy.py)
+                    log.warning("retry of %s/%s left to the reaper", self.run_id, node.id)
         return f"retrying in {delay_s:.2f}s"
 
     def _end_failed(self, error: dict[str, Any]) -> str:
@@ -306,7 +273,8 @@ class Attempt:
             release=self.release,
         )
         try:
-            commit = env.store.finish(env.dispatcher.plan(request))
+            request = env.dispatcher.plan(request)
+            commit = self._acknowledged(request, env.store.finish(request))
         except redis.RedisError as exc:
             if not refused_write(exc) or (outcome is State.FAILED and error and error.get("commit_refused")):
                 return self._lost(exc)
@@ -328,6 +296,56 @@ class Attempt:
             log.warning(
                 "run %s: could not send what %s made ready (%s); the reaper will", self.run_id, node.id, exc
             )
+        return commit
+
+    def _acknowledged(self, request: CommitRequest, commit: Commit) -> Commit:
+        """With CHORDFLOW_REPLICAS_ACK=N: the commit once N replicas have it. Until then it is sent
+        again with the same token, while the attempt keeps its lease (finish.lua answers ALREADY when
+        it is in; on a new primary that missed it, it commits it afresh), for one lease at most."""
+        wanted = self.env.settings.replicas_ack
+        if not wanted or commit.replicas is None or not commit.committed:
+            return commit
+        deadline, pause = time.monotonic() + self.env.settings.lease_s, 0.05
+        while (commit.replicas or 0) < wanted and time.monotonic() < deadline:
+            time.sleep(pause)
+            pause = min(2 * pause, 1.0)
+            try:
+                again = self.env.store.finish(request)
+            except redis.RedisError as exc:  # a failover under way: ask again
+                log.warning("commit of %s/%s sent again: %s", self.run_id, self.node.id, exc)
+                continue
+            if again.verdict is CommitVerdict.ALREADY:
+                commit = replace(commit, replicas=again.replicas)
+            elif again.committed:
+                commit = again  # a new primary that had missed it: committed afresh
+            else:
+                log.warning(
+                    "commit of %s/%s lost in a failover (%s)", self.run_id, self.node.id, again.verdict
+                )
+                return again
+        if (commit.replicas or 0) < wanted:
+            log.warning(
+                "commit of %s/%s item %s: %s of %d replicas confirmed it; not acknowledged",
+                self.run_id,
+                self.node.id,
+                self.item,
+                commit.replicas,
+                wanted,
+            )
+            return commit
+        output = request.output_json
+        durability.record(
+            self.env.settings,
+            {
+                "run": self.run_id,
+                "stage": self.node.id,
+                "item": self.item,
+                "attempt": self.attempt,
+                "token": self.token,
+                "outcome": str(request.outcome),
+                "output_hash": hashlib.sha256(output.encode()).hexdigest() if output else None,
+            },
+        )
         return commit
 
     def _refused(self, exc: BaseException) -> str:
@@ -362,19 +380,28 @@ class Attempt:
         fallback = self.node.fallback
         assert fallback is not None
         if fallback.last_success:
-            return _last_success(self.env.store, self.graph, self.node.id, self.run_id)
+            found, value = _last_success(self.env.store, self.graph, self.node.id, self.run_id)
+            if found:
+                return value
+            if "default" in fallback.model_fields_set:
+                return fallback.default
+            raise LookupError(
+                f"fallback last_success: no earlier run of pipeline '{self.graph.name}' has an output of "
+                f"stage '{self.node.id}' (give the fallback a default: {{last_success: true, default: VALUE}})"
+            )
         if fallback.uses is not None:
             other = self.env.registry.get(fallback.uses)
             if other is None:
                 raise LookupError(f"fallback type '{fallback.uses}' is not registered in this worker")
-            return other.func(self.ctx, **self.node.params)
+            return other.func(self.ctx, **(fallback.params or {}))
         return fallback.output
 
 
-def _last_success(store: RunStore, graph: RunGraph, stage_id: str, run_id: str) -> Any:
+def _last_success(store: RunStore, graph: RunGraph, stage_id: str, run_id: str) -> tuple[bool, Any]:
+    """(found, the output of `stage_id` in the newest earlier successful run of the pipeline)."""
     for other in store.recent_runs(limit=200, pipeline=graph.name):
         if other != run_id and store.run_status(other) == RunStatus.SUCCEEDED:
             value = store.output(other, stage_id)
             if value is not None:
-                return value
-    return None
+                return True, value
+    return False, None

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import psutil
 import redis
@@ -26,7 +27,9 @@ from orchestration.engine.hook_sender import HookSender
 from orchestration.engine.limits import Capacity
 from orchestration.engine.reaper import Reaper
 from orchestration.engine.registry import REGISTRY
+from orchestration.engine.stage_message import MalformedMessage
 from orchestration.engine.store import RunStore, connect
+from orchestration.errors import RunNotFound
 from orchestration.fleet.redis_health import redis_warnings
 from orchestration.settings import Settings
 
@@ -116,13 +119,7 @@ class Services(threading.Thread):
                 if self.drain:
                     # what falls due before the next tick goes now, with the rest of its wait as a
                     # countdown: a rate limit's slots are kept to the millisecond, not to the tick
-                    due = store.due_delayed(ahead_s=TICK_S)
-                    if due:
-                        with app.producer_or_acquire() as producer:
-                            for message, wait_s in due:
-                                signature_of(message, store).apply_async(
-                                    producer=producer, countdown=wait_s if wait_s > 0.005 else None
-                                )
+                    send_due(app, store, store.due_delayed(ahead_s=TICK_S))
                     if ticks % 2 == 0:
                         reaper.tick()
             except Exception:
@@ -133,6 +130,27 @@ class Services(threading.Thread):
             store.remove_worker(self.hostname)
         except Exception:
             log.debug("could not remove worker %s from the live set", self.hostname, exc_info=True)
+
+
+def send_due(app: Any, store: RunStore, due: list[tuple[str, float]]) -> None:
+    """Send the delay set's entries this worker claimed; one whose send fails goes back to the set
+    (a process that dies in between leaves its stage to the reaper's anti-entropy sweep)."""
+    if not due:
+        return
+    with app.producer_or_acquire() as producer:
+        for i, (message, wait_s) in enumerate(due):
+            try:
+                signature = signature_of(message, store)
+            except (RunNotFound, KeyError, MalformedMessage) as exc:  # its run is gone: nothing to send
+                log.warning("dropping a delayed message for no run: %s (%s)", message[:200], exc)
+                continue
+            try:
+                signature.apply_async(producer=producer, countdown=wait_s if wait_s > 0.005 else None)
+            except Exception:
+                log.warning("could not send a delayed message; it goes back to the delay set", exc_info=True)
+                for text, left_s in due[i:]:
+                    store.delay(text, left_s)
+                raise
 
 
 def run_worker(

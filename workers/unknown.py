@@ -107,7 +107,7 @@ class UnknownTaskHandler:
                 run_id, stage_id, {"type": "UnservedStageType", "message": why, "retryable": False}
             )
             log.error("stage %s/%s: %s%s", run_id, stage_id, why, "" if failed else " (it had already ended)")
-            return "failed" if failed else "dropped: the stage has ended"
+            return State.FAILED if failed else "dropped: the stage has ended"
         if name != task_name(served_as):
             # Named by its module:function reference: send it under the name its workers registered.
             renamed = node.model_copy(update={"type": served_as})

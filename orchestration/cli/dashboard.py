@@ -1,11 +1,21 @@
-"""`chordflow dashboard`: a web page of runs and one run's DAG, served by the standard library.
+"""`chordflow dashboard`: the run page (one run's DAG, timeline, items, logs) and the fleet page
+(runs, pipelines, schedules, workers, health), served by the standard library.
 
     server = serve(settings, port=0, token="...")   # started in a daemon thread
     url = f"http://127.0.0.1:{server.server_address[1]}/#run=<run id>"
     server.shutdown(); server.server_close()
 
 Routes:
-    GET  /                              the page (dashboard.html: inline CSS and JS, no external assets)
+    GET  /                              the run page (dashboard.html: inline CSS and JS, no external
+                                        assets; the graph code shared with the fleet page is put in
+                                        from dashboard_graph.html)
+    GET  /fleet                         the fleet page (fleet.html), which reads /api/fleet/*:
+    GET  /api/fleet/runs                ?status=A,B &pipeline=P &since=&until= (epoch s) &limit=&offset=
+    GET  /api/fleet/pipelines           registered pipelines (and those with runs), links, last runs
+    GET  /api/fleet/pipelines/<name>/graph   its stages, with their states in its newest run
+    GET  /api/fleet/schedules           each schedule and its next tick, from its cron or interval
+    GET  /api/fleet/workers             live workers: queues, capacity, heartbeat age
+    GET  /api/fleet/health              what `chordflow health --json` says
     GET  /api/runs                      newest first; ?limit=N (1-500, default 50) and ?pipeline=NAME
     GET  /api/runs/<id>                 the run (runview.run_view: each stage's attempts) plus the graph
                                         (nodes, edges, levels), the timeline (every attempt, on its
@@ -25,23 +35,20 @@ Actions need the token the dashboard was started with (`--token`, or `dashboard_
 settings); without one the page is read-only and every POST is refused. A POST must carry the
 token (`X-Chordflow-Token`), the CSRF token of this server (`X-CSRF-Token`, from /api/session,
 which another site's page cannot read) and a JSON content type, and come from this page's own
-origin (`Origin`, `Sec-Fetch-Site`): a page elsewhere cannot make a browser act for it.
+origin (`Origin`, `Sec-Fetch-Site`): a page elsewhere cannot make a browser act for it. The
+server itself bounds what a slow or malformed client can hold (dashboard_http.py).
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import hmac
-import json
 import re
 import secrets
-import socket
 import threading
-import time
+import traceback
 from functools import cached_property
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -67,8 +74,18 @@ from orchestration.cli.dashboard_data import (
     run_detail,
     run_list,
 )
+from orchestration.cli.dashboard_fleet import (
+    health_view,
+    pipeline_graph,
+    pipelines_view,
+    run_page,
+    schedules_view,
+    workers_view,
+)
+from orchestration.cli.dashboard_http import BadRequest, BoundedServer, JsonHandler, body_length, page_csp
 from orchestration.engine import redis_url
 from orchestration.engine.attempts import AttemptHistory
+from orchestration.engine.states import RunStatus, State
 from orchestration.engine.store import connect
 from orchestration.errors import ChordflowError, InvalidId, RunNotFound
 from orchestration.settings import Settings
@@ -82,48 +99,34 @@ HISTORIES = 32  # runs whose attempt history the server keeps, read incrementall
 # -- HTTP -------------------------------------------------------------------------------------
 
 
-def _page() -> bytes:
-    return resources.files("orchestration.cli").joinpath("dashboard.html").read_bytes()
+PAGES = {"/": "dashboard.html", "/index.html": "dashboard.html", "/fleet": "fleet.html"}
+DONE = (RunStatus.CANCELLED, RunStatus.PAUSED, "resumed", State.RETRYING)  # what an action that acted says
 
 
-def _csp(page: bytes) -> str:
-    """A policy that allows exactly the page's own inline <style> and <script> (by hash) and
-    fetch() to this server: nothing else runs, even if some text slipped in as markup."""
-    text = page.decode("utf-8")
+INCLUDE = re.compile(rb"<!-- include ([a-z_]+\.html) -->")
 
-    def hashes(tag: str) -> str:
-        bodies = re.findall(rf"<{tag}>(.*?)</{tag}>", text, flags=re.DOTALL)
-        return " ".join(
-            f"'sha256-{base64.b64encode(hashlib.sha256(b.encode()).digest()).decode()}'" for b in bodies
-        )
 
-    return (
-        f"default-src 'none'; script-src {hashes('script')}; style-src {hashes('style')}; "
-        "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
-        "frame-ancestors 'none'"
+def _page(name: str) -> bytes:
+    """A page, with the shared parts it includes (`<!-- include dashboard_graph.html -->`) in place."""
+    folder = resources.files("orchestration.cli")
+    return INCLUDE.sub(
+        lambda m: folder.joinpath(m[1].decode()).read_bytes(), folder.joinpath(name).read_bytes()
     )
 
 
-class BadRequest(ValueError):
-    """A query parameter the dashboard cannot use (answered with 400)."""
-
-
-class DashboardServer(ThreadingHTTPServer):
+class DashboardServer(BoundedServer):
     """One shared Client (thread-safe: a Redis connection pool) for every request thread; the
     action token (None: read-only), this server's CSRF token, and the runs' attempt histories."""
 
-    daemon_threads = True
-
     def __init__(self, address: tuple[str, int], client: Client, token: str | None = None):
         self.client = client
+        self.redis = connect(client.settings)  # the run indexes' time ranges (the fleet page's filters)
         self.token = token or None
         self.csrf = secrets.token_urlsafe(24)
         self.histories: dict[str, AttemptHistory] = {}
         self.history_lock = threading.Lock()
-        self.page = _page()
-        self.csp = _csp(self.page)
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
+        files = {name: _page(name) for name in set(PAGES.values())}
+        self.pages = {path: (files[name], page_csp(files[name])) for path, name in PAGES.items()}
         super().__init__(address, DashboardHandler)
 
     @cached_property
@@ -140,9 +143,8 @@ class DashboardServer(ThreadingHTTPServer):
         return history
 
 
-class DashboardHandler(BaseHTTPRequestHandler):
+class DashboardHandler(JsonHandler):
     server: DashboardServer
-    server_version = "chordflow-dashboard"
 
     def do_GET(self) -> None:
         if not self._host_allowed():
@@ -150,8 +152,11 @@ class DashboardHandler(BaseHTTPRequestHandler):
             return
         url = urlsplit(self.path)
         try:
-            if url.path in ("/", "/index.html"):
-                self._send(HTTPStatus.OK, self.server.page, "text/html; charset=utf-8")
+            if url.path in self.server.pages:
+                page, csp = self.server.pages[url.path]
+                self._send(HTTPStatus.OK, page, "text/html; charset=utf-8", csp)
+            elif url.path.startswith("/api/fleet/"):
+                self._fleet_get(url.path[len("/api/fleet/") :], parse_qs(url.query))
             elif url.path == "/api/runs":
                 self._json(self._runs(parse_qs(url.query)))
             elif url.path == "/api/session":
@@ -168,6 +173,31 @@ class DashboardHandler(BaseHTTPRequestHandler):
             self._json({"error": str(exc)}, HTTPStatus.BAD_REQUEST)
         except redis.RedisError as exc:
             self._json({"error": f"cannot read Redis: {exc}"}, HTTPStatus.SERVICE_UNAVAILABLE)
+        except ChordflowError as exc:
+            self._json({"error": str(exc)}, HTTPStatus.INTERNAL_SERVER_ERROR)
+        except (ConnectionError, TimeoutError):
+            raise  # the client went away: nothing to answer
+        except Exception as exc:  # noqa: BLE001 - logged with its traceback; the page says what failed
+            self.log_error("%s failed: %s", url.path, traceback.format_exc())
+            self._json({"error": f"internal error: {type(exc).__name__}"}, HTTPStatus.INTERNAL_SERVER_ERROR)
+
+    def _fleet_get(self, what: str, query: dict[str, list[str]]) -> None:
+        """The fleet page's sections: runs, pipelines (and one's graph), schedules, workers, health."""
+        server, store, settings = self.server, self.server.client.store, self.server.client.settings
+        if what == "runs":
+            self._json(run_page(server.redis, store, query))
+        elif what == "pipelines":
+            self._json(pipelines_view(store, settings))
+        elif what.startswith("pipelines/") and what.endswith("/graph") and len(what) > 16:
+            self._json(pipeline_graph(store, settings, unquote(what[len("pipelines/") : -len("/graph")])))
+        elif what == "schedules":
+            self._json(schedules_view(store, settings))
+        elif what == "workers":
+            self._json(workers_view(store, settings))
+        elif what == "health":
+            self._json(health_view(settings))
+        else:
+            self._json({"error": f"no such page: /api/fleet/{what}"}, HTTPStatus.NOT_FOUND)
 
     def _run_get(self, rest: str, query: dict[str, list[str]]) -> None:
         run_id, _, sub = rest.partition("/")
@@ -194,6 +224,19 @@ class DashboardHandler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         """An action on a run, if the token, the CSRF token and the origin say it is this page's."""
+        try:  # read the body first, whatever the answer: a bad length is refused before any read
+            length = body_length(self.headers.get("Content-Length"))
+        except BadRequest as exc:
+            self.close_connection = True
+            self._json({"error": str(exc)}, HTTPStatus.BAD_REQUEST)
+            return
+        try:
+            received = self.rfile.read(length)  # it says nothing the path does not
+        except TimeoutError:
+            received = b""
+        if len(received) < length or not self.server.read_done(self.request):
+            self.close_connection = True
+            return  # the client went quiet or the deadline cut it: no answer
         url = urlsplit(self.path)
         parts = url.path.strip("/").split("/")
         if not self._host_allowed():
@@ -218,16 +261,13 @@ class DashboardHandler(BaseHTTPRequestHandler):
         except redis.RedisError as exc:
             self._json({"error": f"cannot reach Redis: {exc}"}, HTTPStatus.SERVICE_UNAVAILABLE)
             return
-        ok = outcome in ("cancelled", "paused", "resumed", "retrying")
+        ok = outcome in DONE
         self.log_message("%s %s: %s", action, run_id, outcome)
         body = {"run_id": run_id, "action": action, "ok": ok, "outcome": outcome}
         self._json(body, HTTPStatus.OK if ok else HTTPStatus.CONFLICT)
 
     def _refusal(self) -> str | None:
         """Why this POST may not act (None: it may)."""
-        length = int(self.headers.get("Content-Length") or 0)
-        if length:
-            self.rfile.read(min(length, 65536))  # the body says nothing the path does not
         if self.server.token is None:
             return "this dashboard is read-only: start it with --token (or set dashboard_token) to act"
         if (self.headers.get("Content-Type") or "").split(";")[0].strip() != "application/json":
@@ -248,7 +288,7 @@ class DashboardHandler(BaseHTTPRequestHandler):
 
     def _runs(self, query: dict[str, list[str]]) -> dict[str, Any]:
         raw = query.get("limit", [str(DEFAULT_LIMIT)])[0]
-        if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        if not (raw.isascii() and raw.isdigit()) or len(raw) > 9 or not 1 <= int(raw) <= MAX_LIMIT:
             raise BadRequest(f"limit must be a whole number from 1 to {MAX_LIMIT}, not {raw!r}")
         pipeline = query.get("pipeline", [""])[0].strip() or None
         return {"runs": run_list(self.server.client, int(raw), pipeline)}
@@ -262,34 +302,12 @@ class DashboardHandler(BaseHTTPRequestHandler):
         name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
         return name in LOOPBACK_NAMES
 
-    def _json(self, data: dict[str, Any], code: HTTPStatus = HTTPStatus.OK) -> None:
-        if code == HTTPStatus.OK:
-            data = {**data, "server_time": time.time()}
-        body = json.dumps(data, ensure_ascii=False, default=str).encode("utf-8")
-        self._send(code, body, "application/json; charset=utf-8")
-
-    def _send(self, code: HTTPStatus, body: bytes, content_type: str) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("X-Content-Type-Options", "nosniff")
-        self.send_header("Referrer-Policy", "no-referrer")
-        self.send_header("Content-Security-Policy", self.server.csp)
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        # the page polls every second: log only what went wrong
-        if str(code).isdigit() and int(code) >= 400:
-            super().log_request(code, size)
-
 
 def _whole(query: dict[str, list[str]], name: str) -> int | None:
     raw = query.get(name, [""])[0]
     if raw == "":
         return None
-    if not raw.isdigit() or len(raw) > 9:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 9:
         raise BadRequest(f"{name} must be a whole number, not {raw!r}")
     return int(raw)
 
@@ -336,7 +354,9 @@ def serve(
 )
 def dashboard_command(host: str, port: int, token: str | None) -> None:
     """Serve a web page of recent runs and each run's DAG, timeline, items and live logs, refreshed
-    every second; with a token, its buttons cancel, pause, resume and retry runs."""
+    every second (with a token, its buttons cancel, pause, resume and retry runs), and a fleet page
+    (/fleet) of runs by status, pipeline and time, pipelines and their links, schedules, workers
+    and health."""
     settings = settings_from_env()
     if not settings.redis_url:
         say("error: set CHORDFLOW_REDIS_URL to the Redis your runs live in", err=True)

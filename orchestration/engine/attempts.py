@@ -18,12 +18,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from orchestration.engine.states import TERMINAL, State
+from orchestration.engine.states import TERMINAL, RunStatus, State
 
 # the outcome of an attempt: a stage state, or one of these
 RETRIED = "retried"  # failed, and was tried again
 LOST = "lost"  # started again before it ended: its worker stopped or lost its lease
-RUNNING = "running"
+RUNNING = State.RUNNING
 CACHE_HIT = "cache hit"
 
 
@@ -90,7 +90,7 @@ class AttemptHistory:
     def _event(self, e: Mapping[str, str]) -> None:
         kind, state, t = e.get("kind"), e.get("state", ""), _number(e.get("t"))
         if kind == "run":
-            if state == "running" and e.get("retry"):
+            if state == RunStatus.RUNNING and e.get("retry"):
                 self.round += 1
             return
         stage = e.get("stage")

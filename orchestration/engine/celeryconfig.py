@@ -16,6 +16,7 @@ from kombu import Queue
 
 from orchestration.engine import sentinel
 from orchestration.engine.broker import SENTINEL_TRANSPORT, TRANSPORT
+from orchestration.engine.results import NO_RESULTS
 from orchestration.settings import Settings
 
 _CERT_REQS = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}
@@ -29,7 +30,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # kombu's Redis transport, with Redis refusing writes (OOM, read-only) as a connection fault
         # that the consumer rides out, instead of an error that ends the worker (see broker.py).
         "broker_transport": TRANSPORT,
-        "result_backend": settings.result_backend,
+        "result_backend": settings.result_backend or NO_RESULTS,
         "task_ignore_result": True,
         "task_serializer": "json",
         "result_serializer": "json",

@@ -93,7 +93,7 @@ class CommitRequest:
 
 def begin_call(keys: Keys, settings: Settings, req: BeginRequest) -> ScriptCall:
     """begin.lua's call: KEYS 1 run, 2 states, 3 unit hash, 4 events, 5 parked, 6 leases, 7 outputs,
-    8 hooks stream, then a gate's keys; ARGV 1 the JSON object A."""
+    8 hooks stream, 9 stage hash, then a gate's keys; ARGV 1 the JSON object A."""
     m = req.message
     args: dict[str, Any] = {
         "stage": m.stage_id,
@@ -118,6 +118,7 @@ def begin_call(keys: Keys, settings: Settings, req: BeginRequest) -> ScriptCall:
         keys.leases(),
         keys.outputs(m.run_id),
         keys.hooks(),
+        keys.stage(m.run_id, m.stage_id),
     ]
     if req.gate is not None:
         extra = GateKeys(keys, len(names))

@@ -26,11 +26,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from orchestration.engine.records import SKIPPED, PipelineRecords
+from orchestration.engine.states import RunStatus
 from orchestration.language.spec import PipelineSpec
 
 log = logging.getLogger("chordflow.pipelines")
 SCAN = 100  # newest runs of a pipeline read for its last end
-FINISHED = ("succeeded", "failed", "cancelled")
+FINISHED = (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED)
 _KEY_SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
@@ -99,7 +100,7 @@ def pipeline_state(store: PipelineRecords, name: str) -> PipelineState:
             continue
         end = RunEnd(run_id, status, _number(finished), name)
         state.last_finished = _later(state.last_finished, end)
-        if status == "succeeded":
+        if status == RunStatus.SUCCEEDED:
             state.last_success = _later(state.last_success, end)
             for asset in _names(provides):
                 state.provided[asset] = _later(state.provided.get(asset), end) or end
@@ -110,7 +111,7 @@ def pipeline_state(store: PipelineRecords, name: str) -> PipelineState:
         )
         state.last_finished = _later(state.last_finished, end)
     if kept.get("last_success_at"):
-        end = RunEnd(kept["last_success_id"], "succeeded", _number(kept["last_success_at"]), name)
+        end = RunEnd(kept["last_success_id"], RunStatus.SUCCEEDED, _number(kept["last_success_at"]), name)
         state.last_success = _later(state.last_success, end)
     return state
 
@@ -124,7 +125,7 @@ def last_provided(
     record = kept.get(asset)
     if isinstance(record, Mapping) and record.get("at") is not None:
         best = RunEnd(
-            str(record.get("run_id")), "succeeded", _number(record["at"]), str(record.get("pipeline"))
+            str(record.get("run_id")), RunStatus.SUCCEEDED, _number(record["at"]), str(record.get("pipeline"))
         )
     for name in providers(asset, registered):
         best = _later(best, pipeline_state(store, name).provided.get(asset))
@@ -166,7 +167,7 @@ def dependency_problem(state: PipelineState, limit: float | None, now: float) ->
         if newest is not None:
             return f"has not finished a run yet (one is {newest.status}, submitted {ago(now - newest.at)})"
         return "never ran"
-    if last.status != "succeeded":
+    if last.status != RunStatus.SUCCEEDED:
         success = state.last_success
         since = f"last success {ago(now - success.at)}" if success is not None else "it never succeeded"
         return f"last run {last.status} {ago(now - last.at)} ({last.run_id}); {since}"

@@ -132,6 +132,16 @@ class Keys:
         """Sorted set: run id by submit time."""
         return f"{self.prefix}:runs"
 
+    def active_runs(self) -> str:
+        """Sorted set: the runs not known to have ended, by submit time; the reaper's anti-entropy
+        sweep reads it and drops the ones that ended."""
+        return f"{self.prefix}:runs:active"
+
+    def replicated_mark(self) -> str:
+        """String: a counter written before a WAIT, so the WAIT covers the writes before it
+        (engine/durability.py)."""
+        return f"{self.prefix}:replicated"
+
     def pipeline_runs(self, name: str) -> str:
         """Sorted set: a pipeline's run ids by submit time."""
         return f"{self.prefix}:pipeline:{name}:runs"

@@ -75,7 +75,10 @@ def _envelope(node: Node, args_json: str, task_id: str, shown: str) -> str:
             "argsrepr": shown,
             "kwargsrepr": "{}",
             "origin": _ORIGIN,
-            "ignore_result": True,
+            "ignore_result": None,  # as Celery sends a task it has not registered (the task's own is True)
+            "replaced_task_nesting": 0,
+            "stamped_headers": None,
+            "stamps": {},
         },
         "properties": {
             "correlation_id": task_id,

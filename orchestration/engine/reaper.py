@@ -10,6 +10,12 @@
   first items of a fan-out whose dispatcher died after starting it. Duplicates
   are harmless: a second delivery of a started stage is dropped by `begin.lua`.
 
+- A queued or retrying stage (or fan-out item) whose message no one holds (no lease, no outbox or
+  waiting entry, not in its queue, a consumer's hands or the delay set) is sent again, by the
+  anti-entropy sweep every `sweep_s` (antientropy.py).
+- After the Redis primary changes (a failover, a restart), leases are judged again only one lease
+  later, so a clock that runs ahead on the new primary does not expire live leases.
+
 - A stage waiting for a limit's slot or for capacity (engine/limits.py) whose holder's lease ran
   out, or that fits a worker no release will come from, is woken (`sweep_waiting`).
 
@@ -19,7 +25,9 @@ All times are Redis's clock, so machines with skewed clocks agree.
 from __future__ import annotations
 
 import logging
+import time
 
+from orchestration.engine.antientropy import AntiEntropy
 from orchestration.engine.compiler import first_signature, item_signatures, stage_signature
 from orchestration.engine.dispatch import Dispatcher
 from orchestration.engine.protocol import Store
@@ -36,6 +44,9 @@ class Reaper:
         self.store, self.dispatcher = store, dispatcher
         self.lock = store.reaper_lock(timeout_s=max(5.0, store.settings.lease_s))
         self.identity = identity
+        self.entropy = AntiEntropy(store, dispatcher)
+        self.primary: str | None = None
+        self.paused_until = 0.0
 
     def tick(self) -> int:
         """Reap once if this process holds (or takes) the lock; returns how many messages it sent."""
@@ -45,7 +56,24 @@ class Reaper:
             held = self.lock.acquire(blocking=False)
         if not held:
             return 0
-        return self.expired_leases() + self.unsent() + self.store.sweep_waiting(self.store.live_workers)
+        sent = self.unsent() + self.store.sweep_waiting(self.store.live_workers)
+        if self._paused():
+            return sent
+        sent += self.expired_leases()
+        if self.entropy.due():
+            sent += self.entropy.sweep()
+        return sent
+
+    def _paused(self) -> bool:
+        """After the primary changed (a failover, a restart), leases are judged only one lease later:
+        the new primary's clock may run ahead of the old one's, and workers are reconnecting."""
+        now = time.monotonic()
+        primary = self.store.primary_identity()
+        if self.primary is not None and primary != self.primary:
+            log.warning("the Redis primary changed; judging leases again in %gs", self.store.settings.lease_s)
+            self.paused_until = now + self.store.settings.lease_s
+        self.primary = primary
+        return now < self.paused_until
 
     def expired_leases(self, limit: int = 200) -> int:
         store = self.store

@@ -134,6 +134,7 @@ class Commit:
     revoke: list[str] = field(default_factory=list)
     next_item: int | None = None
     reason: str = ""  # why, when the verdict is INVALID (nothing was written)
+    replicas: int | None = None  # replicas that confirmed it (CHORDFLOW_REPLICAS_ACK), None: not asked
 
     @property
     def committed(self) -> bool:

@@ -64,7 +64,9 @@ def resolve_policy(*layers: RetryPolicy | None) -> RetryPolicy:
 
 class Verdict(StrEnum):
     RETRY = "retry"  # another attempt after `delay_s`
-    FALLBACK = "fallback"  # retries are over: the stage's fallback supplies its output
+    FALLBACK = (
+        "fallback"  # not a state (a verdict); retries are over: the stage's fallback supplies its output
+    )
     FAIL = "fail"  # the stage fails; the run goes on (critical: false)
     FAIL_AND_CASCADE = "fail_and_cascade"  # the stage fails and so does the run: its dependents
     #                                        become upstream_failed, or fail_fast cancels the rest

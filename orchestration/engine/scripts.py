@@ -51,15 +51,34 @@ class Script:
         self._plain = client.register_script(source(name, limits=limits))
         self._oom: Any = client.register_script(source(name, allow_oom=True, limits=limits))
 
-    def __call__(self, keys: Sequence[str], args: Sequence[Any], allow_oom: bool = False) -> Any:
+    def __call__(
+        self,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        allow_oom: bool = False,
+        wait: tuple[int, int] | None = None,
+    ) -> Any:
+        """Run the script; with `wait` (replicas, timeout ms), run Redis's WAIT right after it on the
+        same connection and return (reply, replicas that confirmed it)."""
         if allow_oom and self._oom is not None:
             try:
-                return self._oom(keys=keys, args=args)
+                return self._run(self._oom, keys, args, wait)
             except redis.ResponseError as exc:
                 if "near '#'" not in str(exc) and "shebang" not in str(exc).lower():
                     raise
                 self._oom = None  # Redis < 7: no script flags
-        return self._plain(keys=keys, args=args)
+        return self._run(self._plain, keys, args, wait)
+
+    @staticmethod
+    def _run(script: Any, keys: Sequence[str], args: Sequence[Any], wait: tuple[int, int] | None) -> Any:
+        if wait is None:
+            return script(keys=keys, args=args)
+        # WAIT counts the replicas that have this connection's writes: one pipeline, one connection
+        pipe = script.registered_client.pipeline(transaction=False)
+        script(keys=keys, args=args, client=pipe)
+        pipe.wait(*wait)
+        reply, replicas = pipe.execute()
+        return reply, int(replicas)
 
 
 __all__ = ["Script", "source"]

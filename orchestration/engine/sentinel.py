@@ -20,7 +20,12 @@ from typing import Any
 from urllib.parse import unquote
 
 import redis
-from redis.sentinel import Sentinel, SentinelManagedConnection, SentinelManagedSSLConnection
+from redis.sentinel import (
+    MasterNotFoundError,
+    Sentinel,
+    SentinelManagedConnection,
+    SentinelManagedSSLConnection,
+)
 
 SCHEMES = ("redis+sentinel", "rediss+sentinel")
 FORM = "redis+sentinel://[:password@]host:port[,host:port...]/master_name[/db] (rediss+sentinel:// for TLS)"
@@ -135,13 +140,30 @@ class FollowingSSLConnection(_Following, SentinelManagedSSLConnection):
     pass
 
 
+class _Sentinel(Sentinel):
+    def __init__(self, sentinels: list[tuple[str, int]], **kwargs: Any):
+        super().__init__(sentinels, **kwargs)
+        self.sentinel_hosts = list(sentinels)
+
+    def discover_master(self, service_name: str) -> Any:
+        try:
+            return super().discover_master(service_name)
+        except MasterNotFoundError:  # redis-py's message holds the repr of every Sentinel's client
+            hosts = ",".join(f"{h}:{p}" for h, p in self.sentinel_hosts)
+            raise MasterNotFoundError(
+                f"no Sentinel of {hosts} knows a primary named {service_name!r} (they are unreachable, "
+                "or a failover is under way)"
+            ) from None
+
+
 def sentinel(parsed: SentinelUrl, timeout_s: float | None) -> Sentinel:
     """A Sentinel manager for `parsed`; each Sentinel is asked within `timeout_s` (default 2 s)."""
     limit = timeout_s if timeout_s is not None else 2.0
-    return Sentinel(
+    manager = _Sentinel(
         list(parsed.sentinels),
         sentinel_kwargs={"socket_timeout": limit, "socket_connect_timeout": limit},
     )
+    return manager
 
 
 def master_client(parsed: SentinelUrl, **kwargs: Any) -> redis.Redis:

@@ -30,12 +30,14 @@ from redis.backoff import ExponentialBackoff
 from redis.lock import Lock
 from redis.retry import Retry
 
+from orchestration.engine import durability
+from orchestration.engine.antientropy import MissingMessages
 from orchestration.engine.keys import decode_member, encode_member
 from orchestration.engine.logs import AttemptLogs
 from orchestration.engine.protocol import HookEntry
 from orchestration.engine.records import PipelineRecords
 from orchestration.engine.replies import Commit
-from orchestration.engine.states import RUN_FINAL, TERMINAL
+from orchestration.engine.states import RUN_FINAL, TERMINAL, RunStatus, State
 from orchestration.engine.transitions import Transitions
 from orchestration.graph.resolve import RunGraph
 from orchestration.settings import Settings
@@ -95,8 +97,21 @@ def connect(settings: Settings, timeout_s: float | None = None) -> redis.Redis:
 
 def _client(url: str, kwargs: dict[str, Any]) -> redis.Redis:
     """A client of `url`: through Sentinel (re-asked on every reconnect) for redis+sentinel://."""
-    from orchestration.engine import sentinel
+    from orchestration.engine import redis_url, sentinel
 
+    def on_connect(connection: Any) -> None:
+        # SELECT of a db the server does not have: a bad URL (exit 2), not an unreachable Redis
+        try:
+            connection.on_connect()
+        except redis.ResponseError as exc:
+            if "DB index" not in str(exc):
+                raise
+            raise redis_url.InvalidRedisUrl(
+                f"CHORDFLOW_REDIS_URL {redis_url.shown(url)!r}: the database {connection.db} does not exist "
+                f"on this Redis ({exc}; see its `databases` setting)"
+            ) from None
+
+    kwargs = {**kwargs, "redis_connect_func": on_connect}
     if sentinel.is_sentinel(url):
         return sentinel.master_client(sentinel.parse(url), **kwargs)
     return redis.Redis.from_url(url, **kwargs)
@@ -139,7 +154,7 @@ class RunStore(Transitions, AttemptLogs, PipelineRecords):
             "run_id": run_id,
             "pipeline": graph.name,
             "version": graph.version,
-            "status": "running",
+            "status": RunStatus.RUNNING,
             "created_at": f"{now:.3f}",
             "started_at": f"{now:.3f}",
             "remaining": len(graph.nodes),
@@ -153,24 +168,38 @@ class RunStore(Transitions, AttemptLogs, PipelineRecords):
         pipe.hset(k.run(run_id), mapping=record)
         pipe.set(k.graph(run_id), graph.model_dump_json(exclude_defaults=True))
         pipe.hset(
-            k.states(run_id), mapping={n.id: "queued" if not n.needs else "pending" for n in graph.nodes}
+            k.states(run_id),
+            mapping={n.id: State.QUEUED if not n.needs else State.PENDING for n in graph.nodes},
         )
         pending = {n.id: len(n.needs) for n in graph.nodes if n.needs}
         if pending:
             pipe.hset(k.pending(run_id), mapping=pending)
         pipe.xadd(
             k.events(run_id),
-            {"t": f"{now:.3f}", "kind": "run", "state": "running"},
+            {"t": f"{now:.3f}", "kind": "run", "state": RunStatus.RUNNING},
             maxlen=200000,
             approximate=True,
         )
         if roots:
             pipe.zadd(k.outbox(), {encode_member(run_id, sid): now for sid in roots})
         pipe.zadd(k.runs(), {run_id: now})
+        pipe.zadd(k.active_runs(), {run_id: now})
         pipe.zadd(k.pipeline_runs(graph.name), {run_id: now})
         pipe.execute()
         self._graphs[run_id] = graph
+        durability.confirm(self._r, k.replicated_mark(), self.settings, f"run {run_id}")
+        durability.record(self.settings, {"run": run_id, "created": True})
         return run_id, True
+
+    def missing_messages(self) -> MissingMessages:
+        """The reads of the reaper's anti-entropy sweep (antientropy.py)."""
+        return MissingMessages(self._r, self.keys)
+
+    def primary_identity(self) -> str:
+        """Which Redis process answers, as primary: its run id and replication id change when it
+        restarts or another one is promoted (the reaper then pauses one lease)."""
+        info = self._r.info("server")
+        return f"{info.get('run_id')}/{self._r.info('replication').get('master_replid')}"
 
     def expire_run(self, run_id: str, graph: RunGraph) -> None:
         """Set the TTL on every key of a finished run."""
@@ -299,7 +328,7 @@ class RunStore(Transitions, AttemptLogs, PipelineRecords):
             name = consumer.get("name")
             if (
                 name != keep
-                and int(consumer.get("pending", 0)) == 0
+                and int(consumer.get("pending", 0)) == 0  # not a state
                 and int(consumer.get("idle", 0)) > quiet_ms
             ):
                 self._r.xgroup_delconsumer(self.keys.hooks(), group, name)

@@ -8,7 +8,9 @@ is passed in KEYS, built by `keys.Keys`.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import NamedTuple
 
 import redis
@@ -22,6 +24,7 @@ from orchestration.engine.commit import (
     finish_call,
     retry_call,
 )
+from orchestration.engine.durability import wait_args
 from orchestration.engine.keys import encode_member
 from orchestration.engine.limits import holder
 from orchestration.engine.replies import (
@@ -36,6 +39,8 @@ from orchestration.engine.replies import (
 from orchestration.engine.scripts import Script, source
 from orchestration.graph.resolve import RunGraph
 from orchestration.settings import Settings
+
+log = logging.getLogger("chordflow.store")
 
 
 class FanoutStart(NamedTuple):
@@ -71,7 +76,13 @@ class Transitions(CapacityUpkeep):
         waits in Redis."""
         call = begin_call(self.keys, self.settings, req)
         script = self._begin_gated if call.gated else self._begin
-        return decode_begin(script(keys=call.keys, args=call.args, allow_oom=call.allow_oom), call.gated)
+        wait = wait_args(self.settings)
+        raw = script(keys=call.keys, args=call.args, allow_oom=call.allow_oom, wait=wait)
+        if wait is not None:
+            raw, replicas = raw
+            if replicas < wait[0]:  # its commit is what must be acknowledged; this start may be lost
+                log.warning("begin of %s: %d of %d replicas confirmed it", req.message, replicas, wait[0])
+        return decode_begin(raw, call.gated)
 
     def renew(
         self, run_id: str, stage_id: str, item: int | None, token: str, holds: Sequence[str] = ()
@@ -116,10 +127,16 @@ class Transitions(CapacityUpkeep):
         The script checks everything before it writes: a verdict INVALID wrote nothing, and
         `Commit.reason` says why. A failure's commit may run when Redis is at maxmemory. The
         messages of the children it makes ready (and of a windowed fan-out's next item) are
-        enqueued by the script itself (engine/messages.py): they need no sending after it."""
+        enqueued by the script itself (engine/messages.py): they need no sending after it.
+        With CHORDFLOW_REPLICAS_ACK, `Commit.replicas` says how many replicas confirmed it."""
         call = finish_call(self.keys, self.settings, req)
         script = self._finish_gated if call.gated else self._finish
-        return decode_finish(script(keys=call.keys, args=call.args, allow_oom=call.allow_oom))
+        wait = wait_args(self.settings)
+        raw = script(keys=call.keys, args=call.args, allow_oom=call.allow_oom, wait=wait)
+        if wait is None:
+            return decode_finish(raw)
+        raw, replicas = raw
+        return replace(decode_finish(raw), replicas=replicas)
 
     def start_fanout(
         self,
@@ -152,7 +169,7 @@ class Transitions(CapacityUpkeep):
             return FanoutStart([])
         if res[0] == 3:
             return FanoutStart([], enqueued=True)
-        return FanoutStart([int(i) for i in res[1:]] if len(res) > 1 else list(range(window)))
+        return FanoutStart([int(i) for i in res[1]] if len(res) > 1 and res[1] else list(range(window)))
 
     def control(self, run_id: str, op: str, pipeline: str = "") -> tuple[str, list[str]]:
         """cancel, pause or resume the run; its hook event (run_complete 'cancelled', run_paused,

@@ -65,11 +65,14 @@ class Cache(Model):
 
 
 class Fallback(Model):
-    """Used when retries are exhausted: another stage type, a constant, or the last success."""
+    """Used when retries are exhausted: another stage type (with its own `params`), a constant, or
+    the last success's output (with a `default` for when no earlier run succeeded)."""
 
     uses: str | None = None
+    params: dict[str, Any] | None = None  # the `uses` type's own params (none: it gets none)
     output: Any = None
     last_success: bool = False
+    default: Any = None  # with last_success: the output when no earlier run has one
 
     @model_validator(mode="before")
     @classmethod
@@ -88,6 +91,10 @@ class Fallback(Model):
         kinds = [self.uses is not None, "output" in self.model_fields_set, self.last_success]
         if sum(kinds) != 1:
             raise ValueError("a fallback is exactly one of: last_success, {uses: TYPE}, {output: VALUE}")
+        if self.params is not None and self.uses is None:
+            raise ValueError("a fallback's params go with {uses: TYPE}")
+        if "default" in self.model_fields_set and not self.last_success:
+            raise ValueError("a fallback's default goes with {last_success: true}")
         return self
 
     @model_serializer(mode="wrap")
@@ -100,9 +107,11 @@ class Fallback(Model):
         if not isinstance(data, dict):
             return data
         if self.last_success:
-            return {"last_success": True}
+            kept = {"last_success": True}
+            return {**kept, "default": self.default} if "default" in self.model_fields_set else kept
         if self.uses is not None:
-            return {"uses": data.get("uses", self.uses)}
+            used: dict[str, Any] = {"uses": data.get("uses", self.uses)}
+            return {**used, "params": self.params} if self.params is not None else used
         return {"output": data.get("output")}
 
 

@@ -77,7 +77,11 @@ class Stage(Model):
                     "description": "another name for needs",
                 },
             },
-            {"run": {"type": "string"}, "needs": {"type": "string"}, "fallback": {"const": "last_success"}},
+            {
+                "run": {"type": "string"},
+                "needs": {"type": "string"},
+                "fallback": {"const": "last_success"},  # not a state
+            },
         ),
     )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from pathlib import Path
 
 from orchestration.language.validation import validate_data
 
@@ -156,6 +157,16 @@ def test_cancel_during_a_fan_out(cluster):
     items = cluster.client.store.items(handle.run_id, "each")
     assert sorted({item.get("state") for item in items.values()}) == ["running"], items  # killed mid-stage
     assert cluster.client.store.metrics(handle.run_id) == {}
+
+
+def test_a_revoke_of_a_task_this_worker_does_not_hold_is_quiet(cluster):
+    """A cancel revokes on every worker; those that do not hold the task used to log "Failed to mark
+    task ... as revoked in backend" for each id (no result backend: engine/results.py)."""
+    cluster.client.app.control.revoke(["not-here-1", "not-here-2"], terminate=True, signal="SIGTERM")
+    result = cluster.run(pipeline("after-revoke", {"id": "a", "uses": "noop"}))  # the revoke went by
+    assert result.status == "succeeded"
+    time.sleep(0.5)
+    assert "as revoked in backend" not in Path(cluster.workers[0].log_path).read_text()
 
 
 def test_pause_then_resume(cluster):

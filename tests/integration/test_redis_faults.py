@@ -9,6 +9,9 @@ is the one that started (same PID, still running, no "Unrecoverable error" in it
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -175,3 +178,13 @@ def test_malformed_messages_are_dropped_and_the_worker_stays(faulty):
     assert "its body is {'not': 'a list'}, not [args, kwargs, embed]" in log
     assert_same_worker(faulty)
     assert faulty.run(chain("after-malformed", 2, 0.1), timeout=60).status == "succeeded"
+
+
+def test_a_database_the_server_lacks_is_exit_2_saying_so(faulty):
+    url = faulty.server.url.rsplit("/", 1)[0] + "/99"  # redis-server has 16 databases by default
+    env = {**os.environ, "CHORDFLOW_REDIS_URL": url}
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestration", "runs"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2, done.stderr
+    assert "the database 99 does not exist on this Redis" in done.stderr

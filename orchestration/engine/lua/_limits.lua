@@ -13,9 +13,10 @@
 
 local function drop_expired(holds, held, now_ms)
   local gone = redis.call('ZRANGEBYSCORE', holds, '-inf', now_ms)
-  if #gone > 0 then
-    redis.call('ZREM', holds, unpack(gone))
-    if held then redis.call('HDEL', held, unpack(gone)) end
+  for i = 1, #gone, 500 do
+    local last = math.min(i + 499, #gone)
+    redis.call('ZREM', holds, unpack(gone, i, last))
+    if held then redis.call('HDEL', held, unpack(gone, i, last)) end
   end
   return #gone
 end

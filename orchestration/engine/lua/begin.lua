@@ -1,11 +1,11 @@
 -- Start one attempt of a stage (or of one fan-out item), fenced by a fresh token.
 -- KEYS: 1 run, 2 states, 3 unit hash (stage hash, or the stage's items hash), 4 events,
---       5 parked, 6 leases, 7 outputs, 8 hooks stream
+--       5 parked, 6 leases, 7 outputs, 8 hooks stream, 9 stage hash
 -- ARGV: 1 JSON object A: stage, item (number or null), attempt, host, queue, task_id, lease_ms,
 --       max_crashes, payload (parked while paused), lease (member of the leases set),
 --       reads (ids whose outputs the stage reads: returned with the token, one round trip),
 --       notify (hook entries to enqueue when the attempt starts), gate (a stage with limits:
---       _limits.lua; KEYS 9... are the keys it names)
+--       _limits.lua; KEYS 10... are the keys it names)
 -- Returns {'run', token, outputs} | {'parked'} | {'drop', why} | {'dup', why}
 --       | {'poison', token, crashes, outputs} | {'wait', label} (the gate parked the message);
 --       with a gate, 'run' and 'poison' end with the GPU devices given ('0,1', or '')
@@ -28,16 +28,25 @@ if item ~= '' and redis.call('HGET', KEYS[2], A.stage) ~= S.RUNNING then
   return {'drop', 'stage is ' .. tostring(redis.call('HGET', KEYS[2], A.stage))}
 end
 
+if item ~= '' and tonumber(item) >= tonumber(redis.call('HGET', KEYS[9], 'items_total') or '0') then
+  return {'drop', 'item ' .. item .. ' is out of range'}
+end
+
 local attempt = tonumber(A.attempt)
 local current = tonumber(unit[2] or '0')
 if attempt < current then return {'dup', 'attempt ' .. attempt .. ' is superseded by ' .. current} end
+if attempt > current + 1 then
+  return {'drop', 'attempt ' .. attempt .. ' is neither the current attempt (' .. current .. ') nor the next'}
+end
+if state == S.RETRYING and attempt == current then return {'dup', 'attempt ' .. attempt .. ' failed already'} end
 
-local now_ms, now = clock()
+local now_ms, now, _, now_us = clock()
 if state == S.RUNNING then
-  -- Someone holds or held this attempt. A live lease means a duplicate delivery;
-  -- an expired one means its worker died: it is counted below (a poison message is quarantined).
+  -- Someone holds or held this attempt. A live lease means a duplicate delivery (whatever attempt
+  -- number it carries); an expired one means its worker died: it is counted below (a poison
+  -- message is quarantined).
   local lease_exp = tonumber(unit[3] or '0')
-  if lease_exp > now_ms and attempt == current then return {'dup', 'running elsewhere'} end
+  if lease_exp > now_ms then return {'dup', 'running elsewhere'} end
 end
 -- A stage with limits (capacity, pools, keys, rates, max_parallel: _limits.lua) is admitted only
 -- while every one has room; else its message waits in Redis, and this delivery ends.
@@ -50,10 +59,17 @@ if G then
     return {'wait', gate_park(G, refusal, A.payload, KEYS[3], p, now_ms, now, G.who)}
   end
 end
+-- what the stage reads, before the first write (in batches: a fan-in may read thousands)
+local inputs = hmget_all(KEYS[7], A.reads)
+for i = 1, #inputs do if not inputs[i] then inputs[i] = 'null' end end
+
 local crashes = 0
 if state == S.RUNNING then crashes = redis.call('HINCRBY', KEYS[3], p .. 'crashes', 1) end
 
-local token = redis.call('HINCRBY', KEYS[1], 'fence', 1)
+-- The token: the run's fence counter and an epoch, Redis's clock in microseconds. After a failover
+-- to a replica that missed writes the counter can repeat; the pair does not, so a token handed out
+-- before the failover never matches one handed out after it.
+local token = redis.call('HINCRBY', KEYS[1], 'fence', 1) .. '.' .. now_us
 redis.call('HSET', KEYS[3], p .. 'state', S.RUNNING, p .. 'token', token, p .. 'attempt', attempt,
   p .. 'host', A.host, p .. 'queue', A.queue, p .. 'task_id', A.task_id, p .. 'started_at', now,
   p .. 'lease_exp', now_ms + A.lease_ms)
@@ -64,11 +80,6 @@ redis.call('XADD', KEYS[4], 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'kind', 'stage', 
   'state', S.RUNNING, 'attempt', tostring(attempt), 'host', A.host, 't', now)
 for _, entry in ipairs(A.notify or {}) do
   redis.call('XADD', KEYS[8], 'MAXLEN', '~', HOOKS_MAXLEN, '*', 'e', entry)
-end
-local inputs = {}
-if #A.reads > 0 then
-  inputs = redis.call('HMGET', KEYS[7], unpack(A.reads))
-  for i = 1, #inputs do if not inputs[i] then inputs[i] = 'null' end end
 end
 if G then
   -- what it was admitted with: its GPUs come last in the reply

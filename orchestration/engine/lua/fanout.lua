@@ -4,8 +4,8 @@
 --       engine/messages.py: ITEM_MARK stands for the item's index), 6 chunk: at most this many
 --       consecutive items per message (then the template also has COUNT_MARK)
 -- Returns {0} if this call did not start it (not queued, or the run is not running);
--- {1} when it started and items 0 .. window-1 are to be sent; {1, i, j, ...} when items kept
--- by a retried run are skipped and these are the first to send; {2} when every item was kept
+-- {1, {}} when it started and items 0 .. window-1 are to be sent; {1, {i, j, ...}} when items kept
+-- by a retried run are skipped and these are the first to send (a list: never unpacked); {2} when every item was kept
 -- (the caller commits the stage from the kept outputs); {3} when it started and enqueued the
 -- first items itself, from the template (atomically with the start: nothing is left to send).
 if redis.call('HGET', KEYS[4], 'status') ~= R.RUNNING then return {0} end
@@ -62,5 +62,4 @@ if ARGV[5] ~= '' then
   if #batch > 0 then redis.call('LPUSH', KEYS[6], unpack(batch)) end
   return {3}
 end
-if #first > 0 then return {1, unpack(first)} end
-return {1}
+return {1, first}

@@ -29,6 +29,7 @@
 -- Returns {verdict, finalized, run status, ready children, task ids to revoke, next item or ''}
 --   (next item: only when A.next did not come, so the caller must send it)
 --   verdict: ok | item | stale | late | invalid (then 3rd element is the reason)
+--   | already (this attempt's commit is already in: a commit sent again, see transitions.py)
 local A = cjson.decode(ARGV[1])
 local stage, token, outcome = A.stage, A.token, A.outcome
 local item = ''
@@ -53,7 +54,9 @@ if token == '' then
     return refuse('stale')  -- an attempt holds it: only that attempt commits it
   end
 else
-  local held = redis.call('HMGET', KEYS[3], p .. 'token', p .. 'state')
+  local held = redis.call('HMGET', KEYS[3], p .. 'token', p .. 'state', p .. 'commit')
+  -- this very commit, sent again (its first reply came back without enough replicas: WAIT)
+  if held[3] == token then return {'already', 0, held[2] or '', {}, {}, ''} end
   if held[1] ~= token or held[2] ~= S.RUNNING then return refuse('stale') end
 end
 
@@ -148,7 +151,7 @@ local function notify(entry)
 end
 
 if token ~= '' then
-  local fields = {p .. 'state', outcome, p .. 'finished_at', now}
+  local fields = {p .. 'state', outcome, p .. 'finished_at', now, p .. 'commit', token}
   if A.error ~= '' then fields[#fields + 1] = p .. 'error'; fields[#fields + 1] = A.error end
   if item ~= '' and A.output ~= '' then fields[#fields + 1] = p .. 'output'; fields[#fields + 1] = A.output end
   redis.call('HSET', KEYS[3], unpack(fields))
