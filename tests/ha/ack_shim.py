@@ -1,11 +1,11 @@
-"""Stopgap: the ack log of commits Redis accepted, for workers that do not write one themselves yet.
+"""The ack log of a worker with WAIT off: every commit Redis accepted, as `CHORDFLOW_TEST_ACK_LOG` lines.
 
-The workers are to write `CHORDFLOW_TEST_ACK_LOG` themselves, one line per commit acknowledged
-after WAIT (`CHORDFLOW_REPLICAS_ACK`). Until a worker has that setting, this module observes the
-store's own `finish` and `retry` in the worker process (the real scripts run; only their replies are
-read) and writes the same lines for each commit Redis accepted: what a worker with
-`CHORDFLOW_REPLICAS_ACK=0` acknowledges. It does nothing once the setting exists, and is to be
-deleted then.
+A worker logs its acknowledged commits itself (durability.record) only with
+`CHORDFLOW_REPLICAS_ACK` on, once WAIT confirmed them. With it off (the control variant), the
+commit Redis's reply confirms is what the worker acts on, so that is the acknowledgement: this
+module observes the store's own `finish` and `retry` in the worker process (the real scripts run;
+only their replies are read) and writes the same lines for each commit accepted. It installs only
+when the worker writes no ack log of its own (WAIT off).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def _finish(original: Any) -> Any:
     @functools.wraps(original)
     def finish(self: RunStore, req: Any) -> Any:
         commit = original(self, req)
-        if req.token and str(commit.verdict) in ("ok", "item"):
+        if req.token and commit.committed:
             unit = (req.run_id, req.stage_id, req.item, str(req.token))
             _append(
                 {
@@ -81,8 +81,8 @@ def _retry(original: Any) -> Any:
 
 
 def install() -> bool:
-    """Observe the store's commits in this process, unless the workers log their own acks."""
-    if "replicas_ack" in Settings.model_fields or not os.environ.get("CHORDFLOW_TEST_ACK_LOG"):
+    """Observe the store's commits in this process, unless the worker logs its own acks (WAIT on)."""
+    if not os.environ.get("CHORDFLOW_TEST_ACK_LOG") or Settings().replicas_ack:
         return False
     RunStore.finish = _finish(RunStore.finish)  # type: ignore[method-assign]
     RunStore.retry = _retry(RunStore.retry)  # type: ignore[method-assign]
