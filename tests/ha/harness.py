@@ -2,7 +2,8 @@
 
     primary + 2 replicas + 3 Sentinels (tests/sentinel_cluster.py: AOF, down-after 1000 ms)
     2 `chordflow worker` processes, concurrency 2, `--import tests.ha.stages`, through redis+sentinel://
-    two waves of the five pipelines of pipelines.py; the nemesis plan of the seed meanwhile
+    two waves of the five pipelines of pipelines.py, one more before each fault after the first;
+    the nemesis plan of the seed meanwhile
     then: wait (at most FINAL_WITHIN_S after the last fault) for every run to end, read the final
     state through the current primary, and check it against what was recorded (checker.py)
 
@@ -174,6 +175,8 @@ def run_seed(
             run_ids = [_submit(client, spec, submitted) for spec in workload()]
             time.sleep(SECOND_WAVE_S)
             run_ids += [_submit(client, spec, submitted) for spec in workload()]
+            # a later fault meets work too: another wave before it (the runs of a step end in seconds)
+            nem.between = lambda: run_ids.extend(_submit(client, spec, submitted) for spec in workload())
             faults = threading.Thread(target=nem.run, args=(steps,), daemon=True)
             faults.start()  # the first fault strikes 1.5-3.5 s later, while both waves run
             faults.join(timeout=240)

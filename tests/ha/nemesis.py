@@ -59,7 +59,7 @@ def plan(seed: int, kinds: tuple[str, ...] | None = None) -> list[Step]:
 
 @dataclass
 class Nemesis:
-    """Runs a plan against a cluster and its workers; `workers` are (kill, start-a-new-one) pairs."""
+    """Runs a plan against a cluster and its workers (`kill_worker_fn` kills one and starts another)."""
 
     cluster: SentinelCluster
     kill_worker_fn: Callable[[int], str]  # kills worker #n (a seeded choice), returns what it killed
@@ -68,10 +68,13 @@ class Nemesis:
     fired: list[Fired] = field(default_factory=list)
     down: list[Node] = field(default_factory=list)
     error: str = ""  # why the plan stopped short (a failover that never came), for the report
+    between: Callable[[], None] | None = None  # before each fault after the first: more work to hit
 
     def run(self, steps: list[Step]) -> None:
         try:
-            for step in steps:
+            for i, step in enumerate(steps):
+                if i and self.between is not None:
+                    self.between()
                 time.sleep(step.wait_s)
                 getattr(self, step.kind)()
         except Exception as exc:  # noqa: BLE001  reported with the seed, not lost in a thread

@@ -7,7 +7,12 @@ from tests.integration.conftest import ARTIFACTS
 
 from .harness import SeedResult
 
-RUNS = 10  # two waves of the five pipelines
+WAVE = 5  # the five pipelines of pipelines.py
+
+
+def runs(planned: int) -> int:
+    """Two waves before the first fault, one more before each later fault."""
+    return WAVE * (planned + 1)
 
 
 def keep(name: str, result: SeedResult) -> str:
@@ -22,7 +27,7 @@ def did_real_work(result: SeedResult, planned: int, summary: str) -> None:
     """Not vacuous: every planned fault struck, the runs were given out, commits were acknowledged."""
     assert len(result.fired) == planned, summary
     assert all(f.done_at >= f.at for f in result.fired), summary
-    assert len(result.history.given_runs) == RUNS, summary
+    assert len(result.history.given_runs) == runs(planned), summary
     assert len(result.history.executions) >= 500, summary
     assert len(result.history.acks) >= 500, summary
     assert result.report.by_name("4 inputs are final outputs").counts["edges"] >= 500, summary
