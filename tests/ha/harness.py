@@ -124,7 +124,7 @@ def _submit(client: Client, spec: Any, submitted: Path, deadline_s: float = 60.0
                 raise
             time.sleep(0.5)
     with submitted.open("a") as f:
-        f.write(json.dumps({"run": run_id, "submitted": True}) + "\n")
+        f.write(json.dumps({"run": run_id, "submitted": True, "pipeline": spec.name}) + "\n")
         f.flush()
         os.fsync(f.fileno())
     return run_id
@@ -144,6 +144,27 @@ def _wait_final(cluster: SentinelCluster, prefix: str, run_ids: list[str], timeo
         except (redis.RedisError, RuntimeError, StopIteration):
             pass  # mid-failover
         time.sleep(0.5)
+
+
+def _unfinished(r: redis.Redis, prefix: str, run_ids: list[str]) -> list[str]:
+    """What a run that did not end looks like in Redis, for the post-mortem: its record, and every
+    stage not ended with its hash."""
+    notes = []
+    for run_id in run_ids:
+        record = r.hgetall(f"{prefix}:run:{run_id}")
+        if record.get("status") in RUN_FINAL:
+            continue
+        states = r.hgetall(f"{prefix}:run:{run_id}:states")
+        open_stages = {
+            sid: {"state": state, **r.hgetall(f"{prefix}:run:{run_id}:stage:{sid}")}
+            for sid, state in states.items()
+            if state not in ("succeeded", "failed", "skipped", "cancelled", "upstream_failed", "fallback")
+        }
+        shown = {k: record.get(k) for k in ("pipeline", "status", "remaining", "created_at")}
+        notes.append(
+            f"run {run_id} not final: {json.dumps(shown)}; open stages {json.dumps(open_stages)[:2000]}"
+        )
+    return notes
 
 
 def run_seed(
@@ -183,6 +204,7 @@ def run_seed(
             _wait_final(cluster, settings.key_prefix, run_ids, FINAL_WITHIN_S)
             time.sleep(1.0)  # what the ack log's last writers were fsyncing
             final = read_final_state(cluster.primary_client(), settings.key_prefix, run_ids)
+            stuck = _unfinished(cluster.primary_client(), settings.key_prefix, run_ids)
         finally:
             fleet.stop()
             for k, v in saved.items():
@@ -197,6 +219,7 @@ def run_seed(
         )
         if faults.is_alive():
             result.notes.append("the nemesis thread did not finish its plan")
+        result.notes += stuck
         if nem.error:
             result.notes.append(f"the nemesis plan stopped: {nem.error}")
         (base / "summary.txt").write_text(result.summary() + "\n")

@@ -3,6 +3,8 @@ summary (faults, counts, time) is kept in tests/artifacts/ha/ for the report."""
 
 from __future__ import annotations
 
+import shutil
+
 from tests.integration.conftest import ARTIFACTS
 
 from .harness import SeedResult
@@ -15,10 +17,14 @@ def runs(planned: int) -> int:
     return WAVE * (planned + 1)
 
 
-def keep(name: str, result: SeedResult) -> str:
+def keep(name: str, result: SeedResult, files: bool = True) -> str:
+    """Write the summary; with `files`, a seed whose checks failed keeps its records, acks and worker
+    logs there too (pytest's own temporary directories do not last)."""
     summary = result.summary()
     (ARTIFACTS / "ha").mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / "ha" / f"{name}.txt").write_text(summary + "\n")
+    if files and not result.report.held:
+        shutil.copytree(result.dir, ARTIFACTS / "ha" / f"{name}-files", dirs_exist_ok=True)
     print(summary)
     return summary
 

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.ha
 
 def test_without_wait_a_lagging_kill_loses_acknowledged_commits_and_the_checker_sees_it(tmp_path):
     result = run_seed(tmp_path / "control", 0, replicas_ack=0, kinds=("lagging_kill",))
-    summary = keep("control", result)
+    summary = keep("control", result, files=False)  # its checks fail by design
     did_real_work(result, 1, summary)
     assert "took 0 bytes" not in result.fired[0].detail, summary  # the old primary wrote alone
     failed = result.report.failed()
