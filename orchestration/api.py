@@ -17,13 +17,9 @@ from orchestration.engine.celeryconfig import client_app
 from orchestration.engine.dependencies import run_extra, unmet
 from orchestration.engine.dispatch import Dispatcher, signature_of
 from orchestration.engine.placement import check_placement
-from orchestration.engine.registry import BUILTIN_TYPES
-from orchestration.engine.store import RUN_FINAL, RunStore, connect, new_run_id
+from orchestration.engine.store import RunStore, connect, new_run_id
 from orchestration.errors import (
-    ChordflowError,
     DependenciesNotMet,
-    InvalidPipeline,
-    Problem,
     RunNotFound,
     RunTimeout,
 )
@@ -31,6 +27,8 @@ from orchestration.graph.resolve import RunGraph, resolve
 from orchestration.language.ids import check_idempotency_key, check_run_id
 from orchestration.language.spec import PipelineSpec
 from orchestration.settings import Settings
+from orchestration.states import RUN_FINAL, RunStatus, State
+from orchestration.submit_checks import check_same_submission, check_types
 
 
 @dataclass
@@ -77,6 +75,9 @@ class Client:
         if idempotency_key is not None:
             check_idempotency_key(idempotency_key)
         graph = resolve(spec, self.settings, selection, only)
+        earlier = self.store.idempotent_run(idempotency_key) if idempotency_key else None
+        if idempotency_key and earlier:
+            check_same_submission(self.store, idempotency_key, earlier, graph)  # before anything is written
         if no_cache:
             graph = graph.model_copy(update={"no_cache": True})
         if check_types:
@@ -84,7 +85,6 @@ class Client:
         check_placement(self.store, graph, refuse=check_capacity)  # before anything is written
         missing = unmet(self.store, spec)
         if missing and not force:
-            earlier = self.store.idempotent_run(idempotency_key) if idempotency_key else None
             if earlier is None or self.store.run_status(earlier) is None:
                 raise DependenciesNotMet(spec.name, missing)
             return RunHandle(self, earlier)  # submitted under this key before: the same run
@@ -101,45 +101,16 @@ class Client:
                 chain=chain,
             ),
         )
+        if not created and idempotency_key:  # another submit took the key meanwhile
+            check_same_submission(self.store, idempotency_key, run_id, graph)
         if created:
             self.dispatcher.dispatch(run_id, graph, [n.id for n in graph.nodes if not n.needs])
         return RunHandle(self, run_id)
 
     def check_types(self, graph: RunGraph) -> RunGraph:
-        """Refuse types no live worker serves on the stage's queue; name types canonically."""
-        workers = self.store.live_workers()
-        if not workers:
-            raise ChordflowError(
-                "no live workers on this Redis: start one with `chordflow worker` "
-                "(or pass --no-check to queue the run anyway)"
-            )
-        canonical: dict[tuple[str, str], str] = {}
-        for info in workers.values():
-            names = {t["name"]: t["name"] for t in info.get("types", [])}
-            names.update({t["ref"]: t["name"] for t in info.get("types", [])})
-            for queue in info.get("queues", []):
-                for alias, name in names.items():
-                    canonical[(alias, queue)] = name
-        problems, nodes = [], []
-        for node in graph.nodes:
-            name = canonical.get((node.type, node.queue))
-            if name is None:
-                served = sorted(
-                    {a for a, q in canonical if q == node.queue and "." not in a and ":" not in a}
-                    | (set(BUILTIN_TYPES) & {a for a, _ in canonical})
-                )
-                problems.append(
-                    Problem(
-                        f"uses '{node.type}', which no live worker serves on queue '{node.queue}' "
-                        f"(served there: {', '.join(served) or 'nothing'}). Register it with @stage in a module "
-                        "the workers import (--import MODULE), or pass --no-check to queue it anyway",
-                        node.id,
-                    )
-                )
-            nodes.append(node if name in (None, node.type) else node.model_copy(update={"type": name}))
-        if problems:
-            raise InvalidPipeline(problems)
-        return graph.model_copy(update={"nodes": tuple(nodes)})
+        """Refuse types no live worker serves on the stage's queue; name types canonically; warn
+        of queues no live worker serves (submit_checks.check_types)."""
+        return check_types(self.store, graph)
 
     # -- dependencies on other pipelines -------------------------------------------------------
     def unmet_dependencies(self, spec: PipelineSpec) -> list[str]:
@@ -201,7 +172,7 @@ class Client:
             if got[name]:
                 out[name] = got[name]
         if got["reason"]:
-            out["skipped"] = got["reason"]
+            out[RunStatus.SKIPPED] = got["reason"]
         return out
 
     def handle(self, run_id: str) -> RunHandle:
@@ -220,27 +191,27 @@ class Client:
             # run_complete (status cancelled) went to the hooks outbox with the cancel itself:
             # the workers' hook senders deliver it, to their Python hooks too.
             self.store.expire_run(run_id, self.store.graph(run_id))
-            return "cancelled"
-        return f"not cancelled: the run is {revoke[0]}"
+            return RunStatus.CANCELLED
+        return f"not cancelled: {_the_run(revoke[0])}"
 
     def pause(self, run_id: str) -> str:
         check_run_id(run_id)
         self.store.run(run_id)
         verdict, detail = self.store.control(run_id, "pause")
-        return "paused" if verdict == "ok" else f"not paused: the run is {detail[0]}"
+        return RunStatus.PAUSED if verdict == "ok" else f"not paused: {_the_run(detail[0])}"
 
     def resume(self, run_id: str) -> str:
         check_run_id(run_id)
         self.store.run(run_id)
         verdict, parked = self.store.control(run_id, "resume")
         if verdict != "ok":
-            return f"not resumed: the run is {parked[0]}"
+            return f"not resumed: {_the_run(parked[0])}"
         self.dispatcher.send(signature_of(p, self.store) for p in parked)
         # A fan-out made ready while the run was paused was not started (it waits in the outbox):
         # start it now rather than when the reaper finds it.
         graph = self.store.graph(run_id)
         states = self.store.states(run_id)
-        waiting = [n.id for n in graph.nodes if n.fans_out and states.get(n.id) == "queued"]
+        waiting = [n.id for n in graph.nodes if n.fans_out and states.get(n.id) == State.QUEUED]
         if waiting:
             self.dispatcher.dispatch(run_id, graph, waiting)
         return "resumed"
@@ -252,9 +223,9 @@ class Client:
         graph = self.store.graph(run_id)
         verdict, detail = self.store.reopen(run_id, graph)
         if verdict != "ok":
-            return f"not retried: the run is {detail[0]}"
+            return f"not retried: {_the_run(detail[0])}; only a run that failed or was cancelled is retried"
         self.dispatcher.dispatch(run_id, graph, detail)
-        return "retrying"
+        return State.RETRYING
 
     # -- reading ------------------------------------------------------------------------------
     def status(self, run_id: str) -> dict[str, Any]:
@@ -270,7 +241,7 @@ class Client:
         for sid in ids:
             d = details.get(sid, {})
             stage: dict[str, Any] = {
-                "state": states.get(sid, "pending"),
+                "state": states.get(sid, State.PENDING),
                 "type": graph.node(sid).type,
                 "attempts": int(d.get("attempt", 0)),
                 "host": d.get("host"),
@@ -285,6 +256,8 @@ class Client:
             if "items_total" in d:
                 stage["items_total"] = int(d["items_total"])
                 stage["items_done"] = int(d.get("items_done", 0))
+            if d.get("progress_attempt") == d.get("attempt") and (progress := _progress(d)) is not None:
+                stage["progress"] = progress  # what the stage reported with ctx.progress(done, total)
             stages[sid] = stage
         return {
             "run_id": run_id,
@@ -334,7 +307,7 @@ class Client:
             if on_tick:
                 on_tick()
             # Read up to the stream's end (as of now), the last run event ends the run only if the
-            # record agrees: a `retry` reopens the record and appends 'running' to the stream at once
+            # record agrees: a `retry` reopens the record and appends a running event to the stream at once
             # (one script), so a final event then a reopened record means more events are coming.
             # A run whose stream expired (or was trimmed) ends by its record.
             if len(events) < batch and (last_run_state in RUN_FINAL or not events):
@@ -354,13 +327,17 @@ class Client:
         return PipelineResult(
             run_id=run_id,
             status=s["status"],
-            success=s["status"] == "succeeded",
+            success=s["status"] == RunStatus.SUCCEEDED,
             outputs={
-                sid: st["output"] for sid, st in stages.items() if st["state"] in ("succeeded", "fallback")
+                sid: st["output"]
+                for sid, st in stages.items()
+                if st["state"] in (State.SUCCEEDED, State.FALLBACK)
             },
             stage_results=stages,
-            failed=[sid for sid, st in stages.items() if st["state"] in ("failed", "upstream_failed")],
-            skipped=[sid for sid, st in stages.items() if st["state"] == "skipped"],
+            failed=[
+                sid for sid, st in stages.items() if st["state"] in (State.FAILED, State.UPSTREAM_FAILED)
+            ],
+            skipped=[sid for sid, st in stages.items() if st["state"] == State.SKIPPED],
             duration=ended - started,
             metrics=s["metrics"],
             context=s["context"],
@@ -391,6 +368,25 @@ class RunHandle:
 
     def __repr__(self) -> str:
         return f"RunHandle({self.run_id!r})"
+
+
+def _the_run(status: str) -> str:
+    """`the run succeeded`, `the run was cancelled`, `the run is running`: why a control did
+    nothing, in words."""
+    if status in (RunStatus.SUCCEEDED, RunStatus.FAILED):
+        return f"the run {status}"
+    if status in (RunStatus.CANCELLED, RunStatus.SKIPPED):
+        return f"the run was {status}"
+    return f"the run is {status}"
+
+
+def _progress(record: Mapping[str, str]) -> dict[str, float] | None:
+    """{done, total} of a stage record's `progress_done`/`progress_total`, or None."""
+    try:
+        done, total = float(record["progress_done"]), float(record["progress_total"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return {"done": done, "total": total}
 
 
 def _num(value: str | None) -> float | None:

@@ -84,6 +84,18 @@ class Settings(BaseSettings):
         10.0, description="a Python hook is waited for this long, then left running"
     )
     webhook_total_s: float = Field(60.0, description="one webhook delivery is retried for at most this long")
+    webhook_threads: int = Field(
+        8, ge=1, description="threads a worker delivers webhooks with (one at a time per URL)"
+    )
+    webhook_breaker_failures: int = Field(
+        3, ge=1, description="deliveries to a URL failed in a row that open its circuit (it is skipped)"
+    )
+    webhook_breaker_cooloff_s: float = Field(
+        60.0, ge=0, description="how long a URL whose circuit opened is skipped before it is tried again"
+    )
+    webhook_queue_cap: int = Field(
+        1000, ge=1, description="deliveries waiting for one URL; one more is dropped and logged"
+    )
     hook_claim_idle_s: float = Field(
         120.0,
         description="an event a hook sender took and has not touched this long is taken over by another",
@@ -115,6 +127,14 @@ class Settings(BaseSettings):
         10_000, description="log lines kept per attempt (the last ones); the earlier ones are counted"
     )
     log_line_bytes: int = Field(16 * 1024, description="a longer log line is cut to its end")
+    worker_log_lines_per_attempt: int = Field(
+        200,
+        ge=0,
+        description="`ctx.log` lines of one attempt the worker's own log gets a copy of (the first ones)",
+    )
+    worker_log_line_bytes: int = Field(
+        2048, ge=1, description="a longer line copied to the worker's own log is cut to its end"
+    )
     log_flush_s: float = Field(
         0.2, description="a stage's log lines are sent to Redis in a batch this often while it runs"
     )
@@ -135,6 +155,9 @@ class Settings(BaseSettings):
 
     # -- limits at run time ------------------------------------------------------------------------------
     context_value_cap_bytes: int = Field(1024 * 1024, description="JSON size of one shared context value")
+    context_key_cap_bytes: int = Field(
+        1024, ge=1, description="UTF-8 size of one shared context key or metric name"
+    )
     fanout_output_cap_bytes: int = Field(
         16 * 1024 * 1024, description="JSON size of a fan-out stage's assembled output"
     )

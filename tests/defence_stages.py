@@ -4,6 +4,7 @@ each counts its executions, then raises what it is told to."""
 from __future__ import annotations
 
 import sys
+import time
 
 from orchestration import RetryPolicy, stage
 from tests.stages import _count
@@ -39,3 +40,12 @@ def raises(ctx, what: str = "unprintable") -> None:
 def nan(ctx) -> float:
     _count(f"{ctx.run_id}:{ctx.stage_id}")
     return float("nan")
+
+
+@stage("test.progress")
+def progress(ctx, steps: int = 4, seconds: float = 0.4) -> int:
+    """Report progress step by step (ctx.progress), sleeping between steps."""
+    for done in range(steps + 1):
+        ctx.progress(done, steps)
+        time.sleep(seconds)
+    return steps

@@ -43,6 +43,10 @@ class SwitchMaster:
     new: tuple[str, int]
 
 
+class PortTaken(RuntimeError):
+    """A server could not start on its port (another process took it first)."""
+
+
 class Node:
     """One redis-server process (a data node or a Sentinel) on a fixed port and directory."""
 
@@ -69,14 +73,20 @@ class Node:
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                client.ping()
-                return self
+                # the server answering must be this process: other tests start servers on free
+                # ports too, and one may have taken this port between free_port() and now
+                if int(client.info("server")["process_id"]) == self.proc.pid:
+                    return self
             except redis.RedisError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"redis-server on port {self.port} did not start: see {self.dir}"
-                    ) from None
-                time.sleep(0.05)
+                pass
+            if self.proc.poll() is not None:
+                raise PortTaken(
+                    f"redis-server on port {self.port} exited at start: see {self.dir}/server.log"
+                )
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"redis-server on port {self.port} did not start: see {self.dir}")
+            time.sleep(0.05)
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, no final AOF fsync."""
@@ -122,6 +132,14 @@ class SentinelCluster:
         self.switches: list[SwitchMaster] = []
         self._stop = threading.Event()
         self._watchers: list[threading.Thread] = []
+        self._shape = (replicas, sentinels, down_after_ms, failover_timeout_ms, appendonly)
+        self._build()
+
+    def _build(self) -> None:
+        """Every process's port, directory and arguments (again, with new ports, after PortTaken)."""
+        replicas, sentinels, down_after_ms, failover_timeout_ms, appendonly = self._shape
+        for old in self.root.iterdir():
+            shutil.rmtree(old, ignore_errors=True)
         primary_port = free_port()
         self.nodes = [
             self._data_node(i, primary_port if i == 0 else free_port(), primary_port, appendonly)
@@ -168,12 +186,24 @@ class SentinelCluster:
         return Node([redis_server_binary(), str(conf), "--sentinel"], port, directory)
 
     # -- life ----------------------------------------------------------------------------------
-    def start(self) -> Self:
+    def start(self, attempts: int = 3) -> Self:
+        for attempt in range(attempts):
+            try:
+                for node in self.nodes:
+                    node.start()
+                for sentinel in self.sentinels:
+                    sentinel.start()
+                break
+            except PortTaken:
+                self._stop_processes()
+                if attempt == attempts - 1:
+                    self.stop()
+                    raise
+                self._build()  # new free ports, and try again
+            except BaseException:
+                self.stop()
+                raise
         try:
-            for node in self.nodes:
-                node.start()
-            for sentinel in self.sentinels:
-                sentinel.start()
             self._wait_ready()
             for sentinel in self.sentinels:
                 thread = threading.Thread(target=self._watch, args=(sentinel,), daemon=True)
@@ -236,9 +266,12 @@ class SentinelCluster:
         self._stop.set()
         for thread in self._watchers:
             thread.join(timeout=2)
+        self._stop_processes()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def _stop_processes(self) -> None:
         for node in [*self.sentinels, *self.nodes]:
             node.stop()
-        shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> Self:
         return self.start()

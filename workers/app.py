@@ -97,6 +97,7 @@ def _lease_keeper(settings: Settings) -> LeaseKeeper:
 def _register(app: Celery, stage_type: StageType, env: Any) -> None:
     @app.task(
         name=stage_type.task_name,
+        shared=False,  # this app's own: another app in the process (a test's) must not get it
         bind=True,
         acks_late=True,
         reject_on_worker_lost=True,

@@ -27,11 +27,11 @@ from orchestration.engine.registry import StageType
 from orchestration.engine.replies import BeginPoison, Commit, CommitVerdict, Holding
 from orchestration.engine.retries import Verdict, decide, resolve_policy
 from orchestration.engine.stage_message import StageMessage
-from orchestration.engine.states import RunStatus, State
 from orchestration.engine.store import RunStore
 from orchestration.errors import CommitRefused, FailStage, OutputTooLarge, RedisRefusedWrite, StageTimeout
 from orchestration.graph.resolve import Node, RunGraph
 from orchestration.language import expressions
+from orchestration.states import RunStatus, State
 
 from .context import StageContext
 from .failures import error_record, refused_write, safe_text, terminating

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+import math
 import os
 import sys
+from typing import Any
 
 import click
 
@@ -12,14 +15,31 @@ from orchestration.settings import Settings
 from .main import run_worker
 
 
+def _finite_gb(value: Any) -> float | None:
+    """--memory-gb as given, if it is a finite number of 0 or more (the ledger admits stages
+    against it, and health reports it: NaN or infinity would make both wrong)."""
+    if value is not None and (not math.isfinite(value) or value < 0):
+        raise click.BadParameter(f"{value!r} is not a finite number of 0 or more", param_hint="'--memory-gb'")
+    return value
+
+
 @click.command("worker")
 @click.option(
     "--queues", "-Q", help="Comma-separated queues to serve (default: what this machine can serve)."
 )
 @click.option("--concurrency", "-c", type=int, help="Stage processes for cpu/highmem stages (default: CPUs).")
 @click.option("--hostname", "-n", help="Name recorded on every stage this worker runs.")
-@click.option("--gpus", type=int, help="GPUs to use (default: CUDA_VISIBLE_DEVICES or nvidia-smi).")
-@click.option("--memory-gb", type=float, help="Memory to advertise (default: the machine's).")
+@click.option(
+    "--gpus",
+    type=click.IntRange(min=0),
+    help="GPUs to use, 0 or more (default: CUDA_VISIBLE_DEVICES or nvidia-smi).",
+)
+@click.option(
+    "--memory-gb",
+    type=float,
+    callback=lambda ctx, param, value: _finite_gb(value),
+    help="Memory to advertise in GB, a finite number, 0 or more (default: the machine's).",
+)
 @click.option(
     "--import",
     "imports",
@@ -54,6 +74,8 @@ def worker(
         sys.path.insert(0, os.getcwd())
     if not settings.redis_url:
         raise click.UsageError("set CHORDFLOW_REDIS_URL to the Redis the pipeline runs on")
+    for module in (*settings.imports, *imports):
+        _check_importable(module)
     code = run_worker(
         settings,
         [q.strip() for q in queues.split(",") if q.strip()] if queues else None,
@@ -67,3 +89,18 @@ def worker(
         pool,
     )
     raise SystemExit(code)
+
+
+def _check_importable(module: str) -> None:
+    """A module named by --import (or CHORDFLOW_IMPORTS) that cannot be found is exit 2, saying where
+    modules are looked for; one found is imported by the worker as before."""
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ModuleNotFoundError, ValueError):
+        found = False
+    if not found:
+        raise click.UsageError(
+            f"cannot import {module!r} (--import): no such module. Modules are found from the current "
+            f"directory ({os.getcwd()}) and PYTHONPATH: start the worker in your project's directory, "
+            "or add the directory that holds the module to PYTHONPATH"
+        )

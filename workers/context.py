@@ -6,10 +6,15 @@ double-counts. Reads see what earlier stages committed, plus this attempt's
 own writes.
 
 Log lines (`ctx.log`) go to the attempt's log stream while the stage runs
-(livelog.py), formatted and with their level.
+(livelog.py), formatted and with their level; so do the stage's `print()` and
+`logging` records (stage_output.py). The worker's own log gets a copy of the first
+`worker_log_lines_per_attempt` `ctx.log` lines of each attempt (as its level lets
+through), each cut to `worker_log_line_bytes`.
 
 Limits (worker settings, docs/security.md): one context value's JSON is at most
-`context_value_cap_bytes`; an attempt's log stream keeps its last `log_lines_cap`
+`context_value_cap_bytes`, and a context key or metric name at most
+`context_key_cap_bytes` (UTF-8); values and metrics must be finite numbers (no NaN or
+Infinity: they are not JSON); an attempt's log stream keeps its last `log_lines_cap`
 lines, each cut to `log_line_bytes`.
 """
 
@@ -18,8 +23,10 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Mapping
 from typing import Any
@@ -28,11 +35,42 @@ from orchestration.engine.store import RunStore
 from orchestration.errors import FailStage
 from orchestration.settings import Settings
 
-from .livelog import AttemptLog
+from . import stage_output
+from .livelog import AttemptLog, cut
 
 
 class ContextValueTooLarge(FailStage):
     """A stage set a shared context value larger than the worker's `context_value_cap_bytes`."""
+
+
+class InvalidContextWrite(FailStage):
+    """A stage wrote a context value or metric that is not a finite number, or named it with a key
+    that is not text or is longer than the worker's `context_key_cap_bytes`."""
+
+
+def check_name(what: str, name: Any, cap: int) -> str:
+    """`name` if it may name a context value or metric, else InvalidContextWrite saying why."""
+    if not isinstance(name, str):
+        raise InvalidContextWrite(f"a {what} is named by text, not {type(name).__name__}")
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if size > cap:
+        raise InvalidContextWrite(
+            f"a {what} {name[:40]!r}… is named by {size:,} bytes, over this worker's cap of {cap:,} "
+            f"(context_key_cap_bytes): use a short name"
+        )
+    return name
+
+
+def check_number(what: str, name: str, value: Any) -> float:
+    """`value` as a float if it is a finite number, else InvalidContextWrite."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidContextWrite(f"{what} {name!r}: {value!r} is not a number")
+    number = float(value)
+    if not math.isfinite(number):
+        raise InvalidContextWrite(
+            f"{what} {name!r}: {value!r} is not a finite number (NaN and Infinity are not JSON)"
+        )
+    return number
 
 
 def _settings(store: Any) -> Settings:
@@ -44,6 +82,7 @@ class SharedContext:
     def __init__(self, store: RunStore, run_id: str):
         self._store, self._run_id = store, run_id
         self._cap = _settings(store).context_value_cap_bytes
+        self._key_cap = _settings(store).context_key_cap_bytes
         self._local: dict[str, Any] = {}
         self._incr: dict[str, float] = {}
         self.writes: list[tuple[str, str, str]] = []
@@ -58,7 +97,13 @@ class SharedContext:
         return value
 
     def set(self, key: str, value: Any) -> None:
-        encoded = json.dumps(value)  # fail here, in the stage, if it is not JSON
+        check_name("context value", key, self._key_cap)
+        try:
+            encoded = json.dumps(value, allow_nan=False)  # fail here, in the stage, if it is not JSON
+        except ValueError as exc:  # NaN or Infinity somewhere in it
+            raise InvalidContextWrite(
+                f"context value {key!r} holds a number that is not finite (NaN or Infinity are not JSON): {exc}"
+            ) from None
         size = len(encoded.encode("utf-8"))
         if size > self._cap:
             raise ContextValueTooLarge(
@@ -72,6 +117,10 @@ class SharedContext:
 
     def incr(self, key: str, amount: float = 1) -> float:
         """Add to a numeric value; returns the value as this attempt sees it."""
+        check_name("context value", key, self._key_cap)
+        check_number("context value", key, amount)  # amount stays as given (an int stays an int)
+        if not math.isfinite(self._incr.get(key, 0) + amount):
+            raise InvalidContextWrite(f"context value {key!r}: adding {amount!r} overflows to Infinity")
         self._incr[key] = self._incr.get(key, 0) + amount
         self.writes.append(("i", key, repr(float(amount))))
         if key in self._local:
@@ -81,11 +130,19 @@ class SharedContext:
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, name_cap: int = 1024) -> None:
         self.values: dict[str, float] = {}
+        self._name_cap = name_cap
 
     def add(self, name: str, value: float) -> None:
-        self.values[name] = self.values.get(name, 0) + value
+        """Add `value` (a finite number) to metric `name`; refused at once otherwise, as the commit
+        would refuse it."""
+        check_name("metric", name, self._name_cap)
+        check_number("metric", name, value)
+        total = self.values.get(name, 0) + value
+        if not math.isfinite(total):
+            raise InvalidContextWrite(f"metric {name!r}: adding {value!r} overflows to Infinity")
+        self.values[name] = total
 
     def increment(self, name: str, value: float = 1) -> None:
         self.add(name, value)
@@ -96,9 +153,13 @@ class StageLog(logging.LoggerAdapter):
     n` is stored as `3 items`), with their level, at every level (the worker's own log shows what
     its log level lets through, each line prefixed with the run and stage)."""
 
-    def __init__(self, logger: logging.Logger, sink: AttemptLog, prefix: str):
+    def __init__(
+        self, logger: logging.Logger, sink: AttemptLog, prefix: str, copies: int = 200, copy_chars: int = 2048
+    ):
         super().__init__(logger, {})
         self._sink, self._prefix = sink, prefix
+        self._copies_left, self._copy_chars = copies, copy_chars
+        self._copy_lock = threading.Lock()
 
     def log(self, level: int, msg: Any, *args: Any, **kwargs: Any) -> None:
         record = logging.LogRecord(self.logger.name, level, "", 0, msg, args, None)
@@ -117,8 +178,20 @@ class StageLog(logging.LoggerAdapter):
                 text += "\n" + "".join(traceback.format_exception(*exc_info)).rstrip()
         self._sink.add(text, logging.getLevelName(level))
         if self.isEnabledFor(level):
-            kwargs.setdefault("stacklevel", 2)
-            self.logger.log(level, "%s %s", self._prefix, message, **kwargs)
+            # The worker's own log gets a bounded copy: the first lines of the attempt, each cut to
+            # its end, its traceback in the text (cut too) rather than formatted by the handler.
+            with self._copy_lock:
+                self._copies_left -= 1
+                left = self._copies_left
+            if left >= 0:
+                self.logger.log(level, "%s %s", self._prefix, cut(text, self._copy_chars), stacklevel=2)
+            if left == 0:
+                self.logger.log(
+                    logging.WARNING,
+                    "%s further log lines of this attempt are not copied to the worker log "
+                    "(worker_log_lines_per_attempt); `chordflow logs` has them",
+                    self._prefix,
+                )
 
 
 class StageContext:
@@ -148,7 +221,7 @@ class StageContext:
         self.gpus: list[str] = []  # the GPU devices given to this attempt (CUDA_VISIBLE_DEVICES)
         self.settings = _settings(store)  # the worker's settings: its policy for built-ins and limits
         self.context = SharedContext(store, run_id)
-        self.metrics = Metrics()
+        self.metrics = Metrics(self.settings.context_key_cap_bytes)
         write = getattr(store, "write_attempt_log", None)
         self.log_sink = AttemptLog(
             functools.partial(write, run_id, stage_id, item_index, attempt) if callable(write) else None,
@@ -158,9 +231,32 @@ class StageContext:
             begin=f"attempt {attempt}",
         )
         self.log = StageLog(
-            logging.getLogger(f"chordflow.stage.{stage_id}"), self.log_sink, f"[{run_id}/{stage_id}]"
+            logging.getLogger(f"chordflow.stage.{stage_id}"),
+            self.log_sink,
+            f"[{run_id}/{stage_id}]",
+            copies=self.settings.worker_log_lines_per_attempt,
+            copy_chars=self.settings.worker_log_line_bytes,
         )
+        if callable(write):  # a worker's attempt: its print() and logging records go to its log
+            stage_output.capture(self.log_sink)
         self._cancelled = threading.Event()
+        self._store, self._progress_at = store, 0.0
+
+    def progress(self, done: float, total: float) -> None:
+        """Report how far the stage is: `done` of `total` (any unit). `status`, `follow`, `watch`
+        and the run page show it as a bar, and the ETA counts the rest of this stage by it. Sent at
+        most twice a second (and always when done reaches total); a fan-out item's is not kept."""
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (done, total)):
+            raise TypeError(f"ctx.progress(done, total) takes numbers, not {done!r}, {total!r}")
+        if not (math.isfinite(done) and math.isfinite(total) and total > 0 and 0 <= done):
+            raise ValueError(f"ctx.progress({done!r}, {total!r}): needs 0 <= done and 0 < total, finite")
+        now = time.monotonic()
+        if self.item_index is not None or (now - self._progress_at < 0.5 and done < total):
+            return
+        self._progress_at = now
+        report = getattr(self._store, "report_progress", None)
+        if callable(report):
+            report(self.run_id, self.stage_id, self.attempt, min(float(done), float(total)), float(total))
 
     @property
     def log_lines(self) -> list[str]:

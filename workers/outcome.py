@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from celery.exceptions import Retry
 
-from orchestration.engine.states import State
+from orchestration.states import State
 
 from .livelog import last_ending
 

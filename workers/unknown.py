@@ -33,10 +33,10 @@ from orchestration.engine.compiler import stage_signature
 from orchestration.engine.dispatch import Dispatcher
 from orchestration.engine.registry import task_name
 from orchestration.engine.stage_message import MalformedMessage, StageMessage
-from orchestration.engine.states import State
 from orchestration.engine.store import RunStore, connect
 from orchestration.errors import RunNotFound
 from orchestration.settings import Settings
+from orchestration.states import State
 
 log = logging.getLogger("chordflow.worker")
 

@@ -5,9 +5,8 @@
   and the run page show it as `waiting (pool llm 4/4)`; a running fan-out whose items wait, as
   `running (2 items waiting: pool llm 4/4)`. `waiting_of` reads it for `runview.run_view`, which
   puts it in each stage as `waiting` ({label, since_at, items}); `state_label` words it.
-- `plan` shows each stage's limits (`pool llm (4)`, `key deploy-prod`, `rate vendor.call 5/s`,
-  `gpu 2`) from the file, and, with a reachable Redis, the pools and keys full right now
-  (`waits: pool llm 4/4`).
+- `plan` shows each stage's limits from the file (plan_limits.py), and, with a reachable Redis,
+  the pools and keys full right now (`waits: pool llm 4/4`, `live_waits`).
 - `placement_warnings` prints what `submit`'s placement check warns of (engine/placement.py).
 """
 
@@ -22,16 +21,17 @@ from typing import Any
 import redis
 
 from orchestration.cli._common import say
+from orchestration.cli.plan_limits import settings_limits_or_none
 from orchestration.engine.capacity_reads import limit_holders, waiting_items
 from orchestration.engine.limits import gate_for
 from orchestration.engine.placement import QueueUnserved
 from orchestration.engine.reads import RunReads
 from orchestration.engine.store import RunStore
 from orchestration.fleet.health import quick_client
-from orchestration.graph.resolve import Node, RunGraph
+from orchestration.graph.resolve import RunGraph
 from orchestration.language.durations import format_duration
-from orchestration.language.rates import PoolLimit, RateLimit, settings_limits
 from orchestration.settings import Settings
+from orchestration.states import State
 
 # -- a run's waiting stages -----------------------------------------------------------------------
 
@@ -42,9 +42,13 @@ def waiting_of(
     """What a stage waits for: {label, since_at (epoch s), items (a fan-out's waiting items, else
     None)}, or None. `stage` is the stage of `Client.status`, `detail` its record."""
     state = stage.get("state")
-    if state == "queued" and detail.get("waiting"):
+    if state == State.QUEUED and detail.get("waiting"):
         return {"label": detail["waiting"], "since_at": _number(detail.get("waiting_since")), "items": None}
-    if state != "running" or "items_total" not in stage or stage.get("items_done") == stage["items_total"]:
+    if (
+        state != State.RUNNING
+        or "items_total" not in stage
+        or stage.get("items_done") == stage["items_total"]
+    ):
         return None
     if not detail.get("waiting") and not _limited(store.graph(run_id), stage_id):
         return None  # no item of a fan-out without limits waits: its items hash is not scanned
@@ -72,7 +76,7 @@ def _number(value: str | None) -> float | None:
 def state_label(stage: Mapping[str, Any]) -> str:
     """The state as shown: `waiting (pool llm 4/4)` for a queued stage that waits for a slot,
     `running (2 items waiting: pool llm 4/4)` for a fan-out whose items wait, else the state."""
-    state = str(stage.get("state") or "pending")
+    state = str(stage.get("state") or State.PENDING)
     waiting = stage.get("waiting")
     if not waiting:
         return state
@@ -85,51 +89,12 @@ def state_label(stage: Mapping[str, Any]) -> str:
 # -- a plan's limits --------------------------------------------------------------------------------
 
 
-def stage_limits(
-    graph: RunGraph,
-    node: Node,
-    pools: Mapping[str, PoolLimit] | None = None,
-    type_rates: Mapping[str, RateLimit] | None = None,
-) -> list[str]:
-    """The limits a stage starts under: `pool llm (4)`, `key deploy-prod`, `rate vendor.call 5/s`,
-    `gpu 2`, `memory 64 GB` (the run's `max_parallel` is the run's). `pools`/`type_rates`: the
-    settings' (CHORDFLOW_POOLS, CHORDFLOW_RATE_LIMITS), the tighter of them and the file's counting."""
-    gate = gate_for(graph, node, "", pools, type_rates)
-    if gate is None:
-        return []
-    out = []
-    for count in gate.counts:
-        if count.id.startswith("pool:"):
-            out.append(f"{count.label} ({count.cap})")
-        elif not count.id.startswith("run:"):
-            out.append(count.label)
-    out += [rate.label for rate in gate.rates]
-    if gate.gpu:
-        out.append(f"gpu {gate.gpu}")
-    if gate.memory_gb:
-        out.append(f"memory {gate.memory_gb:g} GB")
-    return out
-
-
-def _settings_limits(settings: Settings) -> tuple[dict[str, PoolLimit], dict[str, RateLimit]]:
-    try:
-        return settings_limits(settings)
-    except ValueError:  # a malformed setting: the workers refuse to start on it, a plan shows the file's
-        return {}, {}
-
-
-def plan_limits(graph: RunGraph, settings: Settings) -> dict[str, list[str]]:
-    """Stage id -> `stage_limits`, with this process's settings."""
-    pools, rates = _settings_limits(settings)
-    return {node.id: stage_limits(graph, node, pools, rates) for node in graph.nodes}
-
-
 def live_waits(settings: Settings, graph: RunGraph, timeout_s: float = 2.0) -> dict[str, list[str]] | None:
     """Stage id -> the pools and concurrency keys it names that are full right now (`pool llm 4/4`),
     read from the configured Redis; None without a reachable Redis."""
     if not settings.redis_url:
         return None
-    pools, rates = _settings_limits(settings)
+    pools, rates = settings_limits_or_none(settings)
     counts = {
         node.id: [c for c in gate.counts if not c.id.startswith("run:")]
         for node in graph.nodes

@@ -18,13 +18,14 @@ from orchestration.cli._common import (
 )
 from orchestration.cli.runview import run_view
 from orchestration.language.ids import check_run_id
+from orchestration.states import RunStatus, State
 
 
 def _control(op: str, run_id: str, as_json: bool = False) -> int:
     check_run_id(run_id)
     client = client_from_env()
     outcome = getattr(client, op)(run_id)
-    ok = outcome in ("cancelled", "paused", "resumed", "retrying")
+    ok = outcome in (RunStatus.CANCELLED, RunStatus.PAUSED, "resumed", State.RETRYING)
     if as_json:
         status = client.store.run_status(run_id)
         print_json({"run_id": run_id, "action": op, "ok": ok, "outcome": outcome, "status": status})
@@ -77,7 +78,7 @@ def retry_command(run_id: str, follow: bool, as_json: bool) -> int:
         return stopped_following(run_id)
     if not as_json:
         progress.print_summary(run_view(client, run_id), outputs=False)
-    return EXIT_OK if final == "succeeded" else EXIT_FAILED
+    return EXIT_OK if final == RunStatus.SUCCEEDED else EXIT_FAILED
 
 
 COMMANDS = (cancel, pause, resume, retry_command)

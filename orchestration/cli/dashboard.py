@@ -85,10 +85,10 @@ from orchestration.cli.dashboard_fleet import (
 from orchestration.cli.dashboard_http import BadRequest, BoundedServer, JsonHandler, body_length, page_csp
 from orchestration.engine import redis_url
 from orchestration.engine.attempts import AttemptHistory
-from orchestration.engine.states import RunStatus, State
 from orchestration.engine.store import connect
 from orchestration.errors import ChordflowError, InvalidId, RunNotFound
 from orchestration.settings import Settings
+from orchestration.states import RunStatus, State
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8765
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})

@@ -17,7 +17,6 @@ from celery.schedules import BaseSchedule, crontab, schedule
 from orchestration.cli.dashboard_data import RUN_NUMBERS, _number
 from orchestration.cli.dashboard_http import BadRequest
 from orchestration.engine.dependencies import registry
-from orchestration.engine.states import RunStatus
 from orchestration.engine.store import RunStore
 from orchestration.errors import ChordflowError, RunNotFound
 from orchestration.fleet import health
@@ -26,6 +25,7 @@ from orchestration.fleet.schedules import BEAT_MAX_INTERVAL_S, list_schedules, p
 from orchestration.graph.resolve import RunGraph, resolve
 from orchestration.language.spec import PipelineSpec
 from orchestration.settings import Settings
+from orchestration.states import RunStatus
 
 PAGE_DEFAULT, PAGE_MAX = 25, 200
 SCAN_MAX = 5000  # run ids read per request at most while filtering by status (the page says so)

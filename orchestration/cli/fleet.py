@@ -218,21 +218,25 @@ def schedule_remove(name: str) -> int:
 @click.option(
     "--worker",
     "worker_probe",
-    is_flag=True,
-    help="Liveness of this machine's worker only: Redis reachable and its heartbeat fresh "
-    "(for container probes; a stale pipeline elsewhere must not restart workers).",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[NAME]",
+    help="Liveness of one worker only: Redis reachable and its heartbeat fresh. NAME is the "
+    "worker's `-n` name (default: this machine's hostname), for container probes; a stale "
+    "pipeline elsewhere must not restart workers.",
 )
 @json_option
 @command
-def health(worker_probe: bool, as_json: bool) -> int:
+def health(worker_probe: str | None, as_json: bool) -> int:
     """Redis, workers per queue, queue depths, stages waiting for capacity, stale pipelines; exit 1
     when unhealthy, saying why."""
     settings = _settings_with_redis()
     # two tries of half the limit each: an answer within redis_timeout_s, reachable or not
     half = max(0.5, settings.redis_timeout_s / 2)
-    if worker_probe:
+    if worker_probe is not None:
         with redis_url.fail_fast(half):
-            ok, why = health_checks.worker_alive(settings, socket.gethostname())
+            ok, why = health_checks.worker_alive(settings, worker_probe or socket.gethostname())
         print_json({"healthy": ok, "reason": why}) if as_json else say(why, err=not ok)
         return EXIT_OK if ok else EXIT_FAILED
     report = health_checks.check(settings, timeout_s=half)
@@ -243,6 +247,8 @@ def health(worker_probe: bool, as_json: bool) -> int:
     for warning in report.warnings:
         say(f"WARNING: {warning}", err=True)
     if report.reachable:
+        for line in report.replication.lines():  # role, replicas and their lag
+            say(line)
         console.print(_queue_table(report))
         for line in capacity_lines(report.capacity):  # stages waiting for GPUs or memory, per queue
             say(line)

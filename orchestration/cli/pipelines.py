@@ -28,8 +28,9 @@ from orchestration.fleet import chains
 from orchestration.fleet.pipelines import AssetRow, PipelineRow, asset_rows, pipeline_rows
 from orchestration.fleet.registry import register, unregister
 from orchestration.graph import pipeline_map
-from orchestration.graph.render import term
+from orchestration.graph.render import term, term_lines
 from orchestration.language.loader import parse_override
+from orchestration.states import RunStatus
 
 
 def _client() -> Client:
@@ -67,7 +68,7 @@ def pipelines_list(as_json: bool) -> int:
         return EXIT_OK
     table = Table("pipeline", "schedule", "last run", "last success", "freshness", "dependencies", "provides")
     for row in rows:
-        table.add_row(*(term(cell) for cell in _cells(row)))
+        table.add_row(*(term_lines(cell) for cell in _cells(row)))  # `dependencies`: one a line
     console.print(table)
     return EXIT_OK
 
@@ -195,9 +196,9 @@ def _drive(client: Client, found: chains.Chain, timeout: float | None, as_json: 
         print_json(done.as_dict())
     else:
         say(chains.describe(done))
-        if done.status == "failed":
+        if done.status == RunStatus.FAILED:
             say(f"fix it, then `chordflow chain resume {done.chain_id}` goes on from {done.failed}")
-    return EXIT_OK if done.status == "succeeded" else EXIT_FAILED
+    return EXIT_OK if done.status == RunStatus.SUCCEEDED else EXIT_FAILED
 
 
 @chain.command("run")
@@ -232,7 +233,7 @@ def chain_resume(chain_id: str | None, timeout: float | None, as_json: bool) -> 
     the runs that did; that pipeline runs again from its registered file."""
     client = _client()
     found = chains.load(client, chain_id)
-    if found.status == "succeeded":
+    if found.status == RunStatus.SUCCEEDED:
         print_json(found.as_dict()) if as_json else say(f"{chains.describe(found)}: nothing to resume")
         return EXIT_OK
     return _drive(client, found, timeout, as_json)

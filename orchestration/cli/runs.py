@@ -36,16 +36,15 @@ from orchestration.cli._common import (
     stopped_following,
 )
 from orchestration.cli.capacity_view import placement_warnings
-from orchestration.cli.runview import iso, run_record, run_view, to_json
+from orchestration.cli.runview import iso, run_view, to_json, typed_event
 from orchestration.engine import redis_url
-from orchestration.engine.states import RunStatus
 from orchestration.engine.store import connect
 from orchestration.fleet.embedded import RedisServer, WorkerProcess, wait_for_workers
 from orchestration.graph.render import term
 from orchestration.graph.resolve import resolve
-from orchestration.language.durations import parse_duration
 from orchestration.language.ids import check_idempotency_key, check_run_id
 from orchestration.settings import Settings
+from orchestration.states import RunStatus
 
 
 @contextmanager
@@ -190,6 +189,12 @@ def _submit_and_show(
             say("waiting for dependencies:\n" + "\n".join(f"  {line}" for line in unmet), err=True)
 
         client.wait_for_dependencies(spec, timeout, on_wait=None if as_json else waiting)
+    for name in unknown_upstreams(client, spec):
+        say(
+            f"warning: depends_on '{name}' names a pipeline that is not registered and never ran "
+            "(a typo? `chordflow pipelines` lists the registered ones)",
+            err=True,
+        )
     with placement_warnings():  # what the placement check only warns of goes to stderr
         handle = client.submit(
             spec,
@@ -218,7 +223,16 @@ def _submit_and_show(
         print_json(to_json(status))
     else:
         progress.print_summary(status, show_outputs)
-    return EXIT_OK if final == "succeeded" else EXIT_FAILED
+    return EXIT_OK if final == RunStatus.SUCCEEDED else EXIT_FAILED
+
+
+def unknown_upstreams(client: Client, spec: Any) -> list[str]:
+    """The pipelines `spec` depends on that are neither registered nor have a run on this Redis."""
+    named = list(dict.fromkeys(d.pipeline for d in getattr(spec, "depends_on", ()) or ()))
+    if not named:
+        return []
+    registered = client.store.registered_pipelines()
+    return [name for name in named if name not in registered and not client.store.recent_runs(1, name)]
 
 
 def _when(t: float | None) -> str:
@@ -264,14 +278,25 @@ def status(run_id: str, items: bool, as_json: bool) -> int:
     client = client_from_env()
     data = run_view(client, run_id, items=items)
     origin = client.origin(run_id)  # triggered_by, forced, chain, schedule, skipped
+    read_at = time.time()
+    left = (
+        progress.RunEta(client, run_id).left_s(data, read_at) if data["status"] == RunStatus.RUNNING else None
+    )
     if as_json:
-        print_json({**to_json(data), **({"origin": origin} if origin else {})})
+        eta = {"eta_s": _rounded(left), "read_at": iso(read_at)}  # the time left, as of when it was read
+        print_json({**to_json(data), **eta, **({"origin": origin} if origin else {})})
     else:
-        progress.print_summary(data, outputs=False)
+        progress.print_summary(data, outputs=False, eta_s=left)
         console.print(attempts_table(data, items))
         for line in _origin_lines(origin):
             say(line)
-    return EXIT_OK if data["status"] != "failed" else EXIT_FAILED
+    # the docs' table: 1 for a run that failed or was cancelled (as `watch` exits); a skipped run
+    # never started, and says why
+    return EXIT_FAILED if data["status"] in (RunStatus.FAILED, RunStatus.CANCELLED) else EXIT_OK
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)
 
 
 def _origin_lines(origin: dict[str, Any]) -> list[str]:
@@ -285,22 +310,23 @@ def _origin_lines(origin: dict[str, Any]) -> list[str]:
         lines.append("forced: " + ("; ".join(unmet) if unmet else "its dependencies were met anyway"))
     if "chain" in origin:
         lines.append(f"chain {origin['chain']} (`chordflow chain status {origin['chain']}`)")
-    if "skipped" in origin:
-        lines.append(f"skipped, not started: {origin['skipped']}")
+    if RunStatus.SKIPPED in origin:
+        lines.append(f"{RunStatus.SKIPPED}, not started: {origin[RunStatus.SKIPPED]}")
     return lines
 
 
 def _watch_json(client: Client, run_id: str, timeout: float | None) -> str:
     """`watch --json`: one JSON object per event as it comes (typed), then the run's status."""
 
+    run_eta = progress.RunEta(client, run_id)
+
     def emit(event: dict[str, str]) -> None:
-        typed: dict[str, Any] = {k: v for k, v in event.items() if k not in ("t", "attempt", "error")}
-        typed["t"] = iso(float(event["t"])) if event.get("t") else None
-        if event.get("attempt"):
-            typed["attempt"] = int(event["attempt"])
-        if event.get("error"):
-            typed["error"] = to_json({"error": event["error"]})["error"]
-        print_json_line({"event": typed})
+        typed = typed_event(event)
+        line: dict[str, Any] = {"event": typed}
+        if typed.get("kind") == "stage":  # the time left as of `read_at` (null once the run ended)
+            line["eta_s"] = _rounded(run_eta.now_left_s(client, run_id))
+            line["read_at"] = iso(time.time())
+        print_json_line(line)
 
     final = client.follow(run_id, timeout, on_event=emit)
     print_json_line({"status": to_json(run_view(client, run_id))})
@@ -323,63 +349,12 @@ def watch(run_id: str, timeout: float | None, items: bool, as_json: bool) -> int
     try:
         if as_json:
             final = _watch_json(client, run_id, timeout)
-            return EXIT_OK if final == "succeeded" else EXIT_FAILED
+            return EXIT_OK if final == RunStatus.SUCCEEDED else EXIT_FAILED
         final = progress.follow(client, run_id, console, timeout, items)
     except KeyboardInterrupt:
         return stopped_following(run_id)
     progress.print_summary(run_view(client, run_id), outputs=False)
-    return EXIT_OK if final == "succeeded" else EXIT_FAILED
+    return EXIT_OK if final == RunStatus.SUCCEEDED else EXIT_FAILED
 
 
-def _since(_: click.Context, __: click.Parameter, value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        return parse_duration(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-
-
-@click.command()
-@click.option("--pipeline", help="Only runs of this pipeline.")
-@click.option(
-    "--status", "state", type=click.Choice([s.value for s in RunStatus]), help="Only runs in this state."
-)
-@click.option(
-    "--since",
-    callback=_since,
-    metavar="DURATION",
-    help="Only runs submitted in the last DURATION (90, 30m, 1h, 2d).",
-)
-@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10_000))
-@json_option
-@command
-def runs(pipeline: str | None, state: str | None, since: float | None, limit: int, as_json: bool) -> int:
-    """Recent runs, newest first."""
-    records = []
-    horizon = time.time() - since if since is not None else 0
-    for record in client_from_env().runs(limit if not (state or since) else limit * 10, pipeline):
-        typed = run_record(record)
-        if (state and typed["status"] != state) or (typed["created_at"] or 0) < horizon:
-            continue
-        records.append(typed)
-        if len(records) >= limit:
-            break
-    if as_json:
-        print_json(to_json(records))
-        return EXIT_OK
-    table = Table("run", "pipeline", "status", "submitted", "took")
-    for r in records:
-        took = f"{r['duration_s']:.1f}s" if r.get("duration_s") is not None else ""
-        table.add_row(
-            term(r["run_id"]),
-            term(r.get("pipeline") or ""),
-            term(r.get("status") or ""),
-            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created_at"] or 0)),
-            took,
-        )
-    console.print(table)
-    return EXIT_OK
-
-
-COMMANDS = (submit, status, watch, runs)
+COMMANDS = (submit, status, watch)

@@ -21,7 +21,7 @@ from typing import Any
 from orchestration.api import Client
 from orchestration.cli.capacity_view import waiting_of
 from orchestration.engine.attempts import AttemptHistory, complete, parse_error
-from orchestration.engine.states import State
+from orchestration.states import State
 
 ERROR_CURRENT = frozenset({State.FAILED, State.RETRYING, State.FALLBACK})
 EVENTS_PAGE = 10_000
@@ -99,7 +99,7 @@ def item_rows(client: Client, run_id: str, stage_id: str, history: AttemptHistor
     rows = []
     for index in sorted(set(records) | set(attempts)):
         record = records.get(index, {})
-        state = record.get("state", "pending")
+        state = record.get("state", State.PENDING)
         done = complete(attempts.get(index, []), stage_id, index, state, record)
         rows.append(
             {
@@ -180,4 +180,25 @@ def run_record(record: dict[str, str]) -> dict[str, Any]:
     return out
 
 
-__all__ = ["iso", "item_rows", "read_history", "run_record", "run_view", "to_json"]
+# event fields that hold numbers, and those that are flags ("1" or absent)
+_EVENT_NUMBERS = ("attempt", "item", "items", "round", "delay_ms")
+_EVENT_FLAGS = ("retry",)
+
+
+def typed_event(event: dict[str, str]) -> dict[str, Any]:
+    """An event of a run's stream as `watch --json` gives it: `t` as an ISO time, numbers as
+    numbers (`item` null for a stage's own event), flags as booleans, an error as an object."""
+    typed: dict[str, Any] = dict(event)
+    typed["t"] = iso(float(event["t"])) if event.get("t") else None
+    for name in _EVENT_NUMBERS:
+        if name in event:
+            typed[name] = number_or_text(event[name]) if event[name] != "" else None
+    for name in _EVENT_FLAGS:
+        if name in event:
+            typed[name] = event[name] not in ("", "0")
+    if event.get("error"):
+        typed["error"] = to_json({"error": event["error"]})["error"]
+    return typed
+
+
+__all__ = ["iso", "item_rows", "read_history", "run_record", "run_view", "to_json", "typed_event"]

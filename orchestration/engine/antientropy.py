@@ -29,8 +29,8 @@ import redis
 from orchestration.engine.compiler import stage_signature
 from orchestration.engine.keys import Keys, encode_member
 from orchestration.engine.stage_message import MalformedMessage, StageMessage
-from orchestration.engine.states import RUN_FINAL, RunStatus, State
 from orchestration.graph.resolve import RunGraph
+from orchestration.states import RUN_FINAL, RunStatus, State
 
 log = logging.getLogger("chordflow.reaper")
 

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from orchestration.engine.states import TERMINAL, RunStatus, State
+from orchestration.states import TERMINAL, RunStatus, State
 
 # the outcome of an attempt: a stage state, or one of these
 RETRIED = "retried"  # failed, and was tried again

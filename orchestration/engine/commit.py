@@ -19,9 +19,9 @@ from typing import Any
 from orchestration.engine.keys import Keys, encode_member
 from orchestration.engine.limits import Capacity, Gate, GateKeys, dumps, holder
 from orchestration.engine.stage_message import StageMessage
-from orchestration.engine.states import State
 from orchestration.graph.resolve import RunGraph
 from orchestration.settings import Settings
+from orchestration.states import State
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,8 +26,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from orchestration.engine.records import SKIPPED, PipelineRecords
-from orchestration.engine.states import RunStatus
 from orchestration.language.spec import PipelineSpec
+from orchestration.states import RunStatus
 
 log = logging.getLogger("chordflow.pipelines")
 SCAN = 100  # newest runs of a pipeline read for its last end

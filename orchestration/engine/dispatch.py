@@ -20,11 +20,11 @@ from orchestration.engine.limits import gate_for
 from orchestration.engine.messages import item_template, stage_message
 from orchestration.engine.replies import Commit, CommitVerdict
 from orchestration.engine.stage_message import StageMessage
-from orchestration.engine.states import RunStatus, State
 from orchestration.engine.store import RunStore
 from orchestration.graph.resolve import Node, RunGraph
 from orchestration.language import expressions
 from orchestration.language.dag import children as children_of
+from orchestration.states import RunStatus, State
 
 log = logging.getLogger("chordflow.dispatch")
 

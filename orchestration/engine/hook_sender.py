@@ -10,12 +10,15 @@ one `HookSender`, a consumer of the stream's group `senders`. For each entry it:
    each in a helper thread it waits for at most `settings.hook_timeout_s` (a hook still
    running then is left to finish on its own and a warning names it; a hook that raises
    is logged and ignored);
-2. POSTs the entry to every webhook of the run (from the run's stored graph; none if the
-   run is gone; for `pipeline_stale`, the registered pipeline's) that wants it: retried
-   with backoff on network errors, timeouts, 5xx, 408 and 429, each POST bounded by the
+2. hands the entry to every webhook of the run (from the run's stored graph; none if the
+   run is gone; for `pipeline_stale`, the registered pipeline's) that wants it, to the
+   per-endpoint queues of `deliveries.Endpoints` (a bounded pool, one thread at a time per
+   URL, a circuit breaker per URL), and goes on with the next entry at once: a dead
+   endpoint delays its own queue only, never a trigger or another endpoint. Each POST is
+   retried with backoff on network errors, timeouts, 5xx, 408 and 429, bounded by the
    webhook's own timeout and the whole delivery by `settings.webhook_total_s`; a delivery
    that still fails is logged, with any user:password of its URL masked;
-3. acknowledges and deletes the entry.
+3. acknowledges and deletes the entry once every webhook of it is done (at once if none).
 
 Delivery is at least once: an entry stays pending on the sender that read it until that
 sender has delivered it; a sender that dies leaves its entries pending, and another
@@ -25,8 +28,8 @@ worker's sender takes them over (XAUTOCLAIM) once they have been idle for
 slow webhook is not delivered twice. An event can still reach a hook twice when its
 sender dies after delivering it and before acknowledging it.
 
-Order: one sender delivers the entries it reads in stream order. With several workers the
-entries are shared among their senders, and an entry taken over from a dead sender comes
+Order: one sender delivers the entries it reads in stream order to each endpoint (endpoints
+do not wait for each other). With several workers the entries are shared among their senders, and an entry taken over from a dead sender comes
 late, so the order in which hooks see events is guaranteed only per sender, not across
 workers.
 
@@ -42,9 +45,11 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from orchestration.engine import hooks, triggers
+from orchestration.engine.deliveries import Delivery, Endpoints
 from orchestration.engine.protocol import HookEntry, Store
 from orchestration.engine.store import RunStore, connect
 from orchestration.errors import RunNotFound
@@ -65,7 +70,9 @@ class HookSender(threading.Thread):
         self.stop = threading.Event()
         self._store = store
         self._group_ready = False
-        self._inflight: list[str] = []  # ids read and not yet acknowledged, in stream order
+        self._lock = threading.Lock()  # guards _inflight: webhook threads finish entries too
+        self._inflight: dict[str, int] = {}  # id read and not yet acknowledged -> deliveries left
+        self._endpoints: Endpoints | None = None
         self._touched = 0.0
         self._next_claim = 0.0
         self.touch_every = max(0.5, settings.hook_claim_idle_s / 4)
@@ -77,6 +84,13 @@ class HookSender(threading.Thread):
         if self._store is None:
             self._store = RunStore(connect(self.settings), self.settings)
         return self._store
+
+    @property
+    def endpoints(self) -> Endpoints:
+        """The webhook delivery pool (its threads start with the first webhook)."""
+        if self._endpoints is None:
+            self._endpoints = Endpoints(self.settings)
+        return self._endpoints
 
     @property
     def run_ends(self) -> triggers.RunEnds | None:
@@ -109,6 +123,7 @@ class HookSender(threading.Thread):
         """Deliver what is due: entries left idle by dead senders, then new ones (waiting up to
         `block_ms` for some). Returns how many entries were handled."""
         self._ensure_group()
+        self._touch()
         handled = 0
         now = time.monotonic()
         if now >= self._next_claim:
@@ -149,27 +164,48 @@ class HookSender(threading.Thread):
         return claimed
 
     def _deliver_all(self, entries: Sequence[HookEntry]) -> int:
-        self._inflight = [entry_id for entry_id, _ in entries if entry_id is not None]
-        self._touched = time.monotonic()
+        """Deliver each entry: its triggers and Python hooks now, its webhooks handed to the pool;
+        an entry is acknowledged when the last of its webhooks is done (at once when it has none)."""
         handled = 0
-        try:
-            for entry_id, fields in entries:
-                if entry_id is None:
+        for entry_id, fields in entries:
+            if entry_id is None:
+                continue
+            with self._lock:
+                if entry_id in self._inflight:  # taken over from ourselves: still being delivered
                     continue
-                event = _event(entry_id, fields)
+                self._inflight[entry_id] = 1  # this loop's own share, given up below
+            event = _event(entry_id, fields)
+            try:
                 if event is not None:
                     # A Redis error propagates: the entry stays pending and is taken over later.
-                    self.deliver(event)
-                self.store.ack_hook(GROUP, entry_id)
-                self._inflight.remove(entry_id)
-                handled += 1
-        finally:
-            self._inflight = []
+                    self.deliver(event, entry_id)
+            except BaseException:
+                with self._lock:
+                    self._inflight.pop(entry_id, None)
+                raise
+            self._done(entry_id)
+            handled += 1
         return handled
 
+    def _done(self, entry_id: str) -> None:
+        """One share of the entry's delivery is done; the last one acknowledges it."""
+        with self._lock:
+            left = self._inflight.get(entry_id, 0) - 1
+            if left > 0:
+                self._inflight[entry_id] = left
+                return
+            self._inflight.pop(entry_id, None)
+        try:
+            self.store.ack_hook(GROUP, entry_id)
+        except Exception as exc:  # noqa: BLE001 - left pending: delivered again later (at least once)
+            log.warning("hook sender: could not acknowledge event %s: %s", entry_id, hooks.mask(f"{exc}"))
+
     # -- one event -------------------------------------------------------------------------
-    def deliver(self, event: dict[str, Any]) -> None:
-        """Run the Python hooks of the event's kind, then POST it to the run's webhooks that want it.
+    def deliver(self, event: dict[str, Any], entry_id: str | None = None) -> None:
+        """Run the Python hooks of the event's kind, then queue it for the run's webhooks that want
+        it (`deliveries.Endpoints`). For an outbox entry (`entry_id`), each queued webhook gives up
+        one share of the entry when it is done (the last acknowledges it, `_done`); without one,
+        this waits for the webhooks before it returns.
 
         A run's end first goes to `run_ends` (record it, submit what it triggers); a Redis error
         there propagates, so the entry stays pending and is delivered again."""
@@ -210,7 +246,7 @@ class HookSender(threading.Thread):
                 webhooks = self.store.graph(run_id).webhooks
         except RunNotFound:
             return
-        total = self.settings.webhook_total_s
+        queued: list[Any] = []
         for webhook in webhooks:
             if not hooks.wants(webhook, event):
                 continue
@@ -224,27 +260,18 @@ class HookSender(threading.Thread):
                     refused,
                 )
                 continue
-
-            def send(webhook: Any = webhook) -> None:
-                hooks.post(webhook, event, total)
-
-            error, finished = self._bounded(send, total + webhook.timeout + 1, "webhook")
-            if not finished:
-                log.error(
-                    "webhook %s for %s of run %s did not answer within %gs; given up",
-                    hooks.mask(webhook.url),
-                    kind,
-                    run_id,
-                    total,
-                )
-            elif error is not None:
-                log.error(
-                    "webhook %s for %s of run %s failed after retries: %s",
-                    hooks.mask(webhook.url),
-                    kind,
-                    run_id,
-                    hooks.mask(f"{type(error).__name__}: {error}"),
-                )
+            queued.append(webhook)
+        if entry_id is not None:
+            with self._lock:  # one share per webhook, each given up by its delivery's `done`
+                self._inflight[entry_id] = self._inflight.get(entry_id, 0) + len(queued)
+            for webhook in queued:
+                self.endpoints.submit(Delivery(webhook, event, partial(self._done, entry_id)))
+            return
+        delivered = threading.Semaphore(0)
+        for webhook in queued:
+            self.endpoints.submit(Delivery(webhook, event, delivered.release))
+        for _ in queued:
+            delivered.acquire()
 
     def _bounded(
         self, fn: Callable[[], None], limit_s: float, what: str
@@ -273,12 +300,15 @@ class HookSender(threading.Thread):
         return outcome.get("error"), not helper.is_alive()
 
     def _touch(self) -> None:
-        """Reset the idle time of the entries we hold, so no other sender takes them over."""
+        """Reset the idle time of the entries we hold (in the loop, or queued for webhooks), so no
+        other sender takes them over."""
         if not self._inflight or time.monotonic() - self._touched < self.touch_every:
             return
         self._touched = time.monotonic()
         try:
-            self.store.hold_hooks(GROUP, self.consumer, self._inflight)
+            with self._lock:
+                held = list(self._inflight)
+            self.store.hold_hooks(GROUP, self.consumer, held)
         except Exception:
             log.debug("hook sender: could not touch pending events", exc_info=True)
 

@@ -36,7 +36,15 @@ from orchestration.errors import ChordflowError
 from orchestration.language.options import Webhook, webhook_url_problem
 
 log = logging.getLogger("chordflow.hooks")
-KINDS = ("stage_start", "stage_complete", "stage_error", "run_complete", "run_paused", "run_resumed")
+KINDS = (
+    "run_start",
+    "stage_start",
+    "stage_complete",
+    "stage_error",
+    "run_complete",
+    "run_paused",
+    "run_resumed",
+)
 Hook = Callable[[dict[str, Any]], Any]
 _HOOKS: dict[str, list[Hook]] = {kind: [] for kind in KINDS}
 
@@ -46,6 +54,10 @@ def register(kind: str, fn: Hook) -> Hook:
         raise ValueError(f"unknown hook {kind!r}; hooks are {', '.join(KINDS)}")
     _HOOKS[kind].append(fn)
     return fn
+
+
+def on_run_start(fn: Hook) -> Hook:
+    return register("run_start", fn)
 
 
 def on_stage_start(fn: Hook) -> Hook:
@@ -84,6 +96,13 @@ def entry(kind: str, event: Mapping[str, Any], webhooks: Iterable[Webhook]) -> s
     if not _HOOKS.get(kind) and not any(wants(hook, payload) for hook in webhooks):
         return None
     return json.dumps(payload, default=str, separators=(",", ":"))
+
+
+def announced(kind: str, event: Mapping[str, Any]) -> str:
+    """The outbox entry of an event announced whoever listens: decided outside a worker (a run's
+    start at submit, an end decided by the dispatcher), where this process's Python hooks are not
+    the workers' (the hook sender skips it when no hook or webhook of the run wants it)."""
+    return json.dumps({"kind": kind, **event}, default=str, separators=(",", ":"))
 
 
 def wants(hook: Webhook, payload: Mapping[str, Any]) -> bool:

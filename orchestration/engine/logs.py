@@ -2,14 +2,17 @@
 
 Each attempt of a stage (or of one fan-out item) that logs anything has its own Redis stream
 (`keys.log_stream`): one entry per line, `t` (epoch s, the worker's clock), `lv` (the level:
-DEBUG, INFO, WARNING, ERROR, CRITICAL for `ctx.log`; STDOUT, STDERR for a shell stage's output)
-and `m` (the text). The worker sends its lines in batches, one round trip per batch, from a
-background thread of the attempt (workers/livelog.py); an attempt that logs nothing costs
-nothing. A stream keeps the last `log_lines_cap` lines (XADD MAXLEN); the index of the stage
-(`keys.log_index`) counts every line sent, so a reader can say how many earlier ones were
-trimmed. Marker entries frame each run of the attempt: `BEGIN` (the first batch) and `END` (the
-outcome, written before the attempt's commit). A stream expires `run_ttl_s` after its last
-batch, and its index with the run's other keys.
+DEBUG, INFO, WARNING, ERROR, CRITICAL for `ctx.log` and a Python stage's `logging` records;
+STDOUT, STDERR for a stage's output, `print()` included) and `m` (the text). The worker sends
+its lines in batches, one round trip per batch, from a background thread of the attempt
+(workers/livelog.py); an attempt that logs nothing costs nothing. A stream keeps the last
+`log_lines_cap` lines (XADD MAXLEN); the index of the stage (`keys.log_index`) counts every entry
+sent and every line the worker dropped before sending, and names where the entries that are not
+lines (markers, notes) were, so `sent` minus `attempt_log_lengths` is exactly how many lines were
+not kept. Marker entries frame each run of the attempt: `BEGIN` (the first batch) and `END` (the
+outcome, written before the attempt's commit); a failed attempt's last lines before its `END` are
+its traceback's tail, ending with the error, at level `TRACEBACK`. A stream expires `run_ttl_s`
+after its last batch, and its index with the run's other keys.
 
 `AttemptLogs` is a part of the run store (`store.RunStore`): the store's client stays private.
 """
@@ -25,6 +28,7 @@ from orchestration.engine.keys import Keys
 from orchestration.settings import Settings
 
 MARKERS = frozenset({"BEGIN", "END"})
+FAILURE = "TRACEBACK"  # the level of the lines that end a failed attempt's log: its traceback's tail
 EXACT_TRIM_BELOW = 1000  # `MAXLEN ~` trims by whole radix-tree nodes (100 entries): exact for small caps
 
 
@@ -96,6 +100,24 @@ def parse_index(stage_id: str, raw: Mapping[str, str]) -> list[AttemptLogInfo]:
     return sorted(found.values(), key=lambda i: (-1 if i.item is None else i.item, i.attempt))
 
 
+def trimmed_marks(raw_meta: str | None, length: int) -> int:
+    """How many of the entries that are not lines (markers, notes) a stream of `length` entries
+    trimmed: its oldest ones go first, so those among the first `written - length` the worker sent,
+    by the positions its meta names (`written`, `marks`, `marks_before`: workers/livelog.py)."""
+    if not raw_meta:
+        return 0
+    try:
+        meta = json.loads(raw_meta)
+        trimmed = int(meta.get("written") or 0) - length
+        marks = [int(m) for m in meta.get("marks") or ()]
+        before = int(meta.get("marks_before") or 0)
+    except (ValueError, TypeError, AttributeError):
+        return 0
+    if trimmed <= 0:
+        return 0
+    return before + sum(1 for m in marks if m < trimmed)
+
+
 def _line(entry_id: str, fields: Mapping[str, str]) -> LogLine:
     try:
         t = float(fields.get("t", 0))
@@ -129,6 +151,8 @@ class AttemptLogs:
         stream = self.keys.log_stream(run_id, stage_id, item, attempt)
         index = self.keys.log_index(run_id, stage_id)
         name = index_field(item, attempt)
+        meta = dict(meta)
+        dropped = int(meta.pop("dropped_now", 0) or 0)  # lines the worker dropped: counted, not sent
         pipe = self._r.pipeline(transaction=False)
         for t, level, text in entries:
             pipe.xadd(
@@ -138,7 +162,7 @@ class AttemptLogs:
                 approximate=cap >= EXACT_TRIM_BELOW,
             )
         pipe.hset(index, name, json.dumps(dict(meta), separators=(",", ":")))
-        pipe.hincrby(index, f"{name}:n", len(entries))
+        pipe.hincrby(index, f"{name}:n", len(entries) + dropped)
         pipe.expire(stream, ttl)
         pipe.expire(index, ttl)
         pipe.execute()
@@ -166,11 +190,18 @@ class AttemptLogs:
         return [_line(eid, f) for eid, f in self._r.xrange(stream, start, "+", count=count)]
 
     def attempt_log_lengths(self, run_id: str, refs: Sequence[tuple[str, int | None, int]]) -> list[int]:
-        """How many entries each (stage, item, attempt) stream holds now; one round trip."""
+        """How many entries each (stage, item, attempt) stream holds now, counting as held the
+        markers and notes it trimmed: `sent` minus this is exactly the lines not kept. One round trip."""
         pipe = self._r.pipeline(transaction=False)
         for sid, item, attempt in refs:
             pipe.xlen(self.keys.log_stream(run_id, sid, item, attempt))
-        return [int(n) for n in pipe.execute()]
+            index = self.keys.log_index(run_id, sid)
+            pipe.hget(index, index_field(item, attempt))
+        replies = pipe.execute()
+        out = []
+        for length, raw in zip(replies[::2], replies[1::2]):
+            out.append(int(length) + trimmed_marks(raw, int(length)))
+        return out
 
     def wait_attempt_logs(
         self, run_id: str, after: Mapping[tuple[str, int | None, int], str], block_ms: int
@@ -189,11 +220,13 @@ class AttemptLogs:
 
     def log_text(self, run_id: str, stage_id: str) -> list[str]:
         """Every line a stage logged, as text: what workers before the streams kept, then each
-        attempt's lines (no markers), attempt by attempt."""
+        attempt's lines (no markers, no traceback of a failure), attempt by attempt."""
         lines = list(self._r.lrange(self.keys.logs(run_id, stage_id), 0, -1))
         for info in self.attempt_log_index(run_id, [stage_id])[stage_id]:
             lines += [
-                e.text for e in self.attempt_log(run_id, stage_id, info.item, info.attempt) if not e.marker
+                e.text
+                for e in self.attempt_log(run_id, stage_id, info.item, info.attempt)
+                if not e.marker and e.level != FAILURE
             ]
         return lines
 

@@ -32,9 +32,9 @@ from orchestration.engine.compiler import first_signature, item_signatures, stag
 from orchestration.engine.dispatch import Dispatcher
 from orchestration.engine.protocol import Store
 from orchestration.engine.stage_message import StageMessage
-from orchestration.engine.states import RUN_ACTIVE, RunStatus, State
 from orchestration.errors import RunNotFound
 from orchestration.graph.resolve import Node, RunGraph
+from orchestration.states import RUN_ACTIVE, RunStatus, State
 
 log = logging.getLogger("chordflow.reaper")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import redis
@@ -20,8 +20,8 @@ from redis.lock import Lock
 
 from orchestration.engine.reads import RunReads
 from orchestration.engine.scripts import source
-from orchestration.engine.states import RunStatus
 from orchestration.graph.resolve import RunGraph
+from orchestration.states import RunStatus
 
 SKIPPED = RunStatus.SKIPPED  # the status of a run that was recorded but not started (its dependencies)
 HOOKS_MAXLEN = 100_000  # as the scripts trim the hooks outbox (lua/_common.lua)
@@ -33,15 +33,28 @@ class PipelineRecords(RunReads):
     _record_end: Any = None
 
     # -- the registry ----------------------------------------------------------------------------
-    def register_pipeline(self, name: str, entry: Mapping[str, Any], triggers_on: Sequence[str]) -> bool:
+    def register_pipeline(
+        self,
+        name: str,
+        entry: Mapping[str, Any],
+        triggers_on: Sequence[str],
+        check: Callable[[dict[str, dict[str, Any]]], None] | None = None,
+    ) -> bool:
         """Store (or replace) pipeline `name`'s entry, and index it under each pipeline whose success
-        triggers it (`triggers_on`), dropping the index of its previous entry; returns whether it is new."""
+        triggers it (`triggers_on`), dropping the index of its previous entry; returns whether it is new.
+
+        `check(entries)` sees the whole registry as it is when the write commits and may raise to
+        refuse it: the registry is WATCHed from that read to the write, so two registrations that
+        each pass alone (A triggered by B, B by A) cannot both land; the loser re-reads and re-checks."""
         k = self.keys
         with self._r.pipeline(transaction=True) as pipe:
             while True:
                 try:
                     pipe.watch(k.registry())
-                    old = _json(pipe.hget(k.registry(), name))
+                    entries = {n: _json(raw) for n, raw in pipe.hgetall(k.registry()).items()}
+                    if check is not None:
+                        check(entries)
+                    old = entries.get(name) or {}
                     pipe.multi()
                     for upstream in old.get("triggers_on") or ():
                         pipe.srem(k.triggered_by(upstream), name)

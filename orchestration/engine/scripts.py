@@ -17,7 +17,7 @@ import redis
 
 from orchestration.engine.keys import lua_members
 from orchestration.engine.messages import COUNT, ITEM
-from orchestration.engine.states import lua_prelude
+from orchestration.states import lua_prelude
 
 # scripts that always admit or release capacity get lua/_limits.lua; begin, finish and retry get it
 # only in their gated variant (`limits=True`), so a stage with no limits runs the script it always did

@@ -30,17 +30,17 @@ from redis.backoff import ExponentialBackoff
 from redis.lock import Lock
 from redis.retry import Retry
 
-from orchestration.engine import durability
+from orchestration.engine import durability, hooks
 from orchestration.engine.antientropy import MissingMessages
 from orchestration.engine.keys import decode_member, encode_member
 from orchestration.engine.logs import AttemptLogs
 from orchestration.engine.protocol import HookEntry
-from orchestration.engine.records import PipelineRecords
+from orchestration.engine.records import HOOKS_MAXLEN, PipelineRecords
 from orchestration.engine.replies import Commit
-from orchestration.engine.states import RUN_FINAL, TERMINAL, RunStatus, State
 from orchestration.engine.transitions import Transitions
 from orchestration.graph.resolve import RunGraph
 from orchestration.settings import Settings
+from orchestration.states import RUN_FINAL, TERMINAL, RunStatus, State
 
 __all__ = ["RUN_FINAL", "TERMINAL", "Commit", "RunStore", "connect", "new_run_id"]
 
@@ -51,7 +51,8 @@ def new_run_id() -> str:
 
 
 def connect(settings: Settings, timeout_s: float | None = None) -> redis.Redis:
-    """A client for the configured URL (redis:// or rediss://, with AUTH if the URL has it).
+    """A client for the configured URL (redis://, rediss://, unix://, or redis+sentinel:// and
+    rediss+sentinel://, which follow the primary Sentinel names; with AUTH if the URL has it).
 
     With `timeout_s`, a client that fails fast instead: no connection retries, every call
     bounded by `timeout_s` (lease renewal must notice a cut link within a heartbeat). Inside
@@ -184,12 +185,27 @@ class RunStore(Transitions, AttemptLogs, PipelineRecords):
             pipe.zadd(k.outbox(), {encode_member(run_id, sid): now for sid in roots})
         pipe.zadd(k.runs(), {run_id: now})
         pipe.zadd(k.active_runs(), {run_id: now})
+        start = {
+            "run_id": run_id,
+            "pipeline": graph.name,
+            "status": RunStatus.RUNNING,
+            "stages": len(graph.nodes),
+        }
+        pipe.xadd(
+            k.hooks(), {"e": hooks.announced("run_start", start)}, maxlen=HOOKS_MAXLEN, approximate=True
+        )
         pipe.zadd(k.pipeline_runs(graph.name), {run_id: now})
         pipe.execute()
         self._graphs[run_id] = graph
         durability.confirm(self._r, k.replicated_mark(), self.settings, f"run {run_id}")
         durability.record(self.settings, {"run": run_id, "created": True})
         return run_id, True
+
+    def report_progress(self, run_id: str, stage_id: str, attempt: int, done: float, total: float) -> None:
+        """What a running stage reported with `ctx.progress` (the attempt's own: `status` shows it
+        only while that attempt is the stage's)."""
+        fields = {"progress_done": repr(done), "progress_total": repr(total), "progress_attempt": attempt}
+        self._r.hset(self.keys.stage(run_id, stage_id), mapping=fields)
 
     def missing_messages(self) -> MissingMessages:
         """The reads of the reaper's anti-entropy sweep (antientropy.py)."""
@@ -202,12 +218,14 @@ class RunStore(Transitions, AttemptLogs, PipelineRecords):
         return f"{info.get('run_id')}/{self._r.info('replication').get('master_replid')}"
 
     def expire_run(self, run_id: str, graph: RunGraph) -> None:
-        """Set the TTL on every key of a finished run."""
+        """Set the TTL on every key of a finished run, and take what of it still waits out of the
+        waiting and delay sets (a cancelled run, or one failed while some stage waited for room)."""
         ttl = int(self.settings.run_ttl_s)
         pipe = self._r.pipeline(transaction=False)
         for key in self.keys.run_keys(run_id, [n.id for n in graph.nodes]):
             pipe.expire(key, ttl)
         pipe.execute()
+        self._drop_waiters(run_id, graph)
 
     def append_logs(self, run_id: str, stage_id: str, lines: Sequence[str]) -> None:
         """Add captured output lines to a stage's log."""

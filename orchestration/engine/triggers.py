@@ -46,6 +46,7 @@ from orchestration.graph.resolve import resolve
 from orchestration.language.options import Webhook
 from orchestration.language.spec import PipelineSpec
 from orchestration.settings import Settings
+from orchestration.states import RunStatus
 
 log = logging.getLogger("chordflow.pipelines")
 STALE_CHECK_S = 15.0  # how often one hook sender of the fleet looks for stale pipelines
@@ -116,7 +117,7 @@ class RunEnds:
         if not run_id or not pipeline:
             return []
         self.store.record_run_end(run_id, pipeline)
-        if event.get("status") != "succeeded":
+        if event.get("status") != RunStatus.SUCCEEDED:
             return []
         downstream = self.store.triggered_by(pipeline)
         if not downstream:

@@ -25,9 +25,10 @@ from orchestration.api import Client
 from orchestration.engine.dependencies import key_name
 from orchestration.errors import ChordflowError, DependenciesNotMet, InvalidId
 from orchestration.fleet.registry import chain_order, downstream_by_triggers, registered_specs
+from orchestration.states import RunStatus
 
 CHAIN_ID = re.compile(r"c[0-9a-f]{8,40}")
-ACTIVE = ("running", "paused")
+ACTIVE = (RunStatus.RUNNING, RunStatus.PAUSED)
 
 OnStep = Callable[[str, str, str], None]  # (pipeline, run id, what happened)
 
@@ -38,7 +39,7 @@ class Chain:
     pipelines: list[str]
     runs: dict[str, str] = field(default_factory=dict)  # pipeline -> its newest run in the chain
     attempts: dict[str, int] = field(default_factory=dict)  # pipeline -> runs submitted for it
-    status: str = "running"  # running | succeeded | failed | blocked (dependencies not met)
+    status: str = RunStatus.RUNNING  # running | succeeded | failed | blocked (dependencies not met)
     failed: str | None = None  # the pipeline it stopped at
     reason: str | None = None
     force: bool = False
@@ -97,12 +98,12 @@ def drive(
     stop at the first that does not succeed. DependenciesNotMet (the chain is then `blocked`) when
     a pipeline's dependencies are not met and the chain is not forced."""
     step = on_step or (lambda pipeline, run_id, what: None)
-    chain.status, chain.failed, chain.reason = "running", None, None
+    chain.status, chain.failed, chain.reason = RunStatus.RUNNING, None, None
     chain.save(client)
     for name in chain.pipelines:
         run_id = chain.runs.get(name)
         status = client.store.run_status(run_id) if run_id else None
-        if status == "succeeded":
+        if status == RunStatus.SUCCEEDED:
             step(name, str(run_id), "reused")
             continue
         if status not in ACTIVE:
@@ -111,12 +112,12 @@ def drive(
         assert run_id is not None
         final = client.follow(run_id, timeout_s)
         step(name, run_id, final)
-        if final != "succeeded":
-            chain.status, chain.failed = "failed", name
+        if final != RunStatus.SUCCEEDED:
+            chain.status, chain.failed = RunStatus.FAILED, name
             chain.reason = f"run {run_id} of {name} {final}"
             chain.save(client)
             return chain
-    chain.status = "succeeded"
+    chain.status = RunStatus.SUCCEEDED
     chain.save(client)
     return chain
 

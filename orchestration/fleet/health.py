@@ -35,6 +35,7 @@ from orchestration.fleet.redis_health import Replication, redis_warnings, redis_
 from orchestration.fleet.redis_health import text as _text
 from orchestration.fleet.schedules import list_schedules
 from orchestration.settings import Settings
+from orchestration.states import RunStatus
 
 LAST_SUCCESS_SCAN = 200  # newest runs of a pipeline searched for its last success
 
@@ -195,7 +196,7 @@ def last_success(store: Store, pipeline: str) -> float | None:
     """When the newest succeeded run of `pipeline` finished (epoch s), among its newest runs."""
     ids = [str(i) for i in store.recent_runs(LAST_SUCCESS_SCAN, pipeline)]
     for status, finished_at in store.run_fields(ids, ["status", "finished_at"]):
-        if status == "succeeded" and finished_at:
+        if status == RunStatus.SUCCEEDED and finished_at:
             return float(finished_at)
     return None
 

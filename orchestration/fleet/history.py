@@ -11,13 +11,13 @@ import math
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
-import redis
+from orchestration.states import RunStatus, State
 
-from orchestration.engine.protocol import Store
-from orchestration.engine.store import RunStore
-from orchestration.fleet.health import quick_client
-from orchestration.settings import Settings
+if TYPE_CHECKING:
+    from orchestration.engine.protocol import Store
+    from orchestration.settings import Settings
 
 SCAN_FACTOR = 10  # look through up to limit × this many newest runs to find `limit` that succeeded
 
@@ -46,16 +46,28 @@ def succeeded_runs(store: Store, pipeline: str, limit: int = 20) -> list[str]:
     """The ids of the newest `limit` succeeded runs of `pipeline`, newest first."""
     ids = [str(i) for i in store.recent_runs(limit * SCAN_FACTOR, pipeline)]
     statuses = store.run_fields(ids, ["status"])
-    return [run_id for run_id, (status,) in zip(ids, statuses) if status == "succeeded"][:limit]
+    return [run_id for run_id, (status,) in zip(ids, statuses) if status == RunStatus.SUCCEEDED][:limit]
 
 
 def stage_durations(store: Store, pipeline: str, limit: int = 20) -> dict[str, float]:
     """Stage id -> median seconds over the newest `limit` succeeded runs of `pipeline`."""
     records: list[tuple[str, Mapping[str, str]]] = []
     for run_id in succeeded_runs(store, pipeline, limit):
-        done = [sid for sid, state in store.states(run_id).items() if state == "succeeded"]
+        done = [sid for sid, state in store.states(run_id).items() if state == State.SUCCEEDED]
         records += store.stage_details(run_id, done).items()
     return median_durations(records)
+
+
+def run_seconds(store: Store, pipeline: str, limit: int = 20) -> float | None:
+    """The median time from submit to end of the newest `limit` succeeded runs of `pipeline`
+    (what the stages' durations leave out: dispatch, commits, waits), or None without one."""
+    ids = succeeded_runs(store, pipeline, limit)
+    spans = [
+        stage_seconds({"started_at": c or "", "finished_at": f or ""})
+        for c, f in store.run_fields(ids, ["created_at", "finished_at"])
+    ]
+    found = [span for span in spans if span is not None]
+    return statistics.median(found) if found else None
 
 
 def estimates(settings: Settings, pipeline: str, limit: int = 20, timeout_s: float = 2.0) -> dict[str, float]:
@@ -63,6 +75,11 @@ def estimates(settings: Settings, pipeline: str, limit: int = 20, timeout_s: flo
     (a plan is still useful without history)."""
     if not settings.redis_url:
         return {}
+    import redis  # here: `plan` without a Redis never loads the client
+
+    from orchestration.engine.store import RunStore
+    from orchestration.fleet.health import quick_client
+
     client = quick_client(settings, timeout_s)
     try:
         return stage_durations(RunStore(client, settings), pipeline, limit)

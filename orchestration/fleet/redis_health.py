@@ -130,6 +130,17 @@ class Replication:
     def as_dict(self) -> dict[str, Any]:
         return {"role": self.role, "primary": self.primary, "link": self.link, "replicas": self.replicas}
 
+    def lines(self) -> list[str]:
+        """What `chordflow health` prints about replication (one line, plus one per replica)."""
+        if self.role == "replica":
+            return [f"redis role: replica of {self.primary} (link {self.link})"]
+        out = [f"redis role: {self.role}, {len(self.replicas)} replica(s)"]
+        out += [
+            f"  replica {r['address']}: {r['state']}, {_size(r['lag_bytes'])} behind, last answer {r['silent_s']}s ago"
+            for r in self.replicas
+        ]
+        return out
+
     def warnings(self) -> list[str]:
         out = []
         for r in self.replicas:

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from orchestration.engine.dependencies import registry
 from orchestration.engine.records import PipelineRecords
 from orchestration.errors import InvalidPipeline, Problem
@@ -54,21 +56,28 @@ def register(
 ) -> tuple[bool, list[str]]:
     """Register (or replace) `spec` under its name. Returns (whether it is new, notes: the pipelines
     it names that are not registered yet). InvalidPipeline when it would close a cycle."""
-    current = {name: r.spec for name, r in registry(store).items()}
-    current[spec.name] = spec
-    loops = cycles(current)
-    if loops:
-        raise InvalidPipeline(
-            [
-                Problem(
-                    f"registering it would make a cycle of pipelines: {loop} (depends_on, triggers, requires)"
-                )
-                for loop in loops
-            ],
-            source,
-        )
-    named = [d.pipeline for d in spec.depends_on] + [t.on_success_of for t in spec.triggers]
-    notes = [f"'{name}' is not registered (yet)" for name in dict.fromkeys(named) if name not in current]
+    notes: list[str] = []
+
+    def check(entries: dict[str, dict[str, Any]]) -> None:
+        # Run under the registry's WATCH (records.register_pipeline): the registry it checks is
+        # the one the write lands on, so two concurrent registrations cannot close a cycle.
+        current = {**_specs(entries), spec.name: spec}
+        loops = cycles(current)
+        if loops:
+            raise InvalidPipeline(
+                [
+                    Problem(
+                        f"registering it would make a cycle of pipelines: {loop} (depends_on, triggers, requires)"
+                    )
+                    for loop in loops
+                ],
+                source,
+            )
+        named = [d.pipeline for d in spec.depends_on] + [t.on_success_of for t in spec.triggers]
+        notes[:] = [
+            f"'{name}' is not registered (yet)" for name in dict.fromkeys(named) if name not in current
+        ]
+
     entry = {
         "spec": dump(spec),
         "source": str(Path(source).resolve()) if source and Path(source).exists() else source,
@@ -76,8 +85,20 @@ def register(
         "added_at": round(time.time(), 3),
         "origin": origin,
     }
-    created = store.register_pipeline(spec.name, entry, [t.on_success_of for t in spec.triggers])
+    created = store.register_pipeline(spec.name, entry, [t.on_success_of for t in spec.triggers], check)
     return created, notes
+
+
+def _specs(entries: Mapping[str, Mapping[str, Any]]) -> dict[str, PipelineSpec]:
+    """The specs of raw registry entries; one that no longer validates is left out, as
+    `dependencies.registry` does (it cannot link to anything then)."""
+    found = {}
+    for name, entry in sorted(entries.items()):
+        try:
+            found[name] = PipelineSpec.model_validate(entry.get("spec") or {})
+        except ValidationError:
+            continue
+    return found
 
 
 def unregister(store: PipelineRecords, name: str) -> bool:

@@ -29,7 +29,7 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
@@ -48,6 +48,7 @@ from orchestration.language.durations import format_duration, parse_duration
 from orchestration.language.spec import PipelineSpec
 from orchestration.language.validation import validate_data
 from orchestration.settings import Settings
+from orchestration.states import RunStatus
 
 SUBMIT_TASK = "chordflow.submit_scheduled"
 MIN_EVERY_S = 1.0
@@ -121,6 +122,21 @@ def tick_of(sched: BaseSchedule, now_s: float) -> int:
     interval schedule, the minute for cron (its resolution). Two beats firing the same tick agree."""
     period = max(MIN_EVERY_S, sched.run_every.total_seconds()) if isinstance(sched, schedule) else 60.0
     return int(math.floor(now_s / period) * period)
+
+
+def next_fire_s(sched: BaseSchedule, last_run_s: float | None, now_s: float) -> float:
+    """When `sched` fires next (epoch s), from its cron expression or interval, as of `now_s`: a
+    cron's next minute that matches (celery's crontab arithmetic, to the minute: its resolution);
+    an interval's last firing plus the interval, or now when that has passed (beat fires a due
+    schedule at its next loop). RedBeat's `due_at` is a remaining estimate taken at another
+    instant, and lands seconds early or in the past."""
+    if isinstance(sched, crontab):
+        # the matching minute after `now_s` (remaining_delta counts from the time it is given;
+        # remaining_estimate would subtract this process's clock, read at another instant)
+        start, delta, _ = sched.remaining_delta(datetime.fromtimestamp(now_s, UTC))
+        return math.floor((start + delta).timestamp() / 60) * 60.0
+    every = max(MIN_EVERY_S, sched.run_every.total_seconds()) if isinstance(sched, schedule) else 60.0
+    return now_s if last_run_s is None else max(now_s, last_run_s + every)
 
 
 def idempotency_key(name: str, tick: int) -> str:
@@ -257,6 +273,8 @@ def list_schedules(settings: Settings) -> list[ScheduleInfo]:
     app = beat_app(settings)
     client = get_redis(app)
     outcomes = client.hgetall(outcomes_key(settings))
+    seconds, micros = client.time()  # Redis's clock, as beat's ticks are
+    now_s = seconds + micros / 1e6
     found = []
     for key in client.zrange(app.redbeat_conf.schedule_key, 0, -1):
         try:
@@ -267,14 +285,14 @@ def list_schedules(settings: Settings) -> list[ScheduleInfo]:
             continue
         kw = entry.kwargs
         spec = kw.get("spec") or {}
-        due = entry.due_at
+        last_run_s = entry.last_run_at.timestamp() if entry.last_run_at else None
         found.append(
             ScheduleInfo(
                 name=entry.name,
                 pipeline=str(spec.get("name", "?")),
                 when=describe(entry.schedule),
-                next_at=due.timestamp() if due else None,
-                last_fired_at=entry.last_run_at.timestamp() if entry.last_run_at else None,
+                next_at=next_fire_s(entry.schedule, last_run_s, now_s),
+                last_fired_at=last_run_s,
                 source=kw.get("source"),
                 sets=kw.get("sets") or {},
                 max_age_s=_seconds(spec.get("max_age")),
@@ -301,6 +319,7 @@ def register_scheduled_task(app: Celery, settings: Settings) -> None:
 
     @app.task(
         name=SUBMIT_TASK,
+        shared=False,  # this app's own: another app in the process (a test's) must not get it
         ignore_result=True,
         acks_late=True,
         typing=False,
@@ -337,7 +356,7 @@ def submit_tick(client: Client, name: str, tick: int, spec_data: dict[str, Any])
         except DependenciesNotMet as exc:  # recorded as a skipped run, with why, listed by `runs`
             reason = "dependencies not met: " + "; ".join(exc.unmet)
             outcome["run_id"] = client.skip(spec, reason, key, {"schedule": name, "tick": tick})
-            outcome["skipped"] = reason
+            outcome[RunStatus.SKIPPED] = reason
             log.warning("schedule %s, tick %s: skipped (run %s): %s", name, tick, outcome["run_id"], reason)
     except ChordflowError as exc:
         outcome["error"] = str(exc)

@@ -13,22 +13,26 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from rich.text import Text
 
-from orchestration.graph.resolve import Node, RunGraph
+from orchestration.states import State
+
+if TYPE_CHECKING:  # only named in annotations: `say` needs this module, not the resolver
+    from orchestration.graph.resolve import Node, RunGraph
 
 STATE_COLOURS: dict[str, str] = {
-    "pending": "#eeeeee",
-    "queued": "#cfe2ff",
-    "running": "#9ec5fe",
-    "retrying": "#ffe69c",
-    "succeeded": "#a3cfbb",
-    "failed": "#f1aeb5",
-    "skipped": "#e2e3e5",
-    "cancelled": "#c4c8cb",
-    "upstream_failed": "#f8d7da",
-    "fallback": "#fecba1",
+    State.PENDING: "#eeeeee",
+    State.QUEUED: "#cfe2ff",
+    State.RUNNING: "#9ec5fe",
+    State.RETRYING: "#ffe69c",
+    State.SUCCEEDED: "#a3cfbb",
+    State.FAILED: "#f1aeb5",
+    State.SKIPPED: "#e2e3e5",
+    State.CANCELLED: "#c4c8cb",
+    State.UPSTREAM_FAILED: "#f8d7da",
+    State.FALLBACK: "#fecba1",
 }
 CRITICAL_COLOUR = "#d63384"
 
@@ -57,6 +61,13 @@ def term(text: object, style: str = "") -> Text:
     """A rich Text of `text` made terminal-safe: rich reads no `[markup]` in it and no control
     character reaches the terminal (a table cell or title of user-supplied text)."""
     return Text(terminal_safe(text, keep=""), style=style)
+
+
+def term_lines(text: object, style: str = "") -> Text:
+    """`term` of a cell of several lines: each line made terminal-safe, the lines kept (a table
+    cell listing one thing a line would otherwise show a literal `\\x0a`)."""
+    lines = str(text).split("\n")
+    return Text("\n".join(terminal_safe(line, keep="") for line in lines), style=style)
 
 
 def fan_out_label(node: Node) -> str | None:

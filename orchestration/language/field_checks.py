@@ -8,11 +8,13 @@ lines that name the key as the file wrote it.
 from __future__ import annotations
 
 import difflib
+import functools
 import math
+import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from orchestration.errors import Problem
 from orchestration.language.fields import shown
@@ -180,12 +182,37 @@ def _real_path(data: Any, loc: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(path)
 
 
+@functools.cache
+def _nested_fields() -> dict[str, set[str]]:
+    """Key of a pipeline or stage field holding a model (`resources`, `retry`, `cache`, ...) ->
+    that model's keys: an unknown key under `resources` is matched against `gpu`, `memory_gb`,
+    not against the stage's keys."""
+    found: dict[str, set[str]] = {}
+    for model in (PipelineSpec, Stage):
+        for name, info in model.model_fields.items():
+            for kind in _types_in(info.annotation):
+                if isinstance(kind, type) and issubclass(kind, BaseModel) and kind is not Stage:
+                    found.setdefault(info.alias or name, set()).update(
+                        f.alias or n for n, f in kind.model_fields.items()
+                    )
+    return found
+
+
+def _types_in(annotation: Any) -> list[Any]:
+    """The classes an annotation names (through Optional, unions, lists and dicts)."""
+    args = typing.get_args(annotation)
+    return [annotation] if not args else [t for a in args for t in _types_in(a)]
+
+
 def _describe(err: Mapping[str, Any], path: tuple[Any, ...]) -> str:
     where = ".".join(str(p) for p in path)
     msg = str(err["msg"]).removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         key = str(path[-1]) if path else "?"
-        close = difflib.get_close_matches(key, _FIELDS | set(PipelineSpec.model_fields), n=1)
+        nested = _nested_fields()
+        parent = next((p for p in reversed(path[:-1]) if isinstance(p, str) and p in nested), None)
+        known = nested[parent] if parent is not None else _FIELDS | set(PipelineSpec.model_fields)
+        close = difflib.get_close_matches(key, known, n=1)
         return f"unknown key '{key}'" + (f" (did you mean '{close[0]}'?)" if close else "")
     if err["type"] == "missing":
         return f"'{where}' is required"

@@ -9,6 +9,14 @@ An expression is comma-separated terms; whitespace around a term is ignored:
     20              every stage with that `order` (when no stage has the id `20`)
     !report         any of the above, excluded
 
+Graph operators, as dbt writes them, around any term but an exclusion's:
+
+    metrics+        the stage and every stage downstream of it (that needs it, directly or not)
+    +metrics        the stage and every stage upstream of it
+    2+metrics       the stage and its upstream stages up to two levels away
+    metrics+1       the stage and the stages that need it directly
+    +metrics+       both directions
+
 The result is the union of the positive terms (every stage if there are only
 exclusions), plus everything those stages need unless `only`, minus the
 exclusions: an exclusion wins even over a needed stage.
@@ -23,12 +31,14 @@ from difflib import get_close_matches
 from fnmatch import fnmatchcase
 
 from orchestration.errors import Problem, SelectionError
-from orchestration.language.dag import upstream
+from orchestration.language.dag import children, upstream
 
 _RANGE = re.compile(r"(\d+)\s*-\s*(\d+)")
 _NUMBER = re.compile(r"\d+")
 _GLOB = re.compile(r"[*?\[]")
 _SHOWN = 10  # names listed in a "matches no stage" message
+# [N]+TERM+[N]: stage ids hold no `+`, so a `+` is always an operator
+_GRAPH_OPS = re.compile(r"(?:(?P<up>\d*)\+)?(?P<term>[^+]*)(?:\+(?P<down>\d*))?")
 
 
 @dataclass(frozen=True)
@@ -81,6 +91,32 @@ def _match(stages: Sequence[Selectable], term: str) -> set[str]:
     return set()
 
 
+def _within(step: dict[str, list[str]], start: set[str], depth: int | None) -> set[str]:
+    """The stages reached from `start` by up to `depth` steps (every one when None), `start` too."""
+    reached, frontier, level = set(start), set(start), 0
+    while frontier and (depth is None or level < depth):
+        frontier = {n for s in frontier for n in step.get(s, ())} - reached
+        reached |= frontier
+        level += 1
+    return reached
+
+
+def _operators(term: str) -> tuple[str, int | None | bool, int | None | bool]:
+    """(the term without its graph operators, upstream depth, downstream depth): a depth is
+    False without that operator, None for every level; raises `_Malformed` for a stray `+`."""
+    found = _GRAPH_OPS.fullmatch(term)
+    if found is None or not found["term"].strip():
+        raise _Malformed(
+            f"'{term}' is not a selection term: a `+` goes before or after a stage id, glob or tag "
+            "(`metrics+`, `+metrics`, `2+metrics`)"
+        )
+    up: int | None | bool = False if found["up"] is None else (int(found["up"]) if found["up"] else None)
+    down: int | None | bool = (
+        False if found["down"] is None else (int(found["down"]) if found["down"] else None)
+    )
+    return found["term"].strip(), up, down
+
+
 def _matches_nothing(stages: Sequence[Selectable], term: str) -> str:
     """Why a term found no stage, with what it could have named."""
     if term.startswith("tag:"):
@@ -119,10 +155,16 @@ def select(stages: Sequence[Selectable], expression: str, only: bool = False) ->
             problems.append(Problem(f"term {position} of '{expression}' is empty"))
             continue
         try:
+            term, up, down = _operators(term)
             found = _match(stages, term)
         except _Malformed as malformed:
             problems.append(Problem(str(malformed)))
             continue
+        deps = {s.id: s.needs for s in stages}
+        if up is not False:
+            found = _within({sid: list(needs) for sid, needs in deps.items()}, found, up)
+        if down is not False:
+            found = _within(children(deps), found, down)
         if negated:
             excluded |= found
         else:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from orchestration.engine.states import RunStatus, State
 from orchestration.language.validation import validate_data
+from orchestration.states import RunStatus, State
 
 from .conftest import pipeline, wait_until
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from orchestration.cli.dashboard import serve
-from orchestration.engine.states import RUN_FINAL, RunStatus, State
 from orchestration.language.validation import validate_data
+from orchestration.states import RUN_FINAL, RunStatus, State
 
 from .cdp import CHROMIUM, HEADLESS, Browser
 from .conftest import ARTIFACTS, pipeline, wait_until

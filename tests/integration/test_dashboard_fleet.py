@@ -20,10 +20,10 @@ import pytest
 
 from orchestration.cli.dashboard import serve
 from orchestration.cli.dashboard_fleet import next_tick
-from orchestration.engine.states import RunStatus, State
 from orchestration.fleet.registry import register
 from orchestration.fleet.schedules import add_schedule, parse_cron, parse_every
 from orchestration.language.validation import validate_data
+from orchestration.states import RunStatus, State
 
 from .cdp import CHROMIUM, Browser
 from .conftest import ARTIFACTS, ROOT, pipeline, wait_until

@@ -15,13 +15,13 @@ import redis
 from orchestration.engine.commit import BeginRequest, CommitRequest
 from orchestration.engine.replies import BeginRun, CommitVerdict
 from orchestration.engine.stage_message import StageMessage
-from orchestration.engine.states import State
 from orchestration.engine.store import RunStore
 from orchestration.errors import NotReplicated
 from orchestration.fleet.embedded import RedisServer
 from orchestration.graph.resolve import resolve
 from orchestration.language.validation import validate_data
 from orchestration.settings import Settings
+from orchestration.states import State
 
 
 @pytest.fixture(scope="module")

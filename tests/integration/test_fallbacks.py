@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from orchestration.engine.states import RunStatus, State
 from orchestration.errors import InvalidPipeline
 from orchestration.language.validation import validate_data
+from orchestration.states import RunStatus, State
 
 from .conftest import pipeline
 

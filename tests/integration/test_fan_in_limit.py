@@ -15,10 +15,10 @@ from orchestration.engine.commit import BeginRequest
 from orchestration.engine.compiler import first_signature
 from orchestration.engine.replies import BeginRun
 from orchestration.engine.stage_message import StageMessage
-from orchestration.engine.states import RunStatus, State
 from orchestration.graph.resolve import resolve
 from orchestration.language.limits import Limits
 from orchestration.language.validation import validate_data
+from orchestration.states import RunStatus, State
 
 from .conftest import wait_until
 

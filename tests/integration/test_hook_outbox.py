@@ -244,6 +244,7 @@ def test_a_webhook_gets_every_event_of_a_run_once(bare_cluster):
         time.sleep(1.0)  # a duplicate would come now
         # One worker, one sender: each event once, in the order the run committed them.
         assert [(e["kind"], e.get("stage_id")) for e in mine()] == [
+            ("run_start", None),
             ("stage_start", "a"),
             ("stage_complete", "a"),
             ("stage_start", "b"),
@@ -302,7 +303,7 @@ def test_an_event_whose_sender_died_mid_delivery_is_delivered_by_another_worker(
         wait_until(lambda: _StallFirst.received, timeout=20)  # the first POST hangs...
         first.kill()  # ... and its worker dies before the answer
         _StallFirst.release.set()
-        assert [e["kind"] for e in _StallFirst.received] == ["stage_start"]
+        assert [e["kind"] for e in _StallFirst.received] == ["run_start"]
 
         second = cluster.start_worker(
             hostname="outbox-survivor", concurrency=1, env={**QUICK, "CHORDFLOW_HOOK_CLAIM_IDLE_S": "2"}
@@ -311,10 +312,10 @@ def test_an_event_whose_sender_died_mid_delivery_is_delivered_by_another_worker(
         def kinds() -> list[str]:
             return sorted(e["kind"] for e in _StallFirst.received if e.get("run_id") == result.run_id)
 
-        wait_until(lambda: len(kinds()) >= 4, timeout=45, interval=0.2)
+        wait_until(lambda: len(kinds()) >= 5, timeout=45, interval=0.2)
         time.sleep(1.0)  # a further duplicate would come now
         # at least once: the event in flight when its sender died came again, the others once
-        assert kinds() == ["run_complete", "stage_complete", "stage_start", "stage_start"]
+        assert kinds() == ["run_complete", "run_start", "run_start", "stage_complete", "stage_start"]
         assert cluster.count(result.run_id, "a") == 1
     finally:
         _StallFirst.release.set()

@@ -11,8 +11,8 @@ import pytest
 
 from orchestration.engine.messages import stage_message
 from orchestration.engine.stage_message import StageMessage
-from orchestration.engine.states import RunStatus, State
 from orchestration.language.validation import validate_data
+from orchestration.states import RunStatus, State
 
 from .conftest import pipeline, wait_until
 

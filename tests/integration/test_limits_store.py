@@ -14,12 +14,12 @@ from orchestration.engine.commit import BeginRequest, CommitRequest, RetryReques
 from orchestration.engine.limits import Capacity, Count, Gate, Rate
 from orchestration.engine.replies import BeginRun, BeginWait, CommitVerdict
 from orchestration.engine.stage_message import StageMessage
-from orchestration.engine.states import State
 from orchestration.engine.store import RunStore
 from orchestration.fleet.embedded import RedisServer
 from orchestration.graph.resolve import resolve
 from orchestration.language.validation import validate_data
 from orchestration.settings import Settings
+from orchestration.states import State
 
 HOST = Capacity("w1", ("0", "1"), 64.0, 4)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestration.engine.states import RunStatus
+from orchestration.states import RunStatus
 
 from .conftest import Cluster, wait_until
 from .test_observability_logs import OBSERVE, chordflow, cli_env, submit

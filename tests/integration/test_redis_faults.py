@@ -188,3 +188,30 @@ def test_a_database_the_server_lacks_is_exit_2_saying_so(faulty):
     )
     assert done.returncode == 2, done.stderr
     assert "the database 99 does not exist on this Redis" in done.stderr
+
+
+def test_closing_a_channel_after_its_connection_detached_is_a_connection_fault(faulty):
+    """kombu's own crash (issue 19, point 1): Celery closes the broken connection, then the channel
+    restores its unacknowledged messages through a pool rebuilt from the detached transport,
+    `AttributeError: 'NoneType' object has no attribute 'hostname'`, an "Unrecoverable error".
+    With our transport it is a connection fault, and the message goes back to its queue as soon
+    as a new channel consumes."""
+    from kombu import Connection
+
+    from orchestration.engine import broker
+
+    url = faulty.server.url.replace("redis://", f"{broker.TRANSPORT}://", 1)
+    queue = Queue("fault-probe", Exchange("fault-probe", type="direct"), routing_key="fault-probe")
+    with Connection(url) as conn:
+        conn.Producer().publish({"n": 1}, exchange=queue.exchange, routing_key="fault-probe", declare=[queue])
+        channel = conn.channel()
+        message = channel.basic_get("fault-probe", no_ack=False)
+        assert message is not None and faulty.redis.hlen("unacked") == 1
+        channel.connection.client = None  # what kombu's Connection._close leaves behind
+        with pytest.raises(broker.StateChanged):
+            channel.close()
+    with Connection(url) as conn:
+        consumer = conn.Consumer([queue], callbacks=[], accept=["json"])
+        consumer.consume()  # the next channel puts the message back first
+        assert faulty.redis.llen("fault-probe") == 1 and faulty.redis.hlen("unacked") == 0
+        consumer.cancel()

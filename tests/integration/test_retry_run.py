@@ -46,4 +46,7 @@ def test_retry_reruns_only_the_failed_stage_and_its_dependents(bare_cluster):
 
 def test_retry_of_a_succeeded_run_is_refused(cluster):
     result = cluster.run(pipeline("ok", {"id": "a", "uses": "noop"}))
-    assert cluster.client.retry(result.run_id) == "not retried: the run is succeeded"
+    assert (
+        cluster.client.retry(result.run_id)
+        == "not retried: the run succeeded; only a run that failed or was cancelled is retried"
+    )

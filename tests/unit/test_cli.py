@@ -207,7 +207,7 @@ def test_main_returns_the_exit_codes(tmp_path, capsys):
     assert main(["validate", str(MARKET_EXAMPLE), "--set", "not an assignment"]) == 2
     target = tmp_path / "exists.yaml"
     target.write_text("keep me")
-    assert main(["init", "--template", "daily-chain", str(target)]) == 1  # a ChordflowError, not bad input
+    assert main(["init", "--template", "daily-chain", str(target)]) == 2  # invalid input: it exists
     assert "--force" in capsys.readouterr().err
     assert target.read_text() == "keep me"
 
@@ -406,7 +406,7 @@ def test_every_template_is_written_by_init_and_validates_with_builtin_types_only
     assert report["ok"] is True
     assert report["unverified_types"] == {}  # only shell, noop, sleep: runs on any worker
     refused = run("init", "--template", name, target)
-    assert refused.exit_code == 1 and "--force" in refused.output
+    assert refused.exit_code == 2 and "--force" in refused.output
     assert run("init", "--template", name, target, "--force").exit_code == 0
 
 

@@ -9,9 +9,9 @@ from importlib import resources
 import pytest
 
 from orchestration.engine.retries import Verdict, decide
-from orchestration.engine.states import KEPT_ON_RETRY, TERMINAL, RunStatus, State, lua_prelude
 from orchestration.errors import CommitRefused, FailStage, OutputTooLarge, RedisRefusedWrite, RetryStage
 from orchestration.language.options import RetryPolicy
+from orchestration.states import KEPT_ON_RETRY, TERMINAL, RunStatus, State, lua_prelude
 
 THREE = RetryPolicy(max_attempts=3, backoff="fixed", delay=2)
 

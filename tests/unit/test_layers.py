@@ -2,11 +2,11 @@
 
 Layers, bottom to top; a module may import its own layer and any lower one, never a higher one:
 
-    foundation  errors.py, settings.py
+    foundation  errors.py, settings.py, states.py
     language    language/   reading and checking a pipeline file
     graph       graph/      spec -> RunGraph
     engine      engine/     Redis store, dispatch, Celery configuration
-    façade      api.py, pipeline.py, __init__.py
+    façade      api.py, submit_checks.py, pipeline.py, __init__.py
     fleet       fleet/
     cli         cli/, __main__.py (`python -m orchestration` is the command line)
 
@@ -31,11 +31,13 @@ LAYERS = ("foundation", "language", "graph", "engine", "façade", "fleet", "cli"
 PLACES = {
     "errors": "foundation",
     "settings": "foundation",
+    "states": "foundation",
     "language": "language",
     "graph": "graph",
     "engine": "engine",
     "": "façade",
     "api": "façade",
+    "submit_checks": "façade",
     "pipeline": "façade",
     "fleet": "fleet",
     "cli": "cli",

@@ -235,3 +235,42 @@ def test_exclusions_remove_their_stages_from_any_selection(case, data):
     else:
         with pytest.raises(SelectionError):
             select(stages, expression)
+
+
+# --- graph operators (dbt's `+`) -------------------------------------------------------------
+
+
+def test_a_trailing_plus_adds_every_stage_downstream():
+    assert select(DOCS, "extract+", only=True) == ["extract", "embed", "build-graph", "report"]
+
+
+def test_a_leading_plus_adds_every_stage_upstream():
+    assert select(DOCS, "+normalize", only=True) == ["ingest", "parse", "normalize"]
+
+
+def test_a_number_limits_how_many_levels_a_plus_reaches():
+    assert select(DOCS, "1+normalize", only=True) == ["parse", "normalize"]
+    assert select(DOCS, "2+normalize", only=True) == ["ingest", "parse", "normalize"]
+    assert select(DOCS, "extract+1", only=True) == ["extract", "embed", "build-graph"]
+
+
+def test_plus_on_both_sides_and_on_tags_and_globs():
+    assert select(DOCS, "+embed+", only=True) == [s.id for s in DOCS]
+    assert select(DOCS, "tag:gpu+", only=True) == ["embed", "build-graph", "report"]
+    assert select(DOCS, "build*+", only=True) == ["build-graph", "report"]
+
+
+def test_downstream_stages_still_bring_what_they_need_unless_only():
+    # build-graph needs embed and extract; report needs build-graph: all upstream comes along
+    assert select(DOCS, "embed+") == [s.id for s in DOCS]
+
+
+def test_an_excluded_plus_removes_the_stage_and_its_descendants():
+    assert select(DOCS, "!embed+") == ["ingest", "parse", "normalize", "extract"]
+
+
+@pytest.mark.parametrize("term", ["+", "++", "2+", "metrics++"])
+def test_a_stray_plus_is_named(term):
+    message = problem_of(term)
+    assert f"'{term}'" in message
+    assert "`metrics+`" in message or "matches no stage" in message

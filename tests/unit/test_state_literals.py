@@ -1,4 +1,4 @@
-"""States are spelled in one place: `engine/states.py` (and the Lua prelude it generates).
+"""States are spelled in one place: `orchestration/states.py` (and the Lua prelude it generates).
 
 Any other string constant equal to a state's or run status's name (outside docstrings) is a
 literal that can drift from the enum. A line whose string means something else that happens to
@@ -10,11 +10,11 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from orchestration.engine.states import RunStatus, State
+from orchestration.states import RunStatus, State
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMES = {s.value for s in State} | {s.value for s in RunStatus}
-ALLOWED = {ROOT / "orchestration" / "engine" / "states.py"}
+ALLOWED = {ROOT / "orchestration" / "states.py"}
 
 
 def _docstrings(tree: ast.AST) -> set[int]:
@@ -44,7 +44,7 @@ def literals(path: Path) -> list[str]:
 def test_no_state_is_spelled_outside_states_py():
     files = sorted((ROOT / "orchestration").rglob("*.py")) + sorted((ROOT / "workers").rglob("*.py"))
     found = [hit for path in files if path not in ALLOWED for hit in literals(path)]
-    assert not found, "use State/RunStatus from orchestration/engine/states.py:\n" + "\n".join(found)
+    assert not found, "use State/RunStatus from orchestration/states.py:\n" + "\n".join(found)
 
 
 def test_the_check_finds_a_literal(tmp_path):

@@ -1,5 +1,5 @@
 -- Helpers every script shares; loaded after the state names (S, R, TERMINAL, ...) that
--- engine/states.py generates and `outbox_member(run_id, stage_id)` from engine/keys.py, and
+-- orchestration/states.py generates and `outbox_member(run_id, stage_id)` from engine/keys.py, and
 -- before the script itself (engine/scripts.py puts them together).
 local function clock()
   -- Redis's clock: (milliseconds, seconds as text with 3 decimals, whole seconds, microseconds as text)
