@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -146,6 +147,16 @@ def _wait_final(cluster: SentinelCluster, prefix: str, run_ids: list[str], timeo
         time.sleep(0.5)
 
 
+def _keep_server_logs(cluster: SentinelCluster, into: Path) -> None:
+    """Each data node's and Sentinel's log (role changes, syncs, votes), before the cluster's
+    directory goes with it."""
+    into.mkdir(exist_ok=True)
+    for node in [*cluster.nodes, *cluster.sentinels]:
+        log = node.dir / "server.log"
+        if log.exists():
+            shutil.copyfile(log, into / f"{node.dir.name}-{node.port}.log")
+
+
 def _unfinished(r: redis.Redis, prefix: str, run_ids: list[str]) -> list[str]:
     """What a run that did not end looks like in Redis, for the post-mortem: its record, and every
     stage not ended with its hash."""
@@ -207,6 +218,7 @@ def run_seed(
             stuck = _unfinished(cluster.primary_client(), settings.key_prefix, run_ids)
         finally:
             fleet.stop()
+            _keep_server_logs(cluster, base / "redis-logs")
             for k, v in saved.items():
                 if v is None:
                     os.environ.pop(k, None)
