@@ -4,6 +4,7 @@ summary (faults, counts, time) is kept in tests/artifacts/ha/ for the report."""
 from __future__ import annotations
 
 import shutil
+import time
 
 from tests.integration.conftest import ARTIFACTS
 
@@ -24,7 +25,8 @@ def keep(name: str, result: SeedResult, files: bool = True) -> str:
     (ARTIFACTS / "ha").mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / "ha" / f"{name}.txt").write_text(summary + "\n")
     if files and not result.report.held:
-        shutil.copytree(result.dir, ARTIFACTS / "ha" / f"{name}-files", dirs_exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(result.started))  # one directory per failure
+        shutil.copytree(result.dir, ARTIFACTS / "ha" / f"{name}-files-{stamp}", dirs_exist_ok=True)
     print(summary)
     return summary
 
