@@ -145,3 +145,8 @@ TRANSPORT = "chordflow-redis"
 SENTINEL_TRANSPORT = "chordflow-sentinel"
 TRANSPORT_ALIASES.setdefault(TRANSPORT, f"{__name__}:Transport")
 TRANSPORT_ALIASES.setdefault(SENTINEL_TRANSPORT, f"{__name__}:SentinelTransport")
+# A `redis+sentinel://` URL with several Sentinels is one `sentinel://` URL each (kombu reads the
+# Sentinels from those), and when a connection fails kombu switches to the next URL with the
+# transport its scheme names: kombu's own, which has none of the above (the failover harness saw a
+# worker end on kombu's restore_unacked after such a switch). The scheme names ours in this process.
+TRANSPORT_ALIASES["sentinel"] = f"{__name__}:SentinelTransport"

@@ -74,11 +74,21 @@ class Script:
         if wait is None:
             return script(keys=keys, args=args)
         # WAIT counts the replicas that have this connection's writes: one pipeline, one connection
-        pipe = script.registered_client.pipeline(transaction=False)
-        script(keys=keys, args=args, client=pipe)
-        pipe.wait(*wait)
-        reply, replicas = pipe.execute()
-        return reply, int(replicas)
+        for again in (True, False):
+            pipe = script.registered_client.pipeline(transaction=False)
+            script(keys=keys, args=args, client=pipe)
+            pipe.wait(*wait)
+            try:
+                reply, replicas = pipe.execute()
+            except redis.exceptions.NoScriptError:
+                # a new primary (a failover) that has not seen the script: the pipeline checked for
+                # it on the old one. Loaded here, the call is sent once more (nothing ran).
+                if not again:
+                    raise
+                script.registered_client.script_load(script.script)
+                continue
+            return reply, int(replicas)
+        raise AssertionError("unreachable")
 
 
 __all__ = ["Script", "source"]
