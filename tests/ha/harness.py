@@ -26,6 +26,7 @@ from typing import Any
 import redis
 
 from orchestration.api import Client
+from orchestration.errors import NotReplicated
 from orchestration.fleet.embedded import WorkerProcess, wait_for_workers
 from orchestration.settings import Settings
 from tests.integration.conftest import ROOT
@@ -120,7 +121,7 @@ def _submit(client: Client, spec: Any, submitted: Path, deadline_s: float = 60.0
         try:
             run_id = client.submit(spec).run_id
             break
-        except (redis.RedisError, OSError):
+        except (redis.RedisError, OSError, NotReplicated):  # not acknowledged: a user submits again
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
