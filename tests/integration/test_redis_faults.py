@@ -31,7 +31,7 @@ AOF = ("--appendfsync", "always")
 def faulty(tmp_path_factory):
     server = RedisServer(appendonly=True, extra=AOF).start()
     cluster = Cluster(server, tmp_path_factory.mktemp("faults"))
-    worker = cluster.start_worker(concurrency=2, hostname="survivor")
+    worker = cluster.start_worker(concurrency=2, hostname="redis-faults")
     cluster.pid = worker.proc.pid
     try:
         yield cluster
