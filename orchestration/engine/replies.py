@@ -54,6 +54,10 @@ class BeginWait:
 
     label: str
 
+    @property
+    def why(self) -> str:
+        return self.label
+
 
 @dataclass(frozen=True, slots=True)
 class BeginParked:
