@@ -56,6 +56,12 @@ def record(ctx, seconds: float = 0.0, output: Any = None, name: str | None = Non
     return ctx.item if ctx.item_index is not None else {"stage": ctx.stage_id, "inputs": sorted(ctx.inputs)}
 
 
+@stage("test.echo_inputs")
+def echo_inputs(ctx) -> dict[str, Any]:
+    """The outputs it read, as it read them (a missing one shows as null)."""
+    return dict(ctx.inputs)
+
+
 @stage("test.square")
 def square(ctx) -> int:
     return ctx.item * ctx.item

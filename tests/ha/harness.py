@@ -179,6 +179,19 @@ def _unfinished(r: redis.Redis, prefix: str, run_ids: list[str]) -> list[str]:
     return notes
 
 
+def _keep_final(r: redis.Redis, prefix: str, run_ids: list[str], into: Path) -> None:
+    """Every run's outputs and stage hashes as the final primary has them, for a post-mortem."""
+    with into.open("w") as f:
+        for run_id in run_ids:
+            stages = r.hgetall(f"{prefix}:run:{run_id}:states")
+            record = {
+                "run": run_id,
+                "outputs": r.hgetall(f"{prefix}:run:{run_id}:outputs"),
+                "stages": {sid: r.hgetall(f"{prefix}:run:{run_id}:stage:{sid}") for sid in stages},
+            }
+            f.write(json.dumps(record) + "\n")
+
+
 def run_seed(
     base: Path, seed: int, replicas_ack: int, kinds: tuple[str, ...] | None = None, sentinel: bool = True
 ) -> SeedResult:
@@ -217,6 +230,7 @@ def run_seed(
             time.sleep(1.0)  # what the ack log's last writers were fsyncing
             final = read_final_state(cluster.primary_client(), settings.key_prefix, run_ids)
             stuck = _unfinished(cluster.primary_client(), settings.key_prefix, run_ids)
+            _keep_final(cluster.primary_client(), settings.key_prefix, run_ids, base / "final.jsonl")
         finally:
             fleet.stop()
             _keep_server_logs(cluster, base / "redis-logs")

@@ -5,7 +5,8 @@
   writes alone for 300 ms, SIGKILL it, SIGCONT the replicas: the promoted replica lacks those
   writes, which only WAIT (CHORDFLOW_REPLICAS_ACK) keeps from having been acknowledged.
 - `kill_worker`: SIGKILL a worker (its whole process group), then start a new one.
-- `restart_primary`: start the last primary killed again (AOF); the Sentinels make it a replica.
+- `restart_primary`: start the last primary killed again (AOF); done once the Sentinels have made it
+  a replica and its first sync is over.
 
 A plan never kills a primary while an earlier one is still down, so a replica is always left to
 acknowledge a WAIT 1 (and a failover always has a replica to promote).
@@ -132,5 +133,5 @@ class Nemesis:
         node.start()
         self.cluster.wait_replica(node, timeout_s=60)
         fired.done_at = time.time()
-        fired.detail += f", a replica after {fired.done_at - fired.at:.1f} s"
+        fired.detail += f", a synced replica after {fired.done_at - fired.at:.1f} s"
         self.fired.append(fired)

@@ -52,6 +52,11 @@ def token_of(ctx: Any) -> str | None:
     return str(found[0]) if found else None
 
 
+def _nonce(value: Any) -> str | None:
+    """An output's nonce, for a post-mortem (the checker compares hashes)."""
+    return value.get("nonce") if isinstance(value, dict) else None
+
+
 class Recorded:
     """One execution of a stage body: `start()` on entry, `end(output)` on the way out."""
 
@@ -75,6 +80,7 @@ class Recorded:
                 "pid": os.getpid(),
                 "t": time.time(),
                 "inputs": {sid: value_hash(value) for sid, value in ctx.inputs.items()},
+                "nonces": {sid: _nonce(value) for sid, value in ctx.inputs.items()},
             }
         )
 
@@ -86,6 +92,7 @@ class Recorded:
                 "exec": self.exec_id,
                 "t": time.time(),
                 "output_hash": None if text is None else text_hash(text),
+                "nonce": _nonce(output),
                 "cancelled": self.ctx.cancelled(),
             }
         )

@@ -89,3 +89,29 @@ def test_forged_messages_cannot_run_what_they_name(defended):
     assert defended.count(handle.run_id, "fan") == 3  # each item's body ran once
     outputs = json.loads(defended.redis.hget(f"chordflow:run:{handle.run_id}:outputs", "fan"))
     assert outputs == [{"x": 1}, {"x": 2}, {"x": 3}]
+
+
+def test_a_message_for_a_stage_not_ready_is_dropped(defended):
+    """A stage's message that comes before its parent's commit (one restored from a primary that
+    failed over, whose commit of the parent was lost) does not run on a missing input: begin.lua
+    drops it, and the stage runs once, when the parent's commit makes it ready."""
+    spec = validate_data(
+        pipeline(
+            "early",
+            {"id": "parent", "uses": "test.record", "params": {"seconds": 1.5, "output": "from parent"}},
+            {"id": "child", "uses": "test.echo_inputs", "needs": ["parent"]},
+        )
+    )
+    handle = defended.client.submit(spec)
+    graph = defended.client.store.graph(handle.run_id)
+    wait_until(
+        lambda: defended.client.store.stage_state(handle.run_id, "parent") == State.RUNNING, timeout=20
+    )
+    _forge(defended, StageMessage(handle.run_id, "child", 1), graph.node("child"))
+    time.sleep(0.5)  # the forged message is taken and dropped while the parent still runs
+    assert defended.client.store.stage_state(handle.run_id, "child") == State.PENDING
+    result = handle.wait(timeout=30)
+    assert result.status == RunStatus.SUCCEEDED
+    output = defended.redis.hget(f"chordflow:run:{handle.run_id}:outputs", "child")
+    assert json.loads(output) == {"parent": "from parent"}
+    assert defended.terminal_commits(handle.run_id)["child"] == 1

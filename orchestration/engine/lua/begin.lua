@@ -24,8 +24,13 @@ local p = field_prefix(item)
 local unit = redis.call('HMGET', KEYS[3], p .. 'state', p .. 'attempt', p .. 'lease_exp')
 local state = unit[1]
 if TERMINAL[state] then return {'dup', 'already ' .. state} end
-if item ~= '' and redis.call('HGET', KEYS[2], A.stage) ~= S.RUNNING then
-  return {'drop', 'stage is ' .. tostring(redis.call('HGET', KEYS[2], A.stage))}
+local stage_state = redis.call('HGET', KEYS[2], A.stage)
+if item ~= '' and stage_state ~= S.RUNNING then return {'drop', 'stage is ' .. tostring(stage_state)} end
+-- A stage not ready here (pending: a parent's commit is not in) must not run on what it would read:
+-- a message sent before a failover, its parents' commits lost with the old primary, is sent again
+-- by the commit that makes it ready.
+if item == '' and stage_state ~= S.QUEUED and stage_state ~= S.RETRYING and stage_state ~= S.RUNNING then
+  return {'drop', 'stage is ' .. tostring(stage_state) .. ', not ready'}
 end
 
 if item ~= '' and tonumber(item) >= tonumber(redis.call('HGET', KEYS[9], 'items_total') or '0') then
