@@ -67,5 +67,6 @@ def test_the_lagging_kill_loses_acknowledged_writes_that_wait_did_not_confirm():
         assert max(waited) <= survived
         # the old primary comes back as a replica of the new one, and loses what it had alone
         nem.restart_primary()
-        assert old.client().info("replication")["role"] == "slave"
-        assert "a replica after" in nem.fired[-1].detail
+        info = old.client().info("replication")
+        assert info["role"] == "slave" and info["master_link_status"] == "up"
+        assert "a synced replica after" in nem.fired[-1].detail
