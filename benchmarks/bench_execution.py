@@ -387,7 +387,7 @@ def run_chordflow(bench: Bench, spec: PipelineSpec) -> Sample:
     started = [s["started_at"] for s in result.stage_results.values() if s["started_at"]]
     finished = [s["finished_at"] for s in result.stage_results.values() if s["finished_at"]]
     makespan = max(finished) - min(started) if started and finished else None
-    record = bench.client.store.run(handle.run_id)
+    record = bench.client.store.runs.run(handle.run_id)
     server = float(record["finished_at"]) - float(record["created_at"])
     return Sample(t2 - t0, t1 - t0, end, makespan, {"run_id": handle.run_id, "server_s": round(server, 4)})
 

@@ -75,7 +75,7 @@ class Client:
         if idempotency_key is not None:
             check_idempotency_key(idempotency_key)
         graph = resolve(spec, self.settings, selection, only)
-        earlier = self.store.idempotent_run(idempotency_key) if idempotency_key else None
+        earlier = self.store.records.idempotent_run(idempotency_key) if idempotency_key else None
         if idempotency_key and earlier:
             check_same_submission(self.store, idempotency_key, earlier, graph)  # before anything is written
         if no_cache:
@@ -85,11 +85,11 @@ class Client:
         check_placement(self.store, graph, refuse=check_capacity)  # before anything is written
         missing = unmet(self.store, spec)
         if missing and not force:
-            if earlier is None or self.store.run_status(earlier) is None:
+            if earlier is None or self.store.runs.run_status(earlier) is None:
                 raise DependenciesNotMet(spec.name, missing)
             return RunHandle(self, earlier)  # submitted under this key before: the same run
-        upstream = self.store.run_fields([triggered_by], ["pipeline"])[0][0] if triggered_by else None
-        run_id, created = self.store.create_run(
+        upstream = self.store.runs.run_fields([triggered_by], ["pipeline"])[0][0] if triggered_by else None
+        run_id, created = self.store.runs.create_run(
             graph,
             idempotency_key=idempotency_key,
             extra=run_extra(
@@ -152,7 +152,7 @@ class Client:
         met): status `skipped`, with `reason`, listed by `runs`. Returns its run id (with an
         idempotency key already used, that key's run)."""
         graph = resolve(spec, self.settings)
-        run_id, _ = self.store.create_skipped_run(
+        run_id, _ = self.store.records.create_skipped_run(
             graph, new_run_id(), reason, idempotency_key, {**run_extra(spec), **(extra or {})}
         )
         return run_id
@@ -162,7 +162,7 @@ class Client:
         {unmet: [...]}, `chain`, `schedule`, and `skipped` (the reason it was not started)."""
         check_run_id(run_id)
         names = ["triggered_by", "triggered_by_pipeline", "forced", "unmet", "chain", "schedule", "reason"]
-        got = dict(zip(names, self.store.run_fields([run_id], names)[0]))
+        got = dict(zip(names, self.store.runs.run_fields([run_id], names)[0]))
         out: dict[str, Any] = {}
         if got["triggered_by"]:
             out["triggered_by"] = {"run_id": got["triggered_by"], "pipeline": got["triggered_by_pipeline"]}
@@ -177,40 +177,40 @@ class Client:
 
     def handle(self, run_id: str) -> RunHandle:
         check_run_id(run_id)
-        self.store.run(run_id)  # raises RunNotFound
+        self.store.runs.run(run_id)  # raises RunNotFound
         return RunHandle(self, run_id)
 
     # -- control ------------------------------------------------------------------------------
     def cancel(self, run_id: str) -> str:
         check_run_id(run_id)
-        self.store.run(run_id)
-        verdict, revoke = self.store.control(run_id, "cancel")
+        self.store.runs.run(run_id)
+        verdict, revoke = self.store.transitions.control(run_id, "cancel")
         if verdict == "ok":
             if revoke:
                 self.app.control.revoke(revoke, terminate=True, signal="SIGTERM")
             # run_complete (status cancelled) went to the hooks outbox with the cancel itself:
             # the workers' hook senders deliver it, to their Python hooks too.
-            self.store.expire_run(run_id, self.store.graph(run_id))
+            self.store.runs.expire_run(run_id, self.store.runs.graph(run_id))
             return RunStatus.CANCELLED
         return f"not cancelled: {_the_run(revoke[0])}"
 
     def pause(self, run_id: str) -> str:
         check_run_id(run_id)
-        self.store.run(run_id)
-        verdict, detail = self.store.control(run_id, "pause")
+        self.store.runs.run(run_id)
+        verdict, detail = self.store.transitions.control(run_id, "pause")
         return RunStatus.PAUSED if verdict == "ok" else f"not paused: {_the_run(detail[0])}"
 
     def resume(self, run_id: str) -> str:
         check_run_id(run_id)
-        self.store.run(run_id)
-        verdict, parked = self.store.control(run_id, "resume")
+        self.store.runs.run(run_id)
+        verdict, parked = self.store.transitions.control(run_id, "resume")
         if verdict != "ok":
             return f"not resumed: {_the_run(parked[0])}"
         self.dispatcher.send(signature_of(p, self.store) for p in parked)
         # A fan-out made ready while the run was paused was not started (it waits in the outbox):
         # start it now rather than when the reaper finds it.
-        graph = self.store.graph(run_id)
-        states = self.store.states(run_id)
+        graph = self.store.runs.graph(run_id)
+        states = self.store.runs.states(run_id)
         waiting = [n.id for n in graph.nodes if n.fans_out and states.get(n.id) == State.QUEUED]
         if waiting:
             self.dispatcher.dispatch(run_id, graph, waiting)
@@ -219,9 +219,9 @@ class Client:
     def retry(self, run_id: str) -> str:
         """Run a failed run again from the point of failure, under the same id."""
         check_run_id(run_id)
-        self.store.run(run_id)
-        graph = self.store.graph(run_id)
-        verdict, detail = self.store.reopen(run_id, graph)
+        self.store.runs.run(run_id)
+        graph = self.store.runs.graph(run_id)
+        verdict, detail = self.store.transitions.reopen(run_id, graph)
         if verdict != "ok":
             return f"not retried: {_the_run(detail[0])}; only a run that failed or was cancelled is retried"
         self.dispatcher.dispatch(run_id, graph, detail)
@@ -231,12 +231,12 @@ class Client:
     def status(self, run_id: str) -> dict[str, Any]:
         """The run and every stage: state, attempts, host, queue, times (epoch s), error, output."""
         check_run_id(run_id)
-        record = self.store.run(run_id)
-        graph = self.store.graph(run_id)
+        record = self.store.runs.run(run_id)
+        graph = self.store.runs.graph(run_id)
         ids = [n.id for n in graph.nodes]
-        states = self.store.states(run_id)
-        details = self.store.stage_details(run_id, ids)
-        outputs = self.store.outputs(run_id)
+        states = self.store.runs.states(run_id)
+        details = self.store.runs.stage_details(run_id, ids)
+        outputs = self.store.runs.outputs(run_id)
         stages = {}
         for sid in ids:
             d = details.get(sid, {})
@@ -268,8 +268,8 @@ class Client:
             "finished_at": _num(record.get("finished_at")),
             "failed_stage": record.get("failed_stage"),
             "stages": stages,
-            "metrics": self.store.metrics(run_id),
-            "context": self.store.context(run_id),
+            "metrics": self.store.runs.metrics(run_id),
+            "context": self.store.runs.context(run_id),
         }
 
     def follow(
@@ -288,7 +288,7 @@ class Client:
         check_run_id(run_id)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         after = "0-0"
-        status = self.store.run(run_id).get("status", "")
+        status = self.store.runs.run(run_id).get("status", "")
         if status in RUN_FINAL and on_event is None:
             return status
         last_run_state = ""  # the state of the last run event read
@@ -297,7 +297,7 @@ class Client:
             wait_ms = max(10, int(tick_s * 1000))
             if deadline is not None:
                 wait_ms = max(1, min(wait_ms, int((deadline - time.monotonic()) * 1000)))
-            events = self.store.events(run_id, after, block_ms=wait_ms, count=batch)
+            events = self.store.runs.events(run_id, after, block_ms=wait_ms, count=batch)
             for eid, event in events:
                 after = eid
                 if on_event:
@@ -311,9 +311,9 @@ class Client:
             # (one script), so a final event then a reopened record means more events are coming.
             # A run whose stream expired (or was trimmed) ends by its record.
             if len(events) < batch and (last_run_state in RUN_FINAL or not events):
-                status = self.store.run(run_id).get("status", "")
+                status = self.store.runs.run(run_id).get("status", "")
                 ended = status in RUN_FINAL and (last_run_state == status or not events)
-                if ended and not self.store.events(run_id, after, count=1):
+                if ended and not self.store.runs.events(run_id, after, count=1):
                     return status
             if deadline is not None and time.monotonic() >= deadline:
                 raise RunTimeout(run_id, timeout_s, status)
@@ -344,9 +344,9 @@ class Client:
         )
 
     def runs(self, limit: int = 20, pipeline: str | None = None) -> Iterator[dict[str, str]]:
-        for run_id in self.store.recent_runs(limit, pipeline):
+        for run_id in self.store.runs.recent_runs(limit, pipeline):
             try:
-                record = self.store.run(run_id)
+                record = self.store.runs.run(run_id)
             except RunNotFound:  # expired since it was listed
                 continue
             yield record

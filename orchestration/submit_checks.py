@@ -7,18 +7,21 @@ from __future__ import annotations
 
 import json
 import warnings
+from typing import TYPE_CHECKING
 
 from orchestration.engine.placement import QueueUnserved
-from orchestration.engine.protocol import Store
 from orchestration.engine.registry import BUILTIN_TYPES
 from orchestration.errors import InvalidInput, InvalidPipeline, Problem
 from orchestration.graph.resolve import RunGraph
 
+if TYPE_CHECKING:
+    from orchestration.engine.store import RunStore
 
-def check_same_submission(store: Store, key: str, run_id: str, graph: RunGraph) -> None:
+
+def check_same_submission(store: RunStore, key: str, run_id: str, graph: RunGraph) -> None:
     """InvalidInput (exit 2) when idempotency key `key` names a run of another pipeline or of
     other variables (`--set`) than `graph`: returning that run would silently ignore them."""
-    [(pipeline, variables)] = store.run_fields([run_id], ["pipeline", "variables"])
+    [(pipeline, variables)] = store.runs.run_fields([run_id], ["pipeline", "variables"])
     if pipeline is None:
         return  # the run expired: its key goes with it
     theirs = json.loads(variables or "{}")
@@ -41,12 +44,12 @@ def check_same_submission(store: Store, key: str, run_id: str, graph: RunGraph) 
     )
 
 
-def check_types(store: Store, graph: RunGraph) -> RunGraph:
+def check_types(store: RunStore, graph: RunGraph) -> RunGraph:
     """Refuse types no live worker serves on the stage's queue; name types canonically. A queue
     no live worker serves at all is only warned of (QueueUnserved): an autoscaler may be
     starting its first worker, and the stage waits in Redis until one serves it."""
     canonical: dict[tuple[str, str], str] = {}
-    for info in store.live_workers().values():
+    for info in store.fleet.live_workers().values():
         names = {t["name"]: t["name"] for t in info.get("types", [])}
         names.update({t["ref"]: t["name"] for t in info.get("types", [])})
         for queue in info.get("queues", []):

@@ -116,7 +116,7 @@ class Attempt:
                     node.when,
                     variables=self.graph.variables,
                     outputs=ctx.inputs,
-                    context=store.context(self.run_id),
+                    context=store.runs.context(self.run_id),
                     matrix=ctx.matrix or None,
                     item=ctx.item,
                     max_steps=self.env.settings.condition_max_steps,
@@ -129,7 +129,7 @@ class Attempt:
             self.cache_key = cache_key(
                 self.stage_type.name, self.stage_type.version, node.params, ctx.inputs, ctx.item, node.run
             )
-            hit = store.cached_output(self.cache_key)
+            hit = store.runs.cached_output(self.cache_key)
             if hit is not None:
                 return self.succeed(hit, cached=True)
         try:
@@ -208,7 +208,7 @@ class Attempt:
             self.message, self.token, error, delay_s, park, [announce] if announce else [], self.release
         )
         try:
-            reply = env.store.retry(request)
+            reply = env.store.transitions.retry(request)
         except redis.RedisError as exc:
             return self._lost(exc)
         if reply.held and not park:
@@ -220,7 +220,7 @@ class Attempt:
                     "retry of %s/%s not sent (%s); it waits in the delay set", self.run_id, node.id, exc
                 )
                 try:
-                    env.store.delay(again.payload(), delay_s)
+                    env.store.outbox.delay(again.payload(), delay_s)
                 except redis.RedisError:  # the reaper's anti-entropy sweep sends it (antientropy.py)
                     log.warning("retry of %s/%s left to the reaper", self.run_id, node.id)
         return f"retrying in {delay_s:.2f}s"
@@ -274,7 +274,7 @@ class Attempt:
         )
         try:
             request = env.dispatcher.plan(request)
-            commit = self._acknowledged(request, env.store.finish(request))
+            commit = self._acknowledged(request, env.store.transitions.finish(request))
         except redis.RedisError as exc:
             if not refused_write(exc) or (outcome is State.FAILED and error and error.get("commit_refused")):
                 return self._lost(exc)
@@ -310,7 +310,7 @@ class Attempt:
             time.sleep(pause)
             pause = min(2 * pause, 1.0)
             try:
-                again = self.env.store.finish(request)
+                again = self.env.store.transitions.finish(request)
             except redis.RedisError as exc:  # a failover under way: ask again
                 log.warning("commit of %s/%s sent again: %s", self.run_id, self.node.id, exc)
                 continue
@@ -399,9 +399,9 @@ class Attempt:
 
 def _last_success(store: RunStore, graph: RunGraph, stage_id: str, run_id: str) -> tuple[bool, Any]:
     """(found, the output of `stage_id` in the newest earlier successful run of the pipeline)."""
-    for other in store.recent_runs(limit=200, pipeline=graph.name):
-        if other != run_id and store.run_status(other) == RunStatus.SUCCEEDED:
-            value = store.output(other, stage_id)
+    for other in store.runs.recent_runs(limit=200, pipeline=graph.name):
+        if other != run_id and store.runs.run_status(other) == RunStatus.SUCCEEDED:
+            value = store.runs.output(other, stage_id)
             if value is not None:
                 return True, value
     return False, None

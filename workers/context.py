@@ -90,7 +90,7 @@ class SharedContext:
     def get(self, key: str, default: Any = None) -> Any:
         if key in self._local:
             return self._local[key]
-        value = self._store.context_get(self._run_id, key)
+        value = self._store.runs.context_get(self._run_id, key)
         value = default if value is None else value
         if key in self._incr:
             value = (value or 0) + self._incr[key]
@@ -223,7 +223,7 @@ class StageContext:
         self.settings = _settings(store)  # the worker's settings: its policy for built-ins and limits
         self.context = SharedContext(store, run_id)
         self.metrics = Metrics(self.settings.context_key_cap_bytes)
-        write = getattr(store, "write_attempt_log", None)
+        write = getattr(getattr(store, "logs", None), "write_attempt_log", None)
         self.log_sink = AttemptLog(
             functools.partial(write, run_id, stage_id, item_index, attempt) if callable(write) else None,
             cap=self.settings.log_lines_cap,
@@ -255,7 +255,7 @@ class StageContext:
         if self.item_index is not None or (now - self._progress_at < 0.5 and done < total):
             return
         self._progress_at = now
-        report = getattr(self._store, "report_progress", None)
+        report = getattr(getattr(self._store, "runs", None), "report_progress", None)
         if callable(report):
             report(self.run_id, self.stage_id, self.attempt, min(float(done), float(total)), float(total))
 

@@ -100,7 +100,7 @@ def execute_chunk(env: WorkerEnv, stage_type: StageType, task_id: str, message: 
     worker dies before an item began, its claim runs out and the reaper sends it on its own."""
     run_id, stage_id, items = message.run_id, message.stage_id, list(message.items)
     try:
-        env.store.claim(run_id, stage_id, items)
+        env.store.transitions.claim(run_id, stage_id, items)
     except redis.RedisError as exc:
         log.warning(
             "could not claim items %s of %s/%s (%s); running them anyway", items, run_id, stage_id, exc
@@ -120,7 +120,7 @@ def _execute(env: WorkerEnv, stage_type: StageType, task_id: str, message: Stage
     store = env.store
     run_id, stage_id, item = message.run_id, message.stage_id, message.item
     try:
-        graph = store.graph(run_id)
+        graph = store.runs.graph(run_id)
         node = graph.node(stage_id)
     except (RunNotFound, KeyError):
         log.error("refusing %s: no stage %s in run %s", task_id, stage_id, run_id)
@@ -149,7 +149,7 @@ def _execute(env: WorkerEnv, stage_type: StageType, task_id: str, message: Stage
         [started] if started else [],
         gate=(gate, env.capacity) if gate is not None else None,
     )
-    begun = store.begin(request)
+    begun = store.transitions.begin(request)
     if not isinstance(begun, BeginRun | BeginPoison):
         # waiting for its limits (the message waits in Redis), parked, a duplicate, or nothing to run
         return f"{type(begun).__name__.removeprefix('Begin').lower()}: {getattr(begun, 'why', '')}"

@@ -58,7 +58,7 @@ class LeaseKeeper:
             self._limit_sets.pop((run_id, stage_id, item, token), None)
 
     def claim(self, run_id: str, stage_id: str, items: list[int]) -> None:
-        """Keep the claims of a chunk's items (store.claim) until each begins or is unclaimed."""
+        """Keep the claims of a chunk's items (store.transitions.claim) until each begins or is unclaimed."""
         with self._lock:
             self._claimed.setdefault((run_id, stage_id), set()).update(items)
             self._ensure_thread()
@@ -85,12 +85,12 @@ class LeaseKeeper:
                 claimed = [(key, sorted(items)) for key, items in self._claimed.items()]
             for (run_id, stage_id), items in claimed:
                 try:
-                    self._store.claim(run_id, stage_id, items)
+                    self._store.transitions.claim(run_id, stage_id, items)
                 except Exception:  # noqa: BLE001  Redis unreachable: the claims lapse, the reaper resends
                     log.warning("could not keep the claims of %s/%s", run_id, stage_id)
             for key, (ctx, last_renewed) in held:
                 try:
-                    renewed = self._store.renew(*key, holds=self._limit_sets.get(key, ()))
+                    renewed = self._store.transitions.renew(*key, holds=self._limit_sets.get(key, ()))
                 except Exception:  # noqa: BLE001  Redis unreachable: the lease lapses on Redis's clock
                     log.warning("could not renew the lease of %s/%s", key[0], key[1])
                     if time.monotonic() - last_renewed > self._store.settings.lease_s and self._holds(key):

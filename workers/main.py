@@ -115,11 +115,11 @@ class Services(threading.Thread):
         while not self.stop.is_set():
             try:
                 if ticks % max(1, int(self.settings.heartbeat_s / TICK_S)) == 0:
-                    store.publish_worker(self.hostname, self.info)
+                    store.fleet.publish_worker(self.hostname, self.info)
                 if self.drain:
                     # what falls due before the next tick goes now, with the rest of its wait as a
                     # countdown: a rate limit's slots are kept to the millisecond, not to the tick
-                    send_due(app, store, store.due_delayed(ahead_s=TICK_S))
+                    send_due(app, store, store.outbox.due_delayed(ahead_s=TICK_S))
                     if ticks % 2 == 0:
                         reaper.tick()
             except Exception:
@@ -127,7 +127,7 @@ class Services(threading.Thread):
             ticks += 1
             self.stop.wait(TICK_S)
         try:
-            store.remove_worker(self.hostname)
+            store.fleet.remove_worker(self.hostname)
         except Exception:
             log.debug("could not remove worker %s from the live set", self.hostname, exc_info=True)
 
@@ -149,7 +149,7 @@ def send_due(app: Any, store: RunStore, due: list[tuple[str, float]]) -> None:
             except Exception:
                 log.warning("could not send a delayed message; it goes back to the delay set", exc_info=True)
                 for text, left_s in due[i:]:
-                    store.delay(text, left_s)
+                    store.outbox.delay(text, left_s)
                 raise
 
 

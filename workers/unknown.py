@@ -91,13 +91,13 @@ class UnknownTaskHandler:
         each = [parsed.one(i) for i in parsed.items] if parsed.count > 1 else [parsed]
         store, dispatcher = self._parts()
         try:
-            node = store.graph(run_id).node(stage_id)
+            node = store.runs.graph(run_id).node(stage_id)
         except (RunNotFound, KeyError):
             log.error("dropping %s: no stage %s in run %s", task_id, stage_id, run_id)
             return "dropped: unknown run or stage"
-        if store.states(run_id).get(stage_id) not in WAITING:
+        if store.runs.states(run_id).get(stage_id) not in WAITING:
             return "dropped: the stage has ended"
-        served_as, hosts = served_by(store.live_workers(), node.type, node.queue)
+        served_as, hosts = served_by(store.fleet.live_workers(), node.type, node.queue)
         if served_as is None:
             why = (
                 f"no live worker serves stage type '{node.type}' on queue '{node.queue}'; "
@@ -128,7 +128,7 @@ class UnknownTaskHandler:
         # does not circle between the workers that lack its type. It waits like any queued stage,
         # until that worker takes it or stops announcing the type (then it fails as unserved).
         for one in each:  # a chunk of fan-out items goes back one item per message
-            store.delay(one.payload(), REDELIVERY_DELAY_S)
+            store.outbox.delay(one.payload(), REDELIVERY_DELAY_S)
         log.warning(
             "stage %s/%s: type %r is not served here but by %s; queued again in %gs",
             run_id,

@@ -25,7 +25,6 @@ from orchestration.cli.plan_limits import settings_limits_or_none
 from orchestration.engine.capacity_reads import limit_holders, waiting_items
 from orchestration.engine.limits import gate_for
 from orchestration.engine.placement import QueueUnserved
-from orchestration.engine.reads import RunReads
 from orchestration.engine.store import RunStore
 from orchestration.fleet.health import quick_client
 from orchestration.graph.resolve import RunGraph
@@ -37,7 +36,7 @@ from orchestration.states import State
 
 
 def waiting_of(
-    store: RunReads, run_id: str, stage_id: str, stage: Mapping[str, Any], detail: Mapping[str, str]
+    store: RunStore, run_id: str, stage_id: str, stage: Mapping[str, Any], detail: Mapping[str, str]
 ) -> dict[str, Any] | None:
     """What a stage waits for: {label, since_at (epoch s), items (a fan-out's waiting items, else
     None)}, or None. `stage` is the stage of `Client.status`, `detail` its record."""
@@ -50,7 +49,7 @@ def waiting_of(
         or stage.get("items_done") == stage["items_total"]
     ):
         return None
-    if not detail.get("waiting") and not _limited(store.graph(run_id), stage_id):
+    if not detail.get("waiting") and not _limited(store.runs.graph(run_id), stage_id):
         return None  # no item of a fan-out without limits waits: its items hash is not scanned
     items = waiting_items(store, run_id, stage_id)
     if not items:

@@ -27,7 +27,7 @@ def _control(op: str, run_id: str, as_json: bool = False) -> int:
     outcome = getattr(client, op)(run_id)
     ok = outcome in (RunStatus.CANCELLED, RunStatus.PAUSED, "resumed", State.RETRYING)
     if as_json:
-        status = client.store.run_status(run_id)
+        status = client.store.runs.run_status(run_id)
         print_json({"run_id": run_id, "action": op, "ok": ok, "outcome": outcome, "status": status})
     else:
         say(f"run {run_id}: {outcome}")

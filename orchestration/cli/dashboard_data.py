@@ -56,7 +56,7 @@ def run_detail(client: Client, run_id: str, history: AttemptHistory | None = Non
     history = history or AttemptHistory()
     status = run_view(client, run_id, history=history)
     status["timeline"] = timeline(history)
-    graph = client.store.graph(run_id)
+    graph = client.store.runs.graph(run_id)
     for stage in status["stages"].values():
         stage["output"] = _preview(stage.get("output"))
         stage["state_label"] = state_label(stage)  # `waiting (pool llm 4/4)`, as `status` shows it
@@ -105,7 +105,7 @@ def item_list(
     client: Client, run_id: str, stage_id: str, history: AttemptHistory | None = None
 ) -> dict[str, Any]:
     """A fan-out stage's items (state, attempt, host, times, error while current, attempts)."""
-    client.store.graph(run_id).node(stage_id)  # KeyError: no such stage
+    client.store.runs.graph(run_id).node(stage_id)  # KeyError: no such stage
     view = run_view(client, run_id, items=True, history=history)
     return {"run_id": run_id, "stage": stage_id, "items": view["stages"][stage_id].get("items", [])}
 
@@ -115,8 +115,8 @@ def log_view(
 ) -> dict[str, Any]:
     """The attempts of a stage that logged, and the lines of one of them (the given one, else the
     newest) after stream id `after`, at most `LOG_PAGE`."""
-    client.store.graph(run_id).node(stage_id)  # KeyError: no such stage
-    infos = client.store.attempt_log_index(run_id, [stage_id])[stage_id]
+    client.store.runs.graph(run_id).node(stage_id)  # KeyError: no such stage
+    infos = client.store.logs.attempt_log_index(run_id, [stage_id])[stage_id]
     listed = [i for i in infos if item is None or i.item == item]
     chosen = None
     if listed:
@@ -125,12 +125,12 @@ def log_view(
     lines: list[dict[str, Any]] = []
     trimmed = 0
     if chosen is not None:
-        entries = client.store.attempt_log(
+        entries = client.store.logs.attempt_log(
             run_id, stage_id, chosen.item, chosen.attempt, after, count=LOG_PAGE
         )
         lines = [{"id": e.id, "t": e.t, "level": e.level, "text": e.text} for e in entries]
         if not after:
-            kept = client.store.attempt_log_lengths(run_id, [(stage_id, chosen.item, chosen.attempt)])[0]
+            kept = client.store.logs.attempt_log_lengths(run_id, [(stage_id, chosen.item, chosen.attempt)])[0]
             trimmed = max(0, chosen.sent - kept)
     return {
         "run_id": run_id,

@@ -84,7 +84,7 @@ def run_page(r: redis.Redis, store: RunStore, query: Mapping[str, list[str]]) ->
         ids = [str(i) for i in r.zrevrangebyscore(key, high, low, start=position, num=batch)]
         if not ids:
             break
-        for run_id, values in zip(ids, store.run_fields(ids, fields), strict=True):
+        for run_id, values in zip(ids, store.runs.run_fields(ids, fields), strict=True):
             position += 1
             scanned += 1
             record = dict(zip(fields, values, strict=True))
@@ -134,8 +134,8 @@ def _links(specs: Mapping[str, PipelineSpec]) -> list[dict[str, str]]:
 
 
 def last_runs(store: RunStore, pipeline: str, count: int = LAST_RUNS) -> list[dict[str, Any]]:
-    ids = [str(i) for i in store.recent_runs(count, pipeline)]
-    rows = store.run_fields(ids, ["status", "created_at", "finished_at"])
+    ids = [str(i) for i in store.runs.recent_runs(count, pipeline)]
+    rows = store.runs.run_fields(ids, ["status", "created_at", "finished_at"])
     return [
         {"run_id": i, "status": s, "created_at": _number(c), "finished_at": _number(f)}
         for i, (s, c, f) in zip(ids, rows, strict=True)
@@ -147,7 +147,7 @@ def pipelines_view(store: RunStore, settings: Settings) -> dict[str, Any]:
     """Registered pipelines (and those with runs but not registered) with their freshness, unmet
     dependencies, schedules and last runs, and the links between them with a column each."""
     rows = {row.pipeline: {**row.as_dict(), "registered": True} for row in pipeline_rows(store, settings)}
-    for name in store.pipelines():
+    for name in store.runs.pipelines():
         rows.setdefault(name, {"pipeline": name, "registered": False, "freshness": "-", "unmet": []})
     specs = {name: r.spec for name, r in registry(store).items()}
     links = _links(specs)
@@ -170,7 +170,7 @@ def pipelines_view(store: RunStore, settings: Settings) -> dict[str, Any]:
 def pipeline_graph(store: RunStore, settings: Settings, name: str) -> dict[str, Any]:
     """One pipeline's stages (nodes, edges, levels): from its registered file when it has one, else
     from its newest run; with the state of each stage in its newest run. RunNotFound: neither."""
-    newest = [str(i) for i in store.recent_runs(1, name)]
+    newest = [str(i) for i in store.runs.recent_runs(1, name)]
     graph: RunGraph | None = None
     source = ""
     entry = registry(store).get(name)
@@ -180,10 +180,10 @@ def pipeline_graph(store: RunStore, settings: Settings, name: str) -> dict[str, 
         except ChordflowError:
             graph = None  # it no longer resolves here: show what its newest run ran
     if graph is None and newest:
-        graph, source = store.graph(newest[0]), f"run {newest[0]}"
+        graph, source = store.runs.graph(newest[0]), f"run {newest[0]}"
     if graph is None:
         raise RunNotFound(f"pipeline {name!r} (neither registered nor run)")
-    states = store.states(newest[0]) if newest else {}
+    states = store.runs.states(newest[0]) if newest else {}
     return {
         "pipeline": name,
         "source": source,
@@ -238,7 +238,7 @@ def next_tick(when: BaseSchedule, last_at: float | None, now: float) -> float:
 def schedules_view(store: RunStore, settings: Settings) -> dict[str, Any]:
     """Each schedule with its next tick computed from its cron or interval (not RedBeat's `due_at`,
     which is when beat means to look next), and `overdue` when beat should have fired it already."""
-    now = store.server_time()
+    now = store.runs.server_time()
     out = []
     for info in list_schedules(settings):
         row = info.as_dict()
@@ -258,9 +258,9 @@ def schedules_view(store: RunStore, settings: Settings) -> dict[str, Any]:
 def workers_view(store: RunStore, settings: Settings) -> dict[str, Any]:
     """The live workers: queues, capacity (slots, GPUs, memory), machine, the types they serve and
     how old their heartbeat is."""
-    now = store.server_time()
+    now = store.runs.server_time()
     workers = []
-    for host, info in sorted(store.live_workers().items()):
+    for host, info in sorted(store.fleet.live_workers().items()):
         seen = float(info.get("seen") or 0)
         workers.append(
             {

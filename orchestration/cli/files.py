@@ -133,7 +133,7 @@ def _run_graph(run_id: str) -> tuple[RunGraph, dict[str, str]]:
     settings = redis_settings()
     with redis_url.fail_fast():
         store = RunStore(connect(settings), settings)
-        return store.graph(run_id), store.states(run_id)
+        return store.runs.graph(run_id), store.runs.states(run_id)
 
 
 @click.command("graph")

@@ -294,7 +294,7 @@ def _resources(info: dict[str, Any]) -> str:
 @command
 def stages(as_json: bool) -> int:
     """Stage types served by live workers (name, version, queue, retry policy, workers)."""
-    workers = Client(redis_settings()).store.live_workers()
+    workers = Client(redis_settings()).store.fleet.live_workers()
     types: dict[str, dict[str, Any]] = {}
     for host, info in workers.items():
         for t in info.get("types", []):

@@ -58,7 +58,7 @@ def logs(
     if follow and round_ is not None:
         raise click.UsageError("--round reads a round that is over; --follow follows the current one")
     client = client_from_env()
-    graph = client.store.graph(run_id)
+    graph = client.store.runs.graph(run_id)
     ids = [n.id for n in graph.nodes]
     if stage_id is not None and stage_id not in ids:
         raise StageNotFound(run_id, stage_id, ids)
@@ -94,7 +94,7 @@ def _check_item(client: Client, run_id: str, stage_id: str, item: int, fans_out:
         raise InvalidInput(
             f"stage '{stage_id}' of run {run_id} does not fan out: --item needs a fan-out stage"
         )
-    total = client.store.items_total(run_id, stage_id)
+    total = client.store.runs.items_total(run_id, stage_id)
     if total and item >= total:
         raise InvalidInput(
             f"stage '{stage_id}' of run {run_id} has {total} item{'s' if total != 1 else ''} "

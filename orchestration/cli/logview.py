@@ -115,10 +115,12 @@ def print_logs(
     returns how many attempt runs' logs (or errors) were printed."""
     store = client.store
     history = read_history(client, run_id)
-    index = store.attempt_log_index(run_id, list(stage_ids))
+    index = store.logs.attempt_log_index(run_id, list(stage_ids))
     shown = 0
     for sid in stage_ids:
-        legacy = store.legacy_logs(run_id, sid) if item is None and attempt is None and round_ is None else []
+        legacy = (
+            store.logs.legacy_logs(run_id, sid) if item is None and attempt is None and round_ is None else []
+        )
         if legacy:
             shown += 1
             if not as_json:
@@ -136,11 +138,13 @@ def print_logs(
         if not infos and not legacy:
             shown += _show_error(sid, units, item, attempt, round_, as_json)
             continue
-        lengths = store.attempt_log_lengths(run_id, [(i.stage_id, i.item, i.attempt) for i in infos])
+        lengths = store.logs.attempt_log_lengths(run_id, [(i.stage_id, i.item, i.attempt) for i in infos])
         for info, length in zip(infos, lengths):
             ref: Ref = (info.stage_id, info.item, info.attempt)
             records = [r for r in units.get(info.item, []) if r.attempt == info.attempt]
-            for number, (record, lines) in enumerate(runs_of(list(store.attempt_log(run_id, *ref)), records)):
+            for number, (record, lines) in enumerate(
+                runs_of(list(store.logs.attempt_log(run_id, *ref)), records)
+            ):
                 if round_ is not None and (record.round if record else 0) != round_:
                     continue
                 shown += 1
@@ -192,12 +196,12 @@ def _units(
     client: Client, run_id: str, stage_id: str, history: AttemptHistory, items: bool
 ) -> dict[int | None, list[AttemptRecord]]:
     """The attempts of a stage (key None) and of its items, with the error their records keep."""
-    detail = client.store.stage_details(run_id, [stage_id])[stage_id]
+    detail = client.store.runs.stage_details(run_id, [stage_id])[stage_id]
     units: dict[int | None, list[AttemptRecord]] = {
         None: complete(history.of(stage_id), stage_id, None, detail.get("state", ""), detail)
     }
     if items:
-        for index, record in client.store.items(run_id, stage_id).items():
+        for index, record in client.store.runs.items(run_id, stage_id).items():
             units[index] = complete(
                 history.of(stage_id, index), stage_id, index, record.get("state", ""), record
             )
@@ -217,11 +221,11 @@ def follow_logs(
     store = client.store
     positions: dict[Ref, str] = {}
     # one stage (or one item): a header when its attempt changes; several: each line says whose
-    several = stage is None or (item is None and store.graph(run_id).node(stage).fans_out)
+    several = stage is None or (item is None and store.runs.graph(run_id).node(stage).fans_out)
     shown: list[Ref] = []
 
     def discover() -> None:
-        for infos in store.attempt_log_index(run_id, list(stage_ids)).values():
+        for infos in store.logs.attempt_log_index(run_id, list(stage_ids)).values():
             for info in infos:
                 if _wanted(info, item, attempt):
                     positions.setdefault((info.stage_id, info.item, info.attempt), "0-0")
@@ -244,29 +248,29 @@ def follow_logs(
         discover()
         ended = _ended(client, run_id, stage, item, attempt)
         if positions:
-            show(store.wait_attempt_logs(run_id, positions, block_ms=0 if ended else POLL_MS))
+            show(store.logs.wait_attempt_logs(run_id, positions, block_ms=0 if ended else POLL_MS))
         elif not ended:
             time.sleep(POLL_MS / 1000)
         if ended:
             discover()  # the last lines: sent before the commit that ended it
             if positions:
-                show(store.wait_attempt_logs(run_id, positions, block_ms=0))
+                show(store.logs.wait_attempt_logs(run_id, positions, block_ms=0))
             return
 
 
 def _ended(client: Client, run_id: str, stage: str | None, item: int | None, attempt: int | None) -> bool:
     """Whether the followed attempt, stage or run has ended."""
     store = client.store
-    if store.run_status(run_id) in RUN_FINAL:
+    if store.runs.run_status(run_id) in RUN_FINAL:
         return True
     if stage is None:
         return False
     if attempt is None and item is None:
-        return store.stage_state(run_id, stage) in TERMINAL
-    state, _, current = store.lease_state(run_id, stage, item)
+        return store.runs.stage_state(run_id, stage) in TERMINAL
+    state, _, current = store.transitions.lease_state(run_id, stage, item)
     if attempt is None:  # one item, all its attempts
         return state in TERMINAL
-    if store.stage_state(run_id, stage) in TERMINAL and state != State.RUNNING:
+    if store.runs.stage_state(run_id, stage) in TERMINAL and state != State.RUNNING:
         return True
     return current > attempt or (
         current == attempt and state not in (State.RUNNING, State.QUEUED, State.PENDING, None)

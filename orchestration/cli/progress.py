@@ -58,7 +58,7 @@ class RunEta:
     path (dispatch, commits) scales it: `pace`, at least 1."""
 
     def __init__(self, client: Client, run_id: str):
-        self.graph = client.store.graph(run_id)
+        self.graph = client.store.runs.graph(run_id)
         pools, rates = settings_limits_or_none(client.settings)
         self.limits = eta.limits_of(self.graph, pools, rates)
         self.pace = 1.0

@@ -231,8 +231,8 @@ def unknown_upstreams(client: Client, spec: Any) -> list[str]:
     named = list(dict.fromkeys(d.pipeline for d in getattr(spec, "depends_on", ()) or ()))
     if not named:
         return []
-    registered = client.store.registered_pipelines()
-    return [name for name in named if name not in registered and not client.store.recent_runs(1, name)]
+    registered = client.store.records.registered_pipelines()
+    return [name for name in named if name not in registered and not client.store.runs.recent_runs(1, name)]
 
 
 def _when(t: float | None) -> str:

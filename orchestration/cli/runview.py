@@ -41,7 +41,7 @@ def read_history(client: Client, run_id: str, history: AttemptHistory | None = N
     """`history` brought up to date with the run's events (a new one: read from the first event)."""
     history = history or AttemptHistory()
     while True:
-        events = client.store.events(run_id, history.after, count=EVENTS_PAGE)
+        events = client.store.runs.events(run_id, history.after, count=EVENTS_PAGE)
         history.feed(events)
         if len(events) < EVENTS_PAGE:
             return history
@@ -73,7 +73,7 @@ def run_view(
     status = client.status(run_id)
     history = read_history(client, run_id, history)
     ids = list(status["stages"])
-    details = client.store.stage_details(run_id, ids)
+    details = client.store.runs.stage_details(run_id, ids)
     for sid, stage in status["stages"].items():
         detail = dict(details.get(sid) or {})
         detail["error"] = stage.get("error")
@@ -94,7 +94,7 @@ def run_view(
 
 def item_rows(client: Client, run_id: str, stage_id: str, history: AttemptHistory) -> list[dict[str, Any]]:
     """A fan-out stage's items: index, state, attempt, host, times, error (while current), attempts."""
-    records = client.store.items(run_id, stage_id)
+    records = client.store.runs.items(run_id, stage_id)
     attempts = history.items_of(stage_id)
     rows = []
     for index in sorted(set(records) | set(attempts)):

@@ -59,7 +59,7 @@ class Suspect:
 
 
 class MissingMessages:
-    """The reads of one sweep (store.missing_messages() builds it on the store's client)."""
+    """The reads of the sweep: the run store's `missing` (`store.RunStore`), on its client."""
 
     def __init__(self, client: redis.Redis, keys: Keys):
         self._r, self.keys = client, keys
@@ -206,19 +206,19 @@ class AntiEntropy:
     def sweep(self) -> int:
         self.last = time.monotonic()
         store, settings = self.store, self.store.settings
-        reads: MissingMessages = store.missing_messages()
-        now_ms = int(store.server_time() * 1000)
+        reads: MissingMessages = store.missing
+        now_ms = int(store.runs.server_time() * 1000)
         grace_ms = int(settings.sweep_grace_s * 1000)
         suspects: list[tuple[Suspect, RunGraph]] = []
         ended = []
         for run_id in reads.active_runs():
-            status = store.run_status(run_id)
+            status = store.runs.run_status(run_id)
             if status is None or status in RUN_FINAL:
                 ended.append(run_id)
                 continue
             if status == RunStatus.PAUSED:
                 continue
-            graph = store.graph(run_id)
+            graph = store.runs.graph(run_id)
             suspects += [(s, graph) for s in reads.suspects(run_id, graph, now_ms, grace_ms)]
         reads.forget(ended)
         held_since = now_ms / 1000 - settings.lease_s - settings.sweep_grace_s

@@ -1,10 +1,11 @@
 """The store's upkeep of capacity and fleet-wide limits (limits.py, lua/_limits.lua): the reaper's
 sweep that wakes waiting stages no release will wake, giving back the slots of a cancelled run, and
 dropping what an ended run still has waiting (capacity classes, pools, concurrency keys, max_parallel,
-rate slots in the delay set): at its end (`_drop_waiters`, from `store.expire_run`) and, for what
+rate slots in the delay set): at its end (`drop_waiters`, from `runs.expire_run`) and, for what
 that missed, at each sweep.
 
-`CapacityUpkeep` is part of `store.RunStore` (a base class of `Transitions`, whose cancel uses it).
+`CapacityUpkeep` is the run store's `capacity` (`store.RunStore`); a cancel (`transitions.py`) gives
+back the run's slots through it, and a run's expiry (`runs.py`) drops its waiters.
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ import json
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import redis
+
+from orchestration.engine.keys import Keys
 from orchestration.engine.limits import Capacity, GateKeys, dumps, gate_for, holder
-from orchestration.engine.reads import RunReads
 from orchestration.engine.scripts import source
 from orchestration.graph.resolve import RunGraph
 from orchestration.language.rates import settings_limits
+from orchestration.settings import Settings
 from orchestration.states import RUN_ACTIVE, State
 
 SWEEP_READ = 200  # members at the head of each waiting set the sweep checks for ended runs
@@ -39,14 +43,21 @@ def worker_capacity(name: str, info: Mapping[str, Any]) -> Capacity:
     )
 
 
-class CapacityUpkeep(RunReads):
-    _sweep: Any = None
-    _release: Any = None
+class CapacityUpkeep:
+    """Waking what waits for a limit or capacity, giving back a cancelled run's slots, dropping an
+    ended run's waiters (see the module docstring)."""
+
+    def __init__(self, client: redis.Redis, settings: Settings, keys: Keys):
+        self._r: Any = client
+        self.settings = settings
+        self.keys = keys
+        self._sweep: Any = None  # sweep.lua and release.lua, registered when first run
+        self._release: Any = None
 
     def sweep_waiting(self, live: Callable[[], Mapping[str, Mapping[str, Any]]]) -> int:
         """Wake stages waiting for a limit's slot or for capacity that is free now (a holder's lease
         ran out, or a worker with room joined or stayed idle); `live` reads the live workers
-        (`live_workers`), only when some stage waits for capacity. Returns how many it woke. Costs
+        (`fleet.live_workers`), only when some stage waits for capacity. Returns how many it woke. Costs
         one HGETALL and a ZCARD per queue a tick when nothing waits."""
         k = self.keys
         waited = self._r.hgetall(k.limits_waited())
@@ -118,12 +129,12 @@ class CapacityUpkeep(RunReads):
             self._release_script()(keys=keys, args=[json.dumps(releases), "[]"])
         return len(releases)
 
-    def _drop_waiters(self, run_id: str, graph: RunGraph) -> int:
+    def drop_waiters(self, run_id: str, graph: RunGraph) -> int:
         """Take an ended run's stages out of every set where they wait: capacity classes, limits'
         waiting sets, the delay set (rate slots, retries' delays); its stages' `waiting` labels go
         too. Nothing is dropped while the run is running or paused (the script checks). A run with
         no limits costs nothing; another scans the waiting sets once, and the delay set when some
-        stage has a rate (at cancel and run end only). Returns how many it dropped."""
+        stage has a rate (at cancel and run end only: `runs.expire_run`). Returns how many it dropped."""
         k = self.keys
         try:  # this process's pools and rates count too (CHORDFLOW_POOLS, CHORDFLOW_RATE_LIMITS)
             pools, type_rates = settings_limits(self.settings)

@@ -5,8 +5,8 @@
 - `waiting_items`: the items of a fan-out that wait for a slot, with the label of what they wait for.
 - `limit_holders`: how many attempts hold a limit now (a holder whose lease ran out is not counted).
 
-Free functions of a store (`reads.RunReads`): they are reads for people, not part of the
-`protocol.Store` a run needs.
+Free functions of a run store (`store.RunStore`, on its client): they are reads for people, not
+one of the parts a run needs.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from orchestration.engine.reads import RunReads
+if TYPE_CHECKING:
+    from orchestration.engine.store import RunStore
 
 WAITING_READ = 10_000  # members of a capacity class read at most (the count is always exact)
 ITEMS_SCAN = 200_000  # fields of a fan-out's items hash scanned at most for waiting items
@@ -40,7 +41,7 @@ class Waiter:
         return f"{self.run_id}/{self.stage_id}" + (f"[{self.item}]" if self.item is not None else "")
 
 
-def capacity_waiting(store: RunReads, queue: str, limit: int = WAITING_READ) -> tuple[int, list[Waiter]]:
+def capacity_waiting(store: RunStore, queue: str, limit: int = WAITING_READ) -> tuple[int, list[Waiter]]:
     """How many stages of `queue` wait for capacity, and the oldest `limit` of them (malformed
     members are skipped)."""
     key = store.keys.capacity_waiting(queue)
@@ -68,7 +69,7 @@ def capacity_waiting(store: RunReads, queue: str, limit: int = WAITING_READ) -> 
     return int(total), out
 
 
-def waiting_items(store: RunReads, run_id: str, stage_id: str) -> dict[int, str]:
+def waiting_items(store: RunStore, run_id: str, stage_id: str) -> dict[int, str]:
     """Item index -> what it waits for (`pool llm 4/4`), for the items of a fan-out that wait (of a
     huge fan-out, among its first ITEMS_SCAN fields)."""
     out: dict[int, str] = {}
@@ -85,12 +86,12 @@ def waiting_items(store: RunReads, run_id: str, stage_id: str) -> dict[int, str]
     return out
 
 
-def limit_holders(store: RunReads, limits: Iterable[str]) -> dict[str, int]:
+def limit_holders(store: RunStore, limits: Iterable[str]) -> dict[str, int]:
     """Limit id ('pool:llm', 'key:deploy-prod', 'run:<id>') -> the attempts holding it now."""
     ids = list(dict.fromkeys(limits))
     if not ids:
         return {}
-    now_ms = int(store.server_time() * 1000)
+    now_ms = int(store.runs.server_time() * 1000)
     pipe = store._r.pipeline(transaction=False)
     for limit in ids:
         pipe.zcount(store.keys.limit_holds(limit), f"({now_ms}", "+inf")

@@ -21,13 +21,16 @@ import logging
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from orchestration.engine.records import SKIPPED, PipelineRecords
+from orchestration.engine.records import SKIPPED
 from orchestration.language.spec import PipelineSpec
 from orchestration.states import RunStatus
+
+if TYPE_CHECKING:
+    from orchestration.engine.store import RunStore
 
 log = logging.getLogger("chordflow.pipelines")
 SCAN = 100  # newest runs of a pipeline read for its last end
@@ -70,10 +73,10 @@ class Registered:
 # -- reading ----------------------------------------------------------------------------------
 
 
-def registry(store: PipelineRecords) -> dict[str, Registered]:
+def registry(store: RunStore) -> dict[str, Registered]:
     """The registered pipelines by name (an entry that no longer validates is logged and left out)."""
     found = {}
-    for name, entry in sorted(store.registered_pipelines().items()):
+    for name, entry in sorted(store.records.registered_pipelines().items()):
         try:
             spec = PipelineSpec.model_validate(entry.get("spec") or {})
         except ValidationError as exc:
@@ -85,10 +88,10 @@ def registry(store: PipelineRecords) -> dict[str, Registered]:
     return found
 
 
-def pipeline_state(store: PipelineRecords, name: str) -> PipelineState:
+def pipeline_state(store: RunStore, name: str) -> PipelineState:
     """`name`'s runs: its newest `SCAN` run records, and the kept record of its run ends."""
-    ids = [str(i) for i in store.recent_runs(SCAN, name)]
-    rows = store.run_fields(ids, ["status", "created_at", "finished_at", "provides", "reason"])
+    ids = [str(i) for i in store.runs.recent_runs(SCAN, name)]
+    rows = store.runs.run_fields(ids, ["status", "created_at", "finished_at", "provides", "reason"])
     state = PipelineState(name)
     for run_id, (status, created, finished, provides, reason) in zip(ids, rows):
         if status is None:  # expired
@@ -104,7 +107,7 @@ def pipeline_state(store: PipelineRecords, name: str) -> PipelineState:
             state.last_success = _later(state.last_success, end)
             for asset in _names(provides):
                 state.provided[asset] = _later(state.provided.get(asset), end) or end
-    kept = store.pipeline_state(name)
+    kept = store.records.pipeline_state(name)
     if kept.get("last_finished_at"):
         end = RunEnd(
             kept["last_finished_id"], kept["last_finished_status"], _number(kept["last_finished_at"]), name
@@ -117,10 +120,10 @@ def pipeline_state(store: PipelineRecords, name: str) -> PipelineState:
 
 
 def last_provided(
-    store: PipelineRecords, asset: str, registered: Mapping[str, Registered], kept: Mapping[str, Any]
+    store: RunStore, asset: str, registered: Mapping[str, Registered], kept: Mapping[str, Any]
 ) -> RunEnd | None:
     """The newest successful run that provided `asset`: the kept asset record (`kept`, from
-    `store.asset_records()`), or a newer run of a registered pipeline providing it."""
+    `store.records.asset_records()`), or a newer run of a registered pipeline providing it."""
     best = None
     record = kept.get(asset)
     if isinstance(record, Mapping) and record.get("at") is not None:
@@ -190,21 +193,21 @@ def asset_problem(provided: RunEnd | None, limit: float | None, makers: list[str
 
 
 def unmet(
-    store: PipelineRecords, spec: PipelineSpec, registered: Mapping[str, Registered] | None = None
+    store: RunStore, spec: PipelineSpec, registered: Mapping[str, Registered] | None = None
 ) -> list[str]:
     """One line per dependency of `spec` that is not met, naming it, its last status and age:
     `data-daily: last success 31 h ago, older than 26 h`. Empty when it may start."""
     if not spec.depends_on and not spec.requires:
         return []
     registered = registry(store) if registered is None else registered
-    now = store.server_time()
+    now = store.runs.server_time()
     lines = []
     for dep in spec.depends_on:
         limit = dependency_limit(dep.pipeline, dep.max_age, registered)
         why = dependency_problem(pipeline_state(store, dep.pipeline), limit, now)
         if why is not None:
             lines.append(f"{dep.pipeline}: {why}")
-    kept = store.asset_records() if spec.requires else {}
+    kept = store.records.asset_records() if spec.requires else {}
     for req in spec.requires:
         provided = last_provided(store, req.asset, registered, kept)
         limit = asset_limit(req.asset, req.max_age, registered)

@@ -137,7 +137,7 @@ class Dispatcher:
             pending = more
         # Only now, with every message handed to the broker, is the outbox entry done;
         # a dispatcher that dies before this line is covered by the reaper.
-        self.store.sent(run_id, sent)
+        self.store.outbox.sent(run_id, sent)
 
     def advance(
         self, run_id: str, graph: RunGraph, commit: Commit, stage_id: str, send_ready: bool = True
@@ -146,14 +146,14 @@ class Dispatcher:
         if commit.revoke:
             self.app.control.revoke(commit.revoke, terminate=True, signal="SIGTERM")
             # stopped by SIGTERM, they never commit: give back their slots now, not in a lease
-            self.store.release_run(run_id, graph)
+            self.store.capacity.release_run(run_id, graph)
         if commit.next_item is not None:
             message = StageMessage(run_id, stage_id, 1, commit.next_item)
             self.send([stage_signature(message, graph.node(stage_id))])
         if commit.ready and send_ready:
             self.dispatch(run_id, graph, commit.ready)
         if commit.finalized:
-            self.store.expire_run(run_id, graph)
+            self.store.runs.expire_run(run_id, graph)
 
     # -- fan-out --------------------------------------------------------------------------------
     def _start_fanout(
@@ -165,14 +165,14 @@ class Dispatcher:
         empty, or failing because its for_each input is not a list), or None when the run is
         paused: then the fan-out starts once it is resumed.
         """
-        outputs = self.store.outputs(run_id, node.reads)
+        outputs = self.store.runs.outputs(run_id, node.reads)
         if node.when and not expressions.reads_item(node.when):
             try:
                 go = expressions.evaluate(
                     node.when,
                     variables=graph.variables,
                     outputs=outputs,
-                    context=self.store.context(run_id),
+                    context=self.store.runs.context(run_id),
                     max_steps=self.store.settings.condition_max_steps,
                 )
             except ValueError as exc:
@@ -218,13 +218,15 @@ class Dispatcher:
         window = min(total, node.max_concurrency or total)
         chunk = chunk_size(total, node, self.store.settings.fanout_chunk, graph)
         template = item_template(run_id, node, chunked=chunk > 1)
-        first = self.store.start_fanout(run_id, node.id, total, window, node.queue, template, chunk)
-        if first is None and self.store.run_status(run_id) == RunStatus.PAUSED:
+        first = self.store.transitions.start_fanout(
+            run_id, node.id, total, window, node.queue, template, chunk
+        )
+        if first is None and self.store.runs.run_status(run_id) == RunStatus.PAUSED:
             return None
         if first is None or first.enqueued:
             return [], []
         if not first.items:  # a retried run kept every item: the stage ends from their outputs
-            kept = self.store.items(run_id, node.id)
+            kept = self.store.runs.items(run_id, node.id)
             output = "[" + ",".join(kept.get(i, {}).get("output") or "null" for i in range(total)) + "]"
             return [], self._close(run_id, graph, node, State.SUCCEEDED, output=output)
         return item_signatures(run_id, node, first.items), []
@@ -232,7 +234,7 @@ class Dispatcher:
     def fail_stage(self, run_id: str, stage_id: str, error: dict[str, Any]) -> bool:
         """Fail a stage that no attempt holds (decided outside a worker's attempt), keep its error,
         and advance the run. False if the stage had already ended or an attempt holds it."""
-        graph = self.store.graph(run_id)
+        graph = self.store.runs.graph(run_id)
         commit = self._settle(run_id, graph, graph.node(stage_id), State.FAILED, error=error)
         if commit.verdict is not CommitVerdict.OK:
             return False
@@ -267,7 +269,7 @@ class Dispatcher:
         request = CommitRequest(
             run_id, graph, node.id, outcome, output_json=output, error=error, run_hook=True
         )
-        commit = self.store.finish(self.plan(request, enqueue=False))
+        commit = self.store.transitions.finish(self.plan(request, enqueue=False))
         if commit.verdict is CommitVerdict.OK:
             self.advance(run_id, graph, commit, node.id, send_ready=False)  # the caller sends them
         return commit
@@ -292,4 +294,4 @@ def chunk_size(total: int, node: Node, most: int, graph: RunGraph | None = None)
 def signature_of(payload_text: str, store: RunStore) -> Signature:
     """The Celery message of a stored stage message (the delay set's, the parked set's)."""
     message = StageMessage.from_payload(payload_text)
-    return stage_signature(message, store.graph(message.run_id).node(message.stage_id))
+    return stage_signature(message, store.runs.graph(message.run_id).node(message.stage_id))

@@ -50,7 +50,7 @@ from typing import Any
 
 from orchestration.engine import hooks, triggers
 from orchestration.engine.deliveries import Delivery, Endpoints
-from orchestration.engine.protocol import HookEntry, Store
+from orchestration.engine.hook_stream import HookEntry
 from orchestration.engine.store import RunStore, connect
 from orchestration.errors import RunNotFound
 from orchestration.settings import Settings
@@ -64,7 +64,7 @@ BLOCK_MS = 1000
 class HookSender(threading.Thread):
     """One per worker main process: reads the hooks outbox and delivers each entry."""
 
-    def __init__(self, settings: Settings, consumer: str, store: Store | None = None):
+    def __init__(self, settings: Settings, consumer: str, store: RunStore | None = None):
         super().__init__(daemon=True, name="chordflow-hooks")
         self.settings, self.consumer = settings, consumer
         self.stop = threading.Event()
@@ -80,7 +80,7 @@ class HookSender(threading.Thread):
         triggers.announce_run_ends()  # in the worker's main process, before it forks its pool
 
     @property
-    def store(self) -> Store:
+    def store(self) -> RunStore:
         if self._store is None:
             self._store = RunStore(connect(self.settings), self.settings)
         return self._store
@@ -130,7 +130,7 @@ class HookSender(threading.Thread):
             self._next_claim = now + min(10.0, self.touch_every)
             handled += self._deliver_all(self._reclaim())
         self._check_stale()
-        return handled + self._deliver_all(self.store.read_hooks(GROUP, self.consumer, BATCH, block_ms))
+        return handled + self._deliver_all(self.store.hooks.read_hooks(GROUP, self.consumer, BATCH, block_ms))
 
     def _check_stale(self) -> None:
         """Now and then, alert stale pipelines (`triggers.RunEnds.check_stale`); never stops delivery."""
@@ -143,14 +143,14 @@ class HookSender(threading.Thread):
     def _ensure_group(self) -> None:
         if self._group_ready:
             return
-        self.store.create_hook_group(GROUP)
+        self.store.hooks.create_hook_group(GROUP)
         self._group_ready = True
 
     def _reclaim(self) -> list[HookEntry]:
         """Take over the entries pending on other senders for longer than the claim time."""
         idle_ms = int(self.settings.hook_claim_idle_s * 1000)
         # at most 10 pages of BATCH per tick
-        claimed = self.store.claim_idle_hooks(GROUP, self.consumer, idle_ms, BATCH, pages=10)
+        claimed = self.store.hooks.claim_idle_hooks(GROUP, self.consumer, idle_ms, BATCH, pages=10)
         for entry_id, _fields in claimed:
             if entry_id is not None:
                 log.info(
@@ -160,7 +160,7 @@ class HookSender(threading.Thread):
                 )
         # Drop consumers of dead senders from the group: nothing pending and quiet for long.
         quiet_ms = max(3600.0, 10 * self.settings.hook_claim_idle_s) * 1000
-        self.store.forget_hook_consumers(GROUP, keep=self.consumer, quiet_ms=quiet_ms)
+        self.store.hooks.forget_hook_consumers(GROUP, keep=self.consumer, quiet_ms=quiet_ms)
         return claimed
 
     def _deliver_all(self, entries: Sequence[HookEntry]) -> int:
@@ -196,7 +196,7 @@ class HookSender(threading.Thread):
                 return
             self._inflight.pop(entry_id, None)
         try:
-            self.store.ack_hook(GROUP, entry_id)
+            self.store.hooks.ack_hook(GROUP, entry_id)
         except Exception as exc:  # noqa: BLE001 - left pending: delivered again later (at least once)
             log.warning("hook sender: could not acknowledge event %s: %s", entry_id, hooks.mask(f"{exc}"))
 
@@ -243,7 +243,7 @@ class HookSender(threading.Thread):
                 ends = self.run_ends
                 webhooks = triggers.pipeline_webhooks(ends.store, str(event.get("pipeline"))) if ends else ()
             else:
-                webhooks = self.store.graph(run_id).webhooks
+                webhooks = self.store.runs.graph(run_id).webhooks
         except RunNotFound:
             return
         queued: list[Any] = []
@@ -308,7 +308,7 @@ class HookSender(threading.Thread):
         try:
             with self._lock:
                 held = list(self._inflight)
-            self.store.hold_hooks(GROUP, self.consumer, held)
+            self.store.hooks.hold_hooks(GROUP, self.consumer, held)
         except Exception:
             log.debug("hook sender: could not touch pending events", exc_info=True)
 

@@ -14,7 +14,10 @@ outcome, written before the attempt's commit); a failed attempt's last lines bef
 its traceback's tail, ending with the error, at level `TRACEBACK`. A stream expires `run_ttl_s`
 after its last batch, and its index with the run's other keys.
 
-`AttemptLogs` is a part of the run store (`store.RunStore`): the store's client stays private.
+Before the streams, a worker kept a stage's output as one list (`keys.logs`): `legacy_logs` reads
+it, so runs logged that way still show their lines (`append_logs` writes one, as such a worker did).
+
+`AttemptLogs` is the run store's `logs` (`store.RunStore`): the store's client stays private.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import redis
 
 from orchestration.engine.keys import Keys
 from orchestration.settings import Settings
@@ -127,11 +132,12 @@ def _line(entry_id: str, fields: Mapping[str, str]) -> LogLine:
 
 
 class AttemptLogs:
-    """The store's reads and writes of attempt logs (a base of `store.RunStore`)."""
+    """The store's reads and writes of attempt logs (the run store's `logs`)."""
 
-    _r: Any
-    keys: Keys
-    settings: Settings
+    def __init__(self, client: redis.Redis, settings: Settings, keys: Keys):
+        self._r: Any = client
+        self.settings = settings
+        self.keys = keys
 
     # -- writing (a worker, from an attempt's log thread) -----------------------------------------
     def write_attempt_log(
@@ -229,6 +235,12 @@ class AttemptLogs:
                 if not e.marker and e.level != FAILURE
             ]
         return lines
+
+    # -- a stage's list of lines (before the streams) ---------------------------------------------
+    def append_logs(self, run_id: str, stage_id: str, lines: Sequence[str]) -> None:
+        """Add captured output lines to a stage's log."""
+        if lines:
+            self._r.rpush(self.keys.logs(run_id, stage_id), *lines)
 
     def legacy_logs(self, run_id: str, stage_id: str) -> list[str]:
         """The lines a worker before the per-attempt streams stored for a stage (a list)."""

@@ -17,12 +17,14 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestration.engine.capacity import worker_capacity
-from orchestration.engine.protocol import Store
 from orchestration.errors import NoCapacity
 from orchestration.graph.resolve import Node, RunGraph
+
+if TYPE_CHECKING:
+    from orchestration.engine.store import RunStore
 
 
 class QueueUnserved(UserWarning):
@@ -73,7 +75,7 @@ def ask_of(node: Node) -> Ask:
 
 
 def rooms(workers: Mapping[str, Mapping[str, Any]]) -> list[Room]:
-    """What each live worker (`store.live_workers()`) can give one stage, by its heartbeat."""
+    """What each live worker (`store.fleet.live_workers()`) can give one stage, by its heartbeat."""
     out = []
     for name, info in sorted(workers.items()):
         try:
@@ -131,14 +133,14 @@ def placement(nodes: Iterable[Node], found: Iterable[Room]) -> Placement:
     return out
 
 
-def check_placement(store: Store, graph: RunGraph, refuse: bool = True) -> None:
+def check_placement(store: RunStore, graph: RunGraph, refuse: bool = True) -> None:
     """Refuse (NoCapacity) a run with stages no live worker serving their queue can ever hold;
     with `refuse` False, only warn (QueueUnserved) of them. A queue no live worker serves is
     always a warning only. Reads the workers' heartbeats (only when a stage asks for GPUs or
     memory) and writes nothing."""
     if not any(ask_of(node).any for node in graph.nodes):
         return
-    found = placement(graph.nodes, rooms(store.live_workers()))
+    found = placement(graph.nodes, rooms(store.fleet.live_workers()))
     if found.refused and refuse:
         raise NoCapacity(list(found.refused), list(found.refused.values()))
     for line in found.refused.values():

@@ -26,23 +26,26 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from orchestration.engine.antientropy import AntiEntropy
 from orchestration.engine.compiler import first_signature, item_signatures, stage_signature
 from orchestration.engine.dispatch import Dispatcher
-from orchestration.engine.protocol import Store
 from orchestration.engine.stage_message import StageMessage
 from orchestration.errors import RunNotFound
 from orchestration.graph.resolve import Node, RunGraph
 from orchestration.states import RUN_ACTIVE, RunStatus, State
 
+if TYPE_CHECKING:
+    from orchestration.engine.store import RunStore
+
 log = logging.getLogger("chordflow.reaper")
 
 
 class Reaper:
-    def __init__(self, store: Store, dispatcher: Dispatcher, identity: str):
+    def __init__(self, store: RunStore, dispatcher: Dispatcher, identity: str):
         self.store, self.dispatcher = store, dispatcher
-        self.lock = store.reaper_lock(timeout_s=max(5.0, store.settings.lease_s))
+        self.lock = store.fleet.reaper_lock(timeout_s=max(5.0, store.settings.lease_s))
         self.identity = identity
         self.entropy = AntiEntropy(store, dispatcher)
         self.primary: str | None = None
@@ -56,7 +59,7 @@ class Reaper:
             held = self.lock.acquire(blocking=False)
         if not held:
             return 0
-        sent = self.unsent() + self.store.sweep_waiting(self.store.live_workers)
+        sent = self.unsent() + self.store.capacity.sweep_waiting(self.store.fleet.live_workers)
         if self._paused():
             return sent
         sent += self.expired_leases()
@@ -68,7 +71,7 @@ class Reaper:
         """After the primary changed (a failover, a restart), leases are judged only one lease later:
         the new primary's clock may run ahead of the old one's, and workers are reconnecting."""
         now = time.monotonic()
-        primary = self.store.primary_identity()
+        primary = self.store.fleet.primary_identity()
         if self.primary is not None and primary != self.primary:
             log.warning("the Redis primary changed; judging leases again in %gs", self.store.settings.lease_s)
             self.paused_until = now + self.store.settings.lease_s
@@ -77,27 +80,33 @@ class Reaper:
 
     def expired_leases(self, limit: int = 200) -> int:
         store = self.store
-        now_ms = int(store.server_time() * 1000)
+        now_ms = int(store.runs.server_time() * 1000)
         lease_ms = int(store.settings.lease_s * 1000)
         sent = 0
-        for run_id, stage_id, item in store.expired_leases(now_ms, limit):
-            state, lease_exp_ms, attempt = store.lease_state(run_id, stage_id, item)
+        for run_id, stage_id, item in store.transitions.expired_leases(now_ms, limit):
+            state, lease_exp_ms, attempt = store.transitions.lease_state(run_id, stage_id, item)
             if state == State.RUNNING and lease_exp_ms > now_ms:
                 continue
-            if state is None and item is not None and store.stage_state(run_id, stage_id) == State.RUNNING:
+            if (
+                state is None
+                and item is not None
+                and store.runs.stage_state(run_id, stage_id) == State.RUNNING
+            ):
                 # An item a chunk message claimed and never began (its worker died first): it is
                 # sent on its own, as its first attempt.
                 state, attempt = State.RUNNING, 0
-            if state != State.RUNNING or store.run_status(run_id) not in RUN_ACTIVE:
-                store.release_lease(run_id, stage_id, item)  # ended, or its run did (a revoked item)
+            if state != State.RUNNING or store.runs.run_status(run_id) not in RUN_ACTIVE:
+                store.transitions.release_lease(
+                    run_id, stage_id, item
+                )  # ended, or its run did (a revoked item)
                 continue
             try:
-                node = store.graph(run_id).node(stage_id)
+                node = store.runs.graph(run_id).node(stage_id)
             except (RunNotFound, KeyError):
-                store.release_lease(run_id, stage_id, item)
+                store.transitions.release_lease(run_id, stage_id, item)
                 continue
             # Look again after one more lease: if this send is lost too, it is sent again.
-            store.defer_lease(run_id, stage_id, item, now_ms + lease_ms)
+            store.transitions.defer_lease(run_id, stage_id, item, now_ms + lease_ms)
             log.warning(
                 "lease of %s/%s item %s expired; sending attempt %s", run_id, stage_id, item, attempt + 1
             )
@@ -107,20 +116,20 @@ class Reaper:
 
     def unsent(self, limit: int = 200) -> int:
         store = self.store
-        horizon = store.server_time() - store.settings.outbox_grace_s
+        horizon = store.runs.server_time() - store.settings.outbox_grace_s
         sent = 0
-        for run_id, stage_id in store.unsent(horizon, limit):
-            state = store.stage_state(run_id, stage_id)
-            if state == State.QUEUED and store.run_status(run_id) == RunStatus.PAUSED:
+        for run_id, stage_id in store.outbox.unsent(horizon, limit):
+            state = store.runs.stage_state(run_id, stage_id)
+            if state == State.QUEUED and store.runs.run_status(run_id) == RunStatus.PAUSED:
                 continue  # a fan-out made ready while its run is paused: started after the resume
-            if state in (State.QUEUED, State.RUNNING) and store.run_status(run_id) in RUN_ACTIVE:
+            if state in (State.QUEUED, State.RUNNING) and store.runs.run_status(run_id) in RUN_ACTIVE:
                 try:
-                    graph = store.graph(run_id)
+                    graph = store.runs.graph(run_id)
                 except RunNotFound:
-                    store.sent(run_id, [stage_id])
+                    store.outbox.sent(run_id, [stage_id])
                     continue
                 sent += self._resend(run_id, graph, graph.node(stage_id), state)
-            store.sent(run_id, [stage_id])
+            store.outbox.sent(run_id, [stage_id])
         return sent
 
     def _resend(self, run_id: str, graph: RunGraph, node: Node, state: str) -> int:
@@ -134,9 +143,9 @@ class Reaper:
             return 1
         if not node.fans_out:
             return 0  # running: it was sent
-        total = self.store.items_total(run_id, node.id)
+        total = self.store.runs.items_total(run_id, node.id)
         window = min(total, node.max_concurrency or total)
-        states = self.store.item_states(run_id, node.id, range(window))
+        states = self.store.runs.item_states(run_id, node.id, range(window))
         unstarted = [i for i, item_state in enumerate(states) if item_state is None]
         if unstarted:
             log.warning(

@@ -1,11 +1,11 @@
 """The run store's records of pipelines across runs: the registry of pipelines, each pipeline's
 last run end and last success, the assets runs provided, runs that were not started (skipped),
-chains of pipelines, and the pipeline_stale alerts already sent.
+chains of pipelines, the pipeline_stale alerts already sent, and each schedule's last firing.
 
-`PipelineRecords` is part of `store.RunStore` (a base class beside `Transitions`), so these are
-named store methods like the others. Every key comes from `keys.Keys`. The registry and the
-trigger index change together (WATCH/MULTI); a run's end is recorded by one script
-(`lua/record_end.lua`), idempotent and order-proof, as the hook sender delivers at least once.
+`PipelineRecords` is the run store's `records` (`store.RunStore`). Every key comes from
+`keys.Keys`. The registry and the trigger index change together (WATCH/MULTI); a run's end is
+recorded by one script (`lua/record_end.lua`), idempotent and order-proof, as the hook sender
+delivers at least once.
 """
 
 from __future__ import annotations
@@ -18,19 +18,24 @@ from typing import Any
 import redis
 from redis.lock import Lock
 
-from orchestration.engine.reads import RunReads
+from orchestration.engine.hook_stream import HOOKS_MAXLEN
+from orchestration.engine.keys import Keys
 from orchestration.engine.scripts import source
 from orchestration.graph.resolve import RunGraph
+from orchestration.settings import Settings
 from orchestration.states import RunStatus
 
 SKIPPED = RunStatus.SKIPPED  # the status of a run that was recorded but not started (its dependencies)
-HOOKS_MAXLEN = 100_000  # as the scripts trim the hooks outbox (lua/_common.lua)
 
 
-class PipelineRecords(RunReads):
+class PipelineRecords:
     """Records across the runs of pipelines (see the module docstring)."""
 
-    _record_end: Any = None
+    def __init__(self, client: redis.Redis, settings: Settings, keys: Keys):
+        self._r: Any = client
+        self.settings = settings
+        self.keys = keys
+        self._record_end: Any = None  # record_end.lua, registered when first run
 
     # -- the registry ----------------------------------------------------------------------------
     def register_pipeline(
@@ -225,6 +230,11 @@ class PipelineRecords(RunReads):
         """Pipelines fresh again: their next staleness is alerted anew."""
         if pipelines:
             self._r.hdel(self.keys.stale_alerts(), *pipelines)
+
+    # -- schedules -------------------------------------------------------------------------------
+    def record_schedule_outcome(self, name: str, outcome: Mapping[str, Any]) -> None:
+        """Keep what the last firing of schedule `name` did (tick, run_id or error, at)."""
+        self._r.hset(self.keys.schedule_outcomes(), name, json.dumps(outcome))
 
 
 def _json(raw: Any) -> dict[str, Any]:

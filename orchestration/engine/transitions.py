@@ -1,8 +1,10 @@
-"""Every change of a stage's or a run's state, each one Lua script (`lua/*.lua`).
+"""Every change of a stage's or a run's state, each one Lua script (`lua/*.lua`), and the leases
+of the running attempts those scripts keep.
 
 A transition checks before it writes and is fenced by the attempt's token, so a
 duplicate delivery or a late commit changes nothing. Every key a script touches
-is passed in KEYS, built by `keys.Keys`.
+is passed in KEYS, built by `keys.Keys`. `Transitions` is the run store's `transitions`
+(`store.RunStore`).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import redis
 
@@ -25,7 +27,7 @@ from orchestration.engine.commit import (
     retry_call,
 )
 from orchestration.engine.durability import wait_args
-from orchestration.engine.keys import encode_member
+from orchestration.engine.keys import Keys, decode_member, encode_member
 from orchestration.engine.limits import holder
 from orchestration.engine.replies import (
     BeginReply,
@@ -36,6 +38,7 @@ from orchestration.engine.replies import (
     decode_finish,
     decode_retry,
 )
+from orchestration.engine.runs import Runs
 from orchestration.engine.scripts import Script, source
 from orchestration.graph.resolve import RunGraph
 from orchestration.settings import Settings
@@ -51,12 +54,19 @@ class FanoutStart(NamedTuple):
     enqueued: bool = False
 
 
-class Transitions(CapacityUpkeep):
-    """The run store's transitions: each method runs one script (begin, renew, retry, finish,
-    start_fanout, control; reopen clears the run's TTLs first)."""
+class Transitions:
+    """The run store's transitions: each method runs one script (begin, renew, claim, retry,
+    finish, start_fanout, control; reopen clears the run's TTLs first); and the leases the reaper
+    reads (expired_leases, lease_state, release_lease, defer_lease)."""
 
-    def __init__(self, client: redis.Redis, settings: Settings):
-        super().__init__(client, settings)
+    def __init__(
+        self, client: redis.Redis, settings: Settings, keys: Keys, runs: Runs, capacity: CapacityUpkeep
+    ):
+        self._r: Any = client
+        self.settings = settings
+        self.keys = keys
+        self._runs = runs  # a cancel reads the run's graph
+        self._capacity = capacity  # ... and gives back its slots
         self._begin = Script(client, "begin.lua")
         # the same scripts with lua/_limits.lua, for the stages that have a gate (limits.py)
         self._begin_gated = Script(client, "begin.lua", limits=True)
@@ -178,12 +188,12 @@ class Transitions(CapacityUpkeep):
         keys = [k.run(run_id), k.states(run_id), k.events(run_id), k.parked(run_id), k.hooks()]
         stage_ids: list[str] = []
         if op == "cancel":
-            stage_ids = [n.id for n in self.graph(run_id).nodes]
+            stage_ids = [n.id for n in self._runs.graph(run_id).nodes]
             for sid in stage_ids:
                 keys += [k.stage(run_id, sid), k.items(run_id, sid)]
         verdict, payload = self._control(keys=keys, args=[op, run_id, pipeline, json.dumps(stage_ids)])
         if op == "cancel" and verdict == "ok":
-            self.release_run(run_id, self.graph(run_id))  # its stopped stages never commit
+            self._capacity.release_run(run_id, self._runs.graph(run_id))  # its stopped stages never commit
         return verdict, list(payload) if isinstance(payload, list) else [payload]
 
     def reopen(self, run_id: str, graph: RunGraph) -> tuple[str, list[str]]:
@@ -201,6 +211,30 @@ class Transitions(CapacityUpkeep):
             args=[run_id, json.dumps([[n.id, list(n.needs)] for n in graph.nodes])],
         )
         return verdict, list(detail) if isinstance(detail, list) else [detail]
+
+    # -- leases: running attempts, by the time their worker must have renewed them ------------
+    def expired_leases(self, now_ms: int, limit: int = 200) -> list[tuple[str, str, int | None]]:
+        """(run id, stage id, item) of up to `limit` leases that expired by `now_ms` (Redis's clock)."""
+        members = self._r.zrangebyscore(self.keys.leases(), 0, now_ms, start=0, num=limit)
+        return [decode_member(member) for member in members]
+
+    def lease_state(self, run_id: str, stage_id: str, item: int | None) -> tuple[str | None, int, int]:
+        """The unit's state, its lease expiry (ms, Redis's clock; 0 if none) and its attempt (1 if none)."""
+        prefix = "" if item is None else f"{item}:"
+        state, lease_exp, attempt = self._r.hmget(
+            self.keys.unit(run_id, stage_id, item),
+            [f"{prefix}state", f"{prefix}lease_exp", f"{prefix}attempt"],
+        )
+        return state, int(lease_exp or 0), int(attempt or 1)
+
+    def release_lease(self, run_id: str, stage_id: str, item: int | None) -> None:
+        """Forget a lease (its attempt ended, or its run did)."""
+        self._r.zrem(self.keys.leases(), encode_member(run_id, stage_id, item, lease=True))
+
+    def defer_lease(self, run_id: str, stage_id: str, item: int | None, until_ms: int) -> None:
+        """Move an existing lease's expiry to `until_ms` (Redis's clock); no lease is added."""
+        member = encode_member(run_id, stage_id, item, lease=True)
+        self._r.zadd(self.keys.leases(), {member: until_ms}, xx=True)
 
 
 __all__ = ["Commit", "FanoutStart", "Transitions"]

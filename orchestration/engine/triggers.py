@@ -82,12 +82,12 @@ def submit_spec(
     missing = unmet(store, spec, registered)
     if missing:
         reason = "dependencies not met: " + "; ".join(missing)
-        run_id, _ = store.create_skipped_run(
+        run_id, _ = store.records.create_skipped_run(
             graph, new_run_id(), reason, idempotency_key, run_extra(spec, **origin)
         )
         log.warning("pipeline %s not started (run %s skipped): %s", spec.name, run_id, reason)
         return run_id, False
-    run_id, created = store.create_run(
+    run_id, created = store.runs.create_run(
         graph, idempotency_key=idempotency_key, extra=run_extra(spec, **origin)
     )
     if created:
@@ -116,10 +116,10 @@ class RunEnds:
         run_id, pipeline = str(event.get("run_id") or ""), str(event.get("pipeline") or "")
         if not run_id or not pipeline:
             return []
-        self.store.record_run_end(run_id, pipeline)
+        self.store.records.record_run_end(run_id, pipeline)
         if event.get("status") != RunStatus.SUCCEEDED:
             return []
-        downstream = self.store.triggered_by(pipeline)
+        downstream = self.store.records.triggered_by(pipeline)
         if not downstream:
             return []
         registered = registry(self.store)
@@ -147,11 +147,11 @@ class RunEnds:
     ) -> str:
         """Submit `spec` once for this successful run of `upstream`."""
         key = trigger_key(spec.name, upstream_run)
-        existing = self.store.idempotent_run(key)
+        existing = self.store.records.idempotent_run(key)
         if existing is not None:
-            if self.store.run_status(existing) is not None:
+            if self.store.runs.run_status(existing) is not None:
                 return existing  # this end was delivered before
-            self.store.release_orphan_key(key, existing)
+            self.store.records.release_orphan_key(key, existing)
         run_id, started = submit_spec(
             self.store,
             self.dispatcher,
@@ -169,8 +169,8 @@ class RunEnds:
 
     def _chain_members(self, run_id: str) -> set[str]:
         """The pipelines of the chain `run_id` is part of (a chain submits them itself)."""
-        (chain_id,) = self.store.run_fields([run_id], ["chain"])[0]
-        chain = self.store.chain(chain_id) if chain_id else None
+        (chain_id,) = self.store.runs.run_fields([run_id], ["chain"])[0]
+        chain = self.store.records.chain(chain_id) if chain_id else None
         return set(chain.get("pipelines") or ()) if chain else set()
 
     # -- stale pipelines ------------------------------------------------------------------------
@@ -181,7 +181,7 @@ class RunEnds:
         if not force and time.monotonic() < self._stale_next:
             return []
         self._stale_next = time.monotonic() + STALE_CHECK_S
-        lock = self.store.stale_lock(timeout_s=STALE_CHECK_S * 4)
+        lock = self.store.records.stale_lock(timeout_s=STALE_CHECK_S * 4)
         if not lock.acquire(blocking=False):
             return []
         try:
@@ -194,8 +194,8 @@ class RunEnds:
 
     def _alert_stale(self) -> list[str]:
         registered = registry(self.store)
-        alerted = self.store.stale_alerted()
-        now = self.store.server_time()
+        alerted = self.store.records.stale_alerted()
+        now = self.store.runs.server_time()
         sent, fresh = [], []
         for name, entry in registered.items():
             limit = freshness_limit(name, registered)
@@ -211,7 +211,7 @@ class RunEnds:
             if alerted.get(name) == about:
                 continue
             did = f"last succeeded {span(now - last.at)} ago" if last is not None else "has never succeeded"
-            self.store.alert_stale(
+            self.store.records.alert_stale(
                 name,
                 about,
                 {
@@ -225,7 +225,7 @@ class RunEnds:
                 },
             )
             sent.append(name)
-        self.store.forget_stale_alerts(fresh)
+        self.store.records.forget_stale_alerts(fresh)
         return sent
 
 

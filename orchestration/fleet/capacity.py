@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 from orchestration.engine.capacity_reads import Waiter, capacity_waiting
 from orchestration.engine.placement import Ask, Room, rooms, shortfall
-from orchestration.engine.reads import RunReads
+
+if TYPE_CHECKING:
+    from orchestration.engine.store import RunStore
 
 if TYPE_CHECKING:
     from orchestration.fleet.health import HealthReport
@@ -65,12 +67,12 @@ def queue_capacity(
     return report
 
 
-def capacity_reports(store: RunReads, workers: Mapping[str, Mapping[str, Any]]) -> dict[str, CapacityReport]:
+def capacity_reports(store: RunStore, workers: Mapping[str, Mapping[str, Any]]) -> dict[str, CapacityReport]:
     """Queue -> its stages waiting for capacity, for every configured queue and every queue a live
     worker serves (a queue with none waiting reports zeros: an autoscaler reads every one)."""
     found = rooms(workers)
     queues = list(dict.fromkeys([*store.settings.queues, *(q for r in found for q in sorted(r.queues))]))
-    now = store.server_time()
+    now = store.runs.server_time()
     out = {}
     for queue in queues:
         total, waiters = capacity_waiting(store, queue)
@@ -99,7 +101,7 @@ def capacity_problems(reports: Mapping[str, CapacityReport]) -> list[str]:
     return problems
 
 
-def add_capacity(report: HealthReport, store: RunReads) -> None:
+def add_capacity(report: HealthReport, store: RunStore) -> None:
     """`health.check`'s part: `report.capacity` (queue -> as `health --json` shows it) and a problem
     for each queue with unplaceable stages."""
     reports = capacity_reports(store, report.workers)

@@ -51,7 +51,7 @@ class Chain:
 
     def save(self, client: Client) -> None:
         self.updated_at = round(time.time(), 3)
-        client.store.save_chain(self.chain_id, self.as_dict(), self.started_at)
+        client.store.records.save_chain(self.chain_id, self.as_dict(), self.started_at)
 
 
 def new_chain_id() -> str:
@@ -81,11 +81,11 @@ def start(client: Client, names: list[str], force: bool = False, from_pipeline: 
 def load(client: Client, chain_id: str | None = None) -> Chain:
     """Chain `chain_id`, or the newest chain."""
     if chain_id is None:
-        newest = client.store.recent_chains(1)
+        newest = client.store.records.recent_chains(1)
         if not newest:
             raise ChordflowError("no chain to resume: start one with `chordflow chain run PIPELINE...`")
         chain_id = newest[0]
-    data = client.store.chain(check_chain_id(chain_id))
+    data = client.store.records.chain(check_chain_id(chain_id))
     if data is None:
         raise ChordflowError(f"no chain '{chain_id}' in the store (wrong id, or it expired)")
     return Chain(**{k: v for k, v in data.items() if k in Chain.__dataclass_fields__})
@@ -102,7 +102,7 @@ def drive(
     chain.save(client)
     for name in chain.pipelines:
         run_id = chain.runs.get(name)
-        status = client.store.run_status(run_id) if run_id else None
+        status = client.store.runs.run_status(run_id) if run_id else None
         if status == RunStatus.SUCCEEDED:
             step(name, str(run_id), "reused")
             continue
@@ -147,13 +147,13 @@ def _submit(client: Client, chain: Chain, name: str, again: bool) -> str:
 
 def chain_runs(client: Client, chain_id: str) -> list[dict[str, Any]]:
     """The chain's pipelines in order, each with its newest run and that run's status (for the run page)."""
-    data = client.store.chain(chain_id)
+    data = client.store.records.chain(chain_id)
     if data is None:
         return []
     runs = data.get("runs") or {}
     names = list(data.get("pipelines") or [])
     ids = [runs.get(n) for n in names]
-    statuses = client.store.run_fields([i for i in ids if i], ["status"])
+    statuses = client.store.runs.run_fields([i for i in ids if i], ["status"])
     by_id = dict(zip([i for i in ids if i], (s for (s,) in statuses)))
     return [{"pipeline": n, "run_id": i, "status": by_id.get(i) if i else None} for n, i in zip(names, ids)]
 

@@ -50,7 +50,7 @@ def fleet_view(settings: Settings, graph: RunGraph, timeout_s: float = 2.0) -> F
     try:
         store = RunStore(client, settings)
         view = FleetView()
-        for info in store.live_workers().values():
+        for info in store.fleet.live_workers().values():
             for described in info.get("types", []):
                 view.types[described["name"]] = described
                 view.types[described["ref"]] = described

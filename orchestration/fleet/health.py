@@ -26,7 +26,6 @@ from redis.retry import Retry
 
 from orchestration.engine import redis_url
 from orchestration.engine.keys import Keys
-from orchestration.engine.protocol import Store
 from orchestration.engine.store import RunStore, connect
 from orchestration.errors import RunNotFound
 from orchestration.fleet.capacity import add_capacity
@@ -71,7 +70,7 @@ def queue_lists(queue: str) -> list[str]:
 
 
 def queue_reports(
-    store: Store, broker: redis.Redis, workers: Mapping[str, Mapping[str, Any]]
+    store: RunStore, broker: redis.Redis, workers: Mapping[str, Mapping[str, Any]]
 ) -> list[QueueReport]:
     """Each configured queue's work and the live workers that serve it. The queues are kombu's
     lists on the `broker` Redis (read directly: they are the broker's, not the run store's)."""
@@ -82,7 +81,7 @@ def queue_reports(
         for queue in info.get("queues", []):
             if queue in reports:
                 reports[queue].workers.append(host)
-    now = store.server_time()
+    now = store.runs.server_time()
     for report in reports.values():
         for name in queue_lists(report.name):
             _measure_list(broker, oldest, name, report, now)
@@ -128,11 +127,11 @@ def _note(write: Any, *args: Any) -> None:
         pass
 
 
-def _delayed_queues(store: Store, limit: int = 1000) -> Iterable[str]:
-    for payload in store.delayed_payloads(limit):
+def _delayed_queues(store: RunStore, limit: int = 1000) -> Iterable[str]:
+    for payload in store.outbox.delayed_payloads(limit):
         try:
             run_id, stage_id, *_ = json.loads(str(payload))
-            yield store.graph(run_id).node(stage_id).queue
+            yield store.runs.graph(run_id).node(stage_id).queue
         except (RunNotFound, KeyError, ValueError, TypeError):
             continue
 
@@ -165,26 +164,26 @@ class Freshness:
     stale: bool
 
 
-def max_ages(store: Store, settings: Settings) -> dict[str, tuple[float, float | None]]:
+def max_ages(store: RunStore, settings: Settings) -> dict[str, tuple[float, float | None]]:
     """Pipeline -> (max_age_s, first known at): `max_age` from schedules' stored pipelines, else the
     `max_age_s` field of a pipeline's newest run record (when submit records it)."""
     found: dict[str, tuple[float, float | None]] = {}
     for entry in list_schedules(settings):
         if entry.max_age_s:
             found[entry.pipeline] = (entry.max_age_s, entry.added_at)
-    for name in store.pipelines():
-        newest = store.recent_runs(1, name)
-        first_at = store.first_run_at(name)
+    for name in store.runs.pipelines():
+        newest = store.runs.recent_runs(1, name)
+        first_at = store.runs.first_run_at(name)
         if name in found:
             age, added = found[name]
             found[name] = (age, _earliest(added, first_at))
             continue
-        raw = store.run_fields([str(newest[0])], ["max_age_s"])[0][0] if newest else None
+        raw = store.runs.run_fields([str(newest[0])], ["max_age_s"])[0][0] if newest else None
         if raw:
             found[name] = (float(raw), first_at)
     for name, (limit, registered_at) in registry_limits(store).items():  # max_age, depends_on's max_age
         age, added = found.get(name, (limit, None))
-        found[name] = (min(age, limit), _earliest(added, registered_at, store.first_run_at(name)))
+        found[name] = (min(age, limit), _earliest(added, registered_at, store.runs.first_run_at(name)))
     return found
 
 
@@ -192,16 +191,16 @@ def _earliest(*times: float | None) -> float | None:
     return min((t for t in times if t is not None), default=None)
 
 
-def last_success(store: Store, pipeline: str) -> float | None:
+def last_success(store: RunStore, pipeline: str) -> float | None:
     """When the newest succeeded run of `pipeline` finished (epoch s), among its newest runs."""
-    ids = [str(i) for i in store.recent_runs(LAST_SUCCESS_SCAN, pipeline)]
-    for status, finished_at in store.run_fields(ids, ["status", "finished_at"]):
+    ids = [str(i) for i in store.runs.recent_runs(LAST_SUCCESS_SCAN, pipeline)]
+    for status, finished_at in store.runs.run_fields(ids, ["status", "finished_at"]):
         if status == RunStatus.SUCCEEDED and finished_at:
             return float(finished_at)
     return None
 
 
-def freshness(store: Store, settings: Settings, now: float) -> list[Freshness]:
+def freshness(store: RunStore, settings: Settings, now: float) -> list[Freshness]:
     out = []
     for pipeline, (max_age, known_since) in sorted(max_ages(store, settings).items()):
         success = last_success(store, pipeline)
@@ -260,7 +259,7 @@ def check(settings: Settings, timeout_s: float = 5.0) -> HealthReport:
     report.replication = replication(client)
     report.warnings.extend(report.replication.warnings())
     report.problems.extend(redis_write_problems(client, settings))
-    report.workers = store.live_workers()
+    report.workers = store.fleet.live_workers()
     report.queues = queue_reports(store, client, report.workers)
     for q in report.queues:
         if q.work and not q.workers:
@@ -270,7 +269,7 @@ def check(settings: Settings, timeout_s: float = 5.0) -> HealthReport:
                 f"`chordflow worker --queues {q.name}`"
             )
     add_capacity(report, store)  # stages waiting for GPUs or memory, per queue
-    report.pipelines = freshness(store, settings, store.server_time())
+    report.pipelines = freshness(store, settings, store.runs.server_time())
     for p in report.pipelines:
         if p.stale:
             since = (
@@ -280,7 +279,7 @@ def check(settings: Settings, timeout_s: float = 5.0) -> HealthReport:
                 f"pipeline '{p.pipeline}' is stale: it {since} {p.age_s:.0f}s ago, "
                 f"more than its max_age of {p.max_age_s:g}s"
             )
-    report.assets = stale_assets(store, store.server_time())
+    report.assets = stale_assets(store, store.runs.server_time())
     for a in report.assets:
         if a.stale:
             since = (

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from orchestration.states import RunStatus, State
 
 if TYPE_CHECKING:
-    from orchestration.engine.protocol import Store
+    from orchestration.engine.store import RunStore
     from orchestration.settings import Settings
 
 SCAN_FACTOR = 10  # look through up to limit × this many newest runs to find `limit` that succeeded
@@ -42,29 +42,29 @@ def median_durations(records: Iterable[tuple[str, Mapping[str, str]]]) -> dict[s
     return {stage_id: statistics.median(values) for stage_id, values in samples.items()}
 
 
-def succeeded_runs(store: Store, pipeline: str, limit: int = 20) -> list[str]:
+def succeeded_runs(store: RunStore, pipeline: str, limit: int = 20) -> list[str]:
     """The ids of the newest `limit` succeeded runs of `pipeline`, newest first."""
-    ids = [str(i) for i in store.recent_runs(limit * SCAN_FACTOR, pipeline)]
-    statuses = store.run_fields(ids, ["status"])
+    ids = [str(i) for i in store.runs.recent_runs(limit * SCAN_FACTOR, pipeline)]
+    statuses = store.runs.run_fields(ids, ["status"])
     return [run_id for run_id, (status,) in zip(ids, statuses) if status == RunStatus.SUCCEEDED][:limit]
 
 
-def stage_durations(store: Store, pipeline: str, limit: int = 20) -> dict[str, float]:
+def stage_durations(store: RunStore, pipeline: str, limit: int = 20) -> dict[str, float]:
     """Stage id -> median seconds over the newest `limit` succeeded runs of `pipeline`."""
     records: list[tuple[str, Mapping[str, str]]] = []
     for run_id in succeeded_runs(store, pipeline, limit):
-        done = [sid for sid, state in store.states(run_id).items() if state == State.SUCCEEDED]
-        records += store.stage_details(run_id, done).items()
+        done = [sid for sid, state in store.runs.states(run_id).items() if state == State.SUCCEEDED]
+        records += store.runs.stage_details(run_id, done).items()
     return median_durations(records)
 
 
-def run_seconds(store: Store, pipeline: str, limit: int = 20) -> float | None:
+def run_seconds(store: RunStore, pipeline: str, limit: int = 20) -> float | None:
     """The median time from submit to end of the newest `limit` succeeded runs of `pipeline`
     (what the stages' durations leave out: dispatch, commits, waits), or None without one."""
     ids = succeeded_runs(store, pipeline, limit)
     spans = [
         stage_seconds({"started_at": c or "", "finished_at": f or ""})
-        for c, f in store.run_fields(ids, ["created_at", "finished_at"])
+        for c, f in store.runs.run_fields(ids, ["created_at", "finished_at"])
     ]
     found = [span for span in spans if span is not None]
     return statistics.median(found) if found else None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestration.engine.dependencies import (
     Registered,
@@ -24,10 +24,11 @@ from orchestration.engine.dependencies import (
     registry,
     unmet,
 )
-from orchestration.engine.protocol import Store
-from orchestration.engine.records import PipelineRecords
 from orchestration.fleet.schedules import list_schedules
 from orchestration.settings import Settings
+
+if TYPE_CHECKING:
+    from orchestration.engine.store import RunStore
 
 
 @dataclass
@@ -75,16 +76,14 @@ def _freshness(limit: float | None, last: RunEnd | None, now: float) -> str:
     return "fresh" if last is not None and now - last.at <= limit else "stale"
 
 
-def pipeline_rows(
-    store: PipelineRecords, settings: Settings, with_schedules: bool = True
-) -> list[PipelineRow]:
+def pipeline_rows(store: RunStore, settings: Settings, with_schedules: bool = True) -> list[PipelineRow]:
     """One row per registered pipeline, by name."""
     registered = registry(store)
     scheduled: dict[str, list[str]] = {}
     if with_schedules:
         for s in list_schedules(settings):
             scheduled.setdefault(s.pipeline, []).append(s.when)
-    now = store.server_time()
+    now = store.runs.server_time()
     rows = []
     for name, entry in registered.items():
         spec = entry.spec
@@ -120,11 +119,11 @@ def asset_names(registered: Mapping[str, Registered], kept: Mapping[str, Any]) -
     return sorted(names)
 
 
-def asset_rows(store: PipelineRecords) -> list[AssetRow]:
+def asset_rows(store: RunStore) -> list[AssetRow]:
     """One row per asset, by name."""
     registered = registry(store)
-    kept = store.asset_records()
-    now = store.server_time()
+    kept = store.records.asset_records()
+    now = store.runs.server_time()
     rows = []
     for asset in asset_names(registered, kept):
         last = last_provided(store, asset, registered, kept)
@@ -145,10 +144,8 @@ def asset_rows(store: PipelineRecords) -> list[AssetRow]:
 # -- for `chordflow health` ----------------------------------------------------------------------------
 
 
-def registry_limits(store: Store) -> dict[str, tuple[float, float | None]]:
+def registry_limits(store: RunStore) -> dict[str, tuple[float, float | None]]:
     """Registered pipeline -> (freshness limit, when it was registered), for those with a limit."""
-    if not isinstance(store, PipelineRecords):
-        return {}
     registered = registry(store)
     limits = {name: (freshness_limit(name, registered), r.added_at) for name, r in registered.items()}
     return {name: (limit, added) for name, (limit, added) in limits.items() if limit}
@@ -165,13 +162,11 @@ class AssetFreshness:
     stale: bool
 
 
-def stale_assets(store: Store, now: float) -> list[AssetFreshness]:
+def stale_assets(store: RunStore, now: float) -> list[AssetFreshness]:
     """Each asset with a freshness limit and how old it is: stale when older, or when never provided
     for longer than that since a registered pipeline first named it."""
-    if not isinstance(store, PipelineRecords):
-        return []
     registered = registry(store)
-    kept = store.asset_records()
+    kept = store.records.asset_records()
     out = []
     for asset in asset_names(registered, kept):
         limit = asset_freshness_limit(asset, registered)

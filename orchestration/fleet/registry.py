@@ -12,16 +12,18 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from orchestration.engine.dependencies import registry
-from orchestration.engine.records import PipelineRecords
 from orchestration.errors import InvalidPipeline, Problem
 from orchestration.language import dag
 from orchestration.language.builder import dump
 from orchestration.language.spec import PipelineSpec
+
+if TYPE_CHECKING:
+    from orchestration.engine.store import RunStore
 
 
 def upstreams(specs: Mapping[str, PipelineSpec]) -> dict[str, list[str]]:
@@ -48,7 +50,7 @@ def cycles(specs: Mapping[str, PipelineSpec]) -> list[str]:
 
 
 def register(
-    store: PipelineRecords,
+    store: RunStore,
     spec: PipelineSpec,
     source: str | None = None,
     sets: Mapping[str, Any] | None = None,
@@ -85,7 +87,9 @@ def register(
         "added_at": round(time.time(), 3),
         "origin": origin,
     }
-    created = store.register_pipeline(spec.name, entry, [t.on_success_of for t in spec.triggers], check)
+    created = store.records.register_pipeline(
+        spec.name, entry, [t.on_success_of for t in spec.triggers], check
+    )
     return created, notes
 
 
@@ -101,12 +105,12 @@ def _specs(entries: Mapping[str, Mapping[str, Any]]) -> dict[str, PipelineSpec]:
     return found
 
 
-def unregister(store: PipelineRecords, name: str) -> bool:
+def unregister(store: RunStore, name: str) -> bool:
     """Forget a registered pipeline (its runs, and schedules of it, stay); False if it was not there."""
-    return store.unregister_pipeline(name)
+    return store.records.unregister_pipeline(name)
 
 
-def registered_specs(store: PipelineRecords, names: Iterable[str]) -> dict[str, PipelineSpec]:
+def registered_specs(store: RunStore, names: Iterable[str]) -> dict[str, PipelineSpec]:
     """The registered specs of `names`, in that order; InvalidPipeline naming those not registered."""
     known = registry(store)
     names = list(dict.fromkeys(names))
@@ -128,7 +132,7 @@ def chain_order(specs: Mapping[str, PipelineSpec]) -> list[str]:
         raise InvalidPipeline(Problem(f"the chain's pipelines form a cycle: {exc}")) from None
 
 
-def downstream_by_triggers(store: PipelineRecords, start: str) -> list[str]:
+def downstream_by_triggers(store: RunStore, start: str) -> list[str]:
     """`start` and every registered pipeline its successes trigger, directly or not, in dependency order."""
     known = registry(store)
     if start not in known:

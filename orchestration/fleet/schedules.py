@@ -361,5 +361,5 @@ def submit_tick(client: Client, name: str, tick: int, spec_data: dict[str, Any])
     except ChordflowError as exc:
         outcome["error"] = str(exc)
         log.error("schedule %s, tick %s: not submitted: %s", name, tick, exc)
-    client.store.record_schedule_outcome(name, outcome)
+    client.store.records.record_schedule_outcome(name, outcome)
     return outcome.get("run_id") or f"failed: {outcome['error']}"

@@ -16,7 +16,7 @@ import os
 import time
 from typing import Any
 
-from orchestration.engine.store import RunStore
+from orchestration.engine.transitions import Transitions
 from orchestration.settings import Settings
 
 from .history import text_hash
@@ -36,7 +36,7 @@ def _append(line: dict[str, Any]) -> None:
 
 def _finish(original: Any) -> Any:
     @functools.wraps(original)
-    def finish(self: RunStore, req: Any) -> Any:
+    def finish(self: Transitions, req: Any) -> Any:
         commit = original(self, req)
         if req.token and commit.committed:
             unit = (req.run_id, req.stage_id, req.item, str(req.token))
@@ -59,7 +59,7 @@ def _finish(original: Any) -> Any:
 
 def _retry(original: Any) -> Any:
     @functools.wraps(original)
-    def retry(self: RunStore, req: Any) -> Any:
+    def retry(self: Transitions, req: Any) -> Any:
         reply = original(self, req)
         if reply.held:
             m = req.message
@@ -84,6 +84,6 @@ def install() -> bool:
     """Observe the store's commits in this process, unless the worker logs its own acks (WAIT on)."""
     if not os.environ.get("CHORDFLOW_TEST_ACK_LOG") or Settings().replicas_ack:
         return False
-    RunStore.finish = _finish(RunStore.finish)  # type: ignore[method-assign]
-    RunStore.retry = _retry(RunStore.retry)  # type: ignore[method-assign]
+    Transitions.finish = _finish(Transitions.finish)  # type: ignore[method-assign]
+    Transitions.retry = _retry(Transitions.retry)  # type: ignore[method-assign]
     return True

@@ -58,7 +58,7 @@ def test_stages_and_items_whose_messages_were_lost_are_sent_again(bare_cluster):
         assert cluster.client.handle(rid).wait(timeout=30).status == RunStatus.SUCCEEDED
     assert cluster.terminal_commits(chain) == {"a": 1, "b": 1}
     assert cluster.terminal_commits(fanned) == {"fan": 1}
-    assert sorted(cluster.client.store.items(fanned, "fan")) == [0, 1, 2, 3, 4]
+    assert sorted(cluster.client.store.runs.items(fanned, "fan")) == [0, 1, 2, 3, 4]
     assert cluster.client.status(run_id)["stages"]["r"]["attempts"] == 2  # sent as its next attempt
     log = Path(worker.log_path).read_text()
     assert "waits for a message no one holds; sending it again" in log
@@ -76,9 +76,9 @@ def test_a_stage_whose_message_is_in_its_queue_is_not_sent_twice(bare_cluster):
     handle = cluster.client.submit(
         validate_data(pipeline("queued", {"id": "a", "uses": "noop"})), check_types=False
     )
-    reads = cluster.client.store.missing_messages()
-    graph = cluster.client.store.graph(handle.run_id)
-    now_ms = int(cluster.client.store.server_time() * 1000)
+    reads = cluster.client.store.missing
+    graph = cluster.client.store.runs.graph(handle.run_id)
+    now_ms = int(cluster.client.store.runs.server_time() * 1000)
     suspects = reads.suspects(handle.run_id, graph, now_ms, 0)
     assert [s.unit for s in suspects] == [(handle.run_id, "a", None)]
     present = reads.present(["cpu"], now_ms / 1000 - 60)
@@ -99,9 +99,9 @@ def test_a_message_a_dead_worker_took_long_ago_does_not_hide_a_loss(bare_cluster
     text = cluster.redis.rpop("cpu")  # as kombu's consumer takes it: into unacked, by time taken
     cluster.redis.hset("unacked", "tag-1", json.dumps([json.loads(text), "", "cpu"]))
     store = cluster.client.store
-    now_s = store.server_time()
-    reads = store.missing_messages()
-    (suspect,) = reads.suspects(handle.run_id, store.graph(handle.run_id), int(now_s * 1000), 0)
+    now_s = store.runs.server_time()
+    reads = store.missing
+    (suspect,) = reads.suspects(handle.run_id, store.runs.graph(handle.run_id), int(now_s * 1000), 0)
     cluster.redis.zadd("unacked_index", {"tag-1": now_s - 5})  # taken 5 s ago: in a worker's hands
     assert suspect.found_in(reads.present(["cpu"], now_s - 60))
     cluster.redis.zadd("unacked_index", {"tag-1": now_s - 3600})  # an hour ago, by a worker now gone

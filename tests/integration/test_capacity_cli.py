@@ -38,7 +38,7 @@ def chordflow(url: str, *args: str) -> subprocess.CompletedProcess:
 @pytest.fixture
 def gpu_box(bare_cluster):
     """A live worker with 2 GPUs and 32 GB serving every queue (its heartbeat, fresh for this test)."""
-    bare_cluster.client.store.publish_worker(
+    bare_cluster.client.store.fleet.publish_worker(
         "gpu-box/gpu",
         {
             "queues": ["cpu", "gpu", "highmem"],
@@ -48,7 +48,7 @@ def gpu_box(bare_cluster):
         },
     )
     yield bare_cluster
-    bare_cluster.client.store.remove_worker("gpu-box/gpu")
+    bare_cluster.client.store.fleet.remove_worker("gpu-box/gpu")
 
 
 @pytest.fixture
@@ -88,7 +88,7 @@ def test_no_check_queues_it_and_health_reports_it_unplaceable(gpu_box, train_fil
     done = chordflow(gpu_box.server.url, "submit", str(train_file), "--no-check")
     assert done.returncode == 0, done.stdout + done.stderr
     run_id = done.stdout.strip().splitlines()[-1]
-    assert gpu_box.client.store.run_status(run_id) == "running"
+    assert gpu_box.client.store.runs.run_status(run_id) == "running"
     # with a warning instead of the refusal
     assert (
         "warning: stage 'train' asks for 4 GPUs; the largest live worker serving queue 'gpu' has 2: "
@@ -98,7 +98,7 @@ def test_no_check_queues_it_and_health_reports_it_unplaceable(gpu_box, train_fil
     # and the engine parked it in its queue's capacity class when it began, 5 s ago, next to a stage
     # that fits and only waits for a GPU to be free
     keys = Keys()
-    now_ms = int(gpu_box.client.store.server_time() * 1000)
+    now_ms = int(gpu_box.client.store.runs.server_time() * 1000)
     too_big = {"p": "[]", "run": run_id, "stage": "train", "item": None, "gpu": 4, "memory_gb": None}
     fits = {"p": "[]", "run": "r-other", "stage": "embed", "item": 3, "gpu": 1, "memory_gb": 16.0}
     gpu_box.redis.zadd(keys.capacity_waiting("gpu"), {json.dumps(too_big): now_ms - 5000})
@@ -153,7 +153,7 @@ def test_status_shows_what_a_waiting_stage_waits_for(gpu_box):
     spec = validate_data(pipeline("pooled", {"id": "ask", "uses": "noop"}))
     run_id = gpu_box.client.submit(spec).run_id
     keys = Keys()
-    since = gpu_box.client.store.server_time() - 3
+    since = gpu_box.client.store.runs.server_time() - 3
     gpu_box.redis.hset(keys.stage(run_id, "ask"), mapping={"waiting": "pool llm 4/4", "waiting_since": since})
     try:
         # When its status is read
@@ -181,9 +181,9 @@ def test_status_shows_a_fan_out_whose_items_wait(gpu_box):
     # Given a running fan-out, two of whose items the engine parked behind a full pool
     spec = validate_data(pipeline("fanned", {"id": "fan", "uses": "noop", "matrix": {"x": [1, 2, 3]}}))
     run_id = gpu_box.client.submit(spec).run_id
-    wait_until(lambda: gpu_box.client.store.items_total(run_id, "fan") == 3)
+    wait_until(lambda: gpu_box.client.store.runs.items_total(run_id, "fan") == 3)
     keys = Keys()
-    now = gpu_box.client.store.server_time()
+    now = gpu_box.client.store.runs.server_time()
     gpu_box.redis.hset(
         keys.items(run_id, "fan"), mapping={"0:waiting": "pool llm 4/4", "2:waiting": "pool llm 4/4"}
     )
@@ -220,7 +220,7 @@ def test_plan_shows_each_stages_limits_and_the_pools_full_now(gpu_box, tmp_path)
     )
     path.write_text(yaml.safe_dump(data))
     holds = Keys().limit_holds("pool:llm")
-    now_ms = int(gpu_box.client.store.server_time() * 1000)
+    now_ms = int(gpu_box.client.store.runs.server_time() * 1000)
     gpu_box.redis.zadd(
         holds, {"r1|a|#t1": now_ms + 60_000, "r2|a|#t2": now_ms + 60_000, "r0|a|#t0": now_ms - 1}
     )

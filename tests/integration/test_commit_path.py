@@ -57,7 +57,7 @@ def test_incr_on_a_text_context_value_fails_the_stage_cleanly(fleet):
     assert fleet.count(result.run_id, "b") == 1
     assert fleet.terminal_commits(result.run_id) == {"a": 1, "b": 1}
     # nothing of b's attempt was written: the context value is still a's
-    assert fleet.client.store.context(result.run_id)["rows"] == "many"
+    assert fleet.client.store.runs.context(result.run_id)["rows"] == "many"
 
 
 def test_a_metric_that_is_not_finite_fails_the_stage_cleanly(fleet):
@@ -75,7 +75,7 @@ def test_a_metric_that_is_not_finite_fails_the_stage_cleanly(fleet):
     assert status["stages"]["after"]["state"] == "cancelled"  # fail_fast, the default
     assert fleet.count(result.run_id, "m") == 1
     assert fleet.terminal_commits(result.run_id) == {"m": 1, "after": 1}
-    assert "m" not in fleet.client.store.metrics(result.run_id)
+    assert "m" not in fleet.client.store.runs.metrics(result.run_id)
 
 
 def test_a_condition_on_matrix_is_decided_per_instance(fleet):
@@ -88,7 +88,7 @@ def test_a_condition_on_matrix_is_decided_per_instance(fleet):
     )
     assert result.status == "succeeded", status
     assert status["stages"]["train"]["state"] == "succeeded"
-    items = fleet.client.store.items(result.run_id, "train")
+    items = fleet.client.store.runs.items(result.run_id, "train")
     assert [items[i]["state"] for i in range(3)] == ["succeeded", "skipped", "succeeded"]
     assert result.outputs["train"] == [{"lr": 0.1}, None, {"lr": 0.5}]
 
@@ -165,7 +165,9 @@ def test_retry_run_keeps_the_items_that_succeeded(fleet):
     first = handle.wait(timeout=60)
     assert first.status == "failed"
     kept = {
-        i for i, item in fleet.client.store.items(run_id, "each").items() if item.get("state") == "succeeded"
+        i
+        for i, item in fleet.client.store.runs.items(run_id, "each").items()
+        if item.get("state") == "succeeded"
     }
     assert kept and 3 not in kept
     fleet.redis.delete(f"test:gate:{gate}")
@@ -277,5 +279,5 @@ def test_a_fan_out_cannot_assemble_an_output_over_its_cap(bare_cluster):
     assert result.status == "failed"
     error = error_of(status, "each")
     assert error["type"] == "CommitRefused" and "CHORDFLOW_FANOUT_OUTPUT_CAP_BYTES" in error["message"]
-    assert "each" not in cluster.client.store.outputs(result.run_id)
+    assert "each" not in cluster.client.store.runs.outputs(result.run_id)
     assert cluster.terminal_commits(result.run_id) == {"src": 1, "each": 1}

@@ -260,7 +260,7 @@ def running_run(cluster):
     )
     handle = cluster.client.submit(spec)
     yield handle.run_id
-    if cluster.client.store.run_status(handle.run_id) not in RUN_FINAL:
+    if cluster.client.store.runs.run_status(handle.run_id) not in RUN_FINAL:
         cluster.client.cancel(handle.run_id)
 
 
@@ -290,10 +290,10 @@ def test_an_action_needs_the_token_the_csrf_token_json_and_this_origin(cluster, 
         code, body = post(url, refused)
         assert code == 403, (refused, body)
     assert get(url)[0] == 404  # a GET never acts
-    assert cluster.client.store.run_status(running_run) == RunStatus.RUNNING
+    assert cluster.client.store.runs.run_status(running_run) == RunStatus.RUNNING
     code, body = post(url, good)
     assert code == 200 and body["outcome"] == RunStatus.PAUSED
-    assert cluster.client.store.run_status(running_run) == RunStatus.PAUSED
+    assert cluster.client.store.runs.run_status(running_run) == RunStatus.PAUSED
     code, body = post(url, good)
     assert code == 409 and body["outcome"].startswith("not paused")
     assert post(f"{acting}/api/runs/{running_run}/resume", good)[1]["outcome"] == "resumed"
@@ -308,7 +308,9 @@ def test_browser_shows_live_logs_items_and_timeline_then_cancels_the_run_with_th
     shots = {name: ARTIFACTS / f"dashboard-{name}.png" for name in ("live", "cancelled")}
     for shot in shots.values():
         shot.unlink(missing_ok=True)
-    wait_until(lambda: cluster.client.store.stage_state(running_run, "long") == State.RUNNING, timeout=60)
+    wait_until(
+        lambda: cluster.client.store.runs.stage_state(running_run, "long") == State.RUNNING, timeout=60
+    )
 
     browser = Browser(tmp_path / "profile")
     try:
@@ -336,7 +338,9 @@ def test_browser_shows_live_logs_items_and_timeline_then_cancels_the_run_with_th
         browser.click("#act-cancel")
 
         # Then the run is cancelled, in Redis and on the page
-        wait_until(lambda: cluster.client.store.run_status(running_run) == RunStatus.CANCELLED, timeout=30)
+        wait_until(
+            lambda: cluster.client.store.runs.run_status(running_run) == RunStatus.CANCELLED, timeout=30
+        )
         assert browser.dialogs and running_run in browser.dialogs[0]
         browser.wait_for("document.querySelector('#summary .badge[data-state=\"cancelled\"]') !== null")
         browser.wait_for("document.getElementById('actmsg').textContent.includes('cancelled')")

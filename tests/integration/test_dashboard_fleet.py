@@ -96,7 +96,7 @@ def fleet(cluster, tmp_path_factory):
     sleeper = cluster.client.submit(
         validate_data(pipeline("sleeper", {"id": "nap", "uses": "sleep", "params": {"seconds": 60}}))
     )
-    wait_until(lambda: store.stage_state(sleeper.run_id, "nap") == State.RUNNING, timeout=60)
+    wait_until(lambda: store.runs.stage_state(sleeper.run_id, "nap") == State.RUNNING, timeout=60)
     assert cluster.client.cancel(sleeper.run_id) == RunStatus.CANCELLED
     for run_id in runs["misc"]:
         cluster.client.handle(run_id).wait(timeout=60)
@@ -128,7 +128,7 @@ def test_runs_are_filtered_by_status_pipeline_and_time_and_paged(cluster, fleet)
     assert [len(p) for p in pages] == [2, 2, 1]
     assert [r["run_id"] for page in pages for r in page] == runs["misc"][::-1]  # newest first, once each
 
-    everything = cluster.client.store.recent_runs(1000)
+    everything = cluster.client.store.runs.recent_runs(1000)
     submitted = cluster.redis.zscore(cluster.client.store.keys.runs(), runs["stopped"][0])
     code, body = get(f"{base}/api/fleet/runs?since={submitted!r}&limit=200")
     assert [r["run_id"] for r in body["runs"]] == everything[: len(body["runs"])]
@@ -372,7 +372,7 @@ def test_browser_run_page_fits_six_stages_at_1400px_and_shows_a_retry_within_a_s
         state = browser.eval("document.querySelector('#summary .badge').dataset.state")
         assert took_ms <= 1000, took_ms
         assert state == RunStatus.RUNNING
-        assert cluster.client.store.run_status(run_id) in (RunStatus.RUNNING, RunStatus.SUCCEEDED)
+        assert cluster.client.store.runs.run_status(run_id) in (RunStatus.RUNNING, RunStatus.SUCCEEDED)
         browser.wait_for("document.querySelector('g.node[data-stage=\"gate\"]').dataset.state === 'running'")
         shot(browser, "run-1400-retried")
         print(f"Retry shown on the page {took_ms:.0f} ms after the click")

@@ -48,17 +48,17 @@ def _graph(name="durable", n=2):
 
 
 def _begin(store, run_id, sid="s0") -> BeginRun:
-    begun = store.begin(BeginRequest(StageMessage(run_id, sid), "w1", "cpu", f"t-{sid}"))
+    begun = store.transitions.begin(BeginRequest(StageMessage(run_id, sid), "w1", "cpu", f"t-{sid}"))
     assert isinstance(begun, BeginRun)
     return begun
 
 
 def test_a_token_carries_an_epoch(pair, tmp_path):
     store = _store(pair[0], tmp_path)
-    run_id, _ = store.create_run(_graph())
+    run_id, _ = store.runs.create_run(_graph())
     token = _begin(store, run_id).token
     fence, epoch = token.split(".")
-    assert fence == "1" and abs(int(epoch) / 1e6 - store.server_time()) < 5
+    assert fence == "1" and abs(int(epoch) / 1e6 - store.runs.server_time()) < 5
 
 
 def test_a_token_issued_again_after_a_lost_write_does_not_match(pair, tmp_path):
@@ -66,7 +66,7 @@ def test_a_token_issued_again_after_a_lost_write_does_not_match(pair, tmp_path):
     epoch tells the two tokens apart, so the old holder's commit is refused."""
     store = _store(pair[0], tmp_path)
     graph = _graph()
-    run_id, _ = store.create_run(graph)
+    run_id, _ = store.runs.create_run(graph)
     old = _begin(store, run_id).token
     # what a lagging replica promoted would hold: the unit as it was before that begin
     store._r.hset(store.keys.run(run_id), "fence", 0)
@@ -74,43 +74,51 @@ def test_a_token_issued_again_after_a_lost_write_does_not_match(pair, tmp_path):
     store._r.hset(store.keys.states(run_id), "s0", State.QUEUED)
     new = _begin(store, run_id).token
     assert new.split(".")[0] == old.split(".")[0] and new != old
-    stale = store.finish(CommitRequest(run_id, graph, "s0", State.SUCCEEDED, token=old, output_json="1"))
+    stale = store.transitions.finish(
+        CommitRequest(run_id, graph, "s0", State.SUCCEEDED, token=old, output_json="1")
+    )
     assert stale.verdict is CommitVerdict.STALE
-    ok = store.finish(CommitRequest(run_id, graph, "s0", State.SUCCEEDED, token=new, output_json="2"))
-    assert ok.verdict is CommitVerdict.OK and store.output(run_id, "s0") == 2
+    ok = store.transitions.finish(
+        CommitRequest(run_id, graph, "s0", State.SUCCEEDED, token=new, output_json="2")
+    )
+    assert ok.verdict is CommitVerdict.OK and store.runs.output(run_id, "s0") == 2
 
 
 def test_a_commit_sent_again_is_already_in_and_changes_nothing(pair, tmp_path):
     store = _store(pair[0], tmp_path)
     graph = _graph(n=1)
-    run_id, _ = store.create_run(graph)
+    run_id, _ = store.runs.create_run(graph)
     token = _begin(store, run_id).token
     request = CommitRequest(run_id, graph, "s0", State.SUCCEEDED, token=token, output_json='"x"')
-    first = store.finish(request)
+    first = store.transitions.finish(request)
     assert first.verdict is CommitVerdict.OK and first.finalized
     events = store._r.xlen(store.keys.events(run_id))
-    again = store.finish(request)
+    again = store.transitions.finish(request)
     assert again.verdict is CommitVerdict.ALREADY and again.committed
     assert store._r.xlen(store.keys.events(run_id)) == events  # nothing written twice
-    assert store.run_status(run_id) == "succeeded"  # not a state literal: the test's expectation
+    assert store.runs.run_status(run_id) == "succeeded"  # not a state literal: the test's expectation
 
 
 def test_a_stage_cancelled_under_its_attempt_is_stale_not_already(pair, tmp_path):
     store = _store(pair[0], tmp_path)
     graph = _graph(n=1)
-    run_id, _ = store.create_run(graph)
+    run_id, _ = store.runs.create_run(graph)
     token = _begin(store, run_id).token
-    assert store.control(run_id, "cancel")[0] == "ok"
-    late = store.finish(CommitRequest(run_id, graph, "s0", State.SUCCEEDED, token=token, output_json="1"))
+    assert store.transitions.control(run_id, "cancel")[0] == "ok"
+    late = store.transitions.finish(
+        CommitRequest(run_id, graph, "s0", State.SUCCEEDED, token=token, output_json="1")
+    )
     assert late.verdict is CommitVerdict.STALE
 
 
 def test_with_replicas_ack_a_commit_says_how_many_replicas_have_it(pair, tmp_path):
     store = _store(pair[0], tmp_path, replicas_ack=1)
     graph = _graph(n=1)
-    run_id, _ = store.create_run(graph)
+    run_id, _ = store.runs.create_run(graph)
     token = _begin(store, run_id).token
-    commit = store.finish(CommitRequest(run_id, graph, "s0", State.SUCCEEDED, token=token, output_json="1"))
+    commit = store.transitions.finish(
+        CommitRequest(run_id, graph, "s0", State.SUCCEEDED, token=token, output_json="1")
+    )
     assert commit.verdict is CommitVerdict.OK and commit.replicas == 1
     assert '"created":true' in (tmp_path / "acks.jsonl").read_text()
 
@@ -123,15 +131,17 @@ def test_a_run_no_replica_confirms_is_not_acknowledged(pair, tmp_path):
     try:
         started = time.monotonic()
         with pytest.raises(NotReplicated, match="0 of 1 replicas confirmed it"):
-            store.create_run(_graph("unconfirmed"))
+            store.runs.create_run(_graph("unconfirmed"))
         assert time.monotonic() - started < 3
         graph = _graph(n=1)
-        store.settings = Settings(redis_url=primary.url)  # acknowledgements off: create and begin
-        run_id, _ = store.create_run(graph)
+        store = RunStore(store._r, Settings(redis_url=primary.url))  # acknowledgements off: create and begin
+        run_id, _ = store.runs.create_run(graph)
         token = _begin(store, run_id).token
-        store.settings = Settings(redis_url=primary.url, replicas_ack=1, replicas_ack_timeout_ms=200)
+        store = RunStore(
+            store._r, Settings(redis_url=primary.url, replicas_ack=1, replicas_ack_timeout_ms=200)
+        )
         request = CommitRequest(run_id, graph, "s0", State.SUCCEEDED, token=token, output_json="1")
-        assert store.finish(request).replicas == 0
+        assert store.transitions.finish(request).replicas == 0
     finally:
         os.kill(replica.proc.pid, signal.SIGCONT)
     assert (tmp_path / "acks.jsonl").exists() is False  # nothing was acknowledged

@@ -225,7 +225,7 @@ def test_a_stage_the_worker_that_took_it_lacks_goes_on_to_a_worker_that_serves_i
             )
         )
     )
-    wait_until(lambda: set(cluster.client.store.states(busy.run_id).values()) == {"running"}, timeout=20)
+    wait_until(lambda: set(cluster.client.store.runs.states(busy.run_id).values()) == {"running"}, timeout=20)
     # and a second worker that serves only the built-in types, on every queue
     log_path = ARTIFACTS / f"worker-{os.getpid()}-bare.log"
     bare = WorkerProcess(
@@ -239,7 +239,7 @@ def test_a_stage_the_worker_that_took_it_lacks_goes_on_to_a_worker_that_serves_i
     ).start()
     try:
         cluster.wait_workers(hostnames=["bare"])
-        assert set(cluster.client.store.states(busy.run_id).values()) == {"running"}, (
+        assert set(cluster.client.store.runs.states(busy.run_id).values()) == {"running"}, (
             "the busy stages ended early"
         )
 

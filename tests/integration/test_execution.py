@@ -183,7 +183,7 @@ def test_worker_refuses_a_hand_made_task_for_an_unregistered_type(cluster, tmp_p
     runs_before = cluster.redis.zcard("chordflow:runs")
     handle = cluster.client.submit(spec, check_types=False)
     assert cluster.redis.zcard("chordflow:runs") == runs_before + 1
-    node = cluster.client.store.graph(handle.run_id).node("x")
+    node = cluster.client.store.runs.graph(handle.run_id).node("x")
     # by hand: the unregistered task name, and a registered one pointed at the os:system stage
     cluster.client.app.send_task("stage.os:system", args=(handle.run_id, "x", 1, None), queue="cpu")
     cluster.client.app.send_task("stage.noop", args=(handle.run_id, "x", 1, None), queue="cpu")
@@ -211,7 +211,7 @@ def test_duplicate_delivery_commits_once(cluster):
         )
     )
     handle = cluster.client.submit(spec)
-    graph = cluster.client.store.graph(handle.run_id)
+    graph = cluster.client.store.runs.graph(handle.run_id)
     # the same message for `a` twice more, while it may still be running and after it committed
     cluster.client.dispatcher.send([first_signature(handle.run_id, graph.node("a"))])
     result = handle.wait(timeout=30)
@@ -221,8 +221,8 @@ def test_duplicate_delivery_commits_once(cluster):
     time.sleep(1.0)
     assert result.status == "succeeded"
     assert cluster.count(handle.run_id, "join") == 1
-    assert cluster.client.store.metrics(handle.run_id) == {"rows": 5}
-    assert cluster.client.store.context(handle.run_id)["writers"] == 1
+    assert cluster.client.store.runs.metrics(handle.run_id) == {"rows": 5}
+    assert cluster.client.store.runs.context(handle.run_id)["writers"] == 1
     assert cluster.client.status(handle.run_id)["stages"]["a"]["attempts"] == 1
 
 
@@ -240,7 +240,7 @@ def test_events_stream_records_every_state_change(cluster):
     result = cluster.run(
         pipeline("events", {"id": "a", "uses": "noop"}, {"id": "b", "uses": "noop", "needs": ["a"]})
     )
-    events = cluster.client.store.events(result.run_id)
+    events = cluster.client.store.runs.events(result.run_id)
     seen = [(e.get("kind"), e.get("stage"), e.get("state")) for _, e in events]
     assert ("stage", "a", "running") in seen and ("stage", "a", "succeeded") in seen
     assert seen[-1] == ("run", None, "succeeded")

@@ -154,9 +154,9 @@ def test_cancel_during_a_fan_out(cluster):
     states = {sid: st["state"] for sid, st in result.stage_results.items()}
     assert states == {"items": "succeeded", "each": "cancelled", "after": "cancelled"}
     # the running items were revoked (terminated), not left to finish: none succeeded, none counted
-    items = cluster.client.store.items(handle.run_id, "each")
+    items = cluster.client.store.runs.items(handle.run_id, "each")
     assert sorted({item.get("state") for item in items.values()}) == ["running"], items  # killed mid-stage
-    assert cluster.client.store.metrics(handle.run_id) == {}
+    assert cluster.client.store.runs.metrics(handle.run_id) == {}
 
 
 def test_a_revoke_of_a_task_this_worker_does_not_hold_is_quiet(cluster):

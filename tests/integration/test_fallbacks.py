@@ -33,7 +33,8 @@ def test_a_fallback_type_runs_with_its_own_params(cluster):
     )
     assert result.status == RunStatus.SUCCEEDED
     assert (
-        _stage(result)["state"] == State.FALLBACK and cluster.client.store.output(result.run_id, "s") == "fb"
+        _stage(result)["state"] == State.FALLBACK
+        and cluster.client.store.runs.output(result.run_id, "s") == "fb"
     )
 
 
@@ -71,7 +72,7 @@ def test_last_success_with_a_default(cluster):
         )
     )
     assert result.status == RunStatus.SUCCEEDED
-    assert cluster.client.store.output(result.run_id, "s") == []
+    assert cluster.client.store.runs.output(result.run_id, "s") == []
 
 
 @pytest.mark.parametrize(

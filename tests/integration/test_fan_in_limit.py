@@ -34,7 +34,7 @@ def _fan_in(cluster):
     }
     store = cluster.client.store
     graph = resolve(validate_data(data))
-    run_id, _ = store.create_run(graph)
+    run_id, _ = store.runs.create_run(graph)
     k = store.keys
     cluster.redis.delete(graph.node("p0").queue)
     cluster.redis.zrem(k.outbox(), *[f"{run_id}|p{i}" for i in range(PARENTS)])
@@ -49,7 +49,7 @@ def test_a_fan_in_at_the_limit_begins_within_its_budget(bare_cluster):
     run_id, graph = _fan_in(bare_cluster)
     node = graph.node("join")
     started = time.perf_counter()
-    begun = bare_cluster.client.store.begin(
+    begun = bare_cluster.client.store.transitions.begin(
         BeginRequest(StageMessage(run_id, "join"), "w", "cpu", "t", node.reads)
     )
     took_ms = (time.perf_counter() - started) * 1000
@@ -62,5 +62,5 @@ def test_a_worker_runs_a_fan_in_at_the_limit(bare_cluster):
     run_id, graph = _fan_in(bare_cluster)
     bare_cluster.start_worker(concurrency=1)
     bare_cluster.client.dispatcher.send([first_signature(run_id, graph.node("join"))])
-    wait_until(lambda: bare_cluster.client.store.run_status(run_id) == RunStatus.SUCCEEDED, timeout=60)
+    wait_until(lambda: bare_cluster.client.store.runs.run_status(run_id) == RunStatus.SUCCEEDED, timeout=60)
     assert bare_cluster.client.status(run_id)["stages"]["join"]["attempts"] == 1

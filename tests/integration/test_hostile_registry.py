@@ -71,9 +71,12 @@ def assert_consistent(store: RunStore, added: list[str]) -> None:
     assert cycles({n: r.spec for n, r in known.items()}) == []
     for name, entry in known.items():
         for t in entry.spec.triggers:
-            assert name in store.triggered_by(t.on_success_of)
+            assert name in store.records.triggered_by(t.on_success_of)
     indexed = {
-        n for r in known.values() for t in r.spec.triggers for n in store.triggered_by(t.on_success_of)
+        n
+        for r in known.values()
+        for t in r.spec.triggers
+        for n in store.records.triggered_by(t.on_success_of)
     }
     assert indexed <= set(known)
 

@@ -125,8 +125,8 @@ def test_a_context_write_that_is_not_finite_or_has_a_huge_key_fails_at_once(flee
     assert error["type"] == "InvalidContextWrite" and said in error["message"], error
     assert len(error["message"]) < 1000  # the 20 MB name is not repeated
     # and nothing was stored: no context value, no metric
-    assert fleet.client.store.context(result.run_id) == {}
-    assert fleet.client.store.metrics(result.run_id) == {}
+    assert fleet.client.store.runs.context(result.run_id) == {}
+    assert fleet.client.store.runs.metrics(result.run_id) == {}
     # and `status --json` is strict JSON
     done = chordflow(fleet, "status", result.run_id, "--json")
     assert strict(done.stdout)["status"] == "failed"

@@ -71,7 +71,7 @@ def test_a_cancelled_four_gpu_stage_leaves_the_gpu_class_and_health_recovers(fle
     code, report = health(fleet)
     assert report["capacity"]["gpu"]["waiting"] == 0
     assert code == 0, report["problems"]
-    assert fleet.client.store.run_status(run_id) == "cancelled"
+    assert fleet.client.store.runs.run_status(run_id) == "cancelled"
 
 
 def test_a_failed_run_leaves_no_stage_waiting_for_capacity(fleet):

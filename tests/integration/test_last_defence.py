@@ -73,15 +73,15 @@ def test_forged_messages_cannot_run_what_they_name(defended):
         )
     )
     handle = defended.client.submit(spec)
-    graph = defended.client.store.graph(handle.run_id)
+    graph = defended.client.store.runs.graph(handle.run_id)
     node = graph.node("fan")
-    wait_until(lambda: defended.client.store.items(handle.run_id, "fan"), timeout=20)
+    wait_until(lambda: defended.client.store.runs.items(handle.run_id, "fan"), timeout=20)
     _forge(defended, StageMessage(handle.run_id, "fan", 1, 999), node)
     _forge(defended, StageMessage(handle.run_id, "fan", 7, 0), node)
     _forge(defended, StageMessage(handle.run_id, "fan", 2, 1), node)  # the next number, while 1 runs
     result = handle.wait(timeout=30)
     assert result.status == RunStatus.SUCCEEDED
-    items = defended.client.store.items(handle.run_id, "fan")
+    items = defended.client.store.runs.items(handle.run_id, "fan")
     assert sorted(items) == [0, 1, 2]
     assert {i["state"] for i in items.values()} == {State.SUCCEEDED}
     assert all(i["attempt"] == "1" for i in items.values())

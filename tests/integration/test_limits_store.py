@@ -40,20 +40,20 @@ def store(server) -> RunStore:
 def new_run(store: RunStore, n: int = 4) -> tuple[str, object]:
     spec = validate_data({"name": "limits", "stages": [{"id": f"s{i}", "uses": "noop"} for i in range(n)]})
     graph = resolve(spec)
-    run_id, _ = store.create_run(graph)
+    run_id, _ = store.runs.create_run(graph)
     return run_id, graph
 
 
 def begin(store, run_id, sid, gate, capacity=HOST, attempt=1):
     message = StageMessage(run_id, sid, attempt)
-    return store.begin(BeginRequest(message, "w1", "cpu", f"t-{sid}", gate=(gate, capacity)))
+    return store.transitions.begin(BeginRequest(message, "w1", "cpu", f"t-{sid}", gate=(gate, capacity)))
 
 
 def finish(store, run_id, graph, sid, token, gate, capacity=HOST):
     request = CommitRequest(
         run_id, graph, sid, State.SUCCEEDED, token=str(token), output_json="null", release=(gate, capacity)
     )
-    return store.finish(request)
+    return store.transitions.finish(request)
 
 
 def delayed(store) -> list[tuple[list, float]]:
@@ -69,7 +69,7 @@ def test_a_full_pool_parks_the_stage_and_a_commit_wakes_it(store):
     assert begin(store, run_id, "s1", gate) == BeginWait("pool llm 1/1")
     stage = store._r.hgetall(store.keys.stage(run_id, "s1"))
     assert stage["waiting"] == "pool llm 1/1" and "waiting_since" in stage and "token" not in stage
-    assert store.states(run_id)["s1"] == "queued"
+    assert store.runs.states(run_id)["s1"] == "queued"
     assert store._r.zcard(store.keys.limit_waiting("pool:llm")) == 1
     assert delayed(store) == []
 
@@ -83,25 +83,27 @@ def test_a_full_pool_parks_the_stage_and_a_commit_wakes_it(store):
 
 def test_a_holder_whose_lease_ran_out_no_longer_counts_and_the_sweep_wakes_its_waiters(store):
     run_id, _ = new_run(store)
-    store.settings = Settings(redis_url="redis://unused", lease_s=0.3)
+    store = RunStore(store._r, Settings(redis_url="redis://unused", lease_s=0.3))  # short leases
     gate = Gate(counts=(Count("pool:llm", 1, "pool llm"),))
     assert isinstance(begin(store, run_id, "s0", gate), BeginRun)
     assert isinstance(begin(store, run_id, "s1", gate), BeginWait)
-    assert store.sweep_waiting(dict) == 0  # the holder's lease is live
+    assert store.capacity.sweep_waiting(dict) == 0  # the holder's lease is live
     time.sleep(0.4)  # the holder's worker "died": nobody renews
-    assert store.sweep_waiting(dict) == 1
+    assert store.capacity.sweep_waiting(dict) == 1
     assert [p for p, _ in delayed(store)] == [[run_id, "s1", 1, None]]
     assert store._r.hgetall(store.keys.limits_waited()) == {}  # nothing waits any more
 
 
 def test_renewal_keeps_the_holder_counted(store):
     run_id, _ = new_run(store)
-    store.settings = Settings(redis_url="redis://unused", lease_s=0.3)
+    store = RunStore(store._r, Settings(redis_url="redis://unused", lease_s=0.3))  # short leases
     gate = Gate(counts=(Count("pool:llm", 1, "pool llm"),))
     token = begin(store, run_id, "s0", gate).token
     for _ in range(3):
         time.sleep(0.15)
-        assert store.renew(run_id, "s0", None, str(token), holds=[store.keys.limit_holds("pool:llm")])
+        assert store.transitions.renew(
+            run_id, "s0", None, str(token), holds=[store.keys.limit_holds("pool:llm")]
+        )
     assert isinstance(begin(store, run_id, "s1", gate), BeginWait)
 
 
@@ -114,7 +116,7 @@ def test_a_rate_limit_gives_waiting_stages_spaced_reserved_slots(store):
     slots = [score for _, score in delayed(store)]
     assert len(slots) == 2 and slots[1] - slots[0] == 200  # one wake per slot: no herd
     # the reserved stage, back at its slot, starts; a newcomer may not jump the queue
-    time.sleep(max(0.0, (slots[0] - store.server_time() * 1000) / 1000) + 0.01)
+    time.sleep(max(0.0, (slots[0] - store.runs.server_time() * 1000) / 1000) + 0.01)
     assert isinstance(begin(store, run_id, "s1", gate), BeginRun)
     assert isinstance(begin(store, run_id, "s3", gate), BeginWait)
     assert [score for _, score in delayed(store)][-1] == slots[1] + 200
@@ -159,7 +161,7 @@ def test_a_retry_gives_the_slot_back(store):
     gate = Gate(counts=(Count("key:deploy-prod", 1, "key deploy-prod"),))
     token = begin(store, run_id, "s0", gate).token
     assert isinstance(begin(store, run_id, "s1", gate), BeginWait)
-    reply = store.retry(
+    reply = store.transitions.retry(
         RetryRequest(StageMessage(run_id, "s0"), str(token), {"type": "X"}, 0.0, False, release=(gate, HOST))
     )
     assert reply.held

@@ -93,7 +93,7 @@ def test_runs_gives_typed_json_and_takes_durations_and_known_states(fleet):
 
 def test_control_commands_answer_in_json(fleet):
     run_id = submit(fleet, {"id": "slow", "uses": "sleep", "params": {"seconds": 30}}, name="controlled")
-    wait_until(lambda: fleet.client.store.stage_state(run_id, "slow") == "running", timeout=60)
+    wait_until(lambda: fleet.client.store.runs.stage_state(run_id, "slow") == "running", timeout=60)
 
     def control(*args: str) -> tuple[int, dict]:
         done = chordflow(fleet, *args, run_id, "--json")
@@ -135,7 +135,7 @@ def test_worker_import_finds_a_module_in_the_current_directory(fleet, tmp_path):
         # Then it serves them
         def serving() -> bool:
             assert worker.poll() is None, log.read_text(errors="replace")[-3000:]
-            info = fleet.client.store.live_workers().get("importer/main", {})
+            info = fleet.client.store.fleet.live_workers().get("importer/main", {})
             return any(t["name"] == "mine.hello" for t in info.get("types", []))
 
         wait_until(serving, timeout=60, interval=0.3)

@@ -172,7 +172,7 @@ def test_the_follow_screen_ticks_and_shows_events_that_came_close_together(fleet
         stopped = wait_until(lambda: (s := tmux.screen("follow")) and "EXIT=" in s and s, timeout=30)
         assert "EXIT=130" in stopped and f"stopped following run {run_id}; the run goes on" in stopped
         assert f"chordflow cancel {run_id}" in stopped
-        assert fleet.client.store.run_status(run_id) == "running"
+        assert fleet.client.store.runs.run_status(run_id) == "running"
     finally:
         fleet.client.cancel(run_id)
 
@@ -201,5 +201,5 @@ def test_submit_wait_timeout_exits_3_and_the_run_goes_on(fleet, tmp_path):
     assert done.returncode == 3, done.stdout + done.stderr
     run_id = re.search(r"run (r[0-9a-f]+) submitted", done.stdout).group(1)
     assert "did not finish within 1.0s" in done.stderr and "it goes on" in done.stderr
-    assert fleet.client.store.run_status(run_id) == "running"
+    assert fleet.client.store.runs.run_status(run_id) == "running"
     fleet.client.cancel(run_id)

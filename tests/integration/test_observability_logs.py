@@ -118,7 +118,7 @@ def test_a_line_is_shown_while_the_stage_still_runs_and_followed_within_a_second
         return done if "built at" in done.stdout else None
 
     listed = wait_until(shown, timeout=10, interval=0.2)
-    assert listed.returncode == 0 and fleet.client.store.stage_state(run_id, "build") == "running"
+    assert listed.returncode == 0 and fleet.client.store.runs.stage_state(run_id, "build") == "running"
     assert re.search(r"^\d\d:\d\d:\d\d\.\d{3} out\s+built at \d+\.\d+$", listed.stdout, re.MULTILINE), (
         listed.stdout
     )

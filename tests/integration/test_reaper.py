@@ -23,7 +23,7 @@ def test_a_run_whose_submitter_died_before_sending_is_dispatched(bare_cluster):
         )
     )
     # The submitter stored the run and died before it sent a single message.
-    run_id, created = cluster.client.store.create_run(graph)
+    run_id, created = cluster.client.store.runs.create_run(graph)
     assert created
     result = cluster.client.handle(run_id).wait(timeout=30)
     assert result.status == "succeeded"
@@ -42,9 +42,9 @@ def test_a_fan_out_whose_dispatcher_died_after_starting_it_completes(bare_cluste
             )
         )
     )
-    run_id, _ = store.create_run(graph)
+    run_id, _ = store.runs.create_run(graph)
     # The dispatcher started the fan-out (window of 2) and died before sending its items.
-    assert store.start_fanout(run_id, "each", 5, 2, "cpu")
+    assert store.transitions.start_fanout(run_id, "each", 5, 2, "cpu")
     result = cluster.client.handle(run_id).wait(timeout=30)
     assert result.status == "succeeded"
     assert result.outputs["each"] == [{"n": n} for n in range(1, 6)]

@@ -72,7 +72,7 @@ def _print_reaches_the_live_log(cluster) -> None:
 
     seen = wait_until(lambda: len(printed_so_far()) >= 2, timeout=30, interval=0.3)
     # Then it shows 2 or more of them while the run is still going
-    assert cluster.client.store.run_status(handle.run_id) == "running", seen
+    assert cluster.client.store.runs.run_status(handle.run_id) == "running", seen
     result = handle.wait(timeout=60)
     assert result.status == "succeeded"
 
@@ -148,7 +148,9 @@ def test_lines_not_kept_are_counted_exactly_whatever_the_trimming(bare_cluster, 
     settings = Settings(redis_url=bare_cluster.server.url, log_lines_cap=cap)
     store = RunStore(connect(settings), settings)
     run_id = f"exact-{cap}"
-    log = AttemptLog(functools.partial(store.write_attempt_log, run_id, "st", None, 1), cap=cap, flush_s=0.05)
+    log = AttemptLog(
+        functools.partial(store.logs.write_attempt_log, run_id, "st", None, 1), cap=cap, flush_s=0.05
+    )
     total = 0
     for burst in range(40):
         n = (burst * 937) % 7000 + 1
@@ -156,8 +158,8 @@ def test_lines_not_kept_are_counted_exactly_whatever_the_trimming(bare_cluster, 
         total += n
         time.sleep(0.12 if burst % 3 == 0 else 0.01)
     log.close({"outcome": "succeeded"})
-    info = store.attempt_log_index(run_id, ["st"])["st"][0]
-    not_kept = info.sent - store.attempt_log_lengths(run_id, [("st", None, 1)])[0]
-    kept = [e.text for e in store.attempt_log(run_id, "st", None, 1) if e.text.startswith("line ")]
+    info = store.logs.attempt_log_index(run_id, ["st"])["st"][0]
+    not_kept = info.sent - store.logs.attempt_log_lengths(run_id, [("st", None, 1)])[0]
+    kept = [e.text for e in store.logs.attempt_log(run_id, "st", None, 1) if e.text.startswith("line ")]
     assert kept[-1] == f"line {total - 1}"
     assert not_kept + len(kept) == total, (not_kept, len(kept), total)

@@ -56,7 +56,7 @@ def worker_with(secret_cluster):
 
 def _everything_a_user_sees(cluster: Cluster, run_id: str) -> str:
     status = cluster.client.status(run_id)
-    logs = {sid: cluster.client.store.log_text(run_id, sid) for sid in status["stages"]}
+    logs = {sid: cluster.client.store.logs.log_text(run_id, sid) for sid in status["stages"]}
     return json.dumps(status) + json.dumps(logs)
 
 
@@ -161,16 +161,16 @@ def test_output_logs_and_context_values_are_capped(secret_cluster, worker_with):
     assert seq["stdout_lines_total"] == 300000
     # each attempt's log keeps its last log_lines_cap entries (its END marker among them)
     store = secret_cluster.client.store
-    seq_logs = store.log_text(result.run_id, "seq")
+    seq_logs = store.logs.log_text(result.run_id, "seq")
     assert seq_logs[-1] == "300000" and len(seq_logs) <= 29
     assert all(line.isdigit() or line.startswith("… ") for line in seq_logs)
-    assert store.attempt_log_index(result.run_id, ["seq"])["seq"][0].sent > 30  # the rest were counted
+    assert store.logs.attempt_log_index(result.run_id, ["seq"])["seq"][0].sent > 30  # the rest were counted
 
     assert stages["yes"]["error"]["type"] == "StageTimeout"  # `yes` ran 2 s into a bounded tail
-    yes_logs = store.log_text(result.run_id, "yes")
+    yes_logs = store.logs.log_text(result.run_id, "yes")
     assert 0 < len(yes_logs) <= 29 and set(yes_logs) <= {"y"} | {x for x in yes_logs if x.startswith("… ")}
 
-    chatty_logs = store.log_text(result.run_id, "chatty")
+    chatty_logs = store.logs.log_text(result.run_id, "chatty")
     assert chatty_logs[-1] == "chatty line 499" and len(chatty_logs) == 29
     assert chatty_logs == [f"chatty line {i}" for i in range(471, 500)]
 

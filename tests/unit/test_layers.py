@@ -313,15 +313,27 @@ def test_each_kind_of_violation_is_found(tmp_path: Path) -> None:
     )
 
 
-def test_the_store_protocol_has_exactly_the_public_methods_of_the_redis_store() -> None:
+def test_the_run_store_only_holds_its_parts_and_no_method_is_on_two() -> None:
+    """`RunStore` builds one object per responsibility and holds them (composition, no mixins):
+    it has no public method of its own, no part inherits from another, and a method name belongs
+    to one part, so `store.<part>.<method>` is the one place to look for it."""
     import inspect
 
-    from orchestration.engine.protocol import Store
-    from orchestration.engine.store import RunStore
+    import redis
 
-    public = {
-        name for name, value in inspect.getmembers(RunStore) if not name.startswith("_") and callable(value)
-    }
-    declared = {name for name in dir(Store) if not name.startswith("_")}
-    assert public - declared == set(), "RunStore methods missing from protocol.Store"
-    assert declared - public == set(), "protocol.Store names methods RunStore does not have"
+    from orchestration.engine.store import RunStore
+    from orchestration.settings import Settings
+
+    assert [n for n, v in vars(RunStore).items() if not n.startswith("_") and inspect.isfunction(v)] == []
+    store = RunStore(redis.Redis(), Settings(redis_url="redis://unused"))  # connects on first command
+    parts = {n: v for n, v in vars(store).items() if not n.startswith("_") and n != "keys"}
+    assert sorted(parts) == sorted(
+        ["runs", "transitions", "capacity", "logs", "records", "outbox", "hooks", "fleet", "missing"]
+    )
+    classes = [type(part) for part in parts.values()]
+    assert all(cls.__bases__ == (object,) for cls in classes), "a part inherits from another"
+    owners: dict[str, list[str]] = {}
+    for name, part in parts.items():
+        for method in (m for m, v in vars(type(part)).items() if not m.startswith("_") and callable(v)):
+            owners.setdefault(method, []).append(name)
+    assert {m: o for m, o in owners.items() if len(o) > 1} == {}

@@ -140,14 +140,21 @@ def test_the_refusal_says_how_to_queue_it_anyway_and_exits_2():
     ]
 
 
-class Workers:
-    """A store with only heartbeats (check_placement reads nothing else)."""
+class Heartbeats:
+    """A store's `fleet` with only heartbeats."""
 
     def __init__(self, workers: dict):
         self.workers = workers
 
     def live_workers(self) -> dict:
         return self.workers
+
+
+class Workers:
+    """A store with only heartbeats (check_placement reads nothing else)."""
+
+    def __init__(self, workers: dict):
+        self.fleet = Heartbeats(workers)
 
 
 def test_check_placement_refuses_or_only_warns():

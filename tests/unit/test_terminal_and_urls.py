@@ -111,7 +111,7 @@ def hostile_run(server, tmp_path) -> Iterator[str]:
             "error": json.dumps({"type": "Boom", "message": f"[bold]boom[/bold]{HOSTILE}"}),
         },
     )
-    store.append_logs(run_id, "a", [f"out {HOSTILE} \x9b31mred\x1b]0;title\x07", "second\tline"])
+    store.logs.append_logs(run_id, "a", [f"out {HOSTILE} \x9b31mred\x1b]0;title\x07", "second\tline"])
     raw.xadd(
         keys.events(run_id),
         {"t": f"{time.time():.3f}", "kind": "stage", "stage": "a", "state": HOSTILE, "host": "h\x1b[1A"},
@@ -298,7 +298,7 @@ class _Graph:
         self.webhooks = webhooks
 
 
-class _Store:
+class _Runs:
     def __init__(self, webhooks: list[Webhook] | None):
         self._webhooks = webhooks
 
@@ -306,6 +306,13 @@ class _Store:
         if self._webhooks is None:
             raise RunNotFound(run_id)
         return _Graph(self._webhooks)
+
+
+class _Store:
+    """Just enough of a RunStore for the sender's webhooks: `runs.graph`."""
+
+    def __init__(self, webhooks: list[Webhook] | None):
+        self.runs = _Runs(webhooks)
 
 
 def _sender(webhooks: list[Webhook] | None) -> HookSender:

@@ -23,14 +23,19 @@ from workers.builtins import (
 from workers.context import ContextValueTooLarge, StageContext
 
 
-class _Store:
-    """Just enough of a RunStore for a StageContext that reads no shared context."""
-
-    def __init__(self, settings: Settings):
-        self.settings = settings
+class _Runs:
+    """Just enough of a RunStore's `runs` for a StageContext that reads no shared context."""
 
     def context_get(self, run_id: str, key: str) -> Any:
         return None
+
+
+class _Store:
+    """Just enough of a RunStore for a StageContext: its settings and `runs`."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.runs = _Runs()
 
 
 def _ctx(settings: Settings | None = None, run: list[str] | None = None, **kw: Any) -> StageContext:

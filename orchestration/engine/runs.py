@@ -1,35 +1,125 @@
-"""The run store's queries: what a run, its stages and the run indexes hold. No writes.
+"""The run store's runs: creating a run, reading it (its record, graph, stages, outputs, context,
+metrics, events) and the run indexes, a running stage's progress, a finished run's expiry, and
+Redis's clock.
 
-`RunReads` holds the Redis client, the settings and the key builder that the
-whole store shares; `transitions.Transitions` and `store.RunStore` build on it.
+A run is created in one MULTI (`create_run`): its record, graph, states, the outbox entries of its
+ready roots, the run indexes and its `run_start` hook entry commit together. Every later change of
+a stage's state is a script of `transitions.py`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+import secrets
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import redis
 
-from orchestration.engine.keys import Keys
+from orchestration.engine import durability, hooks
+from orchestration.engine.capacity import CapacityUpkeep
+from orchestration.engine.hook_stream import HOOKS_MAXLEN
+from orchestration.engine.keys import Keys, encode_member
 from orchestration.errors import RunNotFound
 from orchestration.graph.resolve import RunGraph
 from orchestration.settings import Settings
+from orchestration.states import RunStatus, State
 
 GRAPH_CACHE = 256  # resolved graphs kept in memory (a graph is written once and never changes)
 
 
-class RunReads:
-    """The run store's queries, and what the whole store shares: the client, settings, keys."""
+def new_run_id() -> str:
+    """Sortable by time, unique enough across machines: 'r' + ms timestamp (base 36) + random."""
+    return f"r{int(time.time() * 1000):x}{secrets.token_hex(4)}"
 
-    def __init__(self, client: redis.Redis, settings: Settings):
+
+def server_time(client: Any) -> float:
+    """Redis's clock (epoch s), which every machine agrees on."""
+    seconds, micros = client.time()
+    return seconds + micros / 1e6
+
+
+class Runs:
+    """Runs: creation, reads, progress, expiry (see the module docstring)."""
+
+    def __init__(self, client: redis.Redis, settings: Settings, keys: Keys, capacity: CapacityUpkeep):
         # redis-py types every reply as bytes | str | ...; our clients decode to str, so the
         # replies are used as what they are (str, list[str], dict[str, str]).
         self._r: Any = client
         self.settings = settings
-        self.keys = Keys(settings.key_prefix)
+        self.keys = keys
+        self._capacity = capacity  # an ended run's waiters are dropped at its expiry
         self._graphs: dict[str, RunGraph] = {}
+
+    # -- creating a run ----------------------------------------------------------------------
+    def create_run(
+        self,
+        graph: RunGraph,
+        run_id: str | None = None,
+        idempotency_key: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> tuple[str, bool]:
+        """Store the run and its graph at once; returns (run id, created). Ready roots are 'queued'."""
+        run_id = run_id or new_run_id()
+        k = self.keys
+        if idempotency_key and not self._r.set(
+            k.idempotency(idempotency_key), run_id, nx=True, ex=int(self.settings.run_ttl_s)
+        ):
+            existing = self._r.get(k.idempotency(idempotency_key))
+            if existing:
+                return existing, False
+        now = time.time()
+        roots = [n.id for n in graph.nodes if not n.needs]
+        record = {
+            "run_id": run_id,
+            "pipeline": graph.name,
+            "version": graph.version,
+            "status": RunStatus.RUNNING,
+            "created_at": f"{now:.3f}",
+            "started_at": f"{now:.3f}",
+            "remaining": len(graph.nodes),
+            "total": len(graph.nodes),
+            "fail_fast": int(graph.fail_fast),
+            "fence": 0,
+            "variables": json.dumps(graph.variables),
+            **{key: str(value) for key, value in (extra or {}).items()},
+        }
+        pipe = self._r.pipeline(transaction=True)
+        pipe.hset(k.run(run_id), mapping=record)
+        pipe.set(k.graph(run_id), graph.model_dump_json(exclude_defaults=True))
+        pipe.hset(
+            k.states(run_id),
+            mapping={n.id: State.QUEUED if not n.needs else State.PENDING for n in graph.nodes},
+        )
+        pending = {n.id: len(n.needs) for n in graph.nodes if n.needs}
+        if pending:
+            pipe.hset(k.pending(run_id), mapping=pending)
+        pipe.xadd(
+            k.events(run_id),
+            {"t": f"{now:.3f}", "kind": "run", "state": RunStatus.RUNNING},
+            maxlen=200000,
+            approximate=True,
+        )
+        if roots:
+            pipe.zadd(k.outbox(), {encode_member(run_id, sid): now for sid in roots})
+        pipe.zadd(k.runs(), {run_id: now})
+        pipe.zadd(k.active_runs(), {run_id: now})
+        start = {
+            "run_id": run_id,
+            "pipeline": graph.name,
+            "status": RunStatus.RUNNING,
+            "stages": len(graph.nodes),
+        }
+        pipe.xadd(
+            k.hooks(), {"e": hooks.announced("run_start", start)}, maxlen=HOOKS_MAXLEN, approximate=True
+        )
+        pipe.zadd(k.pipeline_runs(graph.name), {run_id: now})
+        pipe.execute()
+        self._graphs[run_id] = graph
+        durability.confirm(self._r, k.replicated_mark(), self.settings, f"run {run_id}")
+        durability.record(self.settings, {"run": run_id, "created": True})
+        return run_id, True
 
     # -- one run ---------------------------------------------------------------------------
     def graph(self, run_id: str) -> RunGraph:
@@ -133,10 +223,6 @@ class RunReads:
         res = self._r.xread({self.keys.events(run_id): after}, count=count, block=block_ms)
         return [(eid, fields) for _, entries in res for eid, fields in entries] if res else []
 
-    def logs(self, run_id: str, stage_id: str) -> list[str]:
-        """A stage's captured output lines."""
-        return self._r.lrange(self.keys.logs(run_id, stage_id), 0, -1)
-
     def cached_output(self, key: str) -> str | None:
         """A cached stage output (JSON text) under a cache key, or None."""
         return self._r.get(self.keys.cache(key))
@@ -159,8 +245,24 @@ class RunReads:
 
     def server_time(self) -> float:
         """Redis's clock (epoch s), which every machine agrees on."""
-        seconds, micros = self._r.time()
-        return seconds + micros / 1e6
+        return server_time(self._r)
+
+    # -- one run: what is written outside the scripts ------------------------------------------
+    def report_progress(self, run_id: str, stage_id: str, attempt: int, done: float, total: float) -> None:
+        """What a running stage reported with `ctx.progress` (the attempt's own: `status` shows it
+        only while that attempt is the stage's)."""
+        fields = {"progress_done": repr(done), "progress_total": repr(total), "progress_attempt": attempt}
+        self._r.hset(self.keys.stage(run_id, stage_id), mapping=fields)
+
+    def expire_run(self, run_id: str, graph: RunGraph) -> None:
+        """Set the TTL on every key of a finished run, and take what of it still waits out of the
+        waiting and delay sets (a cancelled run, or one failed while some stage waited for room)."""
+        ttl = int(self.settings.run_ttl_s)
+        pipe = self._r.pipeline(transaction=False)
+        for key in self.keys.run_keys(run_id, [n.id for n in graph.nodes]):
+            pipe.expire(key, ttl)
+        pipe.execute()
+        self._capacity.drop_waiters(run_id, graph)
 
 
 def _number(value: str) -> float | int:
