@@ -103,13 +103,13 @@ def test_a_message_for_a_stage_not_ready_is_dropped(defended):
         )
     )
     handle = defended.client.submit(spec)
-    graph = defended.client.store.graph(handle.run_id)
+    graph = defended.client.store.runs.graph(handle.run_id)
     wait_until(
-        lambda: defended.client.store.stage_state(handle.run_id, "parent") == State.RUNNING, timeout=20
+        lambda: defended.client.store.runs.stage_state(handle.run_id, "parent") == State.RUNNING, timeout=20
     )
     _forge(defended, StageMessage(handle.run_id, "child", 1), graph.node("child"))
     time.sleep(0.5)  # the forged message is taken and dropped while the parent still runs
-    assert defended.client.store.stage_state(handle.run_id, "child") == State.PENDING
+    assert defended.client.store.runs.stage_state(handle.run_id, "child") == State.PENDING
     result = handle.wait(timeout=30)
     assert result.status == RunStatus.SUCCEEDED
     output = defended.redis.hget(f"chordflow:run:{handle.run_id}:outputs", "child")
