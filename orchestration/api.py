@@ -297,7 +297,11 @@ class Client:
             wait_ms = max(10, int(tick_s * 1000))
             if deadline is not None:
                 wait_ms = max(1, min(wait_ms, int((deadline - time.monotonic()) * 1000)))
-            events = self.store.runs.events(run_id, after, block_ms=wait_ms, count=batch)
+            # without a callback only the run's own changes matter: their stream wakes this client
+            # once at the end, not once per stage event
+            events = self.store.runs.events(
+                run_id, after, block_ms=wait_ms, count=batch, run_only=on_event is None
+            )
             for eid, event in events:
                 after = eid
                 if on_event:
@@ -313,7 +317,7 @@ class Client:
             if len(events) < batch and (last_run_state in RUN_FINAL or not events):
                 status = self.store.runs.run(run_id).get("status", "")
                 ended = status in RUN_FINAL and (last_run_state == status or not events)
-                if ended and not self.store.runs.events(run_id, after, count=1):
+                if ended and not self.store.runs.events(run_id, after, count=1, run_only=on_event is None):
                     return status
             if deadline is not None and time.monotonic() >= deadline:
                 raise RunTimeout(run_id, timeout_s, status)

@@ -164,7 +164,8 @@ def retry_call(keys: Keys, req: RetryRequest) -> ScriptCall:
 
 def finish_call(keys: Keys, settings: Settings, req: CommitRequest) -> ScriptCall:
     """finish.lua's call. KEYS: 1 run, 2 states, 3 unit hash, 4 events, 5 outputs, 6 context,
-    7 metrics, 8 pending, 9 stage hash, 10 leases, 11 outbox, 12 hooks stream, 13 cache entry, then
+    7 metrics, 8 pending, 9 stage hash, 10 leases, 11 outbox, 12 hooks stream, 13 cache entry,
+    14 run ends stream, then
     the stage hash and items hash of each stage in `others`, then the broker queues the messages
     name (by number), then a released gate's keys. ARGV: 1 the JSON object A."""
     run_id, graph, stage_id = req.run_id, req.graph, req.stage_id
@@ -224,6 +225,7 @@ def finish_call(keys: Keys, settings: Settings, req: CommitRequest) -> ScriptCal
         keys.outbox(),
         keys.hooks(),
         keys.cache(req.cache_key) if req.cache_key else keys.run(run_id),
+        keys.run_ends(run_id),
     ]
     for sid in others:
         names += [keys.stage(run_id, sid), keys.items(run_id, sid)]

@@ -102,6 +102,11 @@ class Keys:
         """The hash of one attempt's unit: the stage hash, or for an item its stage's items hash."""
         return self.items(run_id, stage_id) if item is not None else self.stage(run_id, stage_id)
 
+    def run_ends(self, run_id: str) -> str:
+        """Stream: the run's own changes only (its end, a pause, a reopening), for a client that
+        waits for the end (`Client.follow` without an event callback): it is not woken per stage."""
+        return f"{self.prefix}:run:{run_id}:ends"
+
     def parked(self, run_id: str) -> str:
         """Set: messages that arrived while the run was paused, re-sent on resume."""
         return f"{self.prefix}:run:{run_id}:parked"
@@ -116,6 +121,7 @@ class Keys:
             self.context(run_id),
             self.metrics(run_id),
             self.events(run_id),
+            self.run_ends(run_id),
             self.parked(run_id),
         ]
         for sid in stage_ids:

@@ -217,10 +217,17 @@ class Runs:
         return {k: _number(v) for k, v in self._r.hgetall(self.keys.metrics(run_id)).items()}
 
     def events(
-        self, run_id: str, after: str = "0-0", block_ms: int | None = None, count: int = 1000
+        self,
+        run_id: str,
+        after: str = "0-0",
+        block_ms: int | None = None,
+        count: int = 1000,
+        run_only: bool = False,
     ) -> list[tuple[str, dict[str, str]]]:
-        """Events after stream id `after`; blocks up to `block_ms` for new ones."""
-        res = self._r.xread({self.keys.events(run_id): after}, count=count, block=block_ms)
+        """Events after stream id `after`; blocks up to `block_ms` for new ones. `run_only`: the
+        run's own changes only (Keys.run_ends; its ids are its own), not one per stage."""
+        stream = self.keys.run_ends(run_id) if run_only else self.keys.events(run_id)
+        res = self._r.xread({stream: after}, count=count, block=block_ms)
         return [(eid, fields) for _, entries in res for eid, fields in entries] if res else []
 
     def cached_output(self, key: str) -> str | None:

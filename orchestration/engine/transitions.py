@@ -191,6 +191,7 @@ class Transitions:
             stage_ids = [n.id for n in self._runs.graph(run_id).nodes]
             for sid in stage_ids:
                 keys += [k.stage(run_id, sid), k.items(run_id, sid)]
+        keys.append(k.run_ends(run_id))
         verdict, payload = self._control(keys=keys, args=[op, run_id, pipeline, json.dumps(stage_ids)])
         if op == "cancel" and verdict == "ok":
             self._capacity.release_run(run_id, self._runs.graph(run_id))  # its stopped stages never commit
@@ -206,6 +207,7 @@ class Transitions:
         keys = [k.run(run_id), k.states(run_id), k.pending(run_id), k.events(run_id), k.outbox()]
         for n in graph.nodes:
             keys += [k.stage(run_id, n.id), k.items(run_id, n.id)]
+        keys.append(k.run_ends(run_id))
         verdict, detail = self._reopen(
             keys=keys,
             args=[run_id, json.dumps([[n.id, list(n.needs)] for n in graph.nodes])],

@@ -37,3 +37,21 @@ def test_builder_submit_and_wait(cluster):
     assert result.stage_results["embed"]["queue"] == "gpu"
     assert result.duration > 0
     assert run.status()["status"] == "succeeded"
+
+
+def test_a_waiting_client_is_woken_by_the_end_not_by_every_stage(cluster):
+    """`wait()` reads the run's own changes (Keys.run_ends), not its event stream: a 40-stage chain
+    wakes it a few times (its one-second ticks and the end), not twice per stage."""
+    p = Pipeline("woken")
+    for i in range(40):
+        p.add(f"s{i}", "noop", needs=[f"s{i - 1}"] if i else None)
+    run = p.submit(settings=cluster.settings)
+
+    def xreads() -> int:
+        return int(cluster.redis.info("commandstats").get("cmdstat_xread", {}).get("calls", 0))
+
+    before = xreads()
+    result = run.wait(timeout=60)
+    woken = xreads() - before
+    assert result.status == "succeeded"
+    assert woken <= 2 + int(result.duration) * 2, woken  # was about 80: one read per stage event

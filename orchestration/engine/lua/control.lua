@@ -1,6 +1,7 @@
 -- Run control: cancel, pause, resume.
 -- KEYS: 1 run, 2 states, 3 events, 4 parked, 5 hooks outbox,
---       6... with cancel: the stage hash then the items hash of each stage in ARGV[4], in order
+--       6... with cancel: the stage hash then the items hash of each stage in ARGV[4], in order,
+--       last: the run ends stream
 -- ARGV: 1 op, 2 run id, 3 pipeline name, 4 with cancel: JSON array of the stage ids
 -- cancel -> {'ok', task ids to revoke} ; pause -> {'ok'} ; resume -> {'ok', parked payloads}
 -- or {'noop', status} when the run is not in a state the op applies to.
@@ -12,6 +13,7 @@ if not status then return {'noop', 'missing'} end
 local _, now = clock()
 local function event(state)
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', EVENTS_MAXLEN, '*', 't', now, 'kind', 'run', 'state', state)
+  redis.call('XADD', KEYS[#KEYS], 'MAXLEN', '~', 100, '*', 't', now, 'kind', 'run', 'state', state)
 end
 local function hook(kind, run_status)
   local pipeline = ARGV[3]

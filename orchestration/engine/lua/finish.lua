@@ -7,8 +7,8 @@
 --
 -- KEYS: 1 run, 2 states, 3 unit hash (stage hash, or the stage's items hash), 4 events,
 --       5 outputs, 6 context, 7 metrics, 8 pending, 9 stage hash, 10 leases, 11 outbox,
---       12 hooks stream, 13 cache entry (any key when A.cache_ttl is 0),
---       14... the stage hash then the items hash of each stage in A.others, in order
+--       12 hooks stream, 13 cache entry (any key when A.cache_ttl is 0), 14 run ends stream,
+--       15... the stage hash then the items hash of each stage in A.others, in order
 --       (the stages this commit may close besides its own: upstream_failed, fail-fast),
 --       then the broker's queue lists named by A.queues, in order
 -- ARGV: 1 JSON object A:
@@ -62,12 +62,12 @@ end
 
 local hash_of, items_of = {}, {}
 for i, sid in ipairs(A.others or {}) do
-  hash_of[sid] = KEYS[12 + 2 * i]
-  items_of[sid] = KEYS[13 + 2 * i]
+  hash_of[sid] = KEYS[13 + 2 * i]
+  items_of[sid] = KEYS[14 + 2 * i]
 end
 hash_of[stage] = KEYS[9]
 items_of[stage] = KEYS[3]
-local queue_base = 13 + 2 * #(A.others or {})
+local queue_base = 14 + 2 * #(A.others or {})
 local messages = A.messages or {}
 if type(messages) ~= 'table' then messages = {} end
 local function enqueue(spec, index)
@@ -216,6 +216,7 @@ if stage_output ~= '' then redis.call('HSET', KEYS[5], stage, stage_output) end
 local function finalize(final, ...)
   redis.call('HSET', KEYS[1], 'status', final, 'finished_at', now)
   event('kind', 'run', 'state', final, ...)
+  redis.call('XADD', KEYS[14], 'MAXLEN', '~', 100, '*', 't', now, 'kind', 'run', 'state', final, ...)
   if A.run_hook then
     notify(cjson.encode({kind = 'run_complete', run_id = A.run_id, pipeline = A.pipeline, status = final}))
   end

@@ -3,7 +3,8 @@
 -- goes back to pending with a fresh attempt count, its previous record kept in 'history'.
 -- A fan-out stage keeps the items that succeeded (with their outputs): only the others run again.
 -- KEYS: 1 run, 2 states, 3 pending, 4 events, 5 outbox,
---       6... the stage hash then the items hash of each stage, in the order of ARGV[2]'s keys
+--       6... the stage hash then the items hash of each stage, in the order of ARGV[2]'s keys,
+--       last: the run ends stream
 -- ARGV: 1 run id, 2 needs: JSON [[stage, [needs...]], ...]
 -- Returns {'ok', stages to send now} or {'noop', status}
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -68,4 +69,5 @@ redis.call('HINCRBY', KEYS[1], 'retries', 1)
 redis.call('HDEL', KEYS[1], 'failed_stage', 'finished_at')
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', EVENTS_MAXLEN, '*', 't', now, 'kind', 'run', 'state', R.RUNNING,
   'retry', '1')
+redis.call('XADD', KEYS[#KEYS], 'MAXLEN', '~', 100, '*', 't', now, 'kind', 'run', 'state', R.RUNNING, 'retry', '1')
 return {'ok', ready}
