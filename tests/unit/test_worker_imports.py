@@ -3,7 +3,8 @@ before the pool forks is in every pool process's memory (benchmarks/bench_memory
 
 The file language (reading, checking and resolving a pipeline file: the spec models, YAML and
 `${...}`, selection, conditions), the client and RedBeat are loaded by the code that needs them:
-`resolve()`, a registered pipeline, a stage with `when:`, a scheduled submit."""
+`resolve()`, a registered pipeline, a stage with `when:`, a scheduled submit; so is the HTTP client of
+webhooks (urllib.request, tenacity), by the hook sender's first POST."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ print(json.dumps(sorted(sys.modules)))
 
 NOT_IN_A_WORKER = {
     "orchestration.api",
+    "orchestration.engine.webhook_http",
     "orchestration.fleet.schedules",
     "orchestration.language.builder",
     "orchestration.language.expressions",
@@ -31,6 +33,7 @@ NOT_IN_A_WORKER = {
     "orchestration.language.yaml_reader",
     "redbeat",
     "simpleeval",
+    "tenacity",
 }
 
 
