@@ -4,7 +4,8 @@ before the pool forks is in every pool process's memory (benchmarks/bench_memory
 The file language (reading, checking and resolving a pipeline file: the spec models, YAML and
 `${...}`, selection, conditions), the client and RedBeat are loaded by the code that needs them:
 `resolve()`, a registered pipeline, a stage with `when:`, a scheduled submit; so is the HTTP client of
-webhooks (urllib.request, tenacity), by the hook sender's first POST."""
+webhooks (urllib.request, tenacity), by the hook sender's first POST, and rich, by the first command
+that prints through it (`chordflow worker` goes through the command line and never does)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ print(json.dumps(sorted(sys.modules)))
 NOT_IN_A_WORKER = {
     "orchestration.api",
     "orchestration.engine.webhook_http",
+    "orchestration.graph.render",
     "orchestration.fleet.schedules",
     "orchestration.language.builder",
     "orchestration.language.expressions",
@@ -32,6 +34,7 @@ NOT_IN_A_WORKER = {
     "orchestration.language.validation",
     "orchestration.language.yaml_reader",
     "redbeat",
+    "rich",
     "simpleeval",
     "tenacity",
 }
