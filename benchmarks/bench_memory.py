@@ -1,6 +1,6 @@
 """Worker memory, Chordflow against plain Celery: RSS per process and the modules each imports.
 
-    python benchmarks/bench_memory.py [--concurrency 2] [--pool prefork] [--out FILE]
+    python benchmarks/bench_memory.py [--concurrency 2] [--pool prefork] [--workloads chain800,...] [--out FILE]
 
 Two measurements, in one run:
 
@@ -12,8 +12,9 @@ Two measurements, in one run:
    `sys.modules`, RSS, and the modules Chordflow has beyond plain Celery, by top-level package.
 2. **Running workers** (`bench_execution.py`'s Fleet: one redis-server, Chordflow's worker and
    plain Celery's own worker, prefork, concurrency 2), after `bench_execution.py`'s warm-up
-   workloads ran on both: RSS, USS and PSS of every process of each worker, and the modules
-   each pool process has imported (a task, `bench.modules` / `plain.modules`, returns them).
+   workloads ran on both (and then, with `--workloads`, those of its workloads, once on each
+   system): RSS, USS and PSS of every process of each worker, and the modules each pool process
+   has imported (a task, `bench.modules` / `plain.modules`, returns them).
 
 It prints the load average at start and end, and writes JSON to
 benchmarks/results/memory-<date>.json.
@@ -47,6 +48,7 @@ from benchmarks.bench_execution import (
     run_workload,
     running_fleet,
     warmups,
+    workloads,
 )
 
 #: What a Celery worker's main process imports to serve a Redis broker, for both systems.
@@ -131,8 +133,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--pool", default="prefork", choices=["prefork", "threads", "solo"])
+    parser.add_argument(
+        "--workloads", default="", help="bench_execution.py workloads to run once on each system first"
+    )
     parser.add_argument("--out", help="JSON output (default benchmarks/results/memory-<date>.json)")
     args = parser.parse_args(argv)
+    known = workloads()
+    names = [name for name in args.workloads.split(",") if name]
+    if unknown := [name for name in names if name not in known]:
+        parser.error(f"unknown workload(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    chosen = [known[name] for name in names]
     _handle_signals()
     load_start = os.getloadavg()
     print(f"load average {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}; {os.cpu_count()} CPUs")
@@ -150,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with running_fleet(args.concurrency, args.pool) as fleet:
         bench = Bench(fleet.server.url, fleet.pids())
-        for wl in warmups():
+        for wl in [*warmups(), *chosen]:
             run_workload(bench, wl, 1, quiet=True)
         time.sleep(1.0)  # the services' first ticks, the pool processes' first stages: settled
         running: dict[str, Any] = {}
@@ -170,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     load_end = os.getloadavg()
     pool_extra = sorted(names["chordflow"] - names["plain"])
 
-    print("\nrunning workers, after the warm-up (MiB; modules: a pool process's sys.modules):")
+    after = ", ".join(["the warm-up", *(wl.name for wl in chosen)])
+    print(f"\nrunning workers, after {after} (MiB; modules: a pool process's sys.modules):")
     print("| worker | process | RSS | USS | PSS | modules |")
     print("|---|---|---:|---:|---:|---:|")
     for worker, got in running.items():
@@ -203,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
                 "load_avg_end": load_end,
                 "concurrency": args.concurrency,
                 "pool": args.pool,
+                "workloads": [wl.name for wl in chosen],
                 "imports": imports,
                 "running": running,
                 "pool_extra": pool_extra,
