@@ -17,6 +17,7 @@ The benchmark sends these tasks by name (`make_app(url).signature("plain.noop")`
 from __future__ import annotations
 
 import os
+import sys
 import time
 from typing import Any
 
@@ -65,3 +66,9 @@ def sleep_push(seconds: float, key: str, value: str = "done") -> None:
     """Sleep `seconds`, then RPUSH `value` to `key` (a node of the skewed DAG)."""
     time.sleep(seconds)
     _redis().rpush(key, value)
+
+
+@app.task(name="plain.modules")
+def modules() -> dict[str, Any]:
+    """This pool process's pid and the modules it has imported (`bench_memory.py`)."""
+    return {"pid": os.getpid(), "modules": sorted(sys.modules)}

@@ -16,6 +16,7 @@ needs to import this module.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from typing import Any
 
@@ -55,3 +56,9 @@ def sleep_push(seconds: float, key: str, value: str = "done") -> None:
     """Sleep `seconds`, then RPUSH `value` to `key` (a node of the skewed DAG)."""
     time.sleep(seconds)
     _redis().rpush(key, value)
+
+
+@shared_task(name="bench.modules", ignore_result=False)
+def modules() -> dict[str, Any]:
+    """This pool process's pid and the modules it has imported (`bench_memory.py`)."""
+    return {"pid": os.getpid(), "modules": sorted(sys.modules)}

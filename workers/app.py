@@ -18,7 +18,7 @@ from orchestration.engine.limits import Capacity
 from orchestration.engine.registry import ENTRY_POINT_GROUP, REGISTRY, Registry, StageType
 from orchestration.engine.stage_message import MalformedMessage, StageMessage
 from orchestration.engine.store import RunStore, connect
-from orchestration.fleet.schedules import register_scheduled_task
+from orchestration.fleet.scheduled_task import register_scheduled_task
 from orchestration.language.rates import settings_limits
 from orchestration.settings import Settings
 

@@ -30,7 +30,6 @@ from orchestration.engine.stage_message import StageMessage
 from orchestration.engine.store import RunStore
 from orchestration.errors import CommitRefused, FailStage, OutputTooLarge, RedisRefusedWrite, StageTimeout
 from orchestration.graph.resolve import Node, RunGraph
-from orchestration.language import expressions
 from orchestration.states import RunStatus, State
 
 from .context import StageContext
@@ -110,6 +109,8 @@ class Attempt:
                 "message": f"the worker running this stage died {begun.crashes} times; the message is quarantined",
             }
             return self._end_failed(error)
+        if node.when:
+            from orchestration.language import expressions  # only a stage with a condition loads it
         if node.when and (self.item is None or expressions.reads_item(node.when)):
             try:
                 go = expressions.evaluate(

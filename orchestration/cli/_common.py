@@ -27,12 +27,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
 
 from orchestration.errors import ChordflowError
-from orchestration.graph import render
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from orchestration.api import Client
     from orchestration.engine.redis_url import RedisUnreachable
     from orchestration.graph.resolve import RunGraph
@@ -41,8 +41,13 @@ if TYPE_CHECKING:
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_TIMEOUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
-console = Console(soft_wrap=True)
-errors = Console(stderr=True, soft_wrap=True)
+
+@functools.cache
+def _consoles() -> dict[str, Console]:
+    """`console` and `errors` (see `__getattr__`), the rich consoles of stdout and stderr."""
+    from rich.console import Console
+
+    return {"console": Console(soft_wrap=True), "errors": Console(stderr=True, soft_wrap=True)}
 
 
 # -- shared helpers -------------------------------------------------------------------------
@@ -52,7 +57,11 @@ def say(text: str, err: bool = False) -> None:
     """Print plain text: no rich markup (names, problems and ids may hold `[...]`) and no control
     character but newline and tab (a name or a log line may hold an escape sequence: it is
     printed as the visible text `\\x1b[2J`)."""
-    (errors if err else console).print(render.terminal_safe(text), markup=False, highlight=False, emoji=False)
+    from orchestration.graph.render import terminal_safe
+
+    _consoles()["errors" if err else "console"].print(
+        terminal_safe(text), markup=False, highlight=False, emoji=False
+    )
 
 
 _C1 = {code: f"\\u{code:04x}" for code in range(0x7F, 0xA0)}
@@ -162,6 +171,11 @@ def unreachable_errors() -> tuple[type[BaseException], ...]:
 
 
 def __getattr__(name: str) -> Any:
+    # `console` and `errors`, the rich consoles of stdout and stderr, are made when first asked
+    # for: `chordflow worker` goes through this module and never prints through them, so a
+    # worker's processes never load rich.
+    if name in ("console", "errors"):
+        return _consoles()[name]
     # UNREACHABLE, the tuple of `unreachable_errors()`, for modules that need redis anyway
     if name == "UNREACHABLE":
         import redis  # noqa: F401  (imported for its exception classes)

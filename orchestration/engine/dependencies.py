@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from orchestration.engine.records import SKIPPED
-from orchestration.language.spec import PipelineSpec
 from orchestration.states import RunStatus
 
 if TYPE_CHECKING:
     from orchestration.engine.store import RunStore
+    from orchestration.language.spec import PipelineSpec
 
 log = logging.getLogger("chordflow.pipelines")
 SCAN = 100  # newest runs of a pipeline read for its last end
@@ -75,8 +75,15 @@ class Registered:
 
 def registry(store: RunStore) -> dict[str, Registered]:
     """The registered pipelines by name (an entry that no longer validates is logged and left out)."""
-    found = {}
-    for name, entry in sorted(store.records.registered_pipelines().items()):
+    found: dict[str, Registered] = {}
+    entries = sorted(store.records.registered_pipelines().items())
+    if not entries:
+        return found
+    # The file's models load here, when some pipeline is registered: a worker's hook sender calls
+    # this on every run end and stale check, and most fleets register none.
+    from orchestration.language.spec import PipelineSpec
+
+    for name, entry in entries:
         try:
             spec = PipelineSpec.model_validate(entry.get("spec") or {})
         except ValidationError as exc:

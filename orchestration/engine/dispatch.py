@@ -22,7 +22,6 @@ from orchestration.engine.replies import Commit, CommitVerdict
 from orchestration.engine.stage_message import StageMessage
 from orchestration.engine.store import RunStore
 from orchestration.graph.resolve import Node, RunGraph
-from orchestration.language import expressions
 from orchestration.language.dag import children as children_of
 from orchestration.states import RunStatus, State
 
@@ -166,6 +165,8 @@ class Dispatcher:
         paused: then the fan-out starts once it is resumed.
         """
         outputs = self.store.runs.outputs(run_id, node.reads)
+        if node.when:
+            from orchestration.language import expressions  # only a stage with a condition loads it
         if node.when and not expressions.reads_item(node.when):
             try:
                 go = expressions.evaluate(

@@ -23,13 +23,9 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
-
-from tenacity import retry, retry_if_exception, stop_before_delay, wait_exponential
 
 from orchestration.engine.redis_url import mask
 from orchestration.errors import ChordflowError
@@ -143,19 +139,6 @@ def payload_for(hook: Webhook, payload: Mapping[str, Any]) -> dict[str, Any]:
     return strip(dict(payload)) if dropped else dict(payload)
 
 
-class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
-    """Follow a redirect only to another http:// or https:// URL (urllib would follow ftp://)."""
-
-    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> Any:
-        why = refusal(newurl)
-        if why is not None:
-            raise WebhookRefused(f"redirect to {mask(newurl)} refused: {why}")
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
-_OPENER = urllib.request.build_opener(_HttpOnlyRedirects)
-
-
 def _split_credentials(url: str) -> tuple[str, dict[str, str]]:
     """The URL without its user:password, and the Basic Authorization header they make."""
     parts = urllib.parse.urlsplit(url)
@@ -166,13 +149,6 @@ def _split_credentials(url: str) -> tuple[str, dict[str, str]]:
     userinfo = f"{urllib.parse.unquote(parts.username or '')}:{urllib.parse.unquote(parts.password or '')}"
     token = base64.b64encode(userinfo.encode()).decode()
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc)), {"Authorization": f"Basic {token}"}
-
-
-def _retryable(exc: BaseException) -> bool:
-    """Worth another POST: network errors, timeouts, 5xx, 408 and 429; not other 4xx."""
-    if isinstance(exc, urllib.error.HTTPError):
-        return exc.code >= 500 or exc.code in (408, 429)
-    return isinstance(exc, OSError)
 
 
 def post(hook: Webhook, payload: Mapping[str, Any], total_s: float) -> None:
@@ -191,16 +167,7 @@ def post(hook: Webhook, payload: Mapping[str, Any], total_s: float) -> None:
     body = json.dumps(payload_for(hook, payload), default=str).encode()
     url, auth = _split_credentials(hook.url)
     headers = {"Content-Type": "application/json", "User-Agent": "chordflow", **auth, **hook.headers}
+    # urllib.request and tenacity load here: only the hook sender posts, never a stage's process
+    from orchestration.engine.webhook_http import send
 
-    @retry(
-        stop=stop_before_delay(total_s),
-        wait=wait_exponential(multiplier=0.5, max=10),
-        retry=retry_if_exception(_retryable),
-        reraise=True,
-    )
-    def send() -> None:
-        request = urllib.request.Request(url, data=body, headers=headers, method="POST")
-        with _OPENER.open(request, timeout=hook.timeout) as response:
-            response.read()
-
-    send()
+    send(url, body, headers, hook.timeout, total_s)

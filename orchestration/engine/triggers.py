@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
@@ -44,9 +44,11 @@ from orchestration.engine.store import RunStore, new_run_id
 from orchestration.errors import ChordflowError
 from orchestration.graph.resolve import resolve
 from orchestration.language.options import Webhook
-from orchestration.language.spec import PipelineSpec
 from orchestration.settings import Settings
 from orchestration.states import RunStatus
+
+if TYPE_CHECKING:
+    from orchestration.language.spec import PipelineSpec
 
 log = logging.getLogger("chordflow.pipelines")
 STALE_CHECK_S = 15.0  # how often one hook sender of the fleet looks for stale pipelines

@@ -25,14 +25,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import redis
 from celery import Celery
 from celery.schedules import BaseSchedule, crontab, schedule
 from redbeat.schedulers import RedBeatScheduler, RedBeatSchedulerEntry, ensure_conf, get_redis
@@ -44,13 +42,13 @@ from orchestration.engine.keys import Keys
 from orchestration.engine.store import RunStore, connect
 from orchestration.errors import ChordflowError, DependenciesNotMet, ScheduleError
 from orchestration.fleet.registry import register
+from orchestration.fleet.scheduled_task import SUBMIT_TASK
 from orchestration.language.durations import format_duration, parse_duration
 from orchestration.language.spec import PipelineSpec
 from orchestration.language.validation import validate_data
 from orchestration.settings import Settings
 from orchestration.states import RunStatus
 
-SUBMIT_TASK = "chordflow.submit_scheduled"
 MIN_EVERY_S = 1.0
 BEAT_MAX_INTERVAL_S = 5.0  # how soon beat sees a schedule added while it sleeps
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
@@ -310,39 +308,7 @@ def _seconds(value: Any) -> float | None:
         return None
 
 
-# -- the worker side -------------------------------------------------------------------------------------
-
-
-def register_scheduled_task(app: Celery, settings: Settings) -> None:
-    """Register `chordflow.submit_scheduled` in a worker's app (called by workers.app.create_app)."""
-    clients: dict[int, Client] = {}
-
-    @app.task(
-        name=SUBMIT_TASK,
-        shared=False,  # this app's own: another app in the process (a test's) must not get it
-        ignore_result=True,
-        acks_late=True,
-        typing=False,
-        autoretry_for=(redis.ConnectionError,),
-        retry_backoff=True,
-        max_retries=3,
-    )
-    def submit_scheduled(schedule: Any = None, tick: Any = None, spec: Any = None, **_: Any) -> str:
-        if (
-            not isinstance(schedule, str)
-            or not isinstance(spec, dict)
-            or not isinstance(tick, int)
-            or isinstance(tick, bool)
-        ):
-            log.error(
-                "refusing a scheduled submit without schedule, tick and spec "
-                "(was it sent by `chordflow beat`?)"
-            )
-            return "refused: malformed message"
-        client = clients.get(os.getpid())
-        if client is None:  # one per pool process, built after the fork
-            client = clients[os.getpid()] = Client(settings)
-        return submit_tick(client, schedule, tick, spec)
+# -- the worker side (its task: scheduled_task.py) ----------------------------------------------------
 
 
 def submit_tick(client: Client, name: str, tick: int, spec_data: dict[str, Any]) -> str:

@@ -12,22 +12,22 @@ from __future__ import annotations
 import itertools
 import math
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
 from orchestration.errors import InvalidPipeline, Problem
-from orchestration.language import dag as graph
 from orchestration.language import rates
 from orchestration.language.fields import Model
-from orchestration.language.loader import gc_paused
-from orchestration.language.needs import effective_needs
 from orchestration.language.options import Cache, Fallback, Resources, RetryPolicy, Webhook
 from orchestration.language.rates import PoolLimit, RateLimit
-from orchestration.language.routing import queue_for
-from orchestration.language.selection import Selectable, select
-from orchestration.language.spec import PipelineSpec, Stage
 from orchestration.settings import Settings
+
+if TYPE_CHECKING:
+    from orchestration.language.spec import PipelineSpec, Stage
+
+# A worker imports this module for Node and RunGraph, the stored graph it reads; the file language
+# (spec, loader, selection, ...) is imported by resolve() itself, so a worker never loads it.
 
 DEFAULT_ESTIMATE_S = 1.0
 CRITICAL_PRIORITY = 9
@@ -152,6 +152,8 @@ def resolve(
     estimates: dict[str, float] | None = None,
 ) -> RunGraph:
     """The flat run graph of a validated spec, with `selection` applied."""
+    from orchestration.language.loader import gc_paused
+
     # Thousands of fresh nodes and none of them garbage: the cycle collector would walk the
     # whole heap again and again (a third of the time in a process with a large heap).
     with gc_paused():
@@ -165,6 +167,11 @@ def _resolve(
     only: bool,
     estimates: dict[str, float] | None,
 ) -> RunGraph:
+    from orchestration.language import dag as graph
+    from orchestration.language.needs import effective_needs
+    from orchestration.language.routing import queue_for
+    from orchestration.language.selection import Selectable, select
+
     enabled = [s for s in spec.stages if s.enabled]
     # A spec built without validate_data (PipelineSpec.model_validate) was never held to the limits.
     expanded = sum(math.prod(len(v) for v in s.matrix.values()) if s.matrix else 1 for s in enabled)
