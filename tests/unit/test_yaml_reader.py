@@ -1,0 +1,114 @@
+"""The reader's inlined loop (`Reader._events`) builds what its event methods build one by one:
+the same data, the same lines, the same problems, the same refusals."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from yaml.events import (
+    AliasEvent,
+    DocumentStartEvent,
+    MappingEndEvent,
+    MappingStartEvent,
+    ScalarEvent,
+    SequenceEndEvent,
+    SequenceStartEvent,
+    StreamEndEvent,
+)
+
+from orchestration.errors import InvalidPipeline
+from orchestration.language.limits import Limits
+from orchestration.language.yaml_reader import Reader, _Refused
+
+
+class OneByOne(Reader):
+    """Every event through its method: the reader without the inlined common cases."""
+
+    def _events(self, events: Any) -> None:
+        documents = 0
+        for event in events:
+            kind = type(event)
+            if kind is ScalarEvent:
+                self._scalar(event)
+            elif kind is MappingStartEvent or kind is SequenceStartEvent:
+                self._start(event)
+            elif kind is MappingEndEvent or kind is SequenceEndEvent:
+                self._end()
+            elif kind is AliasEvent:
+                self._alias(event)
+            elif kind is DocumentStartEvent:
+                documents += 1
+                if documents > 1:
+                    line = event.start_mark.line + 1
+                    raise _Refused(
+                        "the file holds more than one YAML document (---); keep one per file", line
+                    )
+            elif kind is StreamEndEvent:
+                break
+
+
+def outcome(reader: type[Reader], text: str, max_depth: int = 64, max_nodes: int = 1_000_000) -> Any:
+    built = reader("f.yaml", Limits(), max_depth, max_nodes)
+    try:
+        document = built.read(text)
+    except InvalidPipeline as exc:
+        return "refused", [str(p) for p in exc.problems]
+    return document.data, dict(document.lines), built.references, built.aliased, built.nodes
+
+
+TEXTS = [
+    "name: x\nstages:\n  - id: a\n    uses: noop\n    uses: again\n",  # a key twice
+    "a: 1\nb: {c: [1, 2, {d: e}], f: '${x}'}\nc: [[], {}, [[3]]]\n",
+    "base: &b {x: 1, y: [1, 2]}\nuse: *b\nmerged:\n  <<: *b\n  x: 2\n",
+    "m:\n  <<: [&a {p: 1}, &c {q: 2}]\n  '<<': quoted\n",
+    "m: {<<: 3}\n",  # a merge of a scalar
+    "? [1, 2]\n: list key\n? {a: 1}\n: mapping key\nk: v\n",
+    "n: " + "9" * 1500 + "\nlist: [" + "8" * 1200 + "]\n",
+    "t: !!str 12\nu: !!int '7'\nv: !!float x\nw: !foo bar\n",
+    "x: &s1 text\ny: *s1\nz: &l [1, *s1]\n",
+    "- 1\n- 2\n",
+    "just text\n",
+    "",
+    "a: 1\n---\nb: 2\n",
+    "a: [" * 70 + "]" * 70 + "\n",
+    "a: &a [1, 2]\nb: [*a, *a, *a, *a]\n",
+    "1: int key\n1.5: float key\ntrue: bool key\nnull: null key\n~: again\n",
+    "a: {b: 1, b: 2}\nc: [{d: 1, d: 1}]\n",
+    "a: &x {b: *x}\n",
+]
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_the_inlined_loop_reads_as_the_methods_do(text):
+    assert outcome(Reader, text) == outcome(OneByOne, text)
+
+
+@pytest.mark.parametrize("limits", [(3, 1_000_000), (4, 1_000_000), (5, 1_000_000), (64, 5), (64, 12)])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a: [1, [2, [3, [4]]]]\nb: {c: d, e: [f, g, h, i, j, k]}\n",
+        "a: &x [[{k: [1]}]]\nb: [*x]\n",  # an alias adds the height of what it names
+    ],
+)
+def test_the_limits_stop_both_at_the_same_event(text, limits):
+    assert outcome(Reader, text, *limits) == outcome(OneByOne, text, *limits)
+
+
+keys = st.one_of(st.text(max_size=5), st.integers(-3, 3), st.booleans(), st.none())
+data = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=6)),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(keys, inner, max_size=4)),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data, st.booleans(), st.sampled_from(["", "\ndup: 1\ndup: 2\n"]))
+def test_any_dumped_data_reads_the_same_both_ways(value, flow, tail):
+    text = yaml.safe_dump({"top": value}, default_flow_style=flow, allow_unicode=True) + tail
+    assert outcome(Reader, text) == outcome(OneByOne, text)
