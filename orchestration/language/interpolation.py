@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from orchestration.errors import InvalidPipeline, Problem
-from orchestration.language.yaml_reader import Document, PathT
+from orchestration.language.document import Document, PathT
 
 _REF = re.compile(r"\$\$\{|\$\{([^}]*)(\}?)")
 _NAME_DEFAULT = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.DOTALL)

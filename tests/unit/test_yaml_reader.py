@@ -1,5 +1,6 @@
 """The reader's inlined loop (`Reader._events`) builds what its event methods build one by one:
-the same data, the same lines, the same problems, the same refusals."""
+the same data, the same lines, the same problems, the same refusals; and without recording lines
+(the default: they are found by reading again when first asked for) it builds the same too."""
 
 from __future__ import annotations
 
@@ -51,13 +52,22 @@ class OneByOne(Reader):
                 break
 
 
-def outcome(reader: type[Reader], text: str, max_depth: int = 64, max_nodes: int = 1_000_000) -> Any:
-    built = reader("f.yaml", Limits(), max_depth, max_nodes)
+def outcome(
+    reader: type[Reader], text: str, max_depth: int = 64, max_nodes: int = 1_000_000, record: bool = True
+) -> Any:
+    built = reader("f.yaml", Limits(), max_depth, max_nodes, record_lines=record)
     try:
         document = built.read(text)
     except InvalidPipeline as exc:
         return "refused", [str(p) for p in exc.problems]
     return document.data, dict(document.lines), built.references, built.aliased, built.nodes
+
+
+def test_lines_are_found_when_first_asked_for():
+    document = Reader("f.yaml", Limits(), 64, 1000).read("a: 1\nb:\n  - c\n")
+    assert document.lines._find is not None  # not yet
+    assert document.line_of("b", 0) == 3
+    assert dict(document.lines) == {(): 1, ("a",): 1, ("b",): 2, ("b", 0): 3}
 
 
 TEXTS = [
@@ -84,7 +94,7 @@ TEXTS = [
 
 @pytest.mark.parametrize("text", TEXTS)
 def test_the_inlined_loop_reads_as_the_methods_do(text):
-    assert outcome(Reader, text) == outcome(OneByOne, text)
+    assert outcome(Reader, text) == outcome(OneByOne, text) == outcome(Reader, text, record=False)
 
 
 @pytest.mark.parametrize("limits", [(3, 1_000_000), (4, 1_000_000), (5, 1_000_000), (64, 5), (64, 12)])
@@ -97,6 +107,7 @@ def test_the_inlined_loop_reads_as_the_methods_do(text):
 )
 def test_the_limits_stop_both_at_the_same_event(text, limits):
     assert outcome(Reader, text, *limits) == outcome(OneByOne, text, *limits)
+    assert outcome(Reader, text, *limits) == outcome(Reader, text, *limits, record=False)
 
 
 keys = st.one_of(st.text(max_size=5), st.integers(-3, 3), st.booleans(), st.none())
@@ -111,4 +122,4 @@ data = st.recursive(
 @given(data, st.booleans(), st.sampled_from(["", "\ndup: 1\ndup: 2\n"]))
 def test_any_dumped_data_reads_the_same_both_ways(value, flow, tail):
     text = yaml.safe_dump({"top": value}, default_flow_style=flow, allow_unicode=True) + tail
-    assert outcome(Reader, text) == outcome(OneByOne, text)
+    assert outcome(Reader, text) == outcome(OneByOne, text) == outcome(Reader, text, record=False)
