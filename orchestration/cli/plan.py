@@ -31,6 +31,7 @@ from orchestration.fleet import history
 from orchestration.graph import render
 from orchestration.graph.resolve import Node, RunGraph, resolve
 from orchestration.language.durations import format_duration
+from orchestration.language.loader import gc_paused
 from orchestration.language.options import RetryPolicy
 
 if TYPE_CHECKING:  # the modules that talk to Redis are imported when a Redis is configured
@@ -209,6 +210,13 @@ def plan(file: Path, sets: tuple[str, ...], select: str | None, only: bool, as_j
 
     With a Redis URL configured, estimates come from the stage durations of recent runs, and a
     stage's pools and concurrency keys that are full right now show as `waits: pool llm 4/4`."""
+    # A large plan is hundreds of thousands of fresh objects, none of them garbage, in a process
+    # that ends with the command: the cycle collector would walk them again and again.
+    with gc_paused():
+        return _plan(file, sets, select, only, as_json)
+
+
+def _plan(file: Path, sets: tuple[str, ...], select: str | None, only: bool, as_json: bool) -> int:
     settings = settings_from_env()
     spec = load_spec(file, sets, settings)
     graph = resolve(spec, settings, select, only, estimates=history.estimates(settings, spec.name))
