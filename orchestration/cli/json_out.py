@@ -93,6 +93,11 @@ class _Writer:
         self.parts: list[str] = []
         # a str key's `"key": ` and whether it is a time key, worked out once: every stage has the same keys
         self.keys: dict[str, tuple[str, bool]] = {}
+        # A mapping met again (a plan's stages share a few retry policies) is written as before:
+        # id -> (pad, first part, end part) of its first writing, and its text once asked again.
+        # (The data outlives the walk, so an id names one mapping throughout.)
+        self.spans: dict[int, tuple[str, int, int]] = {}
+        self.texts: dict[int, str] = {}
 
     def write(self, data: Any) -> str:
         self.value(data, "\n")
@@ -137,6 +142,14 @@ class _Writer:
         if not v:
             add("{}")
             return
+        span = self.spans.get(id(v))
+        if span is not None and span[0] == pad:
+            text = self.texts.get(id(v))
+            if text is None:
+                text = self.texts[id(v)] = "".join(self.parts[span[1] : span[2]])
+            add(text)
+            return
+        start = len(self.parts)
         inner = pad + "  "
         sep = "{" + inner
         keys = self.keys
@@ -165,6 +178,8 @@ class _Writer:
                 self.value(item, inner)
             sep = "," + inner
         add(pad + "}")
+        if span is None:
+            self.spans[id(v)] = (pad, start, len(self.parts))
 
 
 def _scalar(v: Any) -> str:

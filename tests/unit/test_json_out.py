@@ -86,6 +86,12 @@ def test_a_plan_like_document_is_written_the_same():
     assert document(data) == reference(data)
 
 
+def test_a_mapping_met_again_is_written_the_same_at_any_depth():
+    policy = {"max_attempts": 3, "at": 1_800_000_000, "retry_on": ["E"], "inner": {"k": float("nan")}}
+    data = {"stages": [{"retry": policy}, {"retry": policy}], "top": policy, "deep": {"d": [policy]}}
+    assert document(data) == reference(data)
+
+
 @pytest.mark.parametrize("data", [{"x": object()}, {("a", "b"): 1}, [b"bytes"]])
 def test_what_json_refuses_it_still_refuses(data):
     with pytest.raises(TypeError):
