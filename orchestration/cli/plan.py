@@ -186,18 +186,14 @@ def plan_table(
 
 def plain_lines(title: str, headings: list[str], rows: list[tuple[str, ...]]) -> list[str]:
     """The same table as aligned plain text (a large plan: rich would take seconds to measure it)."""
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headings)]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(
-            c.rjust(w) if i in (0, 8) else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
-        )
-
+    widths = [max(len(h), *map(len, column)) for h, column in zip(headings, zip(*rows), strict=True)]
+    # "#" and "level" to the right, the rest to the left: one format for every row
+    line = "  ".join(f"{{:{'>' if i in (0, 8) else '<'}{w}}}" for i, w in enumerate(widths)).format
     return [
         title,
-        line(headings).rstrip(),
+        line(*headings).rstrip(),
         "  ".join("-" * w for w in widths),
-        *(line(r).rstrip() for r in rows),
+        *(line(*r).rstrip() for r in rows),
     ]
 
 
