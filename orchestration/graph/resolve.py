@@ -209,8 +209,6 @@ def _resolve(
         )
         enabled = [s for s in enabled if s.id in chosen]
         deps = {sid: [n for n in needs if n in chosen] for sid, needs in deps.items() if sid in chosen}
-    order = graph.topological_order(deps)
-    levels = graph.levels(deps)
     history = estimates or {}
     # A recorded duration counts even when it is 0 (a stage faster than the clock's millisecond).
     est = {
@@ -219,7 +217,7 @@ def _resolve(
         else s.estimate or spec.defaults.estimate or DEFAULT_ESTIMATE_S
         for s in enabled
     }
-    path, makespan = graph.critical_path(deps, est)
+    order, levels, path, makespan = graph.layout(deps, est)
     on_path = set(path)
     by_id = {s.id: s for s in enabled}
     dumps: dict[int, dict[str, Any]] = {}  # a shared policy is dumped once, not once per stage
