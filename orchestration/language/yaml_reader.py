@@ -79,7 +79,12 @@ class Reader:
 
     def read(self, text: str) -> Document:
         try:
-            self._events(yaml.parse(text, Loader=_LOADER))
+            parser = _LOADER(text)  # PyYAML's own reader checks the characters here
+            try:
+                # yaml.parse without its generator: get_event gives None after the stream's end
+                self._events(iter(parser.get_event, None))
+            finally:
+                parser.dispose()
         except _Refused as exc:
             message, line = exc.args
             raise InvalidPipeline([Problem(message, line=line, source=self.source)]) from None

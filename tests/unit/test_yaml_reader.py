@@ -22,6 +22,7 @@ from yaml.events import (
 )
 
 from orchestration.errors import InvalidPipeline
+from orchestration.language import yaml_reader
 from orchestration.language.limits import Limits
 from orchestration.language.yaml_reader import Reader, _Refused
 
@@ -92,8 +93,16 @@ TEXTS = [
 ]
 
 
+@pytest.fixture(params=["libyaml", "pure"])
+def loader(request, monkeypatch):
+    """Both of PyYAML's parsers: libyaml's (CSafeLoader) and its own in Python (without libyaml)."""
+    if request.param == "pure":
+        monkeypatch.setattr(yaml_reader, "_LOADER", yaml.SafeLoader)
+    return request.param
+
+
 @pytest.mark.parametrize("text", TEXTS)
-def test_the_inlined_loop_reads_as_the_methods_do(text):
+def test_the_inlined_loop_reads_as_the_methods_do(text, loader):
     assert outcome(Reader, text) == outcome(OneByOne, text) == outcome(Reader, text, record=False)
 
 
@@ -105,7 +114,7 @@ def test_the_inlined_loop_reads_as_the_methods_do(text):
         "a: &x [[{k: [1]}]]\nb: [*x]\n",  # an alias adds the height of what it names
     ],
 )
-def test_the_limits_stop_both_at_the_same_event(text, limits):
+def test_the_limits_stop_both_at_the_same_event(text, limits, loader):
     assert outcome(Reader, text, *limits) == outcome(OneByOne, text, *limits)
     assert outcome(Reader, text, *limits) == outcome(Reader, text, *limits, record=False)
 
@@ -123,3 +132,10 @@ data = st.recursive(
 def test_any_dumped_data_reads_the_same_both_ways(value, flow, tail):
     text = yaml.safe_dump({"top": value}, default_flow_style=flow, allow_unicode=True) + tail
     assert outcome(Reader, text) == outcome(OneByOne, text) == outcome(Reader, text, record=False)
+
+
+@pytest.mark.parametrize("text", ["name: x\x07\nstages: []\n", "a: [1\n", "a: b: c\n"])
+def test_a_bad_character_or_syntax_is_refused_with_its_line_by_either_parser(text, loader):
+    refused, messages = outcome(Reader, text)
+    assert refused == "refused" and len(messages) == 1
+    assert messages[0].startswith(("f.yaml:1: ", "f.yaml:2: ")) and "line" in messages[0]
