@@ -91,8 +91,9 @@ class _Writer:
 
     def __init__(self) -> None:
         self.parts: list[str] = []
-        # a str key's `"key": ` and whether it is a time key, worked out once: every stage has the same keys
-        self.keys: dict[str, tuple[str, bool]] = {}
+        # pad -> str key -> (`,` newline, indent, `"key": `) and whether it is a time key: worked
+        # out once, every stage has the same keys (the first entry's `,` becomes the `{`)
+        self.heads: dict[str, dict[str, tuple[str, bool]]] = {}
         # A mapping met again (a plan's stages share a few retry policies) is written as before:
         # id -> (pad, first part, end part) of its first writing, and its text once asked again.
         # (The data outlives the walk, so an id names one mapping throughout.)
@@ -151,32 +152,33 @@ class _Writer:
             return
         start = len(self.parts)
         inner = pad + "  "
-        sep = "{" + inner
-        keys = self.keys
+        heads = self.heads.get(pad)
+        if heads is None:
+            heads = self.heads[pad] = {}
         for key, item in v.items():
-            known = keys.get(key) if type(key) is str else None
+            known = heads.get(key) if type(key) is str else None
             if known is None:
-                known = (_key(key) + ": ", _timed(key))
+                known = ("," + inner + _key(key) + ": ", _timed(key))
                 if type(key) is str:
-                    keys[key] = known
-            written, timed = known
+                    heads[key] = known
+            head, timed = known
             kind = type(item)
             if kind is str:
-                add(sep + written + encode_basestring(item))
+                add(head + encode_basestring(item))
             elif item is None:
-                add(sep + written + "null")
+                add(head + "null")
             elif kind is bool:
-                add(sep + written + ("true" if item else "false"))
+                add(head + ("true" if item else "false"))
             elif (kind is int or kind is float) and not timed and item - item == 0:  # finite
-                add(sep + written + (int.__repr__(item) if kind is int else float.__repr__(item)))
+                add(head + (int.__repr__(item) if kind is int else float.__repr__(item)))
             elif isinstance(item, (str, bool)):
-                add(sep + written + _scalar(item))
+                add(head + _scalar(item))
             elif isinstance(item, (int, float)):
-                add(sep + written + _scalar(_number(item, timed)))
+                add(head + _scalar(_number(item, timed)))
             else:
-                add(sep + written)
+                add(head)
                 self.value(item, inner)
-            sep = "," + inner
+        self.parts[start] = "{" + self.parts[start][1:]
         add(pad + "}")
         if span is None:
             self.spans[id(v)] = (pad, start, len(self.parts))
