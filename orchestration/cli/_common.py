@@ -15,19 +15,16 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
-import math
 import os
-import re
 import sys
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
+from orchestration.cli import json_out
 from orchestration.errors import ChordflowError
 
 if TYPE_CHECKING:
@@ -64,65 +61,16 @@ def say(text: str, err: bool = False) -> None:
     )
 
 
-_C1 = {code: f"\\u{code:04x}" for code in range(0x7F, 0xA0)}
-_HAS_C1 = re.compile("[\x7f-\x9f]")
-
-
-def _escape_c1(text: str) -> str:
-    # the search is one C-speed scan; str.translate with a dict walks a 5 MB plan in Python
-    return text.translate(_C1) if _HAS_C1.search(text) else text
-
-
-# keys whose number is a time (epoch s): `*_at`, and these
-TIME_KEYS = frozenset({"t", "at", "tick", "seen", "first", "last"})
-
-
-def typed(data: Any) -> Any:
-    """`data` as every `--json` prints it (the one encoder of the command line): a number under a
-    time key (`*_at`, TIME_KEYS) as an ISO 8601 time in UTC, a datetime too, a float that is not
-    finite as null, tuples and sets as lists. Numbers stay numbers, None stays null. (Plain values
-    are copied without a call: a 10,000-stage plan has 200,000 of them.)"""
-    if isinstance(data, dict):
-        out = {}
-        for key, value in data.items():
-            if value is None or isinstance(value, str | bool):
-                out[key] = value
-            elif isinstance(value, int | float):
-                timed = isinstance(key, str) and (key in TIME_KEYS or key.endswith("_at"))
-                out[key] = _number(value, timed)
-            else:
-                out[key] = typed(value)
-        return out
-    if isinstance(data, list | tuple | set | frozenset):
-        items = sorted(data, key=str) if isinstance(data, set | frozenset) else data
-        return [v if v is None or isinstance(v, str | bool | int) else typed(v) for v in items]
-    if isinstance(data, float):
-        return _number(data, False)
-    if isinstance(data, datetime):
-        return _iso(data.timestamp())
-    return data
-
-
-def _number(value: float, timed: bool) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return _iso(float(value)) if timed else value
-
-
-def _iso(epoch_s: float) -> str:
-    return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def print_json(data: Any) -> int:
     """Print `data` as JSON on stdout (`typed`); return EXIT_OK, so a command may `return
     print_json(...)`. (JSON escapes C0 controls itself; DEL and C1 controls are escaped here too.)"""
-    click.echo(_escape_c1(json.dumps(typed(data), indent=2, ensure_ascii=False)))
+    click.echo(json_out.document(data))
     return EXIT_OK
 
 
 def print_json_line(data: Any) -> None:
     """Print `data` (`typed`) as one line of JSON (a stream: `logs --json`, `watch --json`)."""
-    click.echo(_escape_c1(json.dumps(typed(data), ensure_ascii=False, separators=(",", ":"))))
+    click.echo(json_out.line(data))
 
 
 def stopped_following(run_id: str, goes_on: bool = True) -> int:

@@ -31,6 +31,7 @@ from orchestration.fleet import history
 from orchestration.graph import render
 from orchestration.graph.resolve import Node, RunGraph, resolve
 from orchestration.language.durations import format_duration
+from orchestration.language.loader import gc_paused
 from orchestration.language.options import RetryPolicy
 
 if TYPE_CHECKING:  # the modules that talk to Redis are imported when a Redis is configured
@@ -185,18 +186,14 @@ def plan_table(
 
 def plain_lines(title: str, headings: list[str], rows: list[tuple[str, ...]]) -> list[str]:
     """The same table as aligned plain text (a large plan: rich would take seconds to measure it)."""
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headings)]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(
-            c.rjust(w) if i in (0, 8) else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
-        )
-
+    widths = [max(len(h), *map(len, column)) for h, column in zip(headings, zip(*rows), strict=True)]
+    # "#" and "level" to the right, the rest to the left: one format for every row
+    line = "  ".join(f"{{:{'>' if i in (0, 8) else '<'}{w}}}" for i, w in enumerate(widths)).format
     return [
         title,
-        line(headings).rstrip(),
+        line(*headings).rstrip(),
         "  ".join("-" * w for w in widths),
-        *(line(r).rstrip() for r in rows),
+        *(line(*r).rstrip() for r in rows),
     ]
 
 
@@ -209,6 +206,13 @@ def plan(file: Path, sets: tuple[str, ...], select: str | None, only: bool, as_j
 
     With a Redis URL configured, estimates come from the stage durations of recent runs, and a
     stage's pools and concurrency keys that are full right now show as `waits: pool llm 4/4`."""
+    # A large plan is hundreds of thousands of fresh objects, none of them garbage, in a process
+    # that ends with the command: the cycle collector would walk them again and again.
+    with gc_paused():
+        return _plan(file, sets, select, only, as_json)
+
+
+def _plan(file: Path, sets: tuple[str, ...], select: str | None, only: bool, as_json: bool) -> int:
     settings = settings_from_env()
     spec = load_spec(file, sets, settings)
     graph = resolve(spec, settings, select, only, estimates=history.estimates(settings, spec.name))

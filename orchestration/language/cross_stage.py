@@ -141,9 +141,12 @@ def cross_stage_problems(
 
     variables = set(data["variables"]) if isinstance(data.get("variables"), Mapping) else set()
     id_set = set(ids)
+    checked: dict[str, list[str]] = {}  # a file repeats its few conditions: each is parsed once
     for v in views:
         if v.when is not None:
-            for message in expressions.check(v.when, variables, id_set, max_integer=limits.max_integer):
+            if v.when not in checked:
+                checked[v.when] = expressions.check(v.when, variables, id_set, max_integer=limits.max_integer)
+            for message in checked[v.when]:
                 add(message, v, "when" if "when" in (raw_stages(data)[v.index] or {}) else "condition")
 
     policies: Mapping[str, Any] = (

@@ -87,6 +87,8 @@ def value_problems(
     """Integers beyond max_integer and NaN or infinite numbers, anywhere in the data."""
     problems: list[Problem] = []
     bound = limits.max_integer
+    if _all_numbers_fine(data, bound):
+        return problems
     stack: list[tuple[Any, tuple[Any, ...]]] = [(data, ())]
     while stack:
         value, path = stack.pop()
@@ -106,6 +108,33 @@ def value_problems(
             continue
         problems.append(problem_at(data, path, message, line_of, source))
     return problems
+
+
+def _all_numbers_fine(data: Mapping[str, Any], bound: int) -> bool:
+    """True if no number in `data` is past `bound` or not finite; False if one is, or if a value is
+    of a kind (a subclass, a tuple) this quick walk leaves to value_problems' own, which also
+    notes the path of each value (most files have nothing to report)."""
+    stack: list[Any] = [data.values()] if type(data) is dict else []
+    if not stack:
+        return False
+    while stack:
+        for value in stack.pop():
+            kind = type(value)
+            if kind is str or kind is bool or value is None:
+                continue
+            if kind is int:
+                if not -bound <= value <= bound:
+                    return False
+            elif kind is float:
+                if not math.isfinite(value):
+                    return False
+            elif kind is dict:
+                stack.append(value.values())
+            elif kind is list:
+                stack.append(value)
+            else:
+                return False
+    return True
 
 
 def problem_at(

@@ -32,10 +32,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from orchestration.errors import InvalidPipeline, Problem
-from orchestration.language.yaml_reader import Document, PathT
+from orchestration.language.document import Document, PathT
 
 _REF = re.compile(r"\$\$\{|\$\{([^}]*)(\}?)")
 _NAME_DEFAULT = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.DOTALL)
+_LEAVES = {int, float, bool, type(None)}  # what `copy` returns as it is (and a str without `${`)
 
 
 def interpolate(
@@ -87,21 +88,41 @@ class _Interpolator:
         self.problems.append((path, self.doc.line_of(*path), message))
 
     def copy(self, value: Any, path: PathT) -> Any:
-        """A copy of `value` with its strings interpolated (recursion depth is at most loader.MAX_DEPTH)."""
+        """A copy of `value` with its strings interpolated (recursion depth is at most loader.MAX_DEPTH).
+
+        A value that copies as itself (a number, or a string without `${`) is taken as it is,
+        without a call or its path: a 10,000-stage file has over 100,000 of them."""
         if isinstance(value, str):
             return self.substitute(value, path, _is_key(path)) if "${" in value else value
         if isinstance(value, list):
-            return [self.copy(item, path + (i,)) for i, item in enumerate(value)]
+            return [
+                v if (t := type(v)) in _LEAVES or (t is str and "${" not in v) else self.copy(v, path + (i,))
+                for i, v in enumerate(value)
+            ]
         if isinstance(value, dict):
+            if len(path) == 2 and path[0] == "stages":
+                return self.stage(value, path)
             return {
                 k: v
-                if _is_expression(path + (k,))
-                else self.argv(v, path + (k,))
-                if _is_run(path + (k,))
+                if (t := type(v)) in _LEAVES or (t is str and "${" not in v)
                 else self.copy(v, path + (k,))
                 for k, v in value.items()
             }
         return value
+
+    def stage(self, value: dict[Any, Any], path: PathT) -> dict[Any, Any]:
+        """A copy of a stage's mapping: its `when`/`condition` left alone, its `run` split first."""
+        out = {}
+        for k, v in value.items():
+            if (t := type(v)) in _LEAVES or (t is str and "${" not in v):
+                out[k] = v  # as `copy` and `argv` would return it
+            elif _is_expression(path + (k,)):
+                out[k] = v
+            elif _is_run(path + (k,)):
+                out[k] = self.argv(v, path + (k,))
+            else:
+                out[k] = self.copy(v, path + (k,))
+        return out
 
     def argv(self, value: Any, path: PathT) -> Any:
         """A stage's `run`, split first (a string) and then interpolated argument by argument."""

@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from orchestration.errors import InvalidPipeline, Problem
+from orchestration.language.document import Document, located_problem
 from orchestration.language.interpolation import interpolate
 from orchestration.language.limits import Limits
 from orchestration.language.scalars import plain, too_many_digits
-from orchestration.language.yaml_reader import Document, Reader, located_problem
+from orchestration.language.yaml_reader import Reader
 
 MAX_FILE_BYTES = 10 * 1024 * 1024
 MAX_DEPTH = 64

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from orchestration.errors import InvalidPipeline, Problem
 from orchestration.language.cross_stage import StageView, cross_stage_problems
+from orchestration.language.document import Document
 from orchestration.language.field_checks import (
     LineOf,
     field_problems,
@@ -27,7 +28,6 @@ from orchestration.language.limits import Limits
 from orchestration.language.links import link_problems
 from orchestration.language.loader import gc_paused, load_document, load_text
 from orchestration.language.spec import PipelineSpec
-from orchestration.language.yaml_reader import Document
 from orchestration.settings import Settings
 
 

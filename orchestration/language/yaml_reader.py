@@ -5,17 +5,21 @@ and aliases expanding past a number of values as they arrive. PyYAML's composer 
 libyaml's recurses in C and crashes on deep input, and building from events directly also
 records each value's line, refuses a key given twice (PyYAML keeps the last) and is faster than
 composing nodes first. Plain scalars are typed by `scalars.plain` (YAML 1.2's core schema).
+
+Lines are recorded only when asked for (`record_lines`): by default a Document's lines are found
+by a second pass the first time one is looked up, which only a problem does (document.Lines).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any
 
 import yaml
 from yaml.events import (
     AliasEvent,
     DocumentStartEvent,
+    Event,
     MappingEndEvent,
     MappingStartEvent,
     ScalarEvent,
@@ -25,36 +29,15 @@ from yaml.events import (
 )
 
 from orchestration.errors import InvalidPipeline, Problem
-from orchestration.language.ids import is_stage_id
+from orchestration.language.document import Document, Lines, PathT, located_problem
 from orchestration.language.limits import Limits
 from orchestration.language.scalars import ALLOWED_TAGS, TAG_PREFIX, construct, plain, too_many_digits
-
-Key = str | int
-PathT = tuple[Key, ...]
 
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when installed: ~10x faster
 
 _MERGE = object()  # a plain `<<` key: merge the mappings that follow (see Reader._end)
 _SKIP = object()  # a key already reported as wrong; its value is dropped
 _NO_KEY = object()  # a mapping waiting for its next key
-
-
-@dataclass(frozen=True)
-class Document:
-    """A parsed pipeline file: its top-level mapping and where each value was written."""
-
-    data: dict[str, Any]
-    lines: dict[PathT, int]
-    """Path -> 1-based line: a mapping entry's key line, a list item's own line; () -> 1."""
-    source: str
-
-    def line_of(self, *path: Key) -> int | None:
-        """The line of `path`, or of its longest prefix that has one (e.g. a value from an alias)."""
-        for end in range(len(path), -1, -1):
-            line = self.lines.get(path[:end])
-            if line is not None:
-                return line
-        return None
 
 
 class _Refused(Exception):
@@ -76,8 +59,11 @@ class _Open:
 class Reader:
     """Python data from libyaml events, built iteratively with the limits checked on each event."""
 
-    def __init__(self, source: str, limits: Limits, max_depth: int, max_nodes: int):
+    def __init__(
+        self, source: str, limits: Limits, max_depth: int, max_nodes: int, record_lines: bool = False
+    ):
         self.source = source
+        self.record_lines = record_lines  # else the Document's lines are found by reading again
         self.limits = limits
         self.max_depth = max_depth  # levels of nesting
         self.max_nodes = max_nodes  # values, each alias counted as what it expands to
@@ -92,27 +78,13 @@ class Reader:
         self.top: tuple[Any, int] | None = None
 
     def read(self, text: str) -> Document:
-        documents = 0
         try:
-            for event in yaml.parse(text, Loader=_LOADER):
-                kind = type(event)
-                if kind is ScalarEvent:
-                    self._scalar(event)
-                elif kind is MappingStartEvent or kind is SequenceStartEvent:
-                    self._start(event)
-                elif kind is MappingEndEvent or kind is SequenceEndEvent:
-                    self._end()
-                elif kind is AliasEvent:
-                    self._alias(event)
-                elif kind is DocumentStartEvent:
-                    documents += 1
-                    if documents > 1:
-                        line = event.start_mark.line + 1
-                        raise _Refused(
-                            "the file holds more than one YAML document (---); keep one per file", line
-                        )
-                elif kind is StreamEndEvent:
-                    break
+            parser = _LOADER(text)  # PyYAML's own reader checks the characters here
+            try:
+                # yaml.parse without its generator: get_event gives None after the stream's end
+                self._events(iter(parser.get_event, None))
+            finally:
+                parser.dispose()
         except _Refused as exc:
             message, line = exc.args
             raise InvalidPipeline([Problem(message, line=line, source=self.source)]) from None
@@ -127,8 +99,125 @@ class Reader:
             message = f"the top level must be a mapping (name: ..., stages: ...), not {shape}"
             raise InvalidPipeline([Problem(message, line=line, source=self.source)])
         if self.problems:
+            if not self.record_lines:  # their paths and lines: the same refusal, read again
+                return self._again(text)
             raise InvalidPipeline([located_problem(data, self.source, *p) for p in self.problems])
-        return Document(data, self.lines, self.source)
+        if self.record_lines:
+            return Document(data, self.lines, self.source)
+        return Document(data, Lines(lambda: self._again(text).lines), self.source)
+
+    def _again(self, text: str) -> Document:
+        """`text` read again, recording the line of every value."""
+        again = type(self)(self.source, self.limits, self.max_depth, self.max_nodes, record_lines=True)
+        return again.read(text)
+
+    def _events(self, events: Iterator[Event]) -> None:
+        """Build the data from the events. The commonest ones - an untagged, unanchored scalar, a
+        collection's start and its end - are handled inline (`_scalar`, `_start`, `_end` and `_add`
+        do the same steps): this loop runs for every event of the file, 240,000 in a 10,000-stage
+        one, and the calls were a tenth of reading it. Anything else goes to those methods."""
+        stack, lines, max_nodes, max_depth = self.open, self.lines, self.max_nodes, self.max_depth
+        top: _Open | None = None  # stack[-1]
+        documents = 0
+        for event in events:
+            kind = type(event)
+            if kind is ScalarEvent:
+                if (
+                    top is None
+                    or event.tag is not None
+                    or event.anchor is not None
+                    or self.nodes >= max_nodes
+                ):
+                    self._scalar(event)
+                    continue
+                value = event.value
+                if event.implicit[0]:
+                    try:
+                        value = plain(value)
+                    except ValueError:  # only a decimal integer too long to read
+                        self._scalar(event)
+                        continue
+                    if value == "<<":  # a merge key, perhaps
+                        self._scalar(event)
+                        continue
+                container, key, path = top.value, top.key, top.path
+                line = event.start_mark.line + 1
+                if type(container) is list:
+                    if path is not None:
+                        lines[path + (len(container),)] = line
+                    container.append(value)
+                elif key is _NO_KEY:
+                    if value in container:  # a key given twice: `_key` reports it
+                        self._scalar(event)
+                        continue
+                    if path is not None:
+                        lines[path + (value,)] = line
+                    top.key = value
+                else:
+                    top.key = _NO_KEY
+                    if key is _MERGE:
+                        top.merges.append((value, line))
+                    elif key is not _SKIP:
+                        container[key] = value
+                self.nodes += 1
+                if type(value) is str and "${" in value:
+                    self.references = True
+            elif kind is MappingStartEvent or kind is SequenceStartEvent:
+                if event.tag is not None or event.anchor is not None or self.nodes >= max_nodes:
+                    self._start(event)
+                elif len(stack) >= max_depth:
+                    raise _Refused(
+                        f"the file is nested more than {max_depth} levels deep", event.start_mark.line + 1
+                    )
+                else:
+                    self.nodes += 1
+                    stack.append(
+                        _Open(
+                            {} if kind is MappingStartEvent else [],
+                            self._child_path() if self.record_lines else None,
+                            event.start_mark.line + 1,
+                            None,
+                            self.nodes - 1,
+                        )
+                    )
+                top = stack[-1]
+            elif kind is MappingEndEvent or kind is SequenceEndEvent:
+                done = stack[-1]
+                parent = stack[-2] if len(stack) > 1 else None
+                if (
+                    done.merges
+                    or done.anchor is not None
+                    or parent is None
+                    or (parent.key is _NO_KEY and type(parent.value) is dict)
+                ):
+                    self._end()  # merges to apply, an anchor, the top, or a collection as a key
+                else:
+                    stack.pop()
+                    height = done.tallest + 1
+                    parent.tallest = max(parent.tallest, height)
+                    container, key = parent.value, parent.key
+                    if type(container) is list:
+                        if parent.path is not None:
+                            lines[parent.path + (len(container),)] = done.line
+                        container.append(done.value)
+                    else:
+                        parent.key = _NO_KEY
+                        if key is _MERGE:
+                            parent.merges.append((done.value, done.line))
+                        elif key is not _SKIP:
+                            container[key] = done.value
+                top = stack[-1] if stack else None
+            elif kind is AliasEvent:
+                self._alias(event)
+            elif kind is DocumentStartEvent:
+                documents += 1
+                if documents > 1:
+                    line = event.start_mark.line + 1
+                    raise _Refused(
+                        "the file holds more than one YAML document (---); keep one per file", line
+                    )
+            elif kind is StreamEndEvent:
+                break
 
     def _count(self, nodes: int, line: int) -> None:
         self.nodes += nodes
@@ -233,7 +322,7 @@ class Reader:
     def _child_path(self) -> PathT | None:
         """The path of the node about to be added, None where no line is worth recording."""
         if not self.open:
-            return ()
+            return () if self.record_lines else None
         parent = self.open[-1]
         if parent.path is None:
             return None
@@ -306,18 +395,3 @@ def _syntax_problem(exc: yaml.YAMLError, text: str, source: str) -> Problem:
             problem += f" ({context} that starts on line {context_mark.line + 1})"
     message = f"{kind} syntax error at line {line}, column {column}: {problem}"
     return Problem(message, line=line, source=source)
-
-
-def located_problem(
-    data: dict[str, Any], source: str, path: PathT, line: int | None, message: str
-) -> Problem:
-    """A Problem naming the stage when `path` is inside `stages[i]`, and the path below it."""
-    stage_id = None
-    if len(path) >= 2 and path[0] == "stages" and isinstance(path[1], int):
-        stages = data.get("stages")
-        if isinstance(stages, list) and path[1] < len(stages) and isinstance(stages[path[1]], dict):
-            candidate = stages[path[1]].get("id")
-            stage_id = candidate if isinstance(candidate, str) and is_stage_id(candidate) else None
-    shown = path[2:] if stage_id is not None else path
-    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in shown).lstrip(".")
-    return Problem(f"{where}: {message}" if where else message, stage_id=stage_id, line=line, source=source)

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from celery import Celery
 from celery.schedules import crontab, schedule
 
-from orchestration.cli._common import typed
+from orchestration.cli.json_out import typed
 from orchestration.fleet.schedules import next_fire_s
 
 APP = Celery(set_as_current=False)

@@ -15,6 +15,7 @@ from orchestration.language.dag import (
     downstream,
     find_cycles,
     format_cycle,
+    layout,
     levels,
     topological_order,
     upstream,
@@ -278,6 +279,29 @@ def test_topological_order_respects_every_edge(deps):
 @given(dags(shuffle=False))
 def test_topological_order_of_a_file_already_in_order_is_the_file_order(deps):
     assert topological_order(deps) == list(deps)
+
+
+@given(dags())
+def test_topological_order_takes_the_earliest_ready_stage_in_file_order(deps):
+    placed: list[str] = []
+    while len(placed) < len(deps):  # brute force: scan the file for the first stage whose needs are placed
+        placed.append(next(n for n in deps if n not in placed and all(p in placed for p in deps[n])))
+    assert topological_order(deps) == placed
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_layout_is_the_order_the_levels_and_the_critical_path(data):
+    deps = data.draw(dags(min_nodes=0))
+    estimates = data.draw(
+        st.dictionaries(st.sampled_from(sorted(deps) or ["x"]), st.integers(0, 9).map(float))
+    )
+    assert layout(deps, estimates) == (topological_order(deps), levels(deps), *critical_path(deps, estimates))
+
+
+def test_layout_refuses_a_cycle_as_topological_order_does():
+    with pytest.raises(ValueError, match="a → b → a"):
+        layout({"a": ["b"], "b": ["a"], "c": []}, {})
 
 
 # --- levels ------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ the field and the limit, through InvalidPipeline, never a crash."""
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 
 import pytest
 
@@ -142,6 +143,19 @@ def test_max_duration_is_configurable():
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
 def test_nan_and_infinity_are_refused_anywhere_in_params(value):
     assert "finite" in problems(stage(params={"x": [1, {"y": value}]}))
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        OrderedDict(x=[1, {"y": float("nan")}]),  # a builder's mapping that is not a plain dict
+        {"x": [True, None, "text", OrderedDict(y=2**60)]},
+        {"x": [1, {"y": 3.5}], "z": [{"w": -(2**60)}]},
+    ],
+)
+def test_bad_numbers_are_found_inside_any_mapping_or_list(params):
+    found = problems(stage(params=params))
+    assert "finite" in found or "max_integer" in found
 
 
 def test_numbers_where_text_is_expected_become_text():
