@@ -158,7 +158,15 @@ class ChordflowWorker(WorkerProcess):
 class PlainWorker(ChordflowWorker):
     """`python -m celery -A benchmarks.plain_app worker`: plain Celery with its defaults."""
 
-    def __init__(self, redis_url: str, concurrency: int, pool: str, log_path: str, env: dict[str, str]):
+    def __init__(
+        self,
+        redis_url: str,
+        concurrency: int,
+        pool: str,
+        log_path: str,
+        env: dict[str, str],
+        hostname: str = PLAIN_HOSTNAME,
+    ):
         super().__init__(redis_url, env=env, log_path=log_path)
         self.argv = [
             sys.executable,
@@ -174,7 +182,7 @@ class PlainWorker(ChordflowWorker):
             "--pool",
             pool,
             "--hostname",
-            PLAIN_HOSTNAME,
+            hostname,
         ]
         self.env[URL_ENV] = redis_url
 

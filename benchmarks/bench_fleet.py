@@ -74,11 +74,12 @@ from benchmarks.bench_execution import (
     RESULTS,
     BenchRedis,
     ChordflowWorker,
+    PlainWorker,
     _delta,
     _handle_signals,
     fanout_spec,
 )
-from benchmarks.plain_app import URL_ENV, make_app
+from benchmarks.plain_app import make_app
 from orchestration.api import Client
 from orchestration.errors import LocalFleetError
 from orchestration.fleet.embedded import WorkerProcess, wait_for_workers
@@ -93,30 +94,6 @@ TIMEOUT_S = 900.0
 
 
 # -- the fleets -----------------------------------------------------------------------------------
-class PlainFleetWorker(ChordflowWorker):
-    """`python -m celery -A benchmarks.plain_app worker` with Celery's defaults, named `hostname`."""
-
-    def __init__(self, redis_url: str, concurrency: int, pool: str, hostname: str, log_path: str, env: dict):
-        super().__init__(redis_url, env=env, log_path=log_path)
-        self.argv = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "benchmarks.plain_app",
-            "worker",
-            "--loglevel",
-            "WARNING",
-            "--concurrency",
-            str(concurrency),
-            "--pool",
-            pool,
-            "--hostname",
-            hostname,
-        ]
-        self.env[URL_ENV] = redis_url
-
-
 class Fleet:
     """`workers` worker processes of one system on the benchmark's Redis; `stop()` ends them all."""
 
@@ -143,7 +120,7 @@ class Fleet:
                 )
             else:
                 self.workers.append(
-                    PlainFleetWorker(url, concurrency, pool, hostname, log, {"PYTHONPATH": pythonpath})
+                    PlainWorker(url, concurrency, pool, log, {"PYTHONPATH": pythonpath}, hostname=hostname)
                 )
 
     def start(self, timeout_s: float = 120.0) -> Fleet:
