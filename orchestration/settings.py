@@ -57,7 +57,8 @@ class Settings(BaseSettings):
         0,
         ge=0,
         description="replicas that must confirm a run's creation, an attempt's start and its commit "
-        "(Redis WAIT) before they count as done; 0 = off (docs/security.md: failover)",
+        "(Redis WAIT) before they count as done, and every other attached replica too; 0 = off "
+        "(docs/security.md: failover)",
     )
     replicas_ack_timeout_ms: int = Field(
         1000, ge=1, description="how long one WAIT for CHORDFLOW_REPLICAS_ACK replicas may take"

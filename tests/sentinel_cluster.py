@@ -114,6 +114,17 @@ class Node:
                 self.kill()
 
 
+def _memory_dir() -> str | None:
+    """A tmpfs for the cluster's files when the machine has one (/dev/shm): a Sentinel rewrites and
+    fsyncs its config file at every switch, with its event loop stopped meanwhile; on a disk shared
+    with a test run that can outlast down-after (1000 ms), and the other Sentinels' stale votes for
+    the last failover then turn it into a failover of the healthy new primary (seen once in the
+    failover harness: a second switch 1 s after the first, and a split brain for 10 s). The AOF
+    is still written and read back by a restart; only the host's own crash is not simulated."""
+    shm = Path("/dev/shm")
+    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
+
+
 class SentinelCluster:
     """A primary, `replicas` replicas and `sentinels` Sentinels (quorum: a majority of them)."""
 
@@ -129,7 +140,7 @@ class SentinelCluster:
         db: int = 0,
     ):
         self.master_name, self.password, self.db = master_name, password, db
-        self.root = Path(tempfile.mkdtemp(prefix="chordflow-sentinel-"))
+        self.root = Path(tempfile.mkdtemp(prefix="chordflow-sentinel-", dir=_memory_dir()))
         self.switches: list[SwitchMaster] = []
         self._stop = threading.Event()
         self._watchers: list[threading.Thread] = []

@@ -300,14 +300,15 @@ class Attempt:
         return commit
 
     def _acknowledged(self, request: CommitRequest, commit: Commit) -> Commit:
-        """With CHORDFLOW_REPLICAS_ACK=N: the commit once N replicas have it. Until then it is sent
+        """With CHORDFLOW_REPLICAS_ACK=N: the commit once enough replicas have it (N, or every replica
+        attached, if more: durability.Replicas). Until then it is sent
         again with the same token, while the attempt keeps its lease (finish.lua answers ALREADY when
         it is in; on a new primary that missed it, it commits it afresh), for one lease at most."""
-        wanted = self.env.settings.replicas_ack
-        if not wanted or commit.replicas is None or not commit.committed:
+        got = commit.replication
+        if got is None or not commit.committed:
             return commit
         deadline, pause = time.monotonic() + self.env.settings.lease_s, 0.05
-        while (commit.replicas or 0) < wanted and time.monotonic() < deadline:
+        while not got.ok and time.monotonic() < deadline:
             time.sleep(pause)
             pause = min(2 * pause, 1.0)
             try:
@@ -316,7 +317,7 @@ class Attempt:
                 log.warning("commit of %s/%s sent again: %s", self.run_id, self.node.id, exc)
                 continue
             if again.verdict is CommitVerdict.ALREADY:
-                commit = replace(commit, replicas=again.replicas)
+                commit = replace(commit, replication=again.replication)
             elif again.committed:
                 commit = again  # a new primary that had missed it: committed afresh
             else:
@@ -324,14 +325,15 @@ class Attempt:
                     "commit of %s/%s lost in a failover (%s)", self.run_id, self.node.id, again.verdict
                 )
                 return again
-        if (commit.replicas or 0) < wanted:
+            got = commit.replication or got
+        if not got.ok:
             log.warning(
                 "commit of %s/%s item %s: %s of %d replicas confirmed it; not acknowledged",
                 self.run_id,
                 self.node.id,
                 self.item,
-                commit.replicas,
-                wanted,
+                got.confirmed,
+                got.required,
             )
             return commit
         output = request.output_json

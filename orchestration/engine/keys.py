@@ -144,8 +144,8 @@ class Keys:
         return f"{self.prefix}:runs:active"
 
     def replicated_mark(self) -> str:
-        """String: a counter written before a WAIT, so the WAIT covers the writes before it
-        (engine/durability.py)."""
+        """Pub/sub channel, no key: a PUBLISH to it (to no one) before a WAIT is a replicated command
+        of the WAIT's own connection, so the WAIT covers the writes before it (engine/durability.py)."""
         return f"{self.prefix}:replicated"
 
     def pipeline_runs(self, name: str) -> str:

@@ -126,6 +126,20 @@ COMMITTED = frozenset({CommitVerdict.OK, CommitVerdict.ITEM, CommitVerdict.ALREA
 
 
 @dataclass(frozen=True, slots=True)
+class Replication:
+    """How many replicas confirmed a write (Redis WAIT), and how many had to: CHORDFLOW_REPLICAS_ACK,
+    or every replica attached to the primary when it was written, if more (engine/durability.py)."""
+
+    confirmed: int
+    required: int
+
+    @property
+    def ok(self) -> bool:
+        """Enough replicas have it: the write is acknowledged."""
+        return self.confirmed >= self.required
+
+
+@dataclass(frozen=True, slots=True)
 class Commit:
     """What finish.lua decided: the verdict, whether the run ended (and how), the children it made
     ready that the caller sends (a fan-out: only Python starts one), the task ids a fail-fast
@@ -138,7 +152,7 @@ class Commit:
     revoke: list[str] = field(default_factory=list)
     next_item: int | None = None
     reason: str = ""  # why, when the verdict is INVALID (nothing was written)
-    replicas: int | None = None  # replicas that confirmed it (CHORDFLOW_REPLICAS_ACK), None: not asked
+    replication: Replication | None = None  # CHORDFLOW_REPLICAS_ACK: its replicas; None: not asked
 
     @property
     def committed(self) -> bool:
@@ -210,6 +224,7 @@ __all__ = [
     "Commit",
     "CommitVerdict",
     "Holding",
+    "Replication",
     "RetryReply",
     "decode_begin",
     "decode_claim",

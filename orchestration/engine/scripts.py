@@ -11,13 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
 from orchestration.engine.keys import lua_members
 from orchestration.engine.messages import COUNT, ITEM
 from orchestration.states import lua_prelude
+
+if TYPE_CHECKING:
+    from orchestration.engine.durability import Replicas
 
 # scripts that always admit or release capacity get lua/_limits.lua; begin, finish and retry get it
 # only in their gated variant (`limits=True`), so a stage with no limits runs the script it always did
@@ -56,10 +59,10 @@ class Script:
         keys: Sequence[str],
         args: Sequence[Any],
         allow_oom: bool = False,
-        wait: tuple[int, int] | None = None,
+        wait: Replicas | None = None,
     ) -> Any:
-        """Run the script; with `wait` (replicas, timeout ms), run Redis's WAIT right after it on the
-        same connection and return (reply, replicas that confirmed it)."""
+        """Run the script; with `wait` (durability.Replicas), run Redis's WAIT right after it on the
+        same connection and return (reply, Replication)."""
         if allow_oom and self._oom is not None:
             try:
                 return self._run(self._oom, keys, args, wait)
@@ -70,16 +73,15 @@ class Script:
         return self._run(self._plain, keys, args, wait)
 
     @staticmethod
-    def _run(script: Any, keys: Sequence[str], args: Sequence[Any], wait: tuple[int, int] | None) -> Any:
+    def _run(script: Any, keys: Sequence[str], args: Sequence[Any], wait: Replicas | None) -> Any:
         if wait is None:
             return script(keys=keys, args=args)
         # WAIT counts the replicas that have this connection's writes: one pipeline, one connection
         for again in (True, False):
             pipe = script.registered_client.pipeline(transaction=False)
-            script(keys=keys, args=args, client=pipe)
-            pipe.wait(*wait)
+            wait.queue(pipe, lambda p: script(keys=keys, args=args, client=p))
             try:
-                reply, replicas = pipe.execute()
+                replies = pipe.execute()
             except redis.exceptions.NoScriptError:
                 # a new primary (a failover) that has not seen the script: the pipeline checked for
                 # it on the old one. Loaded here, the call is sent once more (nothing ran).
@@ -87,7 +89,7 @@ class Script:
                     raise
                 script.registered_client.script_load(script.script)
                 continue
-            return reply, int(replicas)
+            return wait.read(replies)
         raise AssertionError("unreachable")
 
 

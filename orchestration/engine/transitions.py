@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 
 import redis
 
+from orchestration.engine import durability
 from orchestration.engine.capacity import CapacityUpkeep
 from orchestration.engine.commit import (
     BeginRequest,
@@ -26,7 +27,6 @@ from orchestration.engine.commit import (
     finish_call,
     retry_call,
 )
-from orchestration.engine.durability import wait_args
 from orchestration.engine.keys import Keys, decode_member, encode_member
 from orchestration.engine.limits import holder
 from orchestration.engine.replies import (
@@ -67,6 +67,8 @@ class Transitions:
         self.keys = keys
         self._runs = runs  # a cancel reads the run's graph
         self._capacity = capacity  # ... and gives back its slots
+        # CHORDFLOW_REPLICAS_ACK (None: off)
+        self._replicas = durability.replicas(settings, keys.replicated_mark())
         self._begin = Script(client, "begin.lua")
         # the same scripts with lua/_limits.lua, for the stages that have a gate (limits.py)
         self._begin_gated = Script(client, "begin.lua", limits=True)
@@ -86,12 +88,14 @@ class Transitions:
         waits in Redis."""
         call = begin_call(self.keys, self.settings, req)
         script = self._begin_gated if call.gated else self._begin
-        wait = wait_args(self.settings)
+        wait = self._replicas
         raw = script(keys=call.keys, args=call.args, allow_oom=call.allow_oom, wait=wait)
         if wait is not None:
-            raw, replicas = raw
-            if replicas < wait[0]:  # its commit is what must be acknowledged; this start may be lost
-                log.warning("begin of %s: %d of %d replicas confirmed it", req.message, replicas, wait[0])
+            raw, got = raw
+            if not got.ok:  # its commit is what must be acknowledged; this start may be lost
+                log.warning(
+                    "begin of %s: %d of %d replicas confirmed it", req.message, got.confirmed, got.required
+                )
         return decode_begin(raw, call.gated)
 
     def renew(
@@ -138,15 +142,16 @@ class Transitions:
         `Commit.reason` says why. A failure's commit may run when Redis is at maxmemory. The
         messages of the children it makes ready (and of a windowed fan-out's next item) are
         enqueued by the script itself (engine/messages.py): they need no sending after it.
-        With CHORDFLOW_REPLICAS_ACK, `Commit.replicas` says how many replicas confirmed it."""
+        With CHORDFLOW_REPLICAS_ACK, `Commit.replication` says how many replicas of the server that
+        answered confirmed it (a commit sent again and found ALREADY in included: durability.Replicas)."""
         call = finish_call(self.keys, self.settings, req)
         script = self._finish_gated if call.gated else self._finish
-        wait = wait_args(self.settings)
+        wait = self._replicas
         raw = script(keys=call.keys, args=call.args, allow_oom=call.allow_oom, wait=wait)
         if wait is None:
             return decode_finish(raw)
-        raw, replicas = raw
-        return replace(decode_finish(raw), replicas=replicas)
+        raw, got = raw
+        return replace(decode_finish(raw), replication=got)
 
     def start_fanout(
         self,

@@ -1,7 +1,7 @@
 """The failover harness (issue 19): a Sentinel cluster, workers and nemeses per seed (harness.py).
 
-Seeds 1-2 run in every test run (CI included, about 45 s); seeds 3-10 are marked `slow` and run
-with `CHORDFLOW_HA_ALL_SEEDS=1`: seed 3 still loses a run id now and then (test_seeds.py says why). Each seed's summary (faults, counts, time)
+Seeds 1-3 run in every test run (CI included, about 80 s); seeds 4-10 are marked `slow` and run
+with `CHORDFLOW_HA_ALL_SEEDS=1` (about 4 more minutes). Each seed's summary (faults, counts, time)
 is written to tests/artifacts/ha/ for the report.
 """
 

@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from orchestration.engine.commit import BeginRequest, CommitRequest
-from orchestration.engine.replies import BeginRun, CommitVerdict
+from orchestration.engine.replies import BeginRun, CommitVerdict, Replication
 from orchestration.engine.stage_message import StageMessage
 from orchestration.engine.store import RunStore
 from orchestration.errors import NotReplicated
@@ -24,15 +24,22 @@ from orchestration.settings import Settings
 from orchestration.states import State
 
 
+def _attach(replica: RedisServer, primary: RedisServer) -> None:
+    r = redis.Redis.from_url(replica.url)
+    r.replicaof("127.0.0.1", primary.port)
+    deadline = time.monotonic() + 10
+    # online on the primary's side (its ROLE), which comes after the replica's first ACK
+    while str(replica.port) not in [
+        p for _, p, _ in redis.Redis.from_url(primary.url, decode_responses=True).execute_command("ROLE")[2]
+    ]:
+        assert time.monotonic() < deadline, "the replica did not connect"
+        time.sleep(0.05)
+
+
 @pytest.fixture(scope="module")
 def pair() -> Iterator[tuple[RedisServer, RedisServer]]:
     with RedisServer() as primary, RedisServer() as replica:
-        r = redis.Redis.from_url(replica.url)
-        r.replicaof("127.0.0.1", primary.port)
-        deadline = time.monotonic() + 10
-        while r.info("replication").get("master_link_status") != "up":
-            assert time.monotonic() < deadline, "the replica did not connect"
-            time.sleep(0.05)
+        _attach(replica, primary)
         yield primary, replica
 
 
@@ -119,7 +126,7 @@ def test_with_replicas_ack_a_commit_says_how_many_replicas_have_it(pair, tmp_pat
     commit = store.transitions.finish(
         CommitRequest(run_id, graph, "s0", State.SUCCEEDED, token=token, output_json="1")
     )
-    assert commit.verdict is CommitVerdict.OK and commit.replicas == 1
+    assert commit.verdict is CommitVerdict.OK and commit.replication == Replication(1, 1)
     assert '"created":true' in (tmp_path / "acks.jsonl").read_text()
 
 
@@ -141,7 +148,47 @@ def test_a_run_no_replica_confirms_is_not_acknowledged(pair, tmp_path):
             store._r, Settings(redis_url=primary.url, replicas_ack=1, replicas_ack_timeout_ms=200)
         )
         request = CommitRequest(run_id, graph, "s0", State.SUCCEEDED, token=token, output_json="1")
-        assert store.transitions.finish(request).replicas == 0
+        assert store.transitions.finish(request).replication == Replication(0, 1)
     finally:
         os.kill(replica.proc.pid, signal.SIGCONT)
     assert (tmp_path / "acks.jsonl").exists() is False  # nothing was acknowledged
+
+
+def _online(primary: RedisServer) -> int:
+    return len(redis.Redis.from_url(primary.url).execute_command("ROLE")[2])
+
+
+def test_with_two_replicas_one_confirming_is_not_enough_while_the_other_is_attached(tmp_path):
+    """N=1 of 2: Sentinel may promote the replica that did not confirm (it ranks them by offsets up
+    to 5 s old), so a write waits for every attached replica, and N is enough once the primary has
+    dropped the silent one."""
+    with RedisServer() as primary, RedisServer() as fast, RedisServer() as stalled:
+        _attach(fast, primary)
+        _attach(stalled, primary)
+        link = redis.Redis.from_url(stalled.url).client_list(_type="master")[0]["laddr"]
+        store = _store(primary, tmp_path, replicas_ack=1, replicas_ack_timeout_ms=200)
+        graph = _graph(n=1)
+        run_id, _ = store.runs.create_run(graph)  # both confirm
+        token = _begin(store, run_id).token
+        assert stalled.proc is not None
+        os.kill(stalled.proc.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(NotReplicated, match="1 of 2 replicas confirmed it"):
+                store.runs.create_run(_graph("half-confirmed"))
+            request = CommitRequest(run_id, graph, "s0", State.SUCCEEDED, token=token, output_json="1")
+            assert store.transitions.finish(request).replication == Replication(1, 2)
+            # sent again: ALREADY wrote nothing; the replicated mark's write is what WAIT measures
+            again = store.transitions.finish(request)
+            assert again.verdict is CommitVerdict.ALREADY and again.replication == Replication(1, 2)
+            redis.Redis.from_url(primary.url).client_kill_filter(addr=link)  # what repl-timeout does
+            deadline = time.monotonic() + 5
+            while _online(primary) != 1:
+                assert time.monotonic() < deadline, "the primary kept the stalled replica"
+                time.sleep(0.05)
+            again = store.transitions.finish(request)
+            assert again.verdict is CommitVerdict.ALREADY and again.replication == Replication(1, 1)
+            store.runs.create_run(_graph("confirmed"))
+        finally:
+            os.kill(stalled.proc.pid, signal.SIGCONT)
+    acks = (tmp_path / "acks.jsonl").read_text()
+    assert acks.count('"created":true') == 2  # the first run and "confirmed", not "half-confirmed"
