@@ -24,17 +24,20 @@ local p = field_prefix(item)
 local unit = redis.call('HMGET', KEYS[3], p .. 'state', p .. 'attempt', p .. 'lease_exp')
 local state = unit[1]
 if TERMINAL[state] then return {'dup', 'already ' .. state} end
-local stage_state = redis.call('HGET', KEYS[2], A.stage)
-if item ~= '' and stage_state ~= S.RUNNING then return {'drop', 'stage is ' .. tostring(stage_state)} end
--- A stage not ready here (pending: a parent's commit is not in) must not run on what it would read:
--- a message sent before a failover, its parents' commits lost with the old primary, is sent again
--- by the commit that makes it ready.
-if item == '' and stage_state ~= S.QUEUED and stage_state ~= S.RETRYING and stage_state ~= S.RUNNING then
-  return {'drop', 'stage is ' .. tostring(stage_state) .. ', not ready'}
-end
-
-if item ~= '' and tonumber(item) >= tonumber(redis.call('HGET', KEYS[9], 'items_total') or '0') then
-  return {'drop', 'item ' .. item .. ' is out of range'}
+if item ~= '' then
+  -- an item's stage: its state and item count, from the stage hash (a fan-out stage's `state` there
+  -- is written with its entry in the states hash, by every script that changes it)
+  local fan = redis.call('HMGET', KEYS[9], 'state', 'items_total')
+  if fan[1] ~= S.RUNNING then return {'drop', 'stage is ' .. tostring(fan[1])} end
+  if tonumber(item) >= tonumber(fan[2] or '0') then return {'drop', 'item ' .. item .. ' is out of range'} end
+else
+  -- A stage not ready here (pending: a parent's commit is not in) must not run on what it would
+  -- read: a message sent before a failover, its parents' commits lost with the old primary, is sent
+  -- again by the commit that makes it ready.
+  local stage_state = redis.call('HGET', KEYS[2], A.stage)
+  if stage_state ~= S.QUEUED and stage_state ~= S.RETRYING and stage_state ~= S.RUNNING then
+    return {'drop', 'stage is ' .. tostring(stage_state) .. ', not ready'}
+  end
 end
 
 local attempt = tonumber(A.attempt)

@@ -141,10 +141,13 @@ for _, m in ipairs(A.metrics or {}) do
   metric_values[#metric_values + 1] = {m[1], delta}
 end
 local item_bytes = 0
--- an item's stage: {bytes of the items' outputs so far, items total, items done, next item}, read
--- once; the counters this commit moves are written back in one HSET
+-- an item's stage: {bytes of the items' outputs so far, items total, items done, next item, state},
+-- read once (its `state` is written with its entry in the states hash); the counters this commit
+-- moves are written back in one HSET
 local fanout = {}
-if item ~= '' then fanout = redis.call('HMGET', KEYS[9], 'items_bytes', 'items_total', 'items_done', 'next_item') end
+if item ~= '' then
+  fanout = redis.call('HMGET', KEYS[9], 'items_bytes', 'items_total', 'items_done', 'next_item', 'state')
+end
 if item ~= '' and A.output ~= '' and (A.fanout_cap or 0) > 0 then
   item_bytes = #A.output + 1
   local so_far = tonumber(fanout[1] or '0')
@@ -164,7 +167,7 @@ local now_ms, now, now_s = clock()
 
 -- An item of a stage that already ended (failed, or cancelled): its result, context
 -- writes and metrics are dropped with it.
-if item ~= '' and state_of(stage) ~= S.RUNNING then
+if item ~= '' and fanout[5] ~= S.RUNNING then
   if token ~= '' then
     redis.call('HSET', KEYS[3], p .. 'state', S.CANCELLED, p .. 'finished_at', now)
     redis.call('ZREM', KEYS[10], A.lease)
