@@ -78,9 +78,15 @@ if state == S.RUNNING then crashes = redis.call('HINCRBY', KEYS[3], p .. 'crashe
 -- to a replica that missed writes the counter can repeat; the pair does not, so a token handed out
 -- before the failover never matches one handed out after it.
 local token = redis.call('HINCRBY', KEYS[1], 'fence', 1) .. '.' .. now_us
-redis.call('HSET', KEYS[3], p .. 'state', S.RUNNING, p .. 'token', token, p .. 'attempt', attempt,
-  p .. 'host', A.host, p .. 'queue', A.queue, p .. 'task_id', A.task_id, p .. 'started_at', now,
-  p .. 'lease_exp', now_ms + A.lease_ms)
+local fields = {p .. 'state', S.RUNNING, p .. 'token', token, p .. 'attempt', attempt, p .. 'host', A.host,
+  p .. 'queue', A.queue, p .. 'task_id', A.task_id, p .. 'started_at', now, p .. 'lease_exp', now_ms + A.lease_ms}
+local devices  -- with a gate: what it was admitted with (its GPUs, also last in the reply)
+if G then
+  devices = gate_take(G, A.lease .. '#' .. token, KEYS[3], p, now_ms + A.lease_ms, now_ms)
+  fields[#fields + 1] = p .. 'gpus'
+  fields[#fields + 1] = devices
+end
+redis.call('HSET', KEYS[3], unpack(fields))
 if state then redis.call('HDEL', KEYS[3], p .. 'finished_at') end  -- an earlier attempt's end
 if item == '' then redis.call('HSET', KEYS[2], A.stage, S.RUNNING) end
 redis.call('ZADD', KEYS[6], now_ms + A.lease_ms, A.lease)
@@ -90,9 +96,6 @@ for _, entry in ipairs(A.notify or {}) do
   redis.call('XADD', KEYS[8], 'MAXLEN', '~', HOOKS_MAXLEN, '*', 'e', entry)
 end
 if G then
-  -- what it was admitted with: its GPUs come last in the reply
-  local devices = gate_take(G, A.lease .. '#' .. token, KEYS[3], p, now_ms + A.lease_ms, now_ms)
-  redis.call('HSET', KEYS[3], p .. 'gpus', devices)
   if crashes >= A.max_crashes then return {'poison', token, crashes, inputs, devices} end
   return {'run', token, inputs, devices}
 end
