@@ -12,6 +12,10 @@ and no message in its broker queue, in a worker's hands (kombu's unacked hash) o
 is a suspect; one still a suspect `settings.sweep_grace_s` later is sent again. A duplicate is
 harmless: `begin.lua` drops it. Queues too long to read in one sweep are not judged (their units
 are taken as present), so the cost of a sweep stays bounded; it costs nothing per stage.
+
+The same list backs the run's TTL: `expire_run` takes a run off it once its keys have their TTL, so
+a run the sweep finds there ended lost that step (its process died, or `retry` persisted its keys
+and then found nothing to reopen), and the sweep expires it.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import redis
 from orchestration.engine.compiler import stage_signature
 from orchestration.engine.keys import Keys, encode_member
 from orchestration.engine.stage_message import MalformedMessage, StageMessage
+from orchestration.errors import RunNotFound
 from orchestration.graph.resolve import RunGraph
 from orchestration.states import RUN_FINAL, RunStatus, State
 
@@ -213,7 +218,12 @@ class AntiEntropy:
         ended = []
         for run_id in reads.active_runs():
             status = store.runs.run_status(run_id)
-            if status is None or status in RUN_FINAL:
+            if status in RUN_FINAL:
+                # still listed after its end: whoever ended it died before expiring it (expire_run
+                # takes a run off the list), or `retry` found nothing to reopen
+                self._expire(run_id)
+                continue
+            if status is None:
                 ended.append(run_id)
                 continue
             if status == RunStatus.PAUSED:
@@ -238,6 +248,15 @@ class AntiEntropy:
             self.first_seen.pop(unit)
             sent += 1
         return sent
+
+    def _expire(self, run_id: str) -> None:
+        """Give an ended run's keys their TTL (and take it off the active runs)."""
+        try:
+            graph = self.store.runs.graph(run_id)
+        except RunNotFound:  # its graph expired already: nothing of it to keep
+            self.store.missing.forget([run_id])
+            return
+        self.store.runs.expire_run(run_id, graph)
 
     def _send(self, suspect: Suspect, graph: RunGraph) -> None:
         run_id, stage_id, item = suspect.unit

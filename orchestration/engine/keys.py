@@ -12,7 +12,7 @@ separator.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 
 SEP = "|"  # ids never hold it (language/ids.py)
 
@@ -111,7 +111,13 @@ class Keys:
         """Set: messages that arrived while the run was paused, re-sent on resume."""
         return f"{self.prefix}:run:{run_id}:parked"
 
-    def run_keys(self, run_id: str, stage_ids: Iterable[str]) -> list[str]:
+    def run_keys(
+        self, run_id: str, stage_ids: Iterable[str], fan_outs: Container[str] | None = None
+    ) -> list[str]:
+        """The keys of a run that get its TTL when it ends (and lose it when `retry` reopens it): a
+        stage's items hash only if the stage is in `fan_outs` (None: every stage), since no other
+        stage has one. A log index is not among them: like the log streams it indexes, it expires
+        `run_ttl_s` after its last write (engine/logs.py)."""
         keys = [
             self.run(run_id),
             self.graph(run_id),
@@ -125,12 +131,9 @@ class Keys:
             self.parked(run_id),
         ]
         for sid in stage_ids:
-            keys += [
-                self.stage(run_id, sid),
-                self.items(run_id, sid),
-                self.logs(run_id, sid),
-                self.log_index(run_id, sid),
-            ]
+            keys += [self.stage(run_id, sid), self.logs(run_id, sid)]
+            if fan_outs is None or sid in fan_outs:
+                keys.append(self.items(run_id, sid))
         return keys
 
     # -- across runs -----------------------------------------------------------------------

@@ -11,8 +11,9 @@ sent and every line the worker dropped before sending, and names where the entri
 lines (markers, notes) were, so `sent` minus `attempt_log_lengths` is exactly how many lines were
 not kept. Marker entries frame each run of the attempt: `BEGIN` (the first batch) and `END` (the
 outcome, written before the attempt's commit); a failed attempt's last lines before its `END` are
-its traceback's tail, ending with the error, at level `TRACEBACK`. A stream expires `run_ttl_s`
-after its last batch, and its index with the run's other keys.
+its traceback's tail, ending with the error, at level `TRACEBACK`. A stream and the stage's index
+expire `run_ttl_s` after the last batch written to them: they are not among the keys the run's end
+expires (`keys.run_keys`), and `retry` leaves their TTL alone.
 
 Before the streams, a worker kept a stage's output as one list (`keys.logs`): `legacy_logs` reads
 it, so runs logged that way still show their lines (`append_logs` writes one, as such a worker did).

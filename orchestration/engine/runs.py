@@ -264,11 +264,16 @@ class Runs:
 
     def expire_run(self, run_id: str, graph: RunGraph) -> None:
         """Set the TTL on every key of a finished run, and take what of it still waits out of the
-        waiting and delay sets (a cancelled run, or one failed while some stage waited for room)."""
+        waiting and delay sets (a cancelled run, or one failed while some stage waited for room).
+
+        The run leaves the active runs last, in the same round trip: one still there after its end
+        (its worker died before this) is expired by the reaper's sweep (engine/antientropy.py)."""
         ttl = int(self.settings.run_ttl_s)
+        fan_outs = {n.id for n in graph.nodes if n.fans_out}
         pipe = self._r.pipeline(transaction=False)
-        for key in self.keys.run_keys(run_id, [n.id for n in graph.nodes]):
+        for key in self.keys.run_keys(run_id, [n.id for n in graph.nodes], fan_outs):
             pipe.expire(key, ttl)
+        pipe.zrem(self.keys.active_runs(), run_id)
         pipe.execute()
         self._capacity.drop_waiters(run_id, graph)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, NamedTuple
@@ -206,7 +207,10 @@ class Transitions:
         """Put a failed or cancelled run back to running from its point of failure."""
         k = self.keys
         pipe = self._r.pipeline(transaction=False)
-        for key in k.run_keys(run_id, [n.id for n in graph.nodes]):
+        # active again before its TTLs go: if the script then finds nothing to reopen (the run did
+        # not fail) or this process dies, the reaper's sweep sees it ended and expires it again
+        pipe.zadd(k.active_runs(), {run_id: time.time()}, nx=True)
+        for key in k.run_keys(run_id, [n.id for n in graph.nodes], {n.id for n in graph.nodes if n.fans_out}):
             pipe.persist(key)
         pipe.execute()
         keys = [k.run(run_id), k.states(run_id), k.pending(run_id), k.events(run_id), k.outbox()]

@@ -111,3 +111,42 @@ def test_a_message_a_dead_worker_took_long_ago_does_not_hide_a_loss(bare_cluster
     cluster.redis.zadd("unacked_index", {"tag-1": now_s - 5})
     assert not retrying.found_in(reads.present(["cpu"], now_s - 60))
     cluster.redis.delete("unacked", "unacked_index")
+
+
+def test_an_ended_run_left_without_its_ttl_gets_it_from_the_sweep(bare_cluster):
+    """`expire_run` takes a run off the active runs after giving its keys their TTL: a run still
+    listed after its end lost that step (its worker died between the commit and the expiry, or
+    `retry` removed the TTLs and then found nothing to reopen), and the sweep expires it."""
+    cluster = bare_cluster
+    for w in cluster.workers:
+        w.stop()
+    cluster.redis.delete("cpu")  # what earlier tests left queued
+    cluster.start_worker(env=SWEEP)
+    k = cluster.client.store.keys
+    fanned = pipeline(
+        "expired-late",
+        {"id": "a", "uses": "noop"},
+        {"id": "fan", "uses": "noop", "needs": ["a"], "matrix": {"x": [1, 2]}},
+    )
+    result = cluster.run(fanned)
+    assert result.status == RunStatus.SUCCEEDED
+    run_id = result.run_id
+    keys = [key for key in k.run_keys(run_id, ["a", "fan"], {"fan"}) if cluster.redis.exists(key)]
+    assert k.items(run_id, "fan") in keys and k.stage(run_id, "a") in keys
+    active = f"{cluster.settings.key_prefix}:runs:active"
+
+    def expired() -> bool:
+        return (
+            all(cluster.redis.ttl(key) > 0 for key in keys) and cluster.redis.zscore(active, run_id) is None
+        )
+
+    wait_until(expired)
+    # a worker that died between the commit and the expiry
+    for key in keys:
+        cluster.redis.persist(key)
+    cluster.redis.zadd(active, {run_id: 1})
+    wait_until(expired, timeout=15)
+    # a retry of a run that succeeded: its TTLs removed, then nothing to reopen
+    assert cluster.client.retry(run_id).startswith("not retried")
+    assert cluster.redis.ttl(k.run(run_id)) == -1 and cluster.redis.zscore(active, run_id) is not None
+    wait_until(expired, timeout=15)

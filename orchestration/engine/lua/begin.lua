@@ -24,17 +24,20 @@ local p = field_prefix(item)
 local unit = redis.call('HMGET', KEYS[3], p .. 'state', p .. 'attempt', p .. 'lease_exp')
 local state = unit[1]
 if TERMINAL[state] then return {'dup', 'already ' .. state} end
-local stage_state = redis.call('HGET', KEYS[2], A.stage)
-if item ~= '' and stage_state ~= S.RUNNING then return {'drop', 'stage is ' .. tostring(stage_state)} end
--- A stage not ready here (pending: a parent's commit is not in) must not run on what it would read:
--- a message sent before a failover, its parents' commits lost with the old primary, is sent again
--- by the commit that makes it ready.
-if item == '' and stage_state ~= S.QUEUED and stage_state ~= S.RETRYING and stage_state ~= S.RUNNING then
-  return {'drop', 'stage is ' .. tostring(stage_state) .. ', not ready'}
-end
-
-if item ~= '' and tonumber(item) >= tonumber(redis.call('HGET', KEYS[9], 'items_total') or '0') then
-  return {'drop', 'item ' .. item .. ' is out of range'}
+if item ~= '' then
+  -- an item's stage: its state and item count, from the stage hash (a fan-out stage's `state` there
+  -- is written with its entry in the states hash, by every script that changes it)
+  local fan = redis.call('HMGET', KEYS[9], 'state', 'items_total')
+  if fan[1] ~= S.RUNNING then return {'drop', 'stage is ' .. tostring(fan[1])} end
+  if tonumber(item) >= tonumber(fan[2] or '0') then return {'drop', 'item ' .. item .. ' is out of range'} end
+else
+  -- A stage not ready here (pending: a parent's commit is not in) must not run on what it would
+  -- read: a message sent before a failover, its parents' commits lost with the old primary, is sent
+  -- again by the commit that makes it ready.
+  local stage_state = redis.call('HGET', KEYS[2], A.stage)
+  if stage_state ~= S.QUEUED and stage_state ~= S.RETRYING and stage_state ~= S.RUNNING then
+    return {'drop', 'stage is ' .. tostring(stage_state) .. ', not ready'}
+  end
 end
 
 local attempt = tonumber(A.attempt)
@@ -75,9 +78,15 @@ if state == S.RUNNING then crashes = redis.call('HINCRBY', KEYS[3], p .. 'crashe
 -- to a replica that missed writes the counter can repeat; the pair does not, so a token handed out
 -- before the failover never matches one handed out after it.
 local token = redis.call('HINCRBY', KEYS[1], 'fence', 1) .. '.' .. now_us
-redis.call('HSET', KEYS[3], p .. 'state', S.RUNNING, p .. 'token', token, p .. 'attempt', attempt,
-  p .. 'host', A.host, p .. 'queue', A.queue, p .. 'task_id', A.task_id, p .. 'started_at', now,
-  p .. 'lease_exp', now_ms + A.lease_ms)
+local fields = {p .. 'state', S.RUNNING, p .. 'token', token, p .. 'attempt', attempt, p .. 'host', A.host,
+  p .. 'queue', A.queue, p .. 'task_id', A.task_id, p .. 'started_at', now, p .. 'lease_exp', now_ms + A.lease_ms}
+local devices  -- with a gate: what it was admitted with (its GPUs, also last in the reply)
+if G then
+  devices = gate_take(G, A.lease .. '#' .. token, KEYS[3], p, now_ms + A.lease_ms, now_ms)
+  fields[#fields + 1] = p .. 'gpus'
+  fields[#fields + 1] = devices
+end
+redis.call('HSET', KEYS[3], unpack(fields))
 if state then redis.call('HDEL', KEYS[3], p .. 'finished_at') end  -- an earlier attempt's end
 if item == '' then redis.call('HSET', KEYS[2], A.stage, S.RUNNING) end
 redis.call('ZADD', KEYS[6], now_ms + A.lease_ms, A.lease)
@@ -87,9 +96,6 @@ for _, entry in ipairs(A.notify or {}) do
   redis.call('XADD', KEYS[8], 'MAXLEN', '~', HOOKS_MAXLEN, '*', 'e', entry)
 end
 if G then
-  -- what it was admitted with: its GPUs come last in the reply
-  local devices = gate_take(G, A.lease .. '#' .. token, KEYS[3], p, now_ms + A.lease_ms, now_ms)
-  redis.call('HSET', KEYS[3], p .. 'gpus', devices)
   if crashes >= A.max_crashes then return {'poison', token, crashes, inputs, devices} end
   return {'run', token, inputs, devices}
 end

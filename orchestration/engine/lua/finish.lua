@@ -47,8 +47,37 @@ local function refuse(verdict, why)
 end
 
 -- 1. checks (no writes) -------------------------------------------------------------------
+-- The states hash, read once and written once: the first state asked for brings this stage's, its
+-- children's and (for a critical failure) its descendants' in one HMGET; `set_state` only notes a
+-- change, and `save_states` writes them all in one HSET before the script returns.
+local known, changed = {}, {}  -- stage id -> state (false: none); the stage ids changed, in order
+local function state_of(sid)
+  if known[sid] == nil then
+    local ask = {sid, stage}
+    for _, c in ipairs(A.children or {}) do ask[#ask + 1] = c end
+    if outcome == S.FAILED and A.critical and not A.fail_fast then
+      for _, d in ipairs(A.descendants or {}) do ask[#ask + 1] = d end
+    end
+    local got = hmget_all(KEYS[2], ask)
+    for i, id in ipairs(ask) do if known[id] == nil then known[id] = got[i] end end
+  end
+  return known[sid]
+end
+local function set_state(sid, state)
+  known[sid] = state
+  changed[#changed + 1] = sid
+end
+local function save_states()
+  local fields = {}
+  for _, sid in ipairs(changed) do fields[#fields + 1] = sid; fields[#fields + 1] = known[sid] end
+  for i = 1, #fields, 1000 do
+    redis.call('HSET', KEYS[2], unpack(fields, i, math.min(i + 999, #fields)))
+  end
+  changed = {}
+end
+
 if token == '' then
-  local st = redis.call('HGET', KEYS[2], stage)
+  local st = state_of(stage)
   if st ~= S.QUEUED and st ~= S.RETRYING and st ~= S.RUNNING then return refuse('stale') end
   if st == S.RUNNING and item == '' and redis.call('HGET', KEYS[9], 'items_total') == false then
     return refuse('stale')  -- an attempt holds it: only that attempt commits it
@@ -112,8 +141,13 @@ for _, m in ipairs(A.metrics or {}) do
   metric_values[#metric_values + 1] = {m[1], delta}
 end
 local item_bytes = 0
-local fanout = {}  -- an item's stage: {bytes of the items' outputs so far, items total}
-if item ~= '' then fanout = redis.call('HMGET', KEYS[9], 'items_bytes', 'items_total') end
+-- an item's stage: {bytes of the items' outputs so far, items total, items done, next item, state},
+-- read once (its `state` is written with its entry in the states hash); the counters this commit
+-- moves are written back in one HSET
+local fanout = {}
+if item ~= '' then
+  fanout = redis.call('HMGET', KEYS[9], 'items_bytes', 'items_total', 'items_done', 'next_item', 'state')
+end
 if item ~= '' and A.output ~= '' and (A.fanout_cap or 0) > 0 then
   item_bytes = #A.output + 1
   local so_far = tonumber(fanout[1] or '0')
@@ -133,7 +167,7 @@ local now_ms, now, now_s = clock()
 
 -- An item of a stage that already ended (failed, or cancelled): its result, context
 -- writes and metrics are dropped with it.
-if item ~= '' and redis.call('HGET', KEYS[2], stage) ~= S.RUNNING then
+if item ~= '' and fanout[5] ~= S.RUNNING then
   if token ~= '' then
     redis.call('HSET', KEYS[3], p .. 'state', S.CANCELLED, p .. 'finished_at', now)
     redis.call('ZREM', KEYS[10], A.lease)
@@ -171,50 +205,65 @@ local stage_outcome, stage_output = outcome, A.output
 local next_item = ''
 if item ~= '' then
   if token == '' and A.output ~= '' then redis.call('HSET', KEYS[3], p .. 'output', A.output) end
-  if item_bytes > 0 then redis.call('HINCRBY', KEYS[9], 'items_bytes', item_bytes) end
+  local counters = {}
+  if item_bytes > 0 then
+    counters = {'items_bytes', tonumber(fanout[1] or '0') + item_bytes}
+  end
   event('kind', 'item', 'stage', stage, 'item', item, 'state', outcome)
+  local done, total = 0, tonumber(fanout[2])
   if outcome ~= S.FAILED then
-    local done = redis.call('HINCRBY', KEYS[9], 'items_done', 1)
-    local total = tonumber(fanout[2])
+    done = tonumber(fanout[3] or '0') + 1
+    counters[#counters + 1] = 'items_done'
+    counters[#counters + 1] = done
     if A.windowed then
       -- the next item not yet done (a retried run keeps the items that succeeded)
-      local n = redis.call('HINCRBY', KEYS[9], 'next_item', 1) - 1
-      while n < total and KEPT_ON_RETRY[redis.call('HGET', KEYS[3], n .. ':state')] do
-        n = redis.call('HINCRBY', KEYS[9], 'next_item', 1) - 1
-      end
+      local n = tonumber(fanout[4] or '0')
+      while n < total and KEPT_ON_RETRY[redis.call('HGET', KEYS[3], n .. ':state')] do n = n + 1 end
+      counters[#counters + 1] = 'next_item'
+      counters[#counters + 1] = n + 1
       if n < total then
         if A.next and A.next ~= cjson.null then enqueue(A.next, tostring(n)) else next_item = tostring(n) end
       end
     end
+  end
+  if #counters > 0 then redis.call('HSET', KEYS[9], unpack(counters)) end
+  if outcome ~= S.FAILED then
     if done < total then return {'item', 0, R.RUNNING, {}, {}, next_item} end
-    local parts = {}
-    for i = 0, total - 1 do
-      parts[#parts + 1] = redis.call('HGET', KEYS[3], i .. ':output') or 'null'
-    end
+    -- the stage's output: every item's, in order (HMGETs of 500 fields, not an HGET per item)
+    local fields = {}
+    for i = 0, total - 1 do fields[#fields + 1] = i .. ':output' end
+    local parts = hmget_all(KEYS[3], fields)
+    for i = 1, #parts do if not parts[i] then parts[i] = 'null' end end
     stage_outcome, stage_output = S.SUCCEEDED, '[' .. table.concat(parts, ',') .. ']'
   end
 end
 
 -- the stage
-local remaining = 0
+local closed = 0  -- stages this commit closed: the run's `remaining` goes down by as many, once
 local function close(sid, state)
-  local prev = redis.call('HGET', KEYS[2], sid)
-  if TERMINAL[prev] then return false end
-  redis.call('HSET', KEYS[2], sid, state)
+  if TERMINAL[state_of(sid)] then return false end
+  set_state(sid, state)
   if sid ~= stage or item ~= '' or token == '' then  -- else the attempt's own write above has them
     redis.call('HSET', hash_of[sid], 'state', state, 'finished_at', now)
   end
-  remaining = redis.call('HINCRBY', KEYS[1], 'remaining', -1)
+  closed = closed + 1
   event('kind', 'stage', 'stage', sid, 'state', state)
   return true
+end
+local function count_closed()
+  local remaining = redis.call('HINCRBY', KEYS[1], 'remaining', -closed)
+  closed = 0
+  return remaining
 end
 
 if not close(stage, stage_outcome) then return refuse('stale') end
 if item ~= '' and A.error ~= '' then redis.call('HSET', KEYS[9], 'error', A.error) end
 if stage_output ~= '' then redis.call('HSET', KEYS[5], stage, stage_output) end
 
+local run_fields = {}  -- the run record's other writes, in finalize's HSET or after the children
 local function finalize(final, ...)
-  redis.call('HSET', KEYS[1], 'status', final, 'finished_at', now)
+  redis.call('HSET', KEYS[1], 'status', final, 'finished_at', now, unpack(run_fields))
+  run_fields = {}
   event('kind', 'run', 'state', final, ...)
   redis.call('XADD', KEYS[14], 'MAXLEN', '~', 100, '*', 't', now, 'kind', 'run', 'state', final, ...)
   if A.run_hook then
@@ -223,12 +272,13 @@ local function finalize(final, ...)
 end
 
 local ready, revoke = {}, {}
-local run_status = redis.call('HGET', KEYS[1], 'status')
+local run = redis.call('HMGET', KEYS[1], 'status', 'failed_stage')
+local run_status, failed_stage = run[1], run[2]
 if stage_outcome ~= S.FAILED or not A.critical then
   for _, child in ipairs(A.children or {}) do
     local left = redis.call('HINCRBY', KEYS[8], child, -1)
-    if left <= 0 and redis.call('HGET', KEYS[2], child) == S.PENDING and RUN_ACTIVE[run_status] then
-      redis.call('HSET', KEYS[2], child, S.QUEUED)
+    if left <= 0 and state_of(child) == S.PENDING and RUN_ACTIVE[run_status] then
+      set_state(child, S.QUEUED)
       if messages[child] then
         enqueue(messages[child])
       else
@@ -238,14 +288,17 @@ if stage_outcome ~= S.FAILED or not A.critical then
     end
   end
 else
-  if not redis.call('HGET', KEYS[1], 'failed_stage') then
-    redis.call('HSET', KEYS[1], 'failed_stage', stage)
+  if not failed_stage then
+    failed_stage = stage
+    run_fields = {'failed_stage', stage}
   end
   if A.fail_fast then
     -- fail fast: cancel everything not finished, and revoke what runs
     local states = redis.call('HGETALL', KEYS[2])
     for i = 1, #states, 2 do
-      local sid, st = states[i], states[i + 1]
+      local sid = states[i]
+      if known[sid] == nil then known[sid] = states[i + 1] end  -- what this commit changed wins
+      local st = known[sid]
       if not TERMINAL[st] and hash_of[sid] then
         if st == S.RUNNING then
           local tid = redis.call('HGET', hash_of[sid], 'task_id')
@@ -258,16 +311,20 @@ else
         close(sid, S.CANCELLED)
       end
     end
+    save_states()
+    count_closed()
     finalize(R.FAILED, 'stage', stage)
     return {'ok', 1, R.FAILED, ready, revoke, ''}
   end
   for _, sid in ipairs(A.descendants or {}) do close(sid, S.UPSTREAM_FAILED) end
 end
+save_states()
 
-if remaining <= 0 and RUN_ACTIVE[run_status] then
+if count_closed() <= 0 and RUN_ACTIVE[run_status] then
   local final = R.SUCCEEDED
-  if redis.call('HGET', KEYS[1], 'failed_stage') then final = R.FAILED end
+  if failed_stage then final = R.FAILED end
   finalize(final)
   return {'ok', 1, final, ready, revoke, next_item}
 end
+if #run_fields > 0 then redis.call('HSET', KEYS[1], unpack(run_fields)) end
 return {'ok', 0, run_status, ready, revoke, next_item}
