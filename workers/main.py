@@ -22,6 +22,7 @@ import psutil
 import redis
 from celery import signals
 
+from orchestration.engine import broker
 from orchestration.engine.dispatch import Dispatcher, signature_of
 from orchestration.engine.hook_sender import HookSender
 from orchestration.engine.limits import Capacity
@@ -115,7 +116,8 @@ class Services(threading.Thread):
         while not self.stop.is_set():
             try:
                 if ticks % max(1, int(self.settings.heartbeat_s / TICK_S)) == 0:
-                    store.fleet.publish_worker(self.hostname, self.info)
+                    # with the stage messages it holds, which only its memory records (broker.py)
+                    store.fleet.publish_worker(self.hostname, {**self.info, "held": broker.held()})
                 if self.drain:
                     # what falls due before the next tick goes now, with the rest of its wait as a
                     # countdown: a rate limit's slots are kept to the millisecond, not to the tick

@@ -20,6 +20,18 @@ a pool that is rebuilt from the (already detached) connection, raising
 connection error too, and the delivery tags it could not restore are restored by
 the next channel this process opens, once Redis answers again (`begin` drops the
 duplicate of a stage that is still running).
+
+A stage's message is not recorded in kombu's unacknowledged hash. kombu's Redis transport
+writes every message it delivers to that hash (MULTI, ZADD, HSET, EXEC, before the worker sees
+the message) and deletes it at the acknowledgement (MULTI, ZREM, HDEL, EXEC): eight of a stage's
+commands and a round trip before it starts. For a stage the record is the run store's: from its
+`begin` on, the attempt's lease (the reaper sends it again when the lease lapses); before that,
+the anti-entropy sweep (antientropy.py), which sends again a queued stage whose message is
+nowhere for a grace period, as it did for a message a dead worker left in that hash (kombu would
+only put it back after the one-hour visibility timeout). So a stage's message is held in the
+worker's memory only: acknowledged there, and put back on its queue from there when it is
+rejected with requeue or its channel closes with it unacknowledged (a warm shutdown, a broken
+connection). Any other message (a schedule's tick, a plain Celery task) keeps kombu's record.
 """
 
 from __future__ import annotations
@@ -27,7 +39,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from kombu.transport import TRANSPORT_ALIASES
+from kombu.transport import TRANSPORT_ALIASES, virtual
 from kombu.transport import redis as kombu_redis
 from redis import exceptions
 
@@ -51,8 +63,25 @@ REFUSED_WRITES = (
 # error replies (first word) that mean "this Redis cannot serve us now", not "the request is wrong"
 _STATE_REPLIES = ("UNBLOCKED", "MASTERDOWN", "LOADING", "READONLY", "OOM", "TRYAGAIN", "CLUSTERDOWN")
 
-#: delivery tags an old channel could not restore; the next channel restores them
-_PENDING_RESTORE: set[str] = set()
+#: delivery tags an old channel could not restore; the next channel restores them (a stage's
+#: message from the (payload, exchange, routing key) kept here, any other from kombu's hash)
+_PENDING_RESTORE: dict[str, tuple[Any, str, str] | None] = {}
+
+#: the stage messages this process holds unacknowledged, by delivery tag: their queue
+_HELD: dict[str, str] = {}
+STAGE_TASK_PREFIX = "stage."  # registry.task_name
+
+
+def held() -> dict[str, int]:
+    """{queue: stage messages this process holds, unacknowledged} (its heartbeat reports them)."""
+    counts: dict[str, int] = {}
+    for queue in dict(_HELD).values():
+        counts[queue] = counts.get(queue, 0) + 1
+    return counts
+
+
+def _is_stage(message: Any) -> bool:
+    return str((message.headers or {}).get("task") or "").startswith(STAGE_TASK_PREFIX)
 
 
 def _as_connection_error(exc: BaseException) -> BaseException:
@@ -62,13 +91,51 @@ def _as_connection_error(exc: BaseException) -> BaseException:
 
 
 class QoS(kombu_redis.QoS):
+    """kombu's, with a stage's message held in memory only (see the module's docstring)."""
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        if not _is_stage(message):
+            return super().append(message, delivery_tag)
+        _HELD[delivery_tag] = str(message.delivery_info.get("routing_key") or "")
+        virtual.QoS.append(self, message, delivery_tag)
+
+    def ack(self, delivery_tag: str) -> None:
+        if _HELD.pop(delivery_tag, None) is None:
+            return super().ack(delivery_tag)
+        virtual.QoS.ack(self, delivery_tag)
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        if delivery_tag not in _HELD:
+            return super().reject(delivery_tag, requeue)
+        if requeue:
+            self.restore_by_tag(delivery_tag, leftmost=True)
+        _HELD.pop(delivery_tag, None)
+        virtual.QoS.ack(self, delivery_tag)
+
+    def restore_by_tag(self, tag: Any, client: Any = None, leftmost: bool = False) -> None:
+        if tag not in _HELD:
+            return super().restore_by_tag(tag, client, leftmost)
+        delivered: Any = self._delivered
+        message = delivered.get(tag)
+        if message is not None:
+            info = message.delivery_info
+            _put_back(self.channel, (message._raw, info["exchange"], info["routing_key"]), client, leftmost)
+        _HELD.pop(tag, None)
+
     def restore_unacked(self, client: Any = None) -> Any:
         try:
             return super().restore_unacked(client)
         except (AttributeError, *kombu_redis.Transport.connection_errors, *REFUSED_WRITES) as exc:
             delivered: Any = self._delivered
             tags = {str(tag) for tag in delivered}
-            _PENDING_RESTORE.update(tags)
+            for tag in tags:
+                message = delivered.get(tag) if tag in _HELD else None
+                if message is not None:
+                    info = message.delivery_info
+                    _PENDING_RESTORE[tag] = (message._raw, info["exchange"], info["routing_key"])
+                else:
+                    _PENDING_RESTORE.setdefault(tag, None)
+                _HELD.pop(tag, None)
             delivered.clear()
             log.warning(
                 "broker: %d unacknowledged message(s) left for the next connection (%r)", len(tags), exc
@@ -106,14 +173,27 @@ class _Surviving:
         return result
 
     def _restore_pending(self) -> None:
-        for tag in list(_PENDING_RESTORE):
+        for tag, kept in list(_PENDING_RESTORE.items()):
             try:
-                self.qos.restore_by_tag(tag)
+                if kept is None:
+                    self.qos.restore_by_tag(tag)
+                else:
+                    _put_back(self, kept)
             except (*kombu_redis.Transport.connection_errors, *REFUSED_WRITES) as exc:
                 log.warning("broker: restoring unacknowledged messages failed, will retry: %r", exc)
                 return
-            _PENDING_RESTORE.discard(tag)
+            _PENDING_RESTORE.pop(tag, None)
             log.info("broker: restored unacknowledged message %s", tag)
+
+
+def _put_back(channel: Any, kept: tuple[Any, str, str], client: Any = None, leftmost: bool = False) -> None:
+    """Put a held stage message (payload, exchange, routing key) back on its queue, as kombu
+    restores one from its unacknowledged hash (marked redelivered)."""
+    payload, exchange, routing_key = kept
+    with channel.conn_or_acquire(client) as redis_client:
+        pipe = redis_client.pipeline()
+        channel._do_restore_message(payload, exchange, routing_key, pipe, leftmost)
+        pipe.execute()
 
 
 class Channel(_Surviving, kombu_redis.Channel):

@@ -88,6 +88,10 @@ def queue_reports(
     for queue in _delayed_queues(store):
         if queue in reports:
             reports[queue].delayed += 1
+    for info in workers.values():  # stage messages a worker holds are in its heartbeat only
+        for queue, count in (info.get("held") or {}).items():
+            if queue in reports:
+                reports[queue].delivered += int(count)
     for raw in broker.hvals(Channel.unacked_key):
         queue = _routing_key(raw)
         if queue in reports:
