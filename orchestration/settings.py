@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     replicas_ack: int = Field(
         0,
         ge=0,
-        description="replicas that must confirm a run's creation, an attempt's start and its commit "
+        description="replicas that must confirm a run's creation and an attempt's commit "
         "(Redis WAIT) before they count as done, and every other attached replica too; 0 = off "
         "(docs/security.md: failover)",
     )

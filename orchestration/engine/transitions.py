@@ -86,18 +86,15 @@ class Transitions:
     def begin(self, req: BeginRequest) -> BeginReply:
         """Start an attempt (commit.BeginRequest): `BeginRun` with its token and the outputs it
         reads, or why not (replies.py). A stage with limits may get `BeginWait`: its message then
-        waits in Redis."""
+        waits in Redis.
+
+        With CHORDFLOW_REPLICAS_ACK no WAIT follows it: a replica applies writes in order, so the
+        WAIT of the attempt's commit confirms its start too, and a start a failover loses costs a
+        run again, not a commit (the attempt's next renewal fails on the new primary and stops it;
+        the anti-entropy sweep sends the stage again)."""
         call = begin_call(self.keys, self.settings, req)
         script = self._begin_gated if call.gated else self._begin
-        wait = self._replicas
-        raw = script(keys=call.keys, args=call.args, allow_oom=call.allow_oom, wait=wait)
-        if wait is not None:
-            raw, got = raw
-            if not got.ok:  # its commit is what must be acknowledged; this start may be lost
-                log.warning(
-                    "begin of %s: %d of %d replicas confirmed it", req.message, got.confirmed, got.required
-                )
-        return decode_begin(raw, call.gated)
+        return decode_begin(script(keys=call.keys, args=call.args, allow_oom=call.allow_oom), call.gated)
 
     def renew(
         self, run_id: str, stage_id: str, item: int | None, token: str, holds: Sequence[str] = ()
