@@ -4,11 +4,13 @@ it again.
 Every other repair follows a record: a lease (the reaper's expired leases), the outbox (stages made
 ready, not confirmed sent), the delay set, a limit's waiting set. A few paths leave a unit `queued`
 or `retrying` with none of them: a begin that Redis refused after the message was taken, a retry
-whose countdown message could not be sent, kombu's window between taking a message and recording
-it as unacknowledged, and a failover to a replica that missed the message. So the reaper looks,
+whose countdown message could not be sent, a stage's message that a worker held in memory (from
+its delivery to its begin, or through a retry's countdown: broker.py) when it was killed, and a
+failover to a replica that missed the message. So the reaper looks,
 every `settings.sweep_s`, at the active runs' units itself: a `queued` or `retrying` unit (or an
 item of a running fan-out that never began) with no live lease, no outbox entry, no waiting entry,
-and no message in its broker queue, in a worker's hands (kombu's unacked hash) or in the delay set,
+and no message in its broker queue, in kombu's unacked hash (a worker older than broker.py's
+held messages recorded stage messages there) or in the delay set,
 is a suspect; one still a suspect `settings.sweep_grace_s` later is sent again. A duplicate is
 harmless: `begin.lua` drops it. Queues too long to read in one sweep are not judged (their units
 are taken as present), so the cost of a sweep stays bounded; it costs nothing per stage.
