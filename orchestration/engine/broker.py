@@ -37,6 +37,7 @@ connection). Any other message (a schedule's tick, a plain Celery task) keeps ko
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import Any
 
 from kombu.transport import TRANSPORT_ALIASES, virtual
@@ -74,10 +75,7 @@ STAGE_TASK_PREFIX = "stage."  # registry.task_name
 
 def held() -> dict[str, int]:
     """{queue: stage messages this process holds, unacknowledged} (its heartbeat reports them)."""
-    counts: dict[str, int] = {}
-    for queue in dict(_HELD).values():
-        counts[queue] = counts.get(queue, 0) + 1
-    return counts
+    return dict(Counter(dict(_HELD).values()))  # a copy first: acks may come from other threads
 
 
 def _is_stage(message: Any) -> bool:
@@ -118,8 +116,7 @@ class QoS(kombu_redis.QoS):
         delivered: Any = self._delivered
         message = delivered.get(tag)
         if message is not None:
-            info = message.delivery_info
-            _put_back(self.channel, (message._raw, info["exchange"], info["routing_key"]), client, leftmost)
+            _put_back(self.channel, _kept(message), client, leftmost)
         _HELD.pop(tag, None)
 
     def restore_unacked(self, client: Any = None) -> Any:
@@ -131,8 +128,7 @@ class QoS(kombu_redis.QoS):
             for tag in tags:
                 message = delivered.get(tag) if tag in _HELD else None
                 if message is not None:
-                    info = message.delivery_info
-                    _PENDING_RESTORE[tag] = (message._raw, info["exchange"], info["routing_key"])
+                    _PENDING_RESTORE[tag] = _kept(message)
                 else:
                     _PENDING_RESTORE.setdefault(tag, None)
                 _HELD.pop(tag, None)
@@ -184,6 +180,12 @@ class _Surviving:
                 return
             _PENDING_RESTORE.pop(tag, None)
             log.info("broker: restored unacknowledged message %s", tag)
+
+
+def _kept(message: Any) -> tuple[Any, str, str]:
+    """What puts a held stage message back: its payload, exchange and routing key."""
+    info = message.delivery_info
+    return message._raw, info["exchange"], info["routing_key"]
 
 
 def _put_back(channel: Any, kept: tuple[Any, str, str], client: Any = None, leftmost: bool = False) -> None:

@@ -6,8 +6,9 @@ Redis replicates asynchronously: a primary that dies right after a commit may ta
 Sentinel then promotes a replica that never saw it. With N > 0 a write counts as done only when N
 replicas have it, and every other replica attached to the primary too (`Replicas`): a run id is
 handed to the client, and an attempt's commit ends its attempt, only then. A commit that fewer
-replicas confirmed is sent again with the same token while the attempt keeps its lease (finish.lua answers `already` when it is in, and commits it afresh on a new primary
-that missed it). It needs N + 1 replicas to survive the loss of one (docs/security.md).
+replicas confirmed is sent again with the same token while the attempt keeps its lease (finish.lua
+answers `already` when it is in, and commits it afresh on a new primary that missed it). It needs
+N + 1 replicas to survive the loss of one (docs/security.md).
 
 `record` is for tests only (`CHORDFLOW_TEST_ACK_LOG`): it appends every acknowledged write to a
 JSONL file, fsync'd, for the failover harness's checker (tests/ha).

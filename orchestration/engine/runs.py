@@ -51,7 +51,9 @@ class Runs:
         self.keys = keys
         self._capacity = capacity  # an ended run's waiters are dropped at its expiry
         self._graphs: dict[str, RunGraph] = {}
-        self._replicas = durability.replicas(settings, keys.replicated_mark())  # None: off
+        # CHORDFLOW_REPLICAS_ACK's Replicas (None: off), shared with Transitions: one count of the
+        # attached replicas for every acknowledged write of this store
+        self.replicas = durability.replicas(settings, keys.replicated_mark())
 
     # -- creating a run ----------------------------------------------------------------------
     def create_run(
@@ -118,7 +120,7 @@ class Runs:
         pipe.zadd(k.pipeline_runs(graph.name), {run_id: now})
         pipe.execute()
         self._graphs[run_id] = graph
-        durability.confirm(self._r, self._replicas, f"run {run_id}")
+        durability.confirm(self._r, self.replicas, f"run {run_id}")
         durability.record(self.settings, {"run": run_id, "created": True})
         return run_id, True
 

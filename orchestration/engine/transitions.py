@@ -18,7 +18,6 @@ from typing import Any, NamedTuple
 
 import redis
 
-from orchestration.engine import durability
 from orchestration.engine.capacity import CapacityUpkeep
 from orchestration.engine.commit import (
     BeginRequest,
@@ -68,8 +67,7 @@ class Transitions:
         self.keys = keys
         self._runs = runs  # a cancel reads the run's graph
         self._capacity = capacity  # ... and gives back its slots
-        # CHORDFLOW_REPLICAS_ACK (None: off)
-        self._replicas = durability.replicas(settings, keys.replicated_mark())
+        self._replicas = runs.replicas  # CHORDFLOW_REPLICAS_ACK (None: off)
         self._begin = Script(client, "begin.lua")
         # the same scripts with lua/_limits.lua, for the stages that have a gate (limits.py)
         self._begin_gated = Script(client, "begin.lua", limits=True)
