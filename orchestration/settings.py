@@ -50,7 +50,12 @@ class Settings(BaseSettings):
     delay_set_threshold_s: float = Field(
         3.0, description="retry delays longer than this wait in the Redis delay set, not as a broker ETA"
     )
-    chain_segment: int = Field(50, description="stages of a chain sent ahead in one message batch")
+    in_place_s: float = Field(
+        1.0,
+        ge=0,
+        description="a worker runs a child its commit made ready itself, without a trip through the "
+        "queue, until a message has kept it this long; 0 = never (workers/execution.py)",
+    )
     worker_ttl_s: float = Field(30.0, description="a worker not heard from this long is no longer live")
     outbox_grace_s: float = Field(10.0, description="a ready stage unsent this long is sent by the reaper")
     replicas_ack: int = Field(

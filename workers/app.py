@@ -26,7 +26,7 @@ from . import builtins as _builtins  # noqa: F401  (registers shell, noop, sleep
 from . import guard
 from .execution import WorkerEnv, execute, execute_chunk
 from .lease import LeaseKeeper
-from .outcome import AttemptFailed, task_outcome
+from .outcome import AttemptFailed, InPlaceEvents, StageRequest, task_outcome
 from .unknown import install_unknown_task_handler
 
 log = logging.getLogger("chordflow.worker")
@@ -104,6 +104,7 @@ def _register(app: Celery, stage_type: StageType, env: Any) -> None:
         ignore_result=True,
         typing=False,
         throws=(AttemptFailed,),  # a failed attempt: one INFO line in the worker log (outcome.py)
+        Request=StageRequest,  # tells the pool process whether Flower turned task events on
     )
     def run_stage(self: Any, *args: Any, **kwargs: Any) -> str:
         try:
@@ -114,4 +115,7 @@ def _register(app: Celery, stage_type: StageType, env: Any) -> None:
         if message.count > 1:
             return execute_chunk(env(), stage_type, self.request.id, message)
         # FAILURE or RETRY in Flower for a failed or retried attempt, after its commit (outcome.py)
-        return task_outcome(execute(env(), stage_type, self.request.id, message))
+        events = None
+        if getattr(self.request, "chordflow_events", False):  # Flower's: for the stages run in place
+            events = InPlaceEvents(self.app, self.request.hostname, self.request.id)
+        return task_outcome(execute(env(), stage_type, self.request.id, message, events))

@@ -20,11 +20,11 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from orchestration.engine import durability, hooks
 from orchestration.engine.cache import cache_key
-from orchestration.engine.commit import CommitRequest, RetryRequest
+from orchestration.engine.commit import CommitRequest, InPlace, InPlaceItem, RetryRequest
 from orchestration.engine.compiler import stage_signature
 from orchestration.engine.limits import Gate
 from orchestration.engine.registry import StageType
-from orchestration.engine.replies import BeginPoison, Commit, CommitVerdict, Holding
+from orchestration.engine.replies import BeginPoison, Commit, CommitVerdict, Holding, StartedHere
 from orchestration.engine.retries import Verdict, decide, resolve_policy
 from orchestration.engine.stage_message import StageMessage
 from orchestration.engine.store import RunStore
@@ -83,6 +83,15 @@ class Attempt:
         self.release = (gate, env.capacity) if gate is not None else None
         self.cache_key: str | None = None
         self._logs_stored = False
+        self.in_place: InPlace | InPlaceItem | None = None
+        self.deadline = 0.0
+        self.started_here: StartedHere | None = None
+
+    def offer(self, in_place: InPlace | InPlaceItem | None, deadline: float = 0.0) -> None:
+        """Offer the commit children this process could run next (workers/execution.py), until
+        `deadline` (time.monotonic()), or the next item of its chunk; what it started is kept in
+        `started_here`."""
+        self.in_place, self.deadline = in_place, deadline
 
     def store_logs(self, outcome: str = "", error: dict[str, Any] | None = None) -> None:
         """Send the rest of the attempt's log lines (livelog.py) with its END marker, once: before its
@@ -272,6 +281,14 @@ class Attempt:
             notify=notify,
             run_hook=hooks.entry("run_complete", {"run_id": self.run_id}, graph.webhooks) is not None,
             release=self.release,
+            in_place=self.in_place
+            if isinstance(self.in_place, InPlace)
+            and outcome is not State.FAILED
+            and time.monotonic() < self.deadline
+            else None,
+            in_place_item=self.in_place
+            if isinstance(self.in_place, InPlaceItem) and outcome is not State.FAILED
+            else None,
         )
         try:
             request = env.dispatcher.plan(request)
@@ -291,6 +308,7 @@ class Attempt:
                 commit.verdict,
             )
             return f"{commit.verdict}: not committed"
+        self.started_here = commit.in_place
         try:
             env.dispatcher.advance(self.run_id, graph, commit, node.id)
         except redis.RedisError as exc:  # committed; what it made ready is in the outbox for the reaper

@@ -61,6 +61,39 @@ class RetryRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class InPlaceStage:
+    """A child this worker could run itself (workers/execution.py): what its start reads and announces."""
+
+    stage_id: str
+    read: Sequence[str] = ()  # the stages whose outputs come back with its token
+    notify: Sequence[str] = ()  # hook entries (JSON) enqueued with its start
+
+
+@dataclass(frozen=True, slots=True)
+class InPlace:
+    """Run one of `stages` here if the commit makes it ready: the commit starts its attempt (as
+    begin.lua would, on this worker: `host`, `queue`, `task_id`) instead of enqueueing its message.
+    The first of them in this order that becomes ready is taken; the others are enqueued."""
+
+    stages: Sequence[InPlaceStage]
+    host: str
+    queue: str
+    task_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class InPlaceItem:
+    """Start `item` of the same fan-out stage for this worker to run next (the next item of its chunk
+    message), if it never ran: the commit starts its attempt as begin.lua would."""
+
+    item: int
+    host: str
+    queue: str
+    task_id: str
+    notify: Sequence[str] = ()  # hook entries (JSON) enqueued with its start
+
+
+@dataclass(frozen=True, slots=True)
 class CommitRequest:
     """The end of one attempt (or, with token '', of a stage decided outside any attempt)."""
 
@@ -85,6 +118,8 @@ class CommitRequest:
     descendants: Sequence[str] = ()  # marked upstream_failed by a critical failure (no fail_fast)
     messages: Mapping[str, tuple[str, str, bool]] = field(default_factory=dict)  # child: (queue, text, front)
     next_message: tuple[str, str] | None = None  # (queue, template) of a windowed fan-out's next item
+    in_place: InPlace | None = None  # a child this worker would run itself (workers/execution.py)
+    in_place_item: InPlaceItem | None = None  # the next item of this worker's chunk, to start here
 
     @property
     def failing(self) -> bool:
@@ -167,7 +202,8 @@ def finish_call(keys: Keys, settings: Settings, req: CommitRequest) -> ScriptCal
     7 metrics, 8 pending, 9 stage hash, 10 leases, 11 outbox, 12 hooks stream, 13 cache entry,
     14 run ends stream, then
     the stage hash and items hash of each stage in `others`, then the broker queues the messages
-    name (by number), then a released gate's keys. ARGV: 1 the JSON object A."""
+    name (by number), then the stage hash of each `in_place` stage, then a released gate's keys.
+    ARGV: 1 the JSON object A."""
     run_id, graph, stage_id = req.run_id, req.graph, req.stage_id
     node = graph.node(stage_id)
     others: list[str] = []
@@ -230,6 +266,31 @@ def finish_call(keys: Keys, settings: Settings, req: CommitRequest) -> ScriptCal
     for sid in others:
         names += [keys.stage(run_id, sid), keys.items(run_id, sid)]
     names += [keys.broker_queue(q) for q in queues]
+    if req.in_place is not None and req.token:
+        here = req.in_place
+        stages = []
+        for child in here.stages:
+            names.append(keys.stage(run_id, child.stage_id))
+            lease = encode_member(run_id, child.stage_id, None, lease=True)
+            stages.append([child.stage_id, len(names), list(child.read), list(child.notify), lease])
+        args["in_place"] = {
+            "host": here.host,
+            "queue": here.queue,
+            "task_id": here.task_id,
+            "lease_ms": int(settings.lease_s * 1000),
+            "stages": stages,
+        }
+    if req.in_place_item is not None and req.token and req.item is not None:
+        nxt = req.in_place_item
+        args["in_place_item"] = {
+            "item": nxt.item,
+            "host": nxt.host,
+            "queue": nxt.queue,
+            "task_id": nxt.task_id,
+            "lease_ms": int(settings.lease_s * 1000),
+            "notify": list(nxt.notify),
+            "lease": encode_member(run_id, stage_id, nxt.item, lease=True),
+        }
     gated = req.release is not None and bool(req.token)
     if req.release is not None and req.token:
         extra = GateKeys(keys, len(names))
@@ -244,6 +305,9 @@ def finish_call(keys: Keys, settings: Settings, req: CommitRequest) -> ScriptCal
 __all__ = [
     "BeginRequest",
     "CommitRequest",
+    "InPlace",
+    "InPlaceItem",
+    "InPlaceStage",
     "RetryRequest",
     "ScriptCall",
     "begin_call",

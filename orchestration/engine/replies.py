@@ -140,6 +140,16 @@ class Replication:
 
 
 @dataclass(frozen=True, slots=True)
+class StartedHere:
+    """A child (CommitRequest.in_place), or the next item of the chunk (in_place_item), that the
+    commit started for the committing worker to run next: its stage id, and its attempt's start as
+    begin.lua would have answered it."""
+
+    stage_id: str
+    begun: BeginRun
+
+
+@dataclass(frozen=True, slots=True)
 class Commit:
     """What finish.lua decided: the verdict, whether the run ended (and how), the children it made
     ready that the caller sends (a fan-out: only Python starts one), the task ids a fail-fast
@@ -153,6 +163,7 @@ class Commit:
     next_item: int | None = None
     reason: str = ""  # why, when the verdict is INVALID (nothing was written)
     replication: Replication | None = None  # CHORDFLOW_REPLICAS_ACK: its replicas; None: not asked
+    in_place: StartedHere | None = None  # the child it started for this worker to run next
 
     @property
     def committed(self) -> bool:
@@ -161,16 +172,23 @@ class Commit:
 
 
 def decode_finish(raw: Any) -> Commit:
-    """The reply of finish.lua: {verdict, finalized, run status or reason, ready, revoke, next}."""
-    if not isinstance(raw, list) or len(raw) != 6:
+    """The reply of finish.lua: {verdict, finalized, run status or reason, ready, revoke, next} and,
+    from a commit that went through, the child it started in place ({child, token, inputs} or '')."""
+    if not isinstance(raw, list) or len(raw) not in (6, 7):
         raise BadReply("finish.lua", raw)
     try:
         verdict = CommitVerdict(raw[0])
     except ValueError:
         raise BadReply("finish.lua", raw) from None
-    finalized, status, ready, revoke, next_item = raw[1:]
+    finalized, status, ready, revoke, next_item = raw[1:6]
     if verdict is CommitVerdict.INVALID:
         return Commit(verdict, reason=str(status))
+    here = raw[6] if len(raw) == 7 else ""
+    started = None
+    if here not in ("", None):
+        if not (isinstance(here, list) and len(here) == 3):
+            raise BadReply("finish.lua", raw)
+        started = StartedHere(str(here[0]), BeginRun(str(here[1]), _texts(here[2])))
     return Commit(
         verdict,
         bool(finalized),
@@ -178,6 +196,7 @@ def decode_finish(raw: Any) -> Commit:
         _texts(ready),
         _texts(revoke),
         int(next_item) if next_item not in ("", None) else None,
+        in_place=started,
     )
 
 
@@ -226,6 +245,7 @@ __all__ = [
     "Holding",
     "Replication",
     "RetryReply",
+    "StartedHere",
     "decode_begin",
     "decode_claim",
     "decode_finish",

@@ -15,6 +15,7 @@ from orchestration.engine.replies import (
     Commit,
     CommitVerdict,
     RetryReply,
+    StartedHere,
     decode_begin,
     decode_claim,
     decode_finish,
@@ -81,6 +82,26 @@ def test_a_gated_reply_without_its_devices_is_refused():
             ["invalid", 0, "context write #1 is malformed", [], [], ""],
             Commit(CommitVerdict.INVALID, reason="context write #1 is malformed"),
         ),
+        (["ok", 0, "running", [], [], "", ""], Commit(CommitVerdict.OK, False, "running")),
+        (
+            ["ok", 0, "running", ["c"], [], "", ["b", "12.1700000000123456", ['{"x":1}', "null"]]],
+            Commit(
+                CommitVerdict.OK,
+                False,
+                "running",
+                ["c"],
+                in_place=StartedHere("b", BeginRun("12.1700000000123456", ['{"x":1}', "null"])),
+            ),
+        ),
+        (
+            ["item", 0, "running", [], [], "", ["fan", "13.1700000000123456", []]],
+            Commit(
+                CommitVerdict.ITEM,
+                False,
+                "running",
+                in_place=StartedHere("fan", BeginRun("13.1700000000123456", [])),
+            ),
+        ),
     ],
 )
 def test_finish_replies(raw, expected):
@@ -95,7 +116,17 @@ def test_which_verdicts_mean_the_commit_is_in():
     assert not decode_finish(["invalid", 0, "why", [], [], ""]).committed
 
 
-@pytest.mark.parametrize("raw", [None, ["ok"], ["maybe", 0, "", [], [], ""], ["ok", 0, "", [], []]])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        None,
+        ["ok"],
+        ["maybe", 0, "", [], [], ""],
+        ["ok", 0, "", [], []],
+        ["ok", 0, "", [], [], "", ["b", "1.2"]],  # a child started in place without its inputs
+        ["ok", 0, "", [], [], "", "b", "extra"],
+    ],
+)
 def test_finish_refuses_what_it_does_not_know(raw):
     with pytest.raises(BadReply, match="finish.lua"):
         decode_finish(raw)

@@ -10,7 +10,8 @@
 --       12 hooks stream, 13 cache entry (any key when A.cache_ttl is 0), 14 run ends stream,
 --       15... the stage hash then the items hash of each stage in A.others, in order
 --       (the stages this commit may close besides its own: upstream_failed, fail-fast),
---       then the broker's queue lists named by A.queues, in order
+--       then the broker's queue lists named by A.queues, in order, then the stage hash of each
+--       stage in A.in_place.stages (its key's number is in its entry)
 -- ARGV: 1 JSON object A:
 --   stage, item (number or null), token ('' = a commit decided outside any attempt),
 --   outcome (succeeded | skipped | failed | fallback), output (JSON text or ''),
@@ -23,10 +24,17 @@
 --   engine/messages.py; its queue is the #th list after the others' keys; `front`: a stage on
 --   the critical path goes to the front of its queue, the others to the back), next ([queue #,
 --   template] of a windowed fan-out's next item, ITEM standing for its index), release (what the
---   attempt holds of its limits, given back: _limits.lua; its keys follow the queues' keys)
+--   attempt holds of its limits, given back: _limits.lua; its keys follow the queues' keys),
+--   in_place ({host, queue, task_id, lease_ms, stages: [[child, key #, reads, notify, lease]]}:
+--   children the committing worker would run itself; the first of them, in that order, that
+--   becomes ready and has never run is started here as begin.lua would start it, not enqueued),
+--   in_place_item ({item, host, queue, task_id, lease_ms, notify, lease}: the next item of the
+--   committing worker's chunk message, started here as begin.lua would if it never ran)
 -- A child with a message is enqueued here when it becomes ready, atomically with the commit;
 -- a child without one (a fan-out, which Python starts) goes to the outbox and the ready list.
--- Returns {verdict, finalized, run status, ready children, task ids to revoke, next item or ''}
+-- Returns {verdict, finalized, run status, ready children, task ids to revoke, next item or '',
+--   the child (or the item of in_place_item) started in place: {stage, token, outputs of its
+--   reads} or ''}
 --   (next item: only when A.next did not come, so the caller must send it)
 --   verdict: ok | item | stale | late | invalid (then 3rd element is the reason)
 --   | already (this attempt's commit is already in: a commit sent again, see transitions.py)
@@ -201,6 +209,25 @@ if A.cache_ttl > 0 and outcome == S.SUCCEEDED and A.output ~= '' then
 end
 for _, entry in ipairs(A.notify or {}) do notify(entry) end
 
+-- The next item of the committing worker's chunk, started for it to run next (in place): as
+-- begin.lua starts an item that never ran; one that did goes through begin.lua.
+local function start_item(total)
+  local N = A.in_place_item
+  if N == nil or N == cjson.null then return '' end
+  local n = tonumber(N.item)
+  if n >= total or redis.call('HGET', KEYS[1], 'status') ~= R.RUNNING then return '' end
+  local q = n .. ':'
+  local unit = redis.call('HMGET', KEYS[3], q .. 'state', q .. 'attempt')
+  if unit[1] or unit[2] then return '' end
+  local token = redis.call('HINCRBY', KEYS[1], 'fence', 1) .. '.' .. select(4, clock())
+  redis.call('HSET', KEYS[3], q .. 'state', S.RUNNING, q .. 'token', token, q .. 'attempt', 1, q .. 'host', N.host,
+    q .. 'queue', N.queue, q .. 'task_id', N.task_id, q .. 'started_at', now, q .. 'lease_exp', now_ms + N.lease_ms)
+  redis.call('ZADD', KEYS[10], now_ms + N.lease_ms, N.lease)
+  event('kind', 'stage', 'stage', stage, 'item', tostring(n), 'state', S.RUNNING, 'attempt', '1', 'host', N.host)
+  for _, entry in ipairs(N.notify or {}) do notify(entry) end
+  return {stage, token, {}}
+end
+
 local stage_outcome, stage_output = outcome, A.output
 local next_item = ''
 if item ~= '' then
@@ -228,7 +255,7 @@ if item ~= '' then
   end
   if #counters > 0 then redis.call('HSET', KEYS[9], unpack(counters)) end
   if outcome ~= S.FAILED then
-    if done < total then return {'item', 0, R.RUNNING, {}, {}, next_item} end
+    if done < total then return {'item', 0, R.RUNNING, {}, {}, next_item, start_item(total)} end
     -- the stage's output: every item's, in order (HMGETs of 500 fields, not an HGET per item)
     local fields = {}
     for i = 0, total - 1 do fields[#fields + 1] = i .. ':output' end
@@ -274,18 +301,55 @@ end
 local ready, revoke = {}, {}
 local run = redis.call('HMGET', KEYS[1], 'status', 'failed_stage')
 local run_status, failed_stage = run[1], run[2]
+
+-- A child started in place: the committing worker runs it next, in the same process, so its
+-- message never goes through the queue. Started as begin.lua starts a first attempt (a fresh
+-- token, the lease, its start's event and hooks); a child that ran before (a retried run) goes
+-- through the queue, where begin.lua decides.
+local here, wanted, taken = A.in_place, {}, ''
+if here == cjson.null or run_status ~= R.RUNNING then here = nil end
+for i, spec in ipairs(here and here.stages or {}) do wanted[spec[1]] = i end
+local function start_here(spec)
+  local key = KEYS[spec[2]]
+  local unit = redis.call('HMGET', key, 'state', 'attempt')
+  if unit[1] or unit[2] then return false end
+  local token = redis.call('HINCRBY', KEYS[1], 'fence', 1) .. '.' .. select(4, clock())
+  redis.call('HSET', key, 'state', S.RUNNING, 'token', token, 'attempt', 1, 'host', here.host,
+    'queue', here.queue, 'task_id', here.task_id, 'started_at', now, 'lease_exp', now_ms + here.lease_ms)
+  set_state(spec[1], S.RUNNING)
+  redis.call('ZADD', KEYS[10], now_ms + here.lease_ms, spec[5])
+  event('kind', 'stage', 'stage', spec[1], 'item', '', 'state', S.RUNNING, 'attempt', '1', 'host', here.host)
+  for _, entry in ipairs(spec[4] or {}) do notify(entry) end
+  -- what it reads: this commit's own output is at hand, the others' are read
+  local inputs, ask, at = {}, {}, {}
+  for i, sid in ipairs(spec[3]) do
+    if sid == stage and stage_output ~= '' then inputs[i] = stage_output else ask[#ask + 1] = sid; at[#at + 1] = i end
+  end
+  local got = hmget_all(KEYS[5], ask)
+  for j = 1, #ask do inputs[at[j]] = got[j] or 'null' end
+  taken = {spec[1], token, inputs}
+  return true
+end
+
 if stage_outcome ~= S.FAILED or not A.critical then
+  local held = {}  -- ready children this worker could run itself: one is started, the rest enqueued
   for _, child in ipairs(A.children or {}) do
     local left = redis.call('HINCRBY', KEYS[8], child, -1)
     if left <= 0 and state_of(child) == S.PENDING and RUN_ACTIVE[run_status] then
       set_state(child, S.QUEUED)
-      if messages[child] then
+      if messages[child] and wanted[child] then
+        held[#held + 1] = child
+      elseif messages[child] then
         enqueue(messages[child])
       else
         redis.call('ZADD', KEYS[11], now_s, outbox_member(A.run_id, child))
         ready[#ready + 1] = child
       end
     end
+  end
+  table.sort(held, function(a, b) return wanted[a] < wanted[b] end)
+  for i, child in ipairs(held) do
+    if i > 1 or not start_here(here.stages[wanted[child]]) then enqueue(messages[child]) end
   end
 else
   if not failed_stage then
@@ -324,7 +388,7 @@ if count_closed() <= 0 and RUN_ACTIVE[run_status] then
   local final = R.SUCCEEDED
   if failed_stage then final = R.FAILED end
   finalize(final)
-  return {'ok', 1, final, ready, revoke, next_item}
+  return {'ok', 1, final, ready, revoke, next_item, taken}
 end
 if #run_fields > 0 then redis.call('HSET', KEYS[1], unpack(run_fields)) end
-return {'ok', 0, run_status, ready, revoke, next_item}
+return {'ok', 0, run_status, ready, revoke, next_item, taken}

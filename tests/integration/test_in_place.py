@@ -1,0 +1,137 @@
+"""A commit that makes a child ready may start the child's attempt for the committing process to
+run next, in place (workers/execution.py): no trip through the queue. Every stage still commits
+once: a worker killed in the middle of an in-place stage leaves a lease the reaper acts on, a warm
+shutdown waits at most CHORDFLOW_IN_PLACE_S for it, and the setting at 0 turns it off."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from orchestration.language.validation import validate_data
+
+from .conftest import pipeline, wait_until
+
+SHORT_LEASE = {"CHORDFLOW_LEASE_S": "3", "CHORDFLOW_HEARTBEAT_S": "0.5", "CHORDFLOW_OUTBOX_GRACE_S": "2"}
+
+
+def _chain(name: str, length: int, **params) -> dict:
+    stages = [{"id": "s0", "uses": "test.record", "params": params}]
+    stages += [
+        {"id": f"s{i}", "uses": "test.record", "needs": [f"s{i - 1}"], "params": params}
+        for i in range(1, length)
+    ]
+    return pipeline(name, *stages)
+
+
+def _task_ids(cluster, run_id: str, stage_ids) -> list[str]:
+    keys = cluster.client.store.keys
+    return [cluster.redis.hget(keys.stage(run_id, sid), "task_id") for sid in stage_ids]
+
+
+def test_a_chain_runs_in_place_and_every_stage_commits_once(bare_cluster):
+    cluster = bare_cluster
+    worker = cluster.start_worker(hostname="inplace", concurrency=1)
+    try:
+        result = cluster.run(_chain("in-place", 30), timeout=60)
+        assert result.status == "succeeded"
+        run_id = result.run_id
+        ids = [f"s{i}" for i in range(30)]
+        assert cluster.terminal_commits(run_id) == dict.fromkeys(ids, 1)
+        assert all(result.stage_results[sid]["attempts"] == 1 for sid in ids)
+        assert all(cluster.count(run_id, sid) == 1 for sid in ids)
+        # each stage read its parent's output, handed over with the token its parent's commit made
+        assert result.outputs["s7"] == {"stage": "s7", "inputs": ["s6"]}
+        # one message ran many stages: their attempts carry its task id, and its log line says so
+        task_ids = _task_ids(cluster, run_id, ids)
+        assert len(set(task_ids)) < 10, task_ids
+        log = Path(worker.log_path).read_text(errors="replace")
+        assert "stages run in place)" in log
+    finally:
+        worker.stop()
+
+
+def test_in_place_off_sends_every_stage_through_the_queue(bare_cluster):
+    cluster = bare_cluster
+    worker = cluster.start_worker(hostname="queued", concurrency=1, env={"CHORDFLOW_IN_PLACE_S": "0"})
+    try:
+        result = cluster.run(_chain("queued", 12), timeout=60)
+        assert result.status == "succeeded"
+        ids = [f"s{i}" for i in range(12)]
+        assert len(set(_task_ids(cluster, result.run_id, ids))) == 12
+        assert cluster.terminal_commits(result.run_id) == dict.fromkeys(ids, 1)
+    finally:
+        worker.stop()
+
+
+def test_a_child_with_a_timeout_or_limits_gets_its_own_message(bare_cluster):
+    cluster = bare_cluster
+    worker = cluster.start_worker(hostname="limits", concurrency=1)
+    try:
+        data = pipeline(
+            "own-message",
+            {"id": "a", "uses": "test.record"},
+            {"id": "timed", "uses": "test.record", "needs": ["a"], "timeout": "30s"},
+            {"id": "b", "uses": "test.record", "needs": ["timed"]},
+            {"id": "limited", "uses": "test.record", "needs": ["b"], "concurrency_key": "one"},
+        )
+        result = cluster.run(data, timeout=60)
+        assert result.status == "succeeded"
+        a, timed, b, limited = _task_ids(cluster, result.run_id, ["a", "timed", "b", "limited"])
+        # Celery's time limits belong to a message; a stage with limits is admitted on its own
+        assert len({a, timed, b, limited}) == 4
+    finally:
+        worker.stop()
+
+
+def test_a_worker_killed_in_an_in_place_stage_leaves_it_to_the_reaper(bare_cluster):
+    cluster = bare_cluster
+    doomed = cluster.start_worker(hostname="doomed", concurrency=1, env=SHORT_LEASE)
+    data = pipeline(
+        "killed-in-place",
+        {"id": "first", "uses": "test.record"},
+        {"id": "slow", "uses": "test.slow_counted", "needs": ["first"], "params": {"seconds": 4}},
+        {"id": "last", "uses": "test.record", "needs": ["slow"]},
+    )
+    handle = cluster.client.submit(validate_data(data))
+    run_id = handle.run_id
+    wait_until(lambda: cluster.count(run_id, "slow") == 1, 30)
+    first, slow = _task_ids(cluster, run_id, ["first", "slow"])
+    assert slow == first  # `slow` runs in place, in the process that ran `first`
+    doomed.kill()  # SIGKILL: no commit, no lease renewal, no message put back
+
+    rescuer = cluster.start_worker(hostname="rescuer", concurrency=1, env=SHORT_LEASE)
+    try:
+        result = handle.wait(timeout=90)
+        assert result.status == "succeeded"
+        assert cluster.count(run_id, "slow") == 2  # started again after its lease ran out
+        assert cluster.terminal_commits(run_id) == {"first": 1, "slow": 1, "last": 1}
+        assert result.outputs["slow"] == "rescuer"
+    finally:
+        rescuer.stop()
+
+
+def test_a_warm_shutdown_waits_for_in_place_stages_no_longer_than_the_setting(bare_cluster):
+    cluster = bare_cluster
+    env = {**SHORT_LEASE, "CHORDFLOW_IN_PLACE_S": "1"}
+    leaving = cluster.start_worker(hostname="leaving", concurrency=1, env=env)
+    handle = cluster.client.submit(validate_data(_chain("long-chain", 60, seconds=0.2)))
+    run_id = handle.run_id
+    wait_until(lambda: cluster.count(run_id, "s3") == 1, 30)
+    started = time.monotonic()
+    os.kill(leaving.proc.pid, signal.SIGTERM)  # a warm shutdown: the worker's main process only
+    leaving.proc.wait(timeout=30)
+    # a 12-second chain: the worker left after its current message's second of stages, not at the end
+    assert time.monotonic() - started < 6
+    assert handle.status()["status"] == "running"
+
+    staying = cluster.start_worker(hostname="staying", concurrency=1, env=env)
+    try:
+        result = handle.wait(timeout=120)
+        assert result.status == "succeeded"
+        assert cluster.terminal_commits(run_id) == {f"s{i}": 1 for i in range(60)}
+        assert all(cluster.count(run_id, f"s{i}") == 1 for i in range(60))
+    finally:
+        staying.stop()
