@@ -128,11 +128,11 @@ def execute(
     failure's commit, the attempt's lease expires and the reaper sends the stage again."""
     delivery = Delivery(task_id, time.monotonic() + env.settings.in_place_s if message.item is None else 0.0)
     outcome, here, graph = _guarded(message, _execute, env, stage_type, delivery, message)
-    ran = 1
+    first, ran = outcome, 1
     while here is not None and graph is not None:
         node = graph.node(here.stage_id)
         child_type = env.registry.get(node.type)
-        if child_type is None:  # offered only for a type this worker has
+        if child_type is None:  # never: offered only for a type this worker has (else its lease runs out)
             break
         child = StageMessage(message.run_id, node.id)
         inputs = {sid: json.loads(raw) for sid, raw in inputs_of(here.begun, node.reads).items()}
@@ -144,7 +144,8 @@ def execute(
         if events is not None:
             events.ended(child, outcome)
         ran += 1
-    return outcome if ran == 1 else f"{outcome} (the last of {ran} stages run in place)"
+    # The task's own outcome is its message's stage's (Flower shows the others as their own tasks)
+    return first if ran == 1 else f"{first}; then {ran - 1} stages in place, the last {outcome}"
 
 
 def _guarded(

@@ -90,6 +90,10 @@ def test_flower_lists_stage_tasks_by_type_with_run_and_stage_ids(cluster, flower
     tasks = wait_until(stage_tasks, timeout=30, interval=0.3)
     assert set(tasks) == {"stage.noop", "stage.sleep"}
     assert "'first'" in tasks["stage.noop"]["args"] and "'second'" in tasks["stage.sleep"]["args"]
+    # `second` ran in place, after `first` in the same task (workers/execution.py): the pool process
+    # announced it as a task of its own, whose parent is `first`'s
+    assert tasks["stage.sleep"]["uuid"] == tasks["stage.noop"]["uuid"] + "+second"
+    assert tasks["stage.sleep"]["parent_id"] == tasks["stage.noop"]["uuid"]
 
 
 def test_flower_refuses_requests_without_the_basic_auth_password(flower):

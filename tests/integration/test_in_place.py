@@ -48,7 +48,7 @@ def test_a_chain_runs_in_place_and_every_stage_commits_once(bare_cluster):
         task_ids = _task_ids(cluster, run_id, ids)
         assert len(set(task_ids)) < 10, task_ids
         log = Path(worker.log_path).read_text(errors="replace")
-        assert "stages run in place)" in log
+        assert "succeeded; then " in log and " stages in place, the last succeeded" in log
     finally:
         worker.stop()
 
