@@ -209,22 +209,31 @@ if A.cache_ttl > 0 and outcome == S.SUCCEEDED and A.output ~= '' then
 end
 for _, entry in ipairs(A.notify or {}) do notify(entry) end
 
--- The next item of the committing worker's chunk, started for it to run next (in place): as
--- begin.lua starts an item that never ran; one that did goes through begin.lua.
+-- An attempt started here, in place, for the committing worker to run next (a child in
+-- A.in_place, the chunk's next item in A.in_place_item), as begin.lua starts a first attempt: a
+-- fresh token, the lease, its `running` event and hook entries. Only a unit that never ran (no
+-- state, no attempt in its hash): one that did goes through the queue and begin.lua. Returns its
+-- token, or nil.
+local function start_in_place(key, sid, item, how, lease, entries)
+  local q = field_prefix(item)
+  local unit = redis.call('HMGET', key, q .. 'state', q .. 'attempt')
+  if unit[1] or unit[2] then return nil end
+  local token = redis.call('HINCRBY', KEYS[1], 'fence', 1) .. '.' .. select(4, clock())
+  redis.call('HSET', key, q .. 'state', S.RUNNING, q .. 'token', token, q .. 'attempt', 1, q .. 'host', how.host,
+    q .. 'queue', how.queue, q .. 'task_id', how.task_id, q .. 'started_at', now, q .. 'lease_exp', now_ms + how.lease_ms)
+  redis.call('ZADD', KEYS[10], now_ms + how.lease_ms, lease)
+  event('kind', 'stage', 'stage', sid, 'item', item, 'state', S.RUNNING, 'attempt', '1', 'host', how.host)
+  for _, entry in ipairs(entries or {}) do notify(entry) end
+  return token
+end
+
+-- The next item of the committing worker's chunk, started for it: {stage, token, {}} or ''.
 local function start_item(total)
   local N = A.in_place_item
   if N == nil or N == cjson.null then return '' end
-  local n = tonumber(N.item)
-  if n >= total or redis.call('HGET', KEYS[1], 'status') ~= R.RUNNING then return '' end
-  local q = n .. ':'
-  local unit = redis.call('HMGET', KEYS[3], q .. 'state', q .. 'attempt')
-  if unit[1] or unit[2] then return '' end
-  local token = redis.call('HINCRBY', KEYS[1], 'fence', 1) .. '.' .. select(4, clock())
-  redis.call('HSET', KEYS[3], q .. 'state', S.RUNNING, q .. 'token', token, q .. 'attempt', 1, q .. 'host', N.host,
-    q .. 'queue', N.queue, q .. 'task_id', N.task_id, q .. 'started_at', now, q .. 'lease_exp', now_ms + N.lease_ms)
-  redis.call('ZADD', KEYS[10], now_ms + N.lease_ms, N.lease)
-  event('kind', 'stage', 'stage', stage, 'item', tostring(n), 'state', S.RUNNING, 'attempt', '1', 'host', N.host)
-  for _, entry in ipairs(N.notify or {}) do notify(entry) end
+  if tonumber(N.item) >= total or redis.call('HGET', KEYS[1], 'status') ~= R.RUNNING then return '' end
+  local token = start_in_place(KEYS[3], stage, tostring(N.item), N, N.lease, N.notify)
+  if not token then return '' end
   return {stage, token, {}}
 end
 
@@ -310,16 +319,9 @@ local here, wanted, taken = A.in_place, {}, ''
 if here == cjson.null or run_status ~= R.RUNNING then here = nil end
 for i, spec in ipairs(here and here.stages or {}) do wanted[spec[1]] = i end
 local function start_here(spec)
-  local key = KEYS[spec[2]]
-  local unit = redis.call('HMGET', key, 'state', 'attempt')
-  if unit[1] or unit[2] then return false end
-  local token = redis.call('HINCRBY', KEYS[1], 'fence', 1) .. '.' .. select(4, clock())
-  redis.call('HSET', key, 'state', S.RUNNING, 'token', token, 'attempt', 1, 'host', here.host,
-    'queue', here.queue, 'task_id', here.task_id, 'started_at', now, 'lease_exp', now_ms + here.lease_ms)
+  local token = start_in_place(KEYS[spec[2]], spec[1], '', here, spec[5], spec[4])
+  if not token then return false end
   set_state(spec[1], S.RUNNING)
-  redis.call('ZADD', KEYS[10], now_ms + here.lease_ms, spec[5])
-  event('kind', 'stage', 'stage', spec[1], 'item', '', 'state', S.RUNNING, 'attempt', '1', 'host', here.host)
-  for _, entry in ipairs(spec[4] or {}) do notify(entry) end
   -- what it reads: this commit's own output is at hand, the others' are read
   local inputs, ask, at = {}, {}, {}
   for i, sid in ipairs(spec[3]) do
