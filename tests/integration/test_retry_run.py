@@ -42,6 +42,11 @@ def test_retry_reruns_only_the_failed_stage_and_its_dependents(bare_cluster):
     assert gate["host"] == "after-fix"
     assert [h["state"] for h in gate["history"]] == ["failed"]  # the failed attempt is kept
     assert "not 'open'" in gate["history"][0]["error"]
+    # `load` was reset to pending with a fresh attempt count: `gate`'s commit started it in place
+    stage = cluster.client.store.keys.stage
+    assert cluster.redis.hget(stage(handle.run_id, "load"), "task_id") == cluster.redis.hget(
+        stage(handle.run_id, "gate"), "task_id"
+    )
 
 
 def test_retry_of_a_succeeded_run_is_refused(cluster):

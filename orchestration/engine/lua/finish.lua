@@ -211,13 +211,13 @@ for _, entry in ipairs(A.notify or {}) do notify(entry) end
 
 -- An attempt started here, in place, for the committing worker to run next (a child in
 -- A.in_place, the chunk's next item in A.in_place_item), as begin.lua starts a first attempt: a
--- fresh token, the lease, its `running` event and hook entries. Only a unit that never ran (no
--- state, no attempt in its hash): one that did goes through the queue and begin.lua. Returns its
--- token, or nil.
+-- fresh token, the lease, its `running` event and hook entries. Only a unit with no attempt yet
+-- (no state in its hash, or `pending`: a retried run's, reopen.lua), else it goes through the
+-- queue and begin.lua. Returns its token, or nil.
 local function start_in_place(key, sid, item, how, lease, entries)
   local q = field_prefix(item)
   local unit = redis.call('HMGET', key, q .. 'state', q .. 'attempt')
-  if unit[1] or unit[2] then return nil end
+  if (unit[1] and unit[1] ~= S.PENDING) or unit[2] then return nil end
   local token = redis.call('HINCRBY', KEYS[1], 'fence', 1) .. '.' .. select(4, clock())
   redis.call('HSET', key, q .. 'state', S.RUNNING, q .. 'token', token, q .. 'attempt', 1, q .. 'host', how.host,
     q .. 'queue', how.queue, q .. 'task_id', how.task_id, q .. 'started_at', now, q .. 'lease_exp', now_ms + how.lease_ms)
@@ -313,8 +313,8 @@ local run_status, failed_stage = run[1], run[2]
 
 -- A child started in place: the committing worker runs it next, in the same process, so its
 -- message never goes through the queue. Started as begin.lua starts a first attempt (a fresh
--- token, the lease, its start's event and hooks); a child that ran before (a retried run) goes
--- through the queue, where begin.lua decides.
+-- token, the lease, its start's event and hooks); a child with an attempt already goes through
+-- the queue, where begin.lua decides.
 local here, wanted, taken = A.in_place, {}, ''
 if here == cjson.null or run_status ~= R.RUNNING then here = nil end
 for i, spec in ipairs(here and here.stages or {}) do wanted[spec[1]] = i end
