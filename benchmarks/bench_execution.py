@@ -340,6 +340,12 @@ class Bench:
                 for k, v in info.items()
                 if k.startswith("cmdstat_")
             },
+            # time inside each command (a script's inner calls counted in its EVALSHA too)
+            "usec": {
+                k.removeprefix("cmdstat_"): int(v["usec"])
+                for k, v in info.items()
+                if k.startswith("cmdstat_")
+            },
             "redis_cpu": float(info["used_cpu_user"]) + float(info["used_cpu_sys"]),
             "used_memory": int(info["used_memory"]),
             "worker_cpu": {name: self.worker_cpu(name) for name in self.workers},
@@ -373,6 +379,7 @@ class Sample:
     makespan_s: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     redis_calls: dict[str, int] = field(default_factory=dict)
+    redis_usec: dict[str, int] = field(default_factory=dict)  # µs inside commands, by name
 
 
 def _delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
@@ -647,6 +654,7 @@ def measure(bench: Bench, wl: Workload, system: str) -> Sample:
     sample.extra["redis_cpu_s"] = round(end["redis_cpu"] - start["redis_cpu"], 4)
     sample.extra["used_memory_delta"] = end["used_memory"] - start["used_memory"]
     sample.redis_calls = _delta(start["calls"], end["calls"])
+    sample.redis_usec = _delta(start["usec"], end["usec"])
     return sample
 
 
@@ -698,6 +706,16 @@ def summarize(wl: Workload, samples: dict[str, list[Sample]]) -> dict[str, Any]:
             "redis_cpu_ms_per_stage": round(
                 median([s.extra["redis_cpu_s"] for s in ss]) * 1000 / wl.units, 4
             ),
+            # µs inside each command, as Redis counts it: a script's inner calls in their own rows
+            # and again in its EVALSHA's (the rest of Redis's CPU: the event loop, I/O, timers)
+            "redis_usec_per_stage_by_name": {
+                n: round(median([s.redis_usec.get(n, 0) for s in ss]) / wl.units, 2)
+                for n in sorted(
+                    {n for s in ss for n in s.redis_usec},
+                    key=lambda n: -sum(s.redis_usec.get(n, 0) for s in ss),
+                )
+                if any(s.redis_usec.get(n) for s in ss)
+            },
             "worker_cpu_ms_per_stage": round(
                 median([s.extra["worker_cpu_s"] for s in ss]) * 1000 / wl.units, 3
             ),
