@@ -11,7 +11,8 @@ process to run next, instead of enqueueing its message (a chain's next stage: no
 the queue, the consumer and the pool's pipe, and no begin of its own). Offered for a child on
 the same queue, of a type this worker has, with no limits and no timeout (Celery's time limits
 are the message's), and only until the message has kept the process `CHORDFLOW_IN_PLACE_S`:
-a warm shutdown waits that long at most, and other messages get the process back.
+a warm shutdown waits that long at most, and other messages get the process back. The items of
+a chunk message go the same way: an item's commit starts the next item of the chunk.
 
 Redis refusing a write (out of memory, read-only) is a fault of the attempt,
 never a crash: the attempt is committed as failed (or retried) with an error
@@ -169,7 +170,8 @@ def _guarded(
 
 def execute_chunk(env: WorkerEnv, stage_type: StageType, task_id: str, message: StageMessage) -> str:
     """Run the fan-out items of a chunk message (`message.items`) one after another, each its own
-    attempt (begin, lease, one commit) as if it had come alone.
+    attempt (token, lease, one commit) as if it had come alone: started by the commit of the item
+    before it (in place) when that commit could, else by its own begin.
 
     Their leases are claimed first, and kept by the lease keeper until each item begins: if this
     worker dies before an item began, its claim runs out and the reaper sends it on its own."""
