@@ -49,11 +49,11 @@ def test_quickstart_runs_end_to_end_with_no_redis_configured():
     out = done.stdout
     assert done.returncode == 0, done.stderr + out
     # each stage's state as it goes, then the outputs
-    for stage in ("hello", "items", "square", "pause", "report"):
+    for stage in ("hello", "items", "each", "pause", "report"):
         assert re.search(rf"\b{stage} running\b", out), out
         assert re.search(rf"\b{stage} succeeded\b", out), out
     assert "hello from chordflow" in out
-    assert "square: [1, 2, 3, 4, 5]" in out
+    assert "each: [1, 2, 3, 4, 5]" in out
     assert "succeeded" in out.splitlines()[-1]
     url = re.search(r"\((redis://[^)]+)\)", out).group(1)
     wait_until(lambda: not _processes_using(url), timeout=10)
