@@ -71,7 +71,7 @@ class WorkerEnv:
     pools: dict[str, PoolLimit] = field(default_factory=dict)  # this worker's settings (limits.py)
     type_rates: dict[str, RateLimit] = field(default_factory=dict)
     gates: dict[tuple[str, str], Gate | None] = field(default_factory=dict)
-    in_place: dict[tuple[str, str], list[Node]] = field(default_factory=dict)
+    in_place: dict[tuple[str, str], list[InPlaceStage]] = field(default_factory=dict)
 
     def gate(self, graph: RunGraph, node: Node, run_id: str) -> Gate | None:
         """The stage's limits (None for most stages), worked out once per run and stage."""
@@ -82,26 +82,36 @@ class WorkerEnv:
             self.gates[key] = gate_for(graph, node, run_id, self.pools, self.type_rates)
         return self.gates[key]
 
-    def in_place_children(self, graph: RunGraph, node: Node, run_id: str) -> list[Node]:
+    def in_place_children(self, graph: RunGraph, node: Node, run_id: str) -> list[InPlaceStage]:
         """The children of `node` this process could run in place (see the module's docstring),
-        those on the critical path first; worked out once per run and stage."""
+        those on the critical path first, with what starting each reads and announces; worked out
+        once per run and stage."""
         key = (run_id, node.id)
         if key not in self.in_place:
             if len(self.in_place) > 256:
                 self.in_place.clear()
-            found = []
+            found: list[tuple[Node, StageType]] = []
             if not node.timeout_s:
                 for sid in self.dispatcher.children(run_id, graph, node.id):
                     child = graph.node(sid)
+                    child_type = self.registry.get(child.type)
                     if (
-                        not child.fans_out
+                        child_type is not None
+                        and not child.fans_out
                         and not child.timeout_s
                         and child.queue == node.queue
-                        and self.registry.get(child.type) is not None
                         and self.gate(graph, child, run_id) is None
                     ):
-                        found.append(child)
-            self.in_place[key] = sorted(found, key=lambda child: not child.on_critical_path)
+                        found.append((child, child_type))
+            found.sort(key=lambda pair: not pair[0].on_critical_path)
+            self.in_place[key] = [
+                InPlaceStage(
+                    child.id,
+                    child.reads,
+                    start_entries(self, graph, child, child_type, StageMessage(run_id, child.id)),
+                )
+                for child, child_type in found
+            ]
         return self.in_place[key]
 
 
@@ -239,16 +249,13 @@ def _execute(
         if cached_inputs is None:
             cached_inputs = store.runs.outputs(run_id, node.reads)
     else:
-        started = hooks.entry(
-            "stage_start", stage_event(env, graph, node, stage_type, message), graph.webhooks
-        )
         request = BeginRequest(
             message,
             env.hostname,
             node.queue,
             task_id,
             read,
-            [started] if started else [],
+            start_entries(env, graph, node, stage_type, message),
             gate=(gate, env.capacity) if gate is not None else None,
         )
         begun = store.transitions.begin(request)
@@ -289,16 +296,10 @@ def _attempt(
     if item is None and delivery.deadline:
         children = env.in_place_children(graph, node, run_id)
         if children:
-            offer = InPlace(
-                [_in_place_stage(env, graph, child, run_id) for child in children],
-                env.hostname,
-                node.queue,
-                task_id,
-            )
+            offer = InPlace(children, env.hostname, node.queue, task_id)
     elif following is not None and gate is None:
-        event = stage_event(env, graph, node, stage_type, message.one(following))
-        started = hooks.entry("stage_start", event, graph.webhooks)
-        offer = InPlaceItem(following, env.hostname, node.queue, task_id, [started] if started else [])
+        entries = start_entries(env, graph, node, stage_type, message.one(following))
+        offer = InPlaceItem(following, env.hostname, node.queue, task_id, entries)
     run = Attempt(env, stage_type, graph, node, message, begun.token, ctx, gate)
     run.offer(offer, delivery.deadline)
     # The lease is held from the token to the commit: nothing before the body (a condition,
@@ -315,13 +316,12 @@ def _attempt(
         run.store_logs()  # if no commit stored them (a lost lease, Redis refusing everything)
 
 
-def _in_place_stage(env: WorkerEnv, graph: RunGraph, child: Node, run_id: str) -> InPlaceStage:
-    """What starting `child` here reads and announces (its stage_start hook, when anyone listens)."""
-    child_type = env.registry.get(child.type)
-    assert child_type is not None  # in_place_children keeps only the types this worker has
-    event = stage_event(env, graph, child, child_type, StageMessage(run_id, child.id))
-    started = hooks.entry("stage_start", event, graph.webhooks)
-    return InPlaceStage(child.id, child.reads, [started] if started else [])
+def start_entries(
+    env: WorkerEnv, graph: RunGraph, node: Node, stage_type: StageType, message: StageMessage
+) -> list[str]:
+    """The hook entries an attempt's start enqueues: its stage_start event, when anyone listens."""
+    started = hooks.entry("stage_start", stage_event(env, graph, node, stage_type, message), graph.webhooks)
+    return [started] if started else []
 
 
 @contextmanager
