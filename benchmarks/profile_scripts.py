@@ -1,7 +1,9 @@
-"""Where Redis's time goes for one chain, script by script: SLOWLOG with a threshold of 0.
+"""Where Redis's time goes for one run, script by script: SLOWLOG with a threshold of 0.
 
     python benchmarks/profile_scripts.py                 # a chain of 200 no-op stages
     python benchmarks/profile_scripts.py --stages 800
+    python benchmarks/profile_scripts.py --workload skewed     # bench_execution's skewed DAG
+    python benchmarks/profile_scripts.py --workload lattice100
 
 A redis-server of its own and one Chordflow worker (prefork, concurrency 2); a small warm-up run,
 then SLOWLOG records every command of one chain's run. Each EVALSHA is named by its script (the
@@ -27,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 from orchestration.api import Client
 from orchestration.engine.scripts import source
 from orchestration.fleet.embedded import RedisServer, WorkerProcess, wait_for_workers
+from orchestration.language.spec import PipelineSpec
 from orchestration.language.validation import validate_data
 from orchestration.settings import Settings
 
@@ -58,10 +61,23 @@ def chain(name: str, length: int) -> dict:
     return {"name": name, "stages": stages}
 
 
+def profiled_spec(workload: str, stages: int) -> PipelineSpec:
+    """The run to profile: a chain of `stages`, or one of bench_execution's DAGs."""
+    if workload == "chain":
+        return validate_data(chain("profiled", stages))
+    from benchmarks.bench_execution import dag_spec, lattice_spec, skewed_dag
+
+    return dag_spec("profiled", *skewed_dag()) if workload == "skewed" else lattice_spec(10, 10)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stages", type=int, default=200, help="stages of the chain (default 200)")
+    parser.add_argument(
+        "--workload", choices=("chain", "skewed", "lattice100"), default="chain", help="what to run"
+    )
     args = parser.parse_args()
+    spec = profiled_spec(args.workload, args.stages)
     log = Path(tempfile.mkdtemp(prefix="chordflow-profile-")) / "worker.log"
     with RedisServer() as server:
         r = redis.Redis.from_url(server.url, decode_responses=True)
@@ -73,7 +89,7 @@ def main() -> None:
             r.config_set("slowlog-log-slower-than", 0)
             r.config_set("slowlog-max-len", 1_000_000)
             r.slowlog_reset()
-            client.submit(validate_data(chain("profiled", args.stages))).wait(timeout=300)
+            client.submit(spec).wait(timeout=300)
             entries = r.slowlog_get(1_000_000)
         finally:
             worker.stop()
@@ -92,12 +108,12 @@ def main() -> None:
             what = f"evalsha {names.get(words[1], words[1][:8])}"
         total[what][0] += 1
         total[what][1] += int(entry["duration"])
-    n = args.stages
+    n = len(spec.stages)
     print(
-        f"a chain of {n} no-op stages; SLOWLOG, every command (µs; a script's inner calls in their rows too):"
+        f"{args.workload}, {n} stages; SLOWLOG, every command (µs; a script's inner calls in their rows too):"
     )
     print(f"{'command':<24} {'calls':>7} {'total':>9} {'per call':>9} {'per stage':>10}")
-    for what, (calls, usec) in sorted(total.items(), key=lambda kv: -kv[1][1])[:15]:
+    for what, (calls, usec) in sorted(total.items(), key=lambda kv: -kv[1][1])[:25]:
         print(f"{what:<24} {calls:>7} {usec:>9} {usec / calls:>9.1f} {usec / n:>10.1f}")
 
 

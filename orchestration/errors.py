@@ -44,7 +44,15 @@ RuntimeError), and a retry policy's `retry_on` may name either.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+
+def listing(names: Sequence[str], shown: int = 10) -> str:
+    """`a, b, c, ... (97 more)`: names in a message, the first `shown` of them; a 10,000-stage
+    pipeline's message must not be 10,000 ids long."""
+    more = len(names) - shown
+    return f"{', '.join(names[:shown])}, ... ({more} more)" if more > 0 else ", ".join(names)
 
 
 @dataclass(frozen=True)

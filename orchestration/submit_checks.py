@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from orchestration.engine.placement import QueueUnserved
 from orchestration.engine.registry import BUILTIN_TYPES
-from orchestration.errors import InvalidInput, InvalidPipeline, Problem
+from orchestration.errors import InvalidInput, InvalidPipeline, Problem, listing
 from orchestration.graph.resolve import RunGraph
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ def check_types(store: RunStore, graph: RunGraph) -> RunGraph:
         raise InvalidPipeline(problems)
     for queue, ids in unserved.items():
         warnings.warn(
-            f"no live worker serves queue '{queue}': {', '.join(ids)} wait"
+            f"no live worker serves queue '{queue}': {listing(ids)} wait"
             f"{'s' if len(ids) == 1 else ''} there until one does (`chordflow worker --queues {queue}`)",
             QueueUnserved,
             stacklevel=3,

@@ -92,7 +92,7 @@ class WorkerEnv:
                 self.in_place.clear()
             found: list[tuple[Node, StageType]] = []
             if not node.timeout_s:
-                for sid in self.dispatcher.children(run_id, graph, node.id):
+                for sid in self.dispatcher.children(graph, node.id):
                     child = graph.node(sid)
                     child_type = self.registry.get(child.type)
                     if (

@@ -22,7 +22,6 @@ from orchestration.engine.replies import Commit, CommitVerdict
 from orchestration.engine.stage_message import StageMessage
 from orchestration.engine.store import RunStore
 from orchestration.graph.resolve import Node, RunGraph
-from orchestration.language.dag import children as children_of
 from orchestration.states import RunStatus, State
 
 log = logging.getLogger("chordflow.dispatch")
@@ -32,14 +31,13 @@ class Dispatcher:
     def __init__(self, app: Celery, store: RunStore):
         self.app = app
         self.store = store
-        self._topology: dict[str, dict[str, list[str]]] = {}
 
-    # -- graph helpers (cached per run) ---------------------------------------------------------
-    def children(self, run_id: str, graph: RunGraph, stage_id: str) -> list[str]:
-        return self._topo(run_id, graph).get(stage_id, [])
+    # -- graph helpers --------------------------------------------------------------------------
+    def children(self, graph: RunGraph, stage_id: str) -> list[str]:
+        return graph.children.get(stage_id, [])
 
-    def descendants(self, run_id: str, graph: RunGraph, stage_id: str) -> list[str]:
-        children = self._topo(run_id, graph)
+    def descendants(self, graph: RunGraph, stage_id: str) -> list[str]:
+        children = graph.children
         seen: set[str] = set()
         stack = list(children.get(stage_id, []))
         while stack:
@@ -49,21 +47,13 @@ class Dispatcher:
                 stack.extend(children.get(sid, []))
         return [n.id for n in graph.nodes if n.id in seen]
 
-    def blocked_by(self, run_id: str, graph: RunGraph, stage_id: str, outcome: State) -> list[str]:
+    def blocked_by(self, graph: RunGraph, stage_id: str, outcome: State) -> list[str]:
         """The stages a failure marks upstream_failed (only a critical failure without fail_fast
         needs the list; everything else is decided in the commit script)."""
         node = graph.node(stage_id)
         if outcome is not State.FAILED or not node.critical or graph.fail_fast:
             return []
-        return self.descendants(run_id, graph, stage_id)
-
-    def _topo(self, run_id: str, graph: RunGraph) -> dict[str, list[str]]:
-        topo = self._topology.get(run_id)
-        if topo is None:
-            if len(self._topology) > 256:
-                self._topology.clear()
-            topo = self._topology[run_id] = children_of(graph.deps())
-        return topo
+        return self.descendants(graph, stage_id)
 
     # -- what a commit enqueues itself (engine/messages.py) -------------------------------------
     def messages(
@@ -93,11 +83,11 @@ class Dispatcher:
         the stages a critical failure blocks and, with `enqueue`, the messages the script enqueues
         itself (every ready child but a fan-out; a windowed fan-out's next item)."""
         run_id, graph, stage_id = req.run_id, req.graph, req.stage_id
-        children = self.children(run_id, graph, stage_id)
+        children = self.children(graph, stage_id)
         return replace(
             req,
             children=children,
-            descendants=self.blocked_by(run_id, graph, stage_id, req.outcome),
+            descendants=self.blocked_by(graph, stage_id, req.outcome),
             messages=self.messages(run_id, graph, children) if enqueue else {},
             next_message=self.next_item_template(run_id, graph.node(stage_id))
             if enqueue and req.item is not None

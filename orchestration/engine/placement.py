@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from orchestration.engine.capacity import worker_capacity
-from orchestration.errors import NoCapacity
+from orchestration.errors import NoCapacity, listing
 from orchestration.graph.resolve import Node, RunGraph
 
 if TYPE_CHECKING:
@@ -147,7 +147,7 @@ def check_placement(store: RunStore, graph: RunGraph, refuse: bool = True) -> No
         warnings.warn(f"{line}: it waits until a worker that can hold it joins", QueueUnserved, stacklevel=3)
     for queue, ids in found.unserved.items():
         warnings.warn(
-            f"no live worker serves queue '{queue}': {', '.join(ids)} (asking for GPUs or memory there) "
+            f"no live worker serves queue '{queue}': {listing(ids)} (asking for GPUs or memory there) "
             f"wait{'s' if len(ids) == 1 else ''} until one does (`chordflow worker --queues {queue}`)",
             QueueUnserved,
             stacklevel=3,

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import secrets
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import redis
+from cachetools import LRUCache
 
 from orchestration.engine import durability, hooks
 from orchestration.engine.capacity import CapacityUpkeep
@@ -26,7 +28,11 @@ from orchestration.graph.resolve import RunGraph
 from orchestration.settings import Settings
 from orchestration.states import RunStatus, State
 
-GRAPH_CACHE = 256  # resolved graphs kept in memory (a graph is written once and never changes)
+# Resolved graphs kept in memory, the least recently used dropped first: a graph is written once and
+# never changes, and each of its nodes takes about 2 KB here. Weighed in nodes, so a process that
+# serves many large runs stays bounded (256 graphs of 10,000 stages would be 5 GB); a graph over
+# the budget counts as the whole budget, so the newest one is always kept.
+GRAPH_CACHE_NODES = 20_000
 
 
 def new_run_id() -> str:
@@ -50,7 +56,12 @@ class Runs:
         self.settings = settings
         self.keys = keys
         self._capacity = capacity  # an ended run's waiters are dropped at its expiry
-        self._graphs: dict[str, RunGraph] = {}
+        # cachetools' caches are not thread-safe; a worker's threads (its pool's, the hook sender's,
+        # the reaper's) share this store
+        self._graphs: LRUCache[str, RunGraph] = LRUCache(
+            GRAPH_CACHE_NODES, getsizeof=lambda graph: min(max(len(graph.nodes), 1), GRAPH_CACHE_NODES)
+        )
+        self._graphs_lock = threading.Lock()
         # CHORDFLOW_REPLICAS_ACK's Replicas (None: off), shared with Transitions: one count of the
         # attached replicas for every acknowledged write of this store
         self.replicas = durability.replicas(settings, keys.replicated_mark())
@@ -119,7 +130,8 @@ class Runs:
         )
         pipe.zadd(k.pipeline_runs(graph.name), {run_id: now})
         pipe.execute()
-        self._graphs[run_id] = graph
+        with self._graphs_lock:
+            self._graphs[run_id] = graph
         durability.confirm(self._r, self.replicas, f"run {run_id}")
         durability.record(self.settings, {"run": run_id, "created": True})
         return run_id, True
@@ -127,15 +139,15 @@ class Runs:
     # -- one run ---------------------------------------------------------------------------
     def graph(self, run_id: str) -> RunGraph:
         """The run's resolved graph (cached: it never changes); RunNotFound if there is none."""
-        graph = self._graphs.get(run_id)
+        with self._graphs_lock:
+            graph = self._graphs.get(run_id)
         if graph is None:
             raw = self._r.get(self.keys.graph(run_id))
             if raw is None:
                 raise RunNotFound(run_id)
             graph = RunGraph.model_validate_json(raw)
-            if len(self._graphs) > GRAPH_CACHE:
-                self._graphs.clear()
-            self._graphs[run_id] = graph
+            with self._graphs_lock:
+                self._graphs[run_id] = graph
         return graph
 
     def run(self, run_id: str) -> dict[str, str]:

@@ -120,6 +120,13 @@ class RunGraph(Model):
     def index(self) -> dict[str, Node]:
         return {n.id: n for n in self.nodes}
 
+    @cached_property
+    def children(self) -> dict[str, list[str]]:
+        """Stage id -> the ids that need it, in file order (kept with the graph, dropped with it)."""
+        from orchestration.language.dag import children
+
+        return children(self.deps())
+
     def node(self, stage_id: str) -> Node:
         return self.index[stage_id]
 

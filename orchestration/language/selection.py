@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from difflib import get_close_matches
 from fnmatch import fnmatchcase
 
-from orchestration.errors import Problem, SelectionError
+from orchestration.errors import Problem, SelectionError, listing
 from orchestration.language.dag import children, upstream
 
 _RANGE = re.compile(r"(\d+)\s*-\s*(\d+)")
@@ -53,9 +53,7 @@ class Selectable:
 
 
 def _listing(names: Sequence[str]) -> str:
-    shown = ", ".join(names[:_SHOWN])
-    more = len(names) - _SHOWN
-    return f"{shown}, ... ({more} more)" if more > 0 else shown
+    return listing(names, _SHOWN)
 
 
 class _Malformed(ValueError):

@@ -175,6 +175,21 @@ def test_check_placement_refuses_or_only_warns():
     assert said[1].startswith("no live worker serves queue 'tpu': tpu (asking for GPUs or memory there)")
 
 
+def test_a_warning_for_many_stages_names_ten_and_counts_the_rest():
+    graph = RunGraph(
+        name="p", version="1", nodes=tuple(node(f"t{i}", queue="tpu", gpu=1) for i in range(800))
+    )
+    store = Workers({"box/gpu": heartbeat(["gpu"], gpus=2, memory_gb=64)})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_placement(store, graph, refuse=False)  # type: ignore[arg-type]
+    (said,) = [str(w.message) for w in caught if w.category is QueueUnserved]
+    assert said.startswith(
+        "no live worker serves queue 'tpu': t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, ... (790 more)"
+    )
+    assert "t10" not in said and len(said) < 300
+
+
 # -- health: stages waiting for capacity -------------------------------------------------------------------
 
 
