@@ -231,6 +231,8 @@ def finish_call(keys: Keys, settings: Settings, req: CommitRequest) -> ScriptCal
         "context": [list(w) for w in req.context_writes],
         "metrics": [[name, repr(float(v))] for name, v in req.metrics.items()],
         "children": list(req.children),
+        # children whose one need is this stage: its commit makes them ready without counting down
+        "lone": [child for child in req.children if len(graph.node(child).needs) == 1],
         "descendants": list(req.descendants),
         "others": others,
         "critical": node.critical,

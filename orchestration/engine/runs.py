@@ -106,7 +106,9 @@ class Runs:
             k.states(run_id),
             mapping={n.id: State.QUEUED if not n.needs else State.PENDING for n in graph.nodes},
         )
-        pending = {n.id: len(n.needs) for n in graph.nodes if n.needs}
+        # the needs each stage waits for, counted down by its parents' commits; a stage with one
+        # need has none: its parent's commit makes it ready (finish.lua's `lone`)
+        pending = {n.id: len(n.needs) for n in graph.nodes if len(n.needs) > 1}
         if pending:
             pipe.hset(k.pending(run_id), mapping=pending)
         pipe.xadd(

@@ -16,7 +16,8 @@
 --   stage, item (number or null), token ('' = a commit decided outside any attempt),
 --   outcome (succeeded | skipped | failed | fallback), output (JSON text or ''),
 --   error (JSON text or ''), context ([[op, key, value]]: 's' set JSON, 'i' add a number),
---   metrics ([[name, delta]]), children, descendants, others (stage ids), critical, fail_fast,
+--   metrics ([[name, delta]]), children, lone (the children whose one need is this stage: ready
+--   without a count), descendants, others (stage ids), critical, fail_fast,
 --   lease (member of the leases set), windowed, run_id, cache_ttl (s, 0 = no cache),
 --   cached (a cache hit), notify (hook entries to enqueue), run_hook (enqueue run_complete),
 --   pipeline, fanout_cap (bytes a fan-out's assembled output may reach; 0 = no cap),
@@ -335,8 +336,10 @@ end
 
 if stage_outcome ~= S.FAILED or not A.critical then
   local held = {}  -- ready children this worker could run itself: one is started, the rest enqueued
+  local lone = {}  -- a child with one need is ready when it commits: no count of its own (runs.py)
+  for _, child in ipairs(A.lone or {}) do lone[child] = true end
   for _, child in ipairs(A.children or {}) do
-    local left = redis.call('HINCRBY', KEYS[8], child, -1)
+    local left = lone[child] and 0 or redis.call('HINCRBY', KEYS[8], child, -1)
     if left <= 0 and state_of(child) == S.PENDING and RUN_ACTIVE[run_status] then
       set_state(child, S.QUEUED)
       if messages[child] and wanted[child] then
