@@ -1,7 +1,7 @@
 """A process keeps the graphs of the runs it serves in memory, bounded in nodes, not in runs.
 
-A worker that serves many large runs used to keep up to 256 graphs whatever their size (about 2 KB a
-node: 256 runs of 10,000 stages would be 5 GB in every process). Now the least recently used graph
+A worker that serves many large runs used to keep up to 256 graphs whatever their size (about 4 KB a
+node: 256 runs of 10,000 stages would be 10 GB in every process). Now the least recently used graph
 goes first once the graphs held pass the budget, and a graph over the budget is still kept alone.
 Real Redis, no worker: submitting a run stores its graph and caches it in the submitting store.
 """
