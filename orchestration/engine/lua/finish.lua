@@ -214,11 +214,15 @@ for _, entry in ipairs(A.notify or {}) do notify(entry) end
 -- A.in_place, the chunk's next item in A.in_place_item), as begin.lua starts a first attempt: a
 -- fresh token, the lease, its `running` event and hook entries. Only a unit with no attempt yet
 -- (no state in its hash, or `pending`: a retried run's, reopen.lua), else it goes through the
--- queue and begin.lua. Returns its token, or nil.
-local function start_in_place(key, sid, item, how, lease, entries)
+-- queue and begin.lua. Returns its token, or nil. `known_fresh`: the caller saw the stage
+-- `pending` in the states hash, which no stage with an attempt is (begin.lua starts only a
+-- queued or retrying stage; reopen.lua deletes a stage's hash before it makes it pending again).
+local function start_in_place(key, sid, item, how, lease, entries, known_fresh)
   local q = field_prefix(item)
-  local unit = redis.call('HMGET', key, q .. 'state', q .. 'attempt')
-  if (unit[1] and unit[1] ~= S.PENDING) or unit[2] then return nil end
+  if not known_fresh then
+    local unit = redis.call('HMGET', key, q .. 'state', q .. 'attempt')
+    if (unit[1] and unit[1] ~= S.PENDING) or unit[2] then return nil end
+  end
   local token = redis.call('HINCRBY', KEYS[1], 'fence', 1) .. '.' .. select(4, clock())
   redis.call('HSET', key, q .. 'state', S.RUNNING, q .. 'token', token, q .. 'attempt', 1, q .. 'host', how.host,
     q .. 'queue', how.queue, q .. 'task_id', how.task_id, q .. 'started_at', now, q .. 'lease_exp', now_ms + how.lease_ms)
@@ -319,8 +323,8 @@ local run_status, failed_stage = run[1], run[2]
 local here, wanted, taken = A.in_place, {}, ''
 if here == cjson.null or run_status ~= R.RUNNING then here = nil end
 for i, spec in ipairs(here and here.stages or {}) do wanted[spec[1]] = i end
-local function start_here(spec)
-  local token = start_in_place(KEYS[spec[2]], spec[1], '', here, spec[5], spec[4])
+local function start_here(spec)  -- a child this commit saw `pending` (state_of) and made ready
+  local token = start_in_place(KEYS[spec[2]], spec[1], '', here, spec[5], spec[4], true)
   if not token then return false end
   set_state(spec[1], S.RUNNING)
   -- what it reads: this commit's own output is at hand, the others' are read
