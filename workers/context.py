@@ -148,6 +148,16 @@ class Metrics:
         self.add(name, value)
 
 
+def stage_logger(stage_id: str) -> logging.Logger:
+    """`chordflow.stage.<stage id>`, a child of `chordflow.stage` that the logging module does not
+    keep: `getLogger` would hold one logger per stage id for the life of the worker, and stage ids
+    are as many as the pipelines make (a matrix over a run's variables makes new ones every run).
+    Its records carry the stage's name; its level and handlers are `chordflow.stage`'s."""
+    logger = logging.Logger(f"chordflow.stage.{stage_id}")  # noqa: LOG001 -- on purpose: not kept (above)
+    logger.parent = logging.getLogger("chordflow.stage")
+    return logger
+
+
 class StageLog(logging.LoggerAdapter):
     """`ctx.log`: a logger whose lines also go to the attempt's log stream, formatted (`"%s items",
     n` is stored as `3 items`), with their level, at every level (the worker's own log shows what
@@ -232,7 +242,7 @@ class StageContext:
             begin=f"attempt {attempt}",
         )
         self.log = StageLog(
-            logging.getLogger(f"chordflow.stage.{stage_id}"),
+            stage_logger(stage_id),
             self.log_sink,
             f"[{run_id}/{stage_id}]",
             copies=self.settings.worker_log_lines_per_attempt,

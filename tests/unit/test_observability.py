@@ -23,7 +23,7 @@ from orchestration.graph import render
 from orchestration.graph.resolve import resolve
 from orchestration.language.validation import validate_data
 from orchestration.settings import Settings
-from workers.context import StageLog
+from workers.context import StageLog, stage_logger
 from workers.livelog import AttemptLog
 
 # -- an attempt's live log (workers/livelog.py) ----------------------------------------------------
@@ -120,6 +120,16 @@ def test_ctx_log_formats_its_arguments_and_keeps_the_level():
     assert lines[3].startswith("%d%% done") and "not a number" in lines[3]
     assert lines[4].startswith("it broke\nTraceback") and "ValueError: bad input" in lines[4]
     assert [level for _, level, _ in sink._pending] == ["INFO", "WARNING", "DEBUG", "ERROR", "ERROR"]
+
+
+def test_a_stage_logger_is_named_for_its_stage_and_not_kept_by_the_logging_module(caplog):
+    known = set(logging.Logger.manager.loggerDict)
+    loggers = [stage_logger(f"train[lr={i}]") for i in range(1000)]
+    assert set(logging.Logger.manager.loggerDict) - known <= {"chordflow.stage"}
+    with caplog.at_level(logging.INFO, logger="chordflow.stage"):
+        StageLog(loggers[7], AttemptLog(None), "[r/train]").info("epoch %d", 3)
+    (record,) = [r for r in caplog.records if r.getMessage() == "[r/train] epoch 3"]
+    assert record.name == "chordflow.stage.train[lr=7]"  # a handler's filter by stage still works
 
 
 # -- attempts from the event stream (engine/attempts.py) -----------------------------------------
