@@ -15,19 +15,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 import psutil
-import redis
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_execution import chain_spec
-from orchestration.api import Client
-from orchestration.fleet.embedded import RedisServer, WorkerProcess, wait_for_workers
-from orchestration.settings import Settings
+from benchmarks.profile_scripts import one_worker
 
 
 def rss_mib(pid: int) -> list[float]:
@@ -41,24 +37,16 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=25)
     parser.add_argument("--stages", type=int, default=2000, help="stages of each run's chain")
     args = parser.parse_args()
-    log = Path(tempfile.mkdtemp(prefix="chordflow-graph-cache-")) / "worker.log"
     spec = chain_spec(args.stages)
-    with RedisServer() as server:
-        r = redis.Redis.from_url(server.url, decode_responses=True)
-        worker = WorkerProcess(server.url, ("cpu",), 2, hostname="graphs", log_path=str(log)).start()
-        try:
-            wait_for_workers(r, "chordflow", 1, timeout_s=60)
-            client = Client(Settings(redis_url=server.url))
-            shown = rss_mib(worker.proc.pid)
-            print(f"{'runs':>5} {'stages':>8} {'RSS MiB (all)':>14}  main, pool processes")
-            print(f"{0:>5} {0:>8} {sum(shown):>14.1f}  {shown}")
-            for done in range(1, args.runs + 1):
-                client.submit(spec).wait(timeout=600)
-                if done % 5 == 0 or done == args.runs:
-                    shown = rss_mib(worker.proc.pid)
-                    print(f"{done:>5} {done * args.stages:>8} {sum(shown):>14.1f}  {shown}", flush=True)
-        finally:
-            worker.stop()
+    with one_worker("graph-cache") as (_, client, worker):
+        shown = rss_mib(worker.proc.pid)
+        print(f"{'runs':>5} {'stages':>8} {'RSS MiB (all)':>14}  main, pool processes")
+        print(f"{0:>5} {0:>8} {sum(shown):>14.1f}  {shown}")
+        for done in range(1, args.runs + 1):
+            client.submit(spec).wait(timeout=600)
+            if done % 5 == 0 or done == args.runs:
+                shown = rss_mib(worker.proc.pid)
+                print(f"{done:>5} {done * args.stages:>8} {sum(shown):>14.1f}  {shown}", flush=True)
 
 
 if __name__ == "__main__":

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import hashlib
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import redis
@@ -61,6 +63,21 @@ def chain(name: str, length: int) -> dict:
     return {"name": name, "stages": stages}
 
 
+@contextlib.contextmanager
+def one_worker(name: str) -> Iterator[tuple[redis.Redis, Client, WorkerProcess]]:
+    """A redis-server of its own and one Chordflow worker on it (queue cpu, prefork, concurrency
+    2), ready: (a client of that Redis, a Chordflow client, the worker)."""
+    log = Path(tempfile.mkdtemp(prefix=f"chordflow-{name}-")) / "worker.log"
+    with RedisServer() as server:
+        r = redis.Redis.from_url(server.url, decode_responses=True)
+        worker = WorkerProcess(server.url, ("cpu",), 2, hostname=name, log_path=str(log)).start()
+        try:
+            wait_for_workers(r, "chordflow", 1, timeout_s=60)
+            yield r, Client(Settings(redis_url=server.url)), worker
+        finally:
+            worker.stop()
+
+
 def profiled_spec(workload: str, stages: int) -> PipelineSpec:
     """The run to profile: a chain of `stages`, or one of bench_execution's DAGs."""
     if workload == "chain":
@@ -78,21 +95,13 @@ def main() -> None:
     )
     args = parser.parse_args()
     spec = profiled_spec(args.workload, args.stages)
-    log = Path(tempfile.mkdtemp(prefix="chordflow-profile-")) / "worker.log"
-    with RedisServer() as server:
-        r = redis.Redis.from_url(server.url, decode_responses=True)
-        worker = WorkerProcess(server.url, ("cpu",), 2, hostname="profile", log_path=str(log)).start()
-        try:
-            wait_for_workers(r, "chordflow", 1, timeout_s=60)
-            client = Client(Settings(redis_url=server.url))
-            client.submit(validate_data(chain("warm-up", 5))).wait(timeout=60)
-            r.config_set("slowlog-log-slower-than", 0)
-            r.config_set("slowlog-max-len", 1_000_000)
-            r.slowlog_reset()
-            client.submit(spec).wait(timeout=300)
-            entries = r.slowlog_get(1_000_000)
-        finally:
-            worker.stop()
+    with one_worker("profile") as (r, client, _):
+        client.submit(validate_data(chain("warm-up", 5))).wait(timeout=60)
+        r.config_set("slowlog-log-slower-than", 0)
+        r.config_set("slowlog-max-len", 1_000_000)
+        r.slowlog_reset()
+        client.submit(spec).wait(timeout=300)
+        entries = r.slowlog_get(1_000_000)
     names = script_names()
     total: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
     for entry in entries:
