@@ -6,7 +6,7 @@
 A redis-server of its own and one Chordflow worker (prefork, concurrency 2); runs of a chain of
 no-op stages one after the other; every 5 runs, the RSS of the worker's processes (main, then the
 pool's). Each process keeps the graphs of the runs it served in a cache bounded in nodes
-(`GRAPH_CACHE_NODES`, orchestration/engine/runs.py): once the runs it served pass that many stages
+(`CHORDFLOW_GRAPH_CACHE_NODES`, 20,000; orchestration/engine/runs.py): once the runs it served pass that many stages
 its memory stops growing. (Before it was bounded at 256 graphs of any size, and a worker's three
 processes grew by 7.8 MiB for each 2,000-stage run: benchmarks/README.md, session 29.)
 """

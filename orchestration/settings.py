@@ -56,6 +56,12 @@ class Settings(BaseSettings):
         description="a worker runs a child its commit made ready itself, without a trip through the "
         "queue, until a message has kept it this long; 0 = never (workers/execution.py)",
     )
+    graph_cache_nodes: int = Field(
+        20_000,
+        ge=1,
+        description="stages of run graphs a process keeps parsed in memory (about 4 KB each), the least "
+        "recently used dropped first; a process that reads a dropped graph again says so in its log",
+    )
     worker_ttl_s: float = Field(30.0, description="a worker not heard from this long is no longer live")
     outbox_grace_s: float = Field(10.0, description="a ready stage unsent this long is sent by the reaper")
     replicas_ack: int = Field(

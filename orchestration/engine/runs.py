@@ -10,9 +10,11 @@ a stage's state is a script of `transitions.py`.
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -28,12 +30,41 @@ from orchestration.graph.resolve import RunGraph
 from orchestration.settings import Settings
 from orchestration.states import RunStatus, State
 
-# Resolved graphs kept in memory, the least recently used dropped first: a graph is written once and
-# never changes, and each of its nodes takes about 4 KB of a process's memory (a worker's RSS grew
-# 7.8 MiB a 2,000-stage run). Weighed in nodes, so a process that serves many large runs stays
-# bounded (256 graphs of 10,000 stages would be 10 GB; 20,000 nodes are about 80 MB); a graph over
-# the budget counts as the whole budget, so the newest one is always kept.
-GRAPH_CACHE_NODES = 20_000
+log = logging.getLogger("chordflow.runs")
+
+
+class GraphCache(LRUCache):
+    """Resolved graphs kept in memory, the least recently used dropped first: a graph is written
+    once and never changes, and each of its nodes takes about 4 KB of a process's memory (a
+    worker's RSS grew 7.8 MiB a 2,000-stage run). Weighed in nodes (`graph_cache_nodes`), so a
+    process that serves many large runs stays bounded (it kept 256 graphs of any size: 256 runs of
+    10,000 stages would have been 10 GB); a graph over the budget counts as the whole budget, so
+    the newest one is always kept. It remembers the runs it dropped (the last 1,000), so that
+    reading one of them again, which costs a GET and a parse of the whole graph (about 4 µs a
+    node), is said in the log, once a run: several large runs at once want a larger budget."""
+
+    def __init__(self, nodes: int):
+        super().__init__(nodes, getsizeof=lambda graph: min(max(len(graph.nodes), 1), nodes))
+        self.dropped: OrderedDict[str, None] = OrderedDict()
+        self.said: OrderedDict[str, None] = OrderedDict()
+
+    def popitem(self) -> tuple[str, RunGraph]:
+        run_id, graph = super().popitem()
+        remember(self.dropped, run_id)
+        return run_id, graph
+
+    def read_again(self, run_id: str) -> bool:
+        """Whether `run_id`'s graph, being read, was dropped before and nothing said of it yet."""
+        if self.dropped.pop(run_id, False) is False or run_id in self.said:
+            return False
+        remember(self.said, run_id)
+        return True
+
+
+def remember(ids: OrderedDict[str, None], run_id: str, keep: int = 1000) -> None:
+    ids[run_id] = None
+    if len(ids) > keep:
+        ids.popitem(last=False)
 
 
 def new_run_id() -> str:
@@ -59,9 +90,7 @@ class Runs:
         self._capacity = capacity  # an ended run's waiters are dropped at its expiry
         # cachetools' caches are not thread-safe; a worker's threads (its pool's, the hook sender's,
         # the reaper's) share this store
-        self._graphs: LRUCache[str, RunGraph] = LRUCache(
-            GRAPH_CACHE_NODES, getsizeof=lambda graph: min(max(len(graph.nodes), 1), GRAPH_CACHE_NODES)
-        )
+        self._graphs = GraphCache(settings.graph_cache_nodes)
         self._graphs_lock = threading.Lock()
         # CHORDFLOW_REPLICAS_ACK's Replicas (None: off), shared with Transitions: one count of the
         # attached replicas for every acknowledged write of this store
@@ -150,7 +179,16 @@ class Runs:
                 raise RunNotFound(run_id)
             graph = RunGraph.model_validate_json(raw)
             with self._graphs_lock:
+                again = self._graphs.read_again(run_id)
                 self._graphs[run_id] = graph
+            if again:
+                log.warning(
+                    "run %s: its graph (%d stages) was read and parsed again, dropped from this "
+                    "process's cache of %d stages for other runs' (CHORDFLOW_GRAPH_CACHE_NODES)",
+                    run_id,
+                    len(graph.nodes),
+                    self.settings.graph_cache_nodes,
+                )
         return graph
 
     def run(self, run_id: str) -> dict[str, str]:

@@ -9,10 +9,11 @@ Real Redis, no worker: submitting a run stores its graph and caches it in the su
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from orchestration.api import Client
-from orchestration.engine import runs
 from orchestration.language.validation import validate_data
 
 from .conftest import pipeline
@@ -25,9 +26,8 @@ def chain(name: str, length: int) -> dict:
 
 
 @pytest.fixture()
-def client(bare_cluster, monkeypatch) -> Client:
-    monkeypatch.setattr(runs, "GRAPH_CACHE_NODES", 500)
-    return Client(bare_cluster.settings)
+def client(bare_cluster) -> Client:
+    return Client(bare_cluster.settings.model_copy(update={"graph_cache_nodes": 500}))
 
 
 def cached_nodes(client: Client) -> int:
@@ -61,3 +61,21 @@ def test_a_graph_over_the_budget_is_still_kept(client):
 
     small = client.submit(validate_data(chain("cache-small", 10)), check_types=False).run_id
     assert set(client.store.runs._graphs) == {small}  # the big one made room
+
+
+def test_reading_a_dropped_graph_again_is_said_in_the_log(client, caplog):
+    first, second = (
+        client.submit(validate_data(chain(f"cache-thrash-{i}", 300)), check_types=False).run_id
+        for i in range(2)
+    )
+    with caplog.at_level(logging.WARNING, logger="chordflow.runs"):
+        client.store.runs.graph(second)  # cached: nothing said
+        client.store.runs.graph(first)  # dropped when the second came in: read again, said
+        client.store.runs.graph(second)  # and now the second was dropped for it
+        client.store.runs.graph(first)  # said once a run
+    said = [r.getMessage() for r in caplog.records if r.name == "chordflow.runs"]
+    tail = "was read and parsed again, dropped from this process's cache of 500 stages for other runs'"
+    assert said == [
+        f"run {first}: its graph (300 stages) {tail} (CHORDFLOW_GRAPH_CACHE_NODES)",
+        f"run {second}: its graph (300 stages) {tail} (CHORDFLOW_GRAPH_CACHE_NODES)",
+    ]
