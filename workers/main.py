@@ -128,6 +128,7 @@ class Services(threading.Thread):
                 log.warning("worker services: Redis unavailable, retrying", exc_info=True)
             ticks += 1
             self.stop.wait(TICK_S)
+        reaper.release()  # another worker reaps from its next tick, not once the lock's TTL runs out
         try:
             store.fleet.remove_worker(self.hostname)
         except Exception:

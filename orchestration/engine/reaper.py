@@ -67,6 +67,15 @@ class Reaper:
             sent += self.entropy.sweep()
         return sent
 
+    def release(self) -> None:
+        """Give the lock up (a worker that stops): the next worker to tick takes it at once, where it
+        would wait out the lock's TTL (a lease, 15 s by default) with nothing reaped meanwhile."""
+        try:
+            if self.lock.owned():
+                self.lock.release()
+        except Exception:  # expired, taken by another, or Redis away: its TTL ends it
+            log.debug("could not release the reaper lock", exc_info=True)
+
     def _paused(self) -> bool:
         """After the primary changed (a failover, a restart), leases are judged only one lease later:
         the new primary's clock may run ahead of the old one's, and workers are reconnecting."""

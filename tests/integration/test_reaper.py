@@ -5,7 +5,7 @@ from __future__ import annotations
 from orchestration.graph.resolve import resolve
 from orchestration.language.validation import validate_data
 
-from .conftest import pipeline
+from .conftest import pipeline, wait_until
 
 QUICK_REAPER = {"CHORDFLOW_OUTBOX_GRACE_S": "1"}
 
@@ -49,3 +49,21 @@ def test_a_fan_out_whose_dispatcher_died_after_starting_it_completes(bare_cluste
     assert result.status == "succeeded"
     assert result.outputs["each"] == [{"n": n} for n in range(1, 6)]
     assert cluster.count(run_id, "each") == 5
+
+
+def test_a_worker_that_stops_hands_the_reaper_on_at_once(bare_cluster):
+    """One worker reaps at a time, by a lock with a lease's TTL; a worker that stops gives it up, so
+    the next one reaps from its next tick, not after the lease (15 s with nothing reaped)."""
+    cluster = bare_cluster
+    lock = cluster.client.store.keys.reaper_lock()
+    for worker in cluster.workers:
+        worker.stop()
+    cluster.redis.delete(lock)  # what stopped workers before this change left
+    first = cluster.start_worker(hostname="reaper-first")
+    wait_until(lambda: cluster.redis.exists(lock))
+    second = cluster.start_worker(hostname="reaper-second")
+    first.stop()
+    assert not cluster.redis.exists(lock)  # given up, not left to its TTL
+    wait_until(lambda: cluster.redis.exists(lock), timeout=5)  # taken by the second worker
+    second.stop()
+    assert not cluster.redis.exists(lock)
