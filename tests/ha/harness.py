@@ -2,8 +2,8 @@
 
     primary + 2 replicas + 3 Sentinels (tests/sentinel_cluster.py: AOF, down-after 1000 ms)
     2 `chordflow worker` processes, concurrency 2, `--import tests.ha.stages`, through redis+sentinel://
-    two waves of the five pipelines of pipelines.py, one more before each fault after the first;
-    the nemesis plan of the seed meanwhile
+    a wave of the five pipelines of pipelines.py, then the nemesis plan of the seed: before each
+    fault another wave, and the fault 0.3-1.2 s into it (nemesis.STRIKE_AFTER_WAVE_S)
     then: wait (at most FINAL_WITHIN_S after the last fault) for every run to end, read the final
     state through the current primary, and check it against what was recorded (checker.py)
 
@@ -38,7 +38,7 @@ from .pipelines import DELAY_SET_THRESHOLD_S, workload
 
 FINAL_WITHIN_S = 120.0
 SWEEP_GRACE_S = 10.0
-SECOND_WAVE_S = 1.0  # the two waves overlap, so the first fault always meets a chain at work
+SECOND_WAVE_S = 1.0  # the first two waves overlap, so the first fault meets the two at work
 
 #: Short leases so a lost holder is noticed in seconds; the retry paths and sweep sped up to match.
 WORKER_ENV = {
@@ -220,11 +220,10 @@ def run_seed(
             started = time.time()
             run_ids = [_submit(client, spec, submitted) for spec in workload()]
             time.sleep(SECOND_WAVE_S)
-            run_ids += [_submit(client, spec, submitted) for spec in workload()]
-            # a later fault meets work too: another wave before it (the runs of a step end in seconds)
+            # every fault meets work: a wave before it (the runs of a wave end in seconds)
             nem.between = lambda: run_ids.extend(_submit(client, spec, submitted) for spec in workload())
             faults = threading.Thread(target=nem.run, args=(steps,), daemon=True)
-            faults.start()  # the first fault strikes 1.5-3.5 s later, while both waves run
+            faults.start()
             faults.join(timeout=240)
             _wait_final(cluster, settings.key_prefix, run_ids, FINAL_WITHIN_S)
             time.sleep(1.0)  # what the ack log's last writers were fsyncing

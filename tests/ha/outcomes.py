@@ -14,7 +14,7 @@ WAVE = 5  # the five pipelines of pipelines.py
 
 
 def runs(planned: int) -> int:
-    """Two waves before the first fault, one more before each later fault."""
+    """One wave at the start, one more before each fault."""
     return WAVE * (planned + 1)
 
 
