@@ -232,7 +232,7 @@ def finish_call(keys: Keys, settings: Settings, req: CommitRequest) -> ScriptCal
         "metrics": [[name, repr(float(v))] for name, v in req.metrics.items()],
         "children": list(req.children),
         # children whose one need is this stage: its commit makes them ready without counting down
-        "lone": [child for child in req.children if len(graph.node(child).needs) == 1],
+        "lone": [child for child in req.children if not graph.node(child).counted],
         "descendants": list(req.descendants),
         "others": others,
         "critical": node.critical,

@@ -136,9 +136,8 @@ class Runs:
             k.states(run_id),
             mapping={n.id: State.QUEUED if not n.needs else State.PENDING for n in graph.nodes},
         )
-        # the needs each stage waits for, counted down by its parents' commits; a stage with one
-        # need has none: its parent's commit makes it ready (finish.lua's `lone`)
-        pending = {n.id: len(n.needs) for n in graph.nodes if len(n.needs) > 1}
+        # the needs each stage waits for, counted down by its parents' commits (Node.counted)
+        pending = {n.id: len(n.needs) for n in graph.nodes if n.counted}
         if pending:
             pipe.hset(k.pending(run_id), mapping=pending)
         pipe.xadd(

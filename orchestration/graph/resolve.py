@@ -80,6 +80,12 @@ class Node(Model):
     def fans_out(self) -> bool:
         return self.for_each is not None or self.matrix is not None
 
+    @property
+    def counted(self) -> bool:
+        """Whether its needs are counted down in the run's pending hash: two needs or more. A stage
+        with one is made ready by that parent's commit, which happens once (finish.lua's `lone`)."""
+        return len(self.needs) > 1
+
 
 _NODE_FIELDS = tuple(Node.model_fields)
 

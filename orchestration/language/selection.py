@@ -36,7 +36,6 @@ from orchestration.language.dag import children, upstream
 _RANGE = re.compile(r"(\d+)\s*-\s*(\d+)")
 _NUMBER = re.compile(r"\d+")
 _GLOB = re.compile(r"[*?\[]")
-_SHOWN = 10  # names listed in a "matches no stage" message
 # [N]+TERM+[N]: stage ids hold no `+`, so a `+` is always an operator
 _GRAPH_OPS = re.compile(r"(?:(?P<up>\d*)\+)?(?P<term>[^+]*)(?:\+(?P<down>\d*))?")
 
@@ -50,10 +49,6 @@ class Selectable:
     needs: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
     order: int | None = None
-
-
-def _listing(names: Sequence[str]) -> str:
-    return listing(names, _SHOWN)
 
 
 class _Malformed(ValueError):
@@ -84,7 +79,7 @@ def _match(stages: Sequence[Selectable], term: str) -> set[str]:
     if dash and any(not side.strip() or side.strip().isdigit() for side in (before, after)):
         raise _Malformed(
             f"'{term}' is neither a stage id nor an order range LOW-HIGH such as 10-30; "
-            f"stages are: {_listing([s.id for s in stages])}"
+            f"stages are: {listing([s.id for s in stages])}"
         )
     return set()
 
@@ -119,13 +114,13 @@ def _matches_nothing(stages: Sequence[Selectable], term: str) -> str:
     """Why a term found no stage, with what it could have named."""
     if term.startswith("tag:"):
         tags = list(dict.fromkeys(t for s in stages for t in s.tags))
-        known = f"tags are: {_listing(tags)}" if tags else "no stage has a tag"
+        known = f"tags are: {listing(tags)}" if tags else "no stage has a tag"
     elif _RANGE.fullmatch(term) or _NUMBER.fullmatch(term):
         orders = sorted({s.order for s in stages if s.order is not None})
-        known = f"orders are: {_listing([str(o) for o in orders])}" if orders else "no stage has an order"
+        known = f"orders are: {listing([str(o) for o in orders])}" if orders else "no stage has an order"
     else:
         ids = [s.id for s in stages]
-        known = f"stages are: {_listing(ids)}"
+        known = f"stages are: {listing(ids)}"
         if not _GLOB.search(term) and (close := get_close_matches(term, ids, n=1)):
             known = f"did you mean '{close[0]}'? {known}"
     return f"'{term}' matches no stage; {known}"

@@ -216,7 +216,8 @@ for _, entry in ipairs(A.notify or {}) do notify(entry) end
 -- (no state in its hash, or `pending`: a retried run's, reopen.lua), else it goes through the
 -- queue and begin.lua. Returns its token, or nil. `known_fresh`: the caller saw the stage
 -- `pending` in the states hash, which no stage with an attempt is (begin.lua starts only a
--- queued or retrying stage; reopen.lua deletes a stage's hash before it makes it pending again).
+-- queued or retrying stage; reopen.lua deletes a stage's hash before it makes it pending again),
+-- so it is started without a look at its hash, and a token always comes back.
 local function start_in_place(key, sid, item, how, lease, entries, known_fresh)
   local q = field_prefix(item)
   if not known_fresh then
@@ -325,7 +326,6 @@ if here == cjson.null or run_status ~= R.RUNNING then here = nil end
 for i, spec in ipairs(here and here.stages or {}) do wanted[spec[1]] = i end
 local function start_here(spec)  -- a child this commit saw `pending` (state_of) and made ready
   local token = start_in_place(KEYS[spec[2]], spec[1], '', here, spec[5], spec[4], true)
-  if not token then return false end
   set_state(spec[1], S.RUNNING)
   -- what it reads: this commit's own output is at hand, the others' are read
   local inputs, ask, at = {}, {}, {}
@@ -335,7 +335,6 @@ local function start_here(spec)  -- a child this commit saw `pending` (state_of)
   local got = hmget_all(KEYS[5], ask)
   for j = 1, #ask do inputs[at[j]] = got[j] or 'null' end
   taken = {spec[1], token, inputs}
-  return true
 end
 
 if stage_outcome ~= S.FAILED or not A.critical then
@@ -358,7 +357,7 @@ if stage_outcome ~= S.FAILED or not A.critical then
   end
   table.sort(held, function(a, b) return wanted[a] < wanted[b] end)
   for i, child in ipairs(held) do
-    if i > 1 or not start_here(here.stages[wanted[child]]) then enqueue(messages[child]) end
+    if i == 1 then start_here(here.stages[wanted[child]]) else enqueue(messages[child]) end
   end
 else
   if not failed_stage then
