@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     graph_cache_nodes: int = Field(
         20_000,
         ge=1,
-        description="stages of run graphs a process keeps parsed in memory (about 4 KB each), the least "
+        description="stages of run graphs a process keeps parsed in memory (about 2 KB each), the least "
         "recently used dropped first; a process that reads a dropped graph again says so in its log",
     )
     worker_ttl_s: float = Field(30.0, description="a worker not heard from this long is no longer live")

@@ -35,8 +35,9 @@ log = logging.getLogger("chordflow.runs")
 
 class GraphCache(LRUCache):
     """Resolved graphs kept in memory, the least recently used dropped first: a graph is written
-    once and never changes, and each of its nodes takes about 4 KB of a process's memory (a
-    worker's RSS grew 7.8 MiB a 2,000-stage run). Weighed in nodes (`graph_cache_nodes`), so a
+    once and never changes, and each of its nodes takes about 2 KB of a process's memory
+    (RunGraph.stored; `benchmarks/bench_graph_cache.py`: a pool process holding 20,000 nodes,
+    37 MiB over its start). Weighed in nodes (`graph_cache_nodes`), so a
     process that serves many large runs stays bounded (it kept 256 graphs of any size: 256 runs of
     10,000 stages would have been 10 GB); a graph over the budget counts as the whole budget, so
     the newest one is always kept. It remembers the runs it dropped (the last 1,000), so that
@@ -176,7 +177,7 @@ class Runs:
             raw = self._r.get(self.keys.graph(run_id))
             if raw is None:
                 raise RunNotFound(run_id)
-            graph = RunGraph.model_validate_json(raw)
+            graph = RunGraph.stored(raw)
             with self._graphs_lock:
                 again = self._graphs.read_again(run_id)
                 self._graphs[run_id] = graph
