@@ -84,19 +84,21 @@ LABEL = {DEFAULT: "plain Celery, defaults", SAME: "plain Celery, our settings", 
 WORKER_OF = {DEFAULT: "plain", SAME: "chordflow", FLOW: "chordflow"}
 
 # -- targets (ratios against the default-settings plain Celery baseline, medians) -----------------
-LATTICE_RATIO = 1.2
-FANOUT_RATIO = 1.0
-FANOUT_ITEMS_PER_S = 1000.0
-CHAIN_STEP_MS = 2.0
-CHAIN_RATIO = 0.5
+# The goals of "close to the floor" (benchmarks/README.md, session 30, marks each); the smoke check
+# in CI fails over twice the two ratios.
+LATTICE_RATIO = 0.8
+FANOUT_RATIO = 0.35
+FANOUT_ITEMS_PER_S = 3000.0
+CHAIN_STEP_MS = 1.0
+CHAIN_RATIO = 0.3
 SCALE_PER_ITEM_GROWTH = 1.15
 SCALE_BYTES_PER_ITEM = 1024.0
 SKEW_FACTOR, SKEW_SLACK_S = 1.05, 0.1
 VALIDATE_S = 1.0
 SUBMIT500_S = 0.1
-REDIS_CMDS_PER_STAGE = 15.0
-REDIS_CPU_MS_PER_STAGE = 0.2
-RSS_RATIO = 1.2
+REDIS_CMDS_PER_STAGE = 12.0
+REDIS_CPU_MS_PER_STAGE = 0.12
+RSS_RATIO = 1.1
 #: smoke mode fails only on a gross regression: a ratio over this many times its target
 SMOKE_FACTOR = 2.0
 

@@ -8,8 +8,8 @@ fan-out of 300 no-op items and a 5x10 lattice on each system (medians of up to 3
 Chordflow / plain Celery for each, and stops every process it started, also on an error, a
 timeout or SIGTERM.
 
-Exit status: 0 when every ratio is within twice its target (fan-out 1.0x, so at most 2.0x;
-lattice 1.2x, so at most 2.4x); 1 on such a gross regression; 2 when the check could not run
+Exit status: 0 when every ratio is within twice its target (fan-out 0.35x, so at most 0.7x;
+lattice 0.8x, so at most 1.6x); 1 on such a gross regression; 2 when the check could not run
 (an error, or `--timeout` seconds passed). The same as `bench_execution.py --smoke`.
 """
 
